@@ -1,0 +1,57 @@
+# Funduscope: `make run` starts the whole app on this machine, `make test` runs the full test suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SHARED ?= $(abspath ../shared)
+
+# Offline defaults: weights, demo data and the feature store come from settings (environment).
+export FUNDUS_WEIGHTS_DIR ?= $(SHARED)/weights
+export FUNDUS_DEMO_DIR ?= $(if $(wildcard $(SHARED)/datasets/fundus),$(SHARED)/datasets/fundus,)
+export FUNDUS_SHARED_DIR ?= $(SHARED)
+export PYTHONUNBUFFERED := 1
+
+.PHONY: run test venv migrate bootstrap web worker lint format bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+
+$(VENV)/.installed: requirements.txt | $(BIN)/python
+	$(BIN)/pip install -r requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+migrate: venv
+	$(BIN)/python manage.py migrate --noinput
+
+bootstrap: migrate
+	$(BIN)/python manage.py bootstrap
+
+run: bootstrap
+	bin/run-dev
+
+web: venv
+	$(BIN)/python manage.py runserver 127.0.0.1:8000
+
+worker: venv
+	$(BIN)/celery -A grading worker -Q ml --pool solo --concurrency 1 -n ml@%h -l info
+
+test: venv
+	$(BIN)/pytest
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: venv
+	$(BIN)/python bench/extract.py
+	$(BIN)/python bench/accuracy.py
+
+clean:
+	rm -rf $(VENV) var staticfiles .pytest_cache .ruff_cache

@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+from django.contrib import admin
+
+from grading.models import (
+    Grade,
+    GradeLevel,
+    GradingClaim,
+    Image,
+    Job,
+    ModelVersion,
+    Patient,
+    Prediction,
+    WorkbenchSettings,
+)
+
+
+@admin.register(GradeLevel)
+class GradeLevelAdmin(admin.ModelAdmin):
+    list_display = ["value", "name", "is_referable"]
+
+
+@admin.register(Patient)
+class PatientAdmin(admin.ModelAdmin):
+    list_display = ["pseudonym", "birth_year", "sex", "diabetes_type", "created_at"]
+    search_fields = ["pseudonym"]
+
+
+class GradeInline(admin.TabularInline):
+    model = Grade
+    extra = 0
+    can_delete = False
+    fields = [
+        "kind",
+        "grader",
+        "source",
+        "grade",
+        "ungradable",
+        "macular_oedema",
+        "notes",
+        "created_at",
+    ]
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(Image)
+class ImageAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "patient",
+        "eye",
+        "acquired_on",
+        "grading_state",
+        "confirmed_grade",
+        "uploaded_at",
+    ]
+    list_filter = ["grading_state", "eye", "confirmed_grade", "confirmation_method"]
+    search_fields = ["sha256", "patient__pseudonym", "original_filename"]
+    readonly_fields = ["sha256", "width", "height", "uploaded_at", "uploaded_by"]
+    raw_id_fields = ["patient"]
+    inlines = [GradeInline]
+
+
+@admin.register(Grade)
+class GradeAdmin(admin.ModelAdmin):
+    list_display = ["id", "image", "kind", "grader", "source", "grade", "ungradable", "created_at"]
+    list_filter = ["kind", "grade", "ungradable"]
+    raw_id_fields = ["image", "supersedes"]
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False  # grades are append-only
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(ModelVersion)
+class ModelVersionAdmin(admin.ModelAdmin):
+    list_display = ["name", "state", "created_at", "activated_at", "created_by"]
+    list_filter = ["state"]
+
+
+@admin.register(Prediction)
+class PredictionAdmin(admin.ModelAdmin):
+    list_display = ["id", "image", "model_version", "predicted_grade", "created_at"]
+    list_filter = ["model_version", "predicted_grade"]
+    raw_id_fields = ["image"]
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    list_display = ["id", "kind", "state", "progress", "message", "created_by", "created_at"]
+    list_filter = ["kind", "state"]
+
+
+@admin.register(GradingClaim)
+class GradingClaimAdmin(admin.ModelAdmin):
+    list_display = ["image", "grader", "expires_at"]
+
+
+@admin.register(WorkbenchSettings)
+class WorkbenchSettingsAdmin(admin.ModelAdmin):
+    list_display = ["grades_required", "blind_first_grader", "queue_order", "auto_retrain_after"]

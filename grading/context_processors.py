@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+from django.http import HttpRequest
+
+
+def workbench(request: HttpRequest) -> dict:
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return {}
+    return {
+        "can_grade": user.has_perm("grading.grade_image"),
+        "can_upload": user.has_perm("grading.upload_image"),
+        "can_adjudicate": user.has_perm("grading.adjudicate_image"),
+        "can_review": user.has_perm("grading.review_agreement"),
+        "can_retrain": user.has_perm("grading.retrain_model"),
+    }

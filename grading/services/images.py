@@ -1,0 +1,321 @@
+"""Writes for images: validation, content-addressed storage, upload and bulk import.
+
+Slow work (reading and decoding the file) happens before the database transaction; each image and its
+grade are then written in one transaction, so an import interrupted at any point leaves whole images
+only, and re-running it skips what is already there.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import io
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import PIL.Image
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from grading.models import Grade, GradeLevel, Image, Patient
+
+ACCEPTED_FORMATS = {"JPEG": "jpg", "PNG": "png"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp"}
+EYE_ALIASES = {
+    "l": Image.Eye.LEFT, "left": Image.Eye.LEFT, "os": Image.Eye.LEFT,
+    "r": Image.Eye.RIGHT, "right": Image.Eye.RIGHT, "od": Image.Eye.RIGHT,
+    "u": Image.Eye.UNKNOWN, "unknown": Image.Eye.UNKNOWN, "": Image.Eye.UNKNOWN,
+}  # fmt: skip
+
+
+class ImageRejected(ValueError):
+    """The file is not an image we can store; the message says why, for the user."""
+
+
+class DuplicateImage(ValueError):
+    def __init__(self, existing: Image):
+        super().__init__(f"This photograph is already stored (image #{existing.pk}).")
+        self.existing = existing
+
+
+@dataclass(frozen=True)
+class ValidatedImage:
+    data: bytes
+    sha256: str
+    width: int
+    height: int
+    extension: str
+
+
+def image_validate(*, data: bytes, name: str = "file") -> ValidatedImage:
+    """Decode the bytes fully: the file must really be a JPEG or PNG, within size and pixel limits."""
+    if not data:
+        raise ImageRejected(f"{name}: the file is empty.")
+    if len(data) > settings.FUNDUS_MAX_UPLOAD_BYTES:
+        limit_mb = settings.FUNDUS_MAX_UPLOAD_BYTES / 1024 / 1024
+        raise ImageRejected(f"{name}: the file is larger than {limit_mb:.0f} MB.")
+    try:
+        with PIL.Image.open(io.BytesIO(data)) as probe:
+            image_format = probe.format
+            width, height = probe.size
+    except PIL.Image.DecompressionBombError:
+        raise ImageRejected(f"{name}: the image has too many pixels to be a photograph.") from None
+    except (PIL.UnidentifiedImageError, OSError, ValueError):
+        raise ImageRejected(
+            f"{name}: this is not an image file (it could not be decoded)."
+        ) from None
+    if image_format not in ACCEPTED_FORMATS:
+        raise ImageRejected(f"{name}: {image_format} images are not accepted; use JPEG or PNG.")
+    # Check the header's pixel count before decoding, so a small file that expands to gigabytes
+    # (a decompression bomb) is refused without allocating its pixels.
+    if width * height > settings.FUNDUS_MAX_IMAGE_PIXELS:
+        raise ImageRejected(
+            f"{name}: {width}x{height} pixels is more than the limit of "
+            f"{settings.FUNDUS_MAX_IMAGE_PIXELS:,} pixels."
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
+            with PIL.Image.open(io.BytesIO(data)) as decoded:
+                decoded.load()  # a truncated or corrupt file fails here, not later in a worker
+    except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombWarning) as error:
+        raise ImageRejected(f"{name}: the image is damaged or truncated ({error}).") from None
+    return ValidatedImage(
+        data=data,
+        sha256=hashlib.sha256(data).hexdigest(),
+        width=width,
+        height=height,
+        extension=ACCEPTED_FORMATS[image_format],
+    )
+
+
+def _storage_name(validated: ValidatedImage) -> str:
+    return f"images/{validated.sha256[:2]}/{validated.sha256}.{validated.extension}"
+
+
+def _file_store(validated: ValidatedImage) -> tuple[str, bool]:
+    """Write the bytes under their content hash. Returns the name and whether this call wrote it."""
+    name = _storage_name(validated)
+    if default_storage.exists(name):
+        return name, False
+    saved = default_storage.save(name, ContentFile(validated.data))
+    return saved, True
+
+
+def image_create(
+    *,
+    validated: ValidatedImage,
+    patient: Patient,
+    eye: str = Image.Eye.UNKNOWN,
+    acquired_on: dt.date | None = None,
+    uploaded_by: AbstractBaseUser | None = None,
+    source: str = "",
+    original_filename: str = "",
+    confirmed_grade: GradeLevel | None = None,
+    import_source: str = "",
+) -> Image:
+    """Store one validated photograph (and, for imports, its confirmed grade) or raise DuplicateImage."""
+    existing = Image.objects.filter(sha256=validated.sha256).first()
+    if existing is not None:
+        raise DuplicateImage(existing)
+    name, wrote_file = _file_store(validated)
+    try:
+        with transaction.atomic():
+            image = Image(
+                patient=patient,
+                eye=eye,
+                acquired_on=acquired_on,
+                sha256=validated.sha256,
+                width=validated.width,
+                height=validated.height,
+                source=source[:255],
+                original_filename=original_filename[:255],
+                uploaded_by=uploaded_by,
+            )
+            image.file.name = name
+            image.full_clean(exclude=["file"])
+            image.save()
+            if confirmed_grade is not None:
+                Grade.objects.create(
+                    image=image,
+                    kind=Grade.Kind.IMPORT,
+                    source=import_source or source or "import",
+                    grade=confirmed_grade,
+                )
+                Image.objects.filter(pk=image.pk).update(
+                    grading_state=Image.GradingState.CONFIRMED,
+                    confirmed_grade=confirmed_grade,
+                    confirmation_method=Image.ConfirmationMethod.IMPORT,
+                    confirmed_at=timezone.now(),
+                )
+                image.refresh_from_db()
+    except IntegrityError:
+        # A concurrent upload of the same photo won the race; report it as the duplicate it is.
+        if wrote_file:
+            default_storage.delete(name)
+        existing = Image.objects.filter(sha256=validated.sha256).first()
+        if existing is not None:
+            raise DuplicateImage(existing) from None
+        raise
+    except Exception:
+        if wrote_file:
+            default_storage.delete(name)
+        raise
+    return image
+
+
+# ---------------------------------------------------------------------------------------------
+# Bulk import
+
+
+@dataclass
+class ImportItem:
+    path: Path
+    grade_label: str
+    patient_id: str = ""
+    eye: str = ""
+    date: str = ""
+
+
+@dataclass
+class ImportSummary:
+    imported: int = 0
+    duplicates: int = 0
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    per_grade: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def seen(self) -> int:
+        return self.imported + self.duplicates + len(self.rejected)
+
+
+class ImportRejected(ValueError):
+    """The import as a whole cannot run (unknown grade folder, malformed CSV); nothing was written."""
+
+
+def grade_level_lookup() -> Callable[[str], GradeLevel | None]:
+    """Map a folder name or CSV value to a grade: by value ("2") or by name ("Moderate NPDR")."""
+    levels = list(GradeLevel.objects.all())
+    by_key = {str(level.value): level for level in levels}
+    by_key.update({level.name.strip().lower(): level for level in levels})
+    return lambda label: by_key.get(label.strip().lower())
+
+
+def import_items_from_folders(root: Path) -> list[ImportItem]:
+    """The original recipe's layout: ``root/<grade>/*.jpg``, the folder name being the grade."""
+    lookup = grade_level_lookup()
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise ImportRejected(f"{root} has no grade folders (expected {root}/<grade>/<image>).")
+    unknown = [folder.name for folder in folders if lookup(folder.name) is None]
+    if unknown:
+        known = ", ".join(str(level.value) for level in GradeLevel.objects.all())
+        raise ImportRejected(
+            f"Folder(s) {', '.join(repr(name) for name in unknown)} in {root} do not name a grade "
+            f"of the scale ({known}); rename them or change FUNDUS_GRADE_SCALE."
+        )
+    items = []
+    for folder in folders:
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and not path.name.startswith("."):
+                items.append(ImportItem(path=path, grade_label=folder.name))
+    return items
+
+
+def import_items_from_csv(labels: Path, root: Path) -> list[ImportItem]:
+    with labels.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        columns = set(reader.fieldnames or [])
+        if not {"filename", "grade"} <= columns:
+            raise ImportRejected(
+                f"{labels} must have at least the columns filename,grade (found: {sorted(columns)})."
+            )
+        rows = list(reader)
+    lookup = grade_level_lookup()
+    unknown = sorted({row["grade"] for row in rows if lookup(row["grade"] or "") is None})
+    if unknown:
+        raise ImportRejected(f"{labels}: grade value(s) {unknown} are not in the grading scale.")
+    return [
+        ImportItem(
+            path=root / row["filename"],
+            grade_label=row["grade"],
+            patient_id=(row.get("patient_id") or "").strip(),
+            eye=(row.get("eye") or "").strip(),
+            date=(row.get("date") or "").strip(),
+        )
+        for row in rows
+    ]
+
+
+def _parse_eye(value: str, path: Path) -> str:
+    try:
+        return EYE_ALIASES[value.strip().lower()]
+    except KeyError:
+        raise ImageRejected(f"{path}: eye {value!r} is not left/right/unknown.") from None
+
+
+def _parse_date(value: str, path: Path) -> dt.date | None:
+    if not value:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise ImageRejected(f"{path}: date {value!r} is not YYYY-MM-DD.") from None
+
+
+def images_import(
+    *,
+    items: Iterable[ImportItem],
+    source: str,
+    progress: Callable[[ImportItem], None] | None = None,
+) -> ImportSummary:
+    """Import photographs with their grades as confirmed grades from the named import source."""
+    lookup = grade_level_lookup()
+    summary = ImportSummary()
+    known_sha = set(Image.objects.values_list("sha256", flat=True))
+    for item in items:
+        try:
+            level = lookup(item.grade_label)
+            if level is None:
+                raise ImageRejected(f"{item.path}: grade {item.grade_label!r} is not in the scale.")
+            eye = _parse_eye(item.eye, item.path)
+            acquired_on = _parse_date(item.date, item.path)
+            try:
+                data = item.path.read_bytes()
+            except OSError as error:
+                raise ImageRejected(f"{item.path}: cannot be read ({error.strerror}).") from None
+            validated = image_validate(data=data, name=str(item.path))
+            if validated.sha256 in known_sha:
+                summary.duplicates += 1
+                continue
+            pseudonym = item.patient_id or f"img-{validated.sha256[:16]}"
+            with transaction.atomic():
+                patient, _ = Patient.objects.get_or_create(pseudonym=pseudonym)
+                image_create(
+                    validated=validated,
+                    patient=patient,
+                    eye=eye,
+                    acquired_on=acquired_on,
+                    source=source,
+                    original_filename=item.path.name,
+                    confirmed_grade=level,
+                    import_source=source,
+                )
+            known_sha.add(validated.sha256)
+            summary.imported += 1
+            summary.per_grade[level.value] = summary.per_grade.get(level.value, 0) + 1
+        except DuplicateImage:
+            summary.duplicates += 1
+        except ImageRejected as error:
+            summary.rejected.append((str(item.path), str(error)))
+        finally:
+            if progress is not None:
+                progress(item)
+    return summary

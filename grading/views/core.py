@@ -1,0 +1,46 @@
+"""Home page, protected image files and the health check."""
+
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_not_required
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, render
+from django.urls import path
+from django.views.decorators.http import require_GET
+
+from grading.models import Image
+from grading.selectors import images as image_selectors
+
+
+@require_GET
+def home(request: HttpRequest) -> HttpResponse:
+    ctx = {"counts": image_selectors.image_counts()}
+    return render(request, "grading/home.html", ctx)
+
+
+@require_GET
+def image_file(request: HttpRequest, image_id: int) -> FileResponse:
+    # Photographs are clinical data: served only to logged-in users, never from a public folder.
+    image = get_object_or_404(Image, pk=image_id)
+    try:
+        handle = image.file.open("rb")
+    except FileNotFoundError:
+        raise Http404("The image file is missing from storage.") from None
+    response = FileResponse(
+        handle, content_type="image/jpeg" if image.file.name.endswith(".jpg") else None
+    )
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+@login_not_required
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"status": "ok"})
+
+
+urlpatterns = [
+    path("", home, name="home"),
+    path("images/<int:image_id>/file", image_file, name="image_file"),
+    path("healthz", healthz, name="healthz"),
+]

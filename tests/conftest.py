@@ -1,0 +1,39 @@
+"""Shared test configuration.
+
+Tests that need the datasets or weights in ``../shared`` skip with a clear reason only when the
+folder is absent (CI always has it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DIR = Path(os.environ.get("FUNDUS_SHARED_DIR", REPO_ROOT.parent / "shared"))
+FUNDUS_DATASET_DIR = SHARED_DIR / "datasets" / "fundus"
+RAW_FUNDUS_DIR = SHARED_DIR / "datasets" / "raw-fundus"
+WEIGHTS_DIR = SHARED_DIR / "weights"
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.exists():
+        pytest.skip(f"{what} not found at {path} (set FUNDUS_SHARED_DIR to the shared folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def fundus_dataset_dir() -> Path:
+    return _require(FUNDUS_DATASET_DIR, "graded fundus dataset")
+
+
+@pytest.fixture(scope="session")
+def raw_fundus_dir() -> Path:
+    return _require(RAW_FUNDUS_DIR, "raw fundus photographs")
+
+
+@pytest.fixture(scope="session")
+def weights_dir() -> Path:
+    return _require(WEIGHTS_DIR, "offline ImageNet weights")
