@@ -38,8 +38,9 @@ web: venv
 worker: venv
 	$(BIN)/celery -A grading worker -Q ml --pool solo --concurrency 1 -n ml@%h -l info
 
+# Tests use their own Redis database so a running dev worker never picks up their tasks.
 test: venv
-	$(BIN)/pytest
+	REDIS_URL=$${TEST_REDIS_URL:-redis://127.0.0.1:6379/15} $(BIN)/pytest
 
 lint: venv
 	$(BIN)/ruff check .

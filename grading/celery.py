@@ -1,16 +1,103 @@
 """The Celery app: Redis broker and result store, two queues (`default`, `ml`).
 
-The `ml` worker runs with `--pool solo`: TensorFlow and forked pool workers deadlock together.
+Configuration comes from Django settings (``CELERY_*``): JSON only, late acknowledgement, soft and
+hard time limits. Tasks that load TensorFlow go to the `ml` queue, whose worker runs with
+``--pool solo``: TensorFlow and forked pool workers deadlock together. Everything else (the
+periodic housekeeping) goes to `default`.
+
+Nothing here reads Django settings at import time: this module is imported while the settings
+themselves are being imported (``grading/__init__.py``), so settings are read lazily.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+from typing import Any
 
 from celery import Celery
+from celery.signals import worker_ready
+from kombu import Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "grading.settings")
 
+logger = logging.getLogger(__name__)
+
+DEFAULT_QUEUE = "default"
+ML_QUEUE = "ml"
+# Tasks that import TensorFlow: they must run in the solo-pool `ml` worker.
+ML_TASKS = (
+    "grading.tasks.features_extract",
+    "grading.tasks.images_augment",
+    "grading.tasks.model_train",
+    "grading.tasks.predictions_refresh",
+    "grading.tasks.images_predict",
+)
+TRAINING_TASKS = ("grading.tasks.model_train",)
+# How often beat runs the housekeeping task (stale jobs, automatic retraining). A job is declared
+# stale only after settings.FUNDUS_JOB_STALE_SECONDS without a heartbeat, so this is only the
+# detection delay on top of that.
+HOUSEKEEPING_SECONDS = 60.0
+
+
+class TrainingTimeLimits:
+    """Task annotation: training gets the longer ``CELERY_TRAINING_*`` time limits.
+
+    An annotation object (not a dict) so that the settings are read when tasks are bound, after
+    Django is configured, not when this module is imported.
+    """
+
+    def annotate(self, task: Any) -> dict[str, int] | None:
+        if task.name not in TRAINING_TASKS:
+            return None
+        from django.conf import settings
+
+        return {
+            "soft_time_limit": settings.CELERY_TRAINING_SOFT_TIME_LIMIT,
+            "time_limit": settings.CELERY_TRAINING_TIME_LIMIT,
+        }
+
+    def annotate_any(self) -> None:
+        return None
+
+
 app = Celery("grading")
 app.config_from_object("django.conf:settings", namespace="CELERY")
+app.conf.update(
+    task_queues=(Queue(DEFAULT_QUEUE), Queue(ML_QUEUE)),
+    task_default_queue=DEFAULT_QUEUE,
+    task_routes={name: {"queue": ML_QUEUE} for name in ML_TASKS},
+    task_annotations=[TrainingTimeLimits()],
+    beat_schedule={
+        "jobs-housekeeping": {
+            "task": "grading.tasks.jobs_housekeeping",
+            "schedule": HOUSEKEEPING_SECONDS,
+            # A backlog of housekeeping runs is useless: only the latest one matters.
+            "options": {"expires": HOUSEKEEPING_SECONDS},
+        }
+    },
+)
 app.autodiscover_tasks()
+
+
+@worker_ready.connect
+def _jobs_recover_on_worker_start(sender: Any = None, **kwargs: Any) -> None:
+    """A worker that starts cannot be running anything yet: jobs still marked as running on a
+    worker of the same name were abandoned when its previous process died."""
+    hostname = getattr(sender, "hostname", None)
+    if not hostname:
+        return
+    from django.db import connection
+
+    from grading.services.jobs import jobs_mark_stale
+
+    try:
+        marked = jobs_mark_stale(restarted_worker=hostname)
+    except Exception:  # a worker must start even if the database is briefly unreachable
+        logger.exception("Could not check for jobs abandoned by a previous %s", hostname)
+        return
+    finally:
+        # Opened in the consumer's thread (before a prefork pool forks): never share it.
+        connection.close()
+    if marked:
+        logger.warning("Marked %d job(s) abandoned by a previous %s as failed", marked, hostname)

@@ -145,7 +145,10 @@ DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
     # Web and worker processes write concurrently: wait for the lock instead of failing at once.
-    DATABASES["default"]["OPTIONS"] = {"timeout": 20}
+    # IMMEDIATE transactions take the write lock when they begin: a deferred transaction that
+    # reads and then writes fails at once with "database is locked" when another process is
+    # writing (SQLite refuses to wait there, to avoid a deadlock), whatever the timeout.
+    DATABASES["default"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "var" / "test-funduscope.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -224,8 +227,27 @@ CELERY_TRAINING_SOFT_TIME_LIMIT = env_int("CELERY_TRAINING_SOFT_TIME_LIMIT", 4 *
 CELERY_TRAINING_TIME_LIMIT = env_int("CELERY_TRAINING_TIME_LIMIT", 4 * 3600 + 600, minimum=1)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # The web process must answer quickly when Redis is down instead of hanging on a retry loop.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2}
+# FUNDUS_REDIS_KEY_PREFIX prefixes every queue key, so that several installations (or test runs)
+# can share one Redis database without taking each other's tasks.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "global_keyprefix": env_str("FUNDUS_REDIS_KEY_PREFIX"),
+}
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+# A running job's worker writes a heartbeat every FUNDUS_JOB_HEARTBEAT_SECONDS; a job silent for
+# FUNDUS_JOB_STALE_SECONDS is taken as abandoned by a dead worker, marked failed and retryable.
+FUNDUS_JOB_HEARTBEAT_SECONDS = env_int("FUNDUS_JOB_HEARTBEAT_SECONDS", 10, minimum=1)
+FUNDUS_JOB_STALE_SECONDS = env_int("FUNDUS_JOB_STALE_SECONDS", 120, minimum=2)
+# Retraining (the `model_train` job): maximum head epochs (0: mlcore's default, early stopping
+# decides), the share of patients held out for the version's metrics, and augmented copies per
+# training image (the recipe's augmentation; each copy costs one more feature extraction).
+FUNDUS_TRAIN_EPOCHS = env_int("FUNDUS_TRAIN_EPOCHS", 0, minimum=0)
+FUNDUS_TRAIN_HOLDOUT_PERCENT = env_int("FUNDUS_TRAIN_HOLDOUT_PERCENT", 10, minimum=1)
+if FUNDUS_TRAIN_HOLDOUT_PERCENT >= 50:
+    raise ImproperlyConfigured("FUNDUS_TRAIN_HOLDOUT_PERCENT must be below 50")
+FUNDUS_AUGMENT_VARIANTS = env_int("FUNDUS_AUGMENT_VARIANTS", 0, minimum=0)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

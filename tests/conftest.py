@@ -37,3 +37,11 @@ def raw_fundus_dir() -> Path:
 @pytest.fixture(scope="session")
 def weights_dir() -> Path:
     return _require(WEIGHTS_DIR, "offline ImageNet weights")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _fast_password_hashing():
+    """The default hasher costs ~0.5 s per user on this CPU; tests create many users."""
+    from django.conf import settings
+
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

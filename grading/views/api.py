@@ -1,3 +1,137 @@
+"""Read-only JSON API for integration, mounted at ``/api/``.
+
+Authentication: a token (``Authorization: Token <key>``; create one with
+``manage.py drf_create_token <username>``) or the browser session. DRF class views opt out of
+Django's LoginRequiredMiddleware themselves (``login_required = False``) and answer 401 instead of
+redirecting to the login page. Reading needs the same ``view_*`` permissions as the pages.
+"""
+
 from __future__ import annotations
 
-urlpatterns: list = []
+from django.db.models import Prefetch, QuerySet
+from django.shortcuts import get_object_or_404
+from django.urls import path
+from rest_framework import generics
+from rest_framework.exceptions import ValidationError
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.permissions import BasePermission, IsAuthenticated
+
+from grading.models import GradeLevel, Image, ModelVersion, Prediction
+from grading.serializers import ImageSerializer, ModelVersionSerializer, PredictionSerializer
+
+
+class ApiPagination(PageNumberPagination):
+    """Page size from REST_FRAMEWORK["PAGE_SIZE"]; a client may ask for up to 1000 per page."""
+
+    page_size_query_param = "page_size"
+    max_page_size = 1000
+
+
+class HasViewPermissions(BasePermission):
+    """The view names the model permissions it needs (``required_permissions``)."""
+
+    message = "Your account has no permission to read this data."
+
+    def has_permission(self, request, view) -> bool:
+        return request.user.has_perms(getattr(view, "required_permissions", ()))
+
+
+def _grade_param(request, name: str) -> int | None:
+    raw = request.query_params.get(name)
+    if raw in (None, ""):
+        return None
+    if not raw.isdigit() or not GradeLevel.objects.filter(value=int(raw)).exists():
+        known = ", ".join(str(v) for v in GradeLevel.objects.values_list("value", flat=True))
+        raise ValidationError({name: f"{raw!r} is not a grade of the scale ({known})."})
+    return int(raw)
+
+
+class ReadOnlyApiView(generics.GenericAPIView):
+    permission_classes = [IsAuthenticated, HasViewPermissions]
+    pagination_class = ApiPagination
+
+
+class ImageList(ReadOnlyApiView, generics.ListAPIView):
+    """Images with their confirmed grade and latest prediction (of any model version).
+
+    Filters: ``grading_state`` (pending | adjudication | confirmed), ``confirmed_grade`` (a grade
+    value), ``patient`` (pseudonym).
+    """
+
+    serializer_class = ImageSerializer
+    required_permissions = ("grading.view_image", "grading.view_prediction")
+
+    def get_queryset(self) -> QuerySet[Image]:
+        queryset = (
+            Image.objects.select_related("patient")
+            .prefetch_related(
+                Prefetch(
+                    "predictions",
+                    queryset=Prediction.objects.select_related("model_version").order_by(
+                        "-created_at", "-id"
+                    ),
+                    to_attr="predictions_newest_first",
+                )
+            )
+            .order_by("id")
+        )
+        state = self.request.query_params.get("grading_state")
+        if state:
+            if state not in Image.GradingState.values:
+                raise ValidationError(
+                    {"grading_state": f"must be one of {', '.join(Image.GradingState.values)}."}
+                )
+            queryset = queryset.filter(grading_state=state)
+        grade = _grade_param(self.request, "confirmed_grade")
+        if grade is not None:
+            queryset = queryset.filter(confirmed_grade_id=grade)
+        patient = self.request.query_params.get("patient")
+        if patient:
+            queryset = queryset.filter(patient__pseudonym=patient)
+        return queryset
+
+
+class ImageDetail(ReadOnlyApiView, generics.RetrieveAPIView):
+    serializer_class = ImageSerializer
+    required_permissions = ("grading.view_image", "grading.view_prediction")
+    lookup_url_kwarg = "image_id"
+
+    def get_queryset(self) -> QuerySet[Image]:
+        return Image.objects.select_related("patient")
+
+
+class ModelVersionList(ReadOnlyApiView, generics.ListAPIView):
+    serializer_class = ModelVersionSerializer
+    required_permissions = ("grading.view_modelversion",)
+    queryset = ModelVersion.objects.order_by("-created_at", "-id")
+
+
+class ModelVersionPredictions(ReadOnlyApiView, generics.ListAPIView):
+    """Predictions of one model version (by name), oldest first; ``predicted_grade`` filters."""
+
+    serializer_class = PredictionSerializer
+    required_permissions = ("grading.view_prediction", "grading.view_image")
+
+    def get_queryset(self) -> QuerySet[Prediction]:
+        version = get_object_or_404(ModelVersion, name=self.kwargs["name"])
+        queryset = (
+            Prediction.objects.filter(model_version=version)
+            .select_related("model_version", "image")
+            .order_by("id")
+        )
+        grade = _grade_param(self.request, "predicted_grade")
+        if grade is not None:
+            queryset = queryset.filter(predicted_grade_id=grade)
+        return queryset
+
+
+urlpatterns = [
+    path("images/", ImageList.as_view(), name="api_images"),
+    path("images/<int:image_id>/", ImageDetail.as_view(), name="api_image"),
+    path("model-versions/", ModelVersionList.as_view(), name="api_model_versions"),
+    path(
+        "model-versions/<str:name>/predictions/",
+        ModelVersionPredictions.as_view(),
+        name="api_model_version_predictions",
+    ),
+]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.contrib.auth.decorators import login_not_required
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path
 from django.views.decorators.http import require_GET
 
@@ -14,6 +14,10 @@ from grading.selectors import images as image_selectors
 
 @require_GET
 def home(request: HttpRequest) -> HttpResponse:
+    # Clinicians spend their day in the worklist; admins (who may also grade) keep the overview.
+    user = request.user
+    if user.has_perm("grading.grade_image") and not user.has_perm("grading.retrain_model"):
+        return redirect("worklist")
     ctx = {"counts": image_selectors.image_counts()}
     return render(request, "grading/home.html", ctx)
 

@@ -1,3 +1,601 @@
+"""Clinician pages: worklist, grading, adjudication, upload, patients, viewer renderings, settings."""
+
 from __future__ import annotations
 
-urlpatterns: list = []
+import datetime as dt
+import secrets
+
+from django import forms
+from django.contrib import messages
+from django.contrib.auth.decorators import permission_required
+from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
+from django.core.validators import RegexValidator
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import path, reverse
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from grading.models import Grade, GradeLevel, Image, Patient, WorkbenchSettings
+from grading.selectors import patients as patient_selectors
+from grading.selectors import worklist as worklist_selectors
+from grading.selectors.assistance import model_view_for, prediction_cam_file, prediction_hidden
+from grading.selectors.model_versions import model_version_active
+from grading.services import claims as claim_services
+from grading.services import grades as grade_services
+from grading.services import renderings
+from grading.services.uploads import ZIP_MAX_MEMBERS, UploadVisit, upload_files_process
+from grading.services.workbench import EDITABLE_FIELDS, workbench_settings_update
+
+GRADE_PERMISSION = "grading.grade_image"
+ADJUDICATE_PERMISSION = "grading.adjudicate_image"
+UPLOAD_PERMISSION = "grading.upload_image"
+VIEW_IMAGE_PERMISSION = "grading.view_image"
+VIEW_PATIENT_PERMISSION = "grading.view_patient"
+SETTINGS_PERMISSION = "grading.change_workbenchsettings"
+
+SESSION_ORDER = "grading_queue_order"
+SESSION_SEED = "grading_queue_seed"
+SESSION_SKIPPED = "grading_skipped"
+SESSION_HISTORY = "grading_history"
+HISTORY_LENGTH = 50
+SKIPPED_LENGTH = 500
+WORKLIST_PAGE_SIZE = 25
+PATIENTS_PAGE_SIZE = 25
+
+
+# ---------------------------------------------------------------------------------------------
+# Session helpers: the user's queue order, the images they skipped, where they have been.
+
+
+def _queue_order(request: HttpRequest) -> tuple[str, bool]:
+    """The queue order in force and whether it is the user's own choice (else the admin's)."""
+    chosen = request.session.get(SESSION_ORDER)
+    if chosen in worklist_selectors.QUEUE_ORDERS:
+        return chosen, True
+    return worklist_selectors.workbench_settings_get().queue_order, False
+
+
+def _queue_seed(request: HttpRequest) -> str:
+    seed = request.session.get(SESSION_SEED)
+    if not seed:
+        seed = request.session[SESSION_SEED] = secrets.token_hex(8)
+    return seed
+
+
+def _skipped(request: HttpRequest) -> list[int]:
+    return list(request.session.get(SESSION_SKIPPED, []))
+
+
+def _skip(request: HttpRequest, image_id: int) -> None:
+    skipped = [pk for pk in _skipped(request) if pk != image_id] + [image_id]
+    request.session[SESSION_SKIPPED] = skipped[-SKIPPED_LENGTH:]
+
+
+def _history_visit(request: HttpRequest, image_id: int) -> None:
+    history = list(request.session.get(SESSION_HISTORY, []))
+    if image_id in history:
+        return  # going back and forth keeps the original order
+    request.session[SESSION_HISTORY] = (history + [image_id])[-HISTORY_LENGTH:]
+
+
+def _history_previous(request: HttpRequest, image_id: int) -> int | None:
+    history = list(request.session.get(SESSION_HISTORY, []))
+    if image_id in history:
+        index = history.index(image_id)
+        return history[index - 1] if index > 0 else None
+    return history[-1] if history else None
+
+
+def _serve_next(request: HttpRequest) -> HttpResponse:
+    order, _ = _queue_order(request)
+    image = claim_services.claim_next(
+        grader=request.user,
+        order=order,
+        seed=_queue_seed(request),
+        exclude_ids=_skipped(request),
+    )
+    if image is None:
+        if _skipped(request):
+            messages.info(
+                request,
+                "Only images you skipped are left. Clear the skipped list on the worklist to "
+                "see them again.",
+            )
+        else:
+            messages.info(request, "Nothing left to grade in your queue. Thank you!")
+        return redirect("worklist")
+    _history_visit(request, image.pk)
+    return redirect("grade_image", image_id=image.pk)
+
+
+def _page_number(request: HttpRequest) -> str:
+    return request.GET.get("page") or "1"
+
+
+# ---------------------------------------------------------------------------------------------
+# Worklist
+
+
+@require_GET
+@permission_required(GRADE_PERMISSION, raise_exception=True)
+def worklist(request: HttpRequest) -> HttpResponse:
+    if "order" in request.GET:
+        choice = request.GET["order"]
+        if choice == "default":
+            request.session.pop(SESSION_ORDER, None)
+        elif choice in worklist_selectors.QUEUE_ORDERS:
+            request.session[SESSION_ORDER] = choice
+        else:
+            messages.error(request, f"Unknown queue order {choice!r}.")
+        return redirect("worklist")
+    if request.GET.get("skipped") == "clear":
+        request.session.pop(SESSION_SKIPPED, None)
+        messages.info(request, "Skipped images are back in your queue.")
+        return redirect("worklist")
+
+    order, own_choice = _queue_order(request)
+    skipped = _skipped(request)
+    ordered_ids = worklist_selectors.worklist_ordered_ids(
+        grader=request.user, order=order, seed=_queue_seed(request)
+    )
+    page = Paginator(ordered_ids, WORKLIST_PAGE_SIZE).get_page(_page_number(request))
+    held = set(worklist_selectors.claim_held(grader=request.user))
+    settings_row = worklist_selectors.workbench_settings_get()
+    rows = [
+        {
+            "image": image,
+            "position": page.start_index() + index,
+            "held": image.pk in held,
+            "skipped": image.pk in skipped,
+        }
+        for index, image in enumerate(
+            worklist_selectors.images_for_list(image_ids=page.object_list)
+        )
+    ]
+    ctx = {
+        "rows": rows,
+        "page": page,
+        "order": order,
+        "order_label": WorkbenchSettings.QueueOrder(order).label,
+        "own_choice": own_choice,
+        "default_order_label": WorkbenchSettings.QueueOrder(settings_row.queue_order).label,
+        "orders": WorkbenchSettings.QueueOrder.choices,
+        "counts": worklist_selectors.worklist_counts(grader=request.user),
+        "skipped_count": len([pk for pk in skipped if pk in set(ordered_ids)]),
+        "settings_row": settings_row,
+        "can_change_settings": request.user.has_perm(SETTINGS_PERMISSION),
+    }
+    return render(request, "grading/grading/worklist.html", ctx)
+
+
+@require_POST
+@permission_required(GRADE_PERMISSION, raise_exception=True)
+def worklist_next(request: HttpRequest) -> HttpResponse:
+    """Claim the next image and go to it. Leaving an image without grading it counts as a skip."""
+    came_from = request.POST.get("from", "")
+    if came_from.isdigit():
+        image = Image.objects.filter(pk=int(came_from)).first()
+        if (
+            image is not None
+            and worklist_selectors.grade_current_for(image=image, grader=request.user) is None
+        ):
+            claim_services.claim_release(image=image, grader=request.user)
+            _skip(request, image.pk)
+    return _serve_next(request)
+
+
+# ---------------------------------------------------------------------------------------------
+# Grading
+
+
+class GradeForm(forms.Form):
+    grade = forms.TypedChoiceField(coerce=int, required=False, empty_value=None)
+    ungradable = forms.BooleanField(required=False)
+    macular_oedema = forms.BooleanField(required=False)
+    notes = forms.CharField(
+        required=False, max_length=grade_services.MAX_NOTES_LENGTH, widget=forms.Textarea
+    )
+
+    def __init__(self, *args, levels: list[GradeLevel], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["grade"].choices = [("", "—")] + [(level.value, str(level)) for level in levels]
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        grade, ungradable = cleaned.get("grade"), cleaned.get("ungradable")
+        if grade is None and not ungradable:
+            raise ValidationError("Choose a grade (keys 0-4) or mark the image ungradable (U).")
+        if grade is not None and ungradable:
+            raise ValidationError("Choose either a grade or 'ungradable', not both.")
+        if ungradable and cleaned.get("macular_oedema"):
+            raise ValidationError(
+                "An ungradable image cannot be assessed for macular oedema; clear one of the two."
+            )
+        return cleaned
+
+    def grade_input(self) -> grade_services.GradeInput:
+        data = self.cleaned_data
+        return grade_services.GradeInput(
+            grade=data["grade"],
+            ungradable=bool(data["ungradable"]),
+            macular_oedema=bool(data["macular_oedema"]),
+            notes=data["notes"] or "",
+        )
+
+
+def _grade_initial(grade: Grade | None) -> dict:
+    if grade is None:
+        return {}
+    return {
+        "grade": grade.grade_id,
+        "ungradable": grade.ungradable,
+        "macular_oedema": grade.macular_oedema,
+        "notes": grade.notes,
+    }
+
+
+def _viewer_ctx(image: Image, model_view) -> dict:
+    modes = [("original", "Original", reverse("image_file", args=[image.pk]))] + [
+        (mode, label, reverse("image_view", args=[image.pk, mode]))
+        for mode, label in (
+            ("cropped", "Cropped"),
+            ("red_free", "Red-free"),
+            ("ben_graham", "Ben Graham"),
+        )
+    ]
+    cam_url = (
+        reverse("image_cam", args=[image.pk])
+        if model_view.state == "ready" and model_view.cam_available
+        else ""
+    )
+    return {"view_modes": modes, "cam_url": cam_url}
+
+
+def _grade_page(
+    request: HttpRequest, image: Image, form: GradeForm | None = None, status: int = 200
+) -> HttpResponse:
+    user = request.user
+    levels = list(GradeLevel.objects.order_by("value"))
+    my_grade = worklist_selectors.grade_current_for(image=image, grader=user)
+    settings_row = worklist_selectors.workbench_settings_get()
+    can_grade_now = my_grade is not None or image.grading_state == Image.GradingState.PENDING
+    others_busy = False
+    if my_grade is None and image.grading_state == Image.GradingState.PENDING:
+        others_busy = not claim_services.claim_take(image=image, grader=user)
+    if form is None:
+        form = GradeForm(initial=_grade_initial(my_grade), levels=levels)
+    model_view = model_view_for(image=image, user=user)
+    selected = form["grade"].value()
+    ctx = {
+        "image": image,
+        "levels": levels,
+        "selected_grade": str(selected) if selected not in (None, "") else "",
+        "form": form,
+        "my_grade": my_grade,
+        "can_grade_now": can_grade_now,
+        "others_busy": others_busy,
+        "grades_required": settings_row.grades_required,
+        "blind": model_view.state == "hidden",
+        "model_view": model_view,
+        "context": patient_selectors.patient_context_for(image=image),
+        "previous_id": _history_previous(request, image.pk),
+        **_viewer_ctx(image, model_view),
+    }
+    return render(request, "grading/grading/grade.html", ctx, status=status)
+
+
+@require_http_methods(["GET", "POST"])
+@permission_required(GRADE_PERMISSION, raise_exception=True)
+def grade_image(request: HttpRequest, image_id: int) -> HttpResponse:
+    image = get_object_or_404(Image.objects.select_related("patient"), pk=image_id)
+    if request.method == "GET":
+        _history_visit(request, image.pk)
+        return _grade_page(request, image)
+
+    if "skip" in request.POST.getlist("action"):
+        if worklist_selectors.grade_current_for(image=image, grader=request.user) is None:
+            claim_services.claim_release(image=image, grader=request.user)
+            _skip(request, image.pk)
+        return _serve_next(request)
+
+    levels = list(GradeLevel.objects.order_by("value"))
+    form = GradeForm(request.POST, levels=levels)
+    if not form.is_valid():
+        return _grade_page(request, image, form=form, status=400)
+    was_correction = (
+        worklist_selectors.grade_current_for(image=image, grader=request.user) is not None
+    )
+    try:
+        grade = grade_services.grade_submit(
+            image=image, grader=request.user, choice=form.grade_input()
+        )
+    except grade_services.GradeRejected as error:
+        messages.error(request, str(error))
+        return redirect("grade_image", image_id=image.pk)
+    saved = "ungradable" if grade.ungradable else str(grade.grade)
+    verb = "Correction saved" if was_correction else "Grade saved"
+    messages.success(request, f"{verb}: {saved}.")
+    return redirect("grade_image", image_id=image.pk)
+
+
+# ---------------------------------------------------------------------------------------------
+# Adjudication
+
+
+@require_GET
+@permission_required(ADJUDICATE_PERMISSION, raise_exception=True)
+def adjudication_queue(request: HttpRequest) -> HttpResponse:
+    pending = list(worklist_selectors.adjudication_pending()[:200])
+    current = {}
+    for grade in Grade.objects.filter(
+        image__in=pending, kind=Grade.Kind.GRADER, superseded_by__isnull=True
+    ).select_related("grade", "grader"):
+        current.setdefault(grade.image_id, []).append(grade)
+    flagged = worklist_selectors.model_disagreements()
+    flagged_page = Paginator(flagged, 50).get_page(_page_number(request))
+    ctx = {
+        "pending": [(image, current.get(image.pk, [])) for image in pending],
+        "pending_total": worklist_selectors.adjudication_pending().count(),
+        "flagged_page": flagged_page,
+        "active_model": model_version_active(),
+    }
+    return render(request, "grading/grading/adjudication_queue.html", ctx)
+
+
+@require_http_methods(["GET", "POST"])
+@permission_required(ADJUDICATE_PERMISSION, raise_exception=True)
+def adjudicate(request: HttpRequest, image_id: int) -> HttpResponse:
+    image = get_object_or_404(
+        Image.objects.select_related("patient", "confirmed_grade"), pk=image_id
+    )
+    levels = list(GradeLevel.objects.order_by("value"))
+    form = GradeForm(request.POST or None, levels=levels)
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            try:
+                grade = grade_services.grade_adjudicate(
+                    image=image, reviewer=request.user, choice=form.grade_input()
+                )
+            except grade_services.GradeRejected as error:
+                messages.error(request, str(error))
+                return redirect("adjudicate", image_id=image.pk)
+            saved = "ungradable" if grade.ungradable else str(grade.grade)
+            messages.success(request, f"Image #{image.pk} confirmed by adjudication: {saved}.")
+            following = worklist_selectors.adjudication_pending().exclude(pk=image.pk).first()
+            if following is not None:
+                return redirect("adjudicate", image_id=following.pk)
+            return redirect("adjudication_queue")
+        status = 400
+    grades = list(
+        Grade.objects.filter(image=image)
+        .select_related("grade", "grader", "supersedes")
+        .order_by("created_at", "id")
+    )
+    superseded_ids = {grade.supersedes_id for grade in grades if grade.supersedes_id}
+    model_view = model_view_for(image=image, user=request.user, reveal=True)
+    if not form.is_bound:
+        current = [g for g in grades if g.kind == Grade.Kind.GRADER and g.pk not in superseded_ids]
+        if current and len({(g.grade_id, g.ungradable) for g in current}) == 1:
+            form = GradeForm(initial=_grade_initial(current[0]) | {"notes": ""}, levels=levels)
+    selected = form["grade"].value()
+    ctx = {
+        "image": image,
+        "levels": levels,
+        "form": form,
+        "selected_grade": str(selected) if selected not in (None, "") else "",
+        "grades": [(grade, grade.pk in superseded_ids) for grade in grades],
+        "model_view": model_view,
+        "context": patient_selectors.patient_context_for(image=image),
+        "i_graded_it": any(
+            g.grader_id == request.user.pk and g.kind == Grade.Kind.GRADER for g in grades
+        ),
+        **_viewer_ctx(image, model_view),
+    }
+    return render(request, "grading/grading/adjudicate.html", ctx, status=status)
+
+
+# ---------------------------------------------------------------------------------------------
+# Upload
+
+
+class UploadForm(forms.Form):
+    patient_id = forms.CharField(
+        label="Patient ID (pseudonym)",
+        max_length=64,
+        validators=[
+            RegexValidator(
+                r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                "Use letters, digits, dot, dash or underscore (a pseudonym, never a name).",
+            )
+        ],
+    )
+    eye = forms.ChoiceField(choices=Image.Eye.choices, initial=Image.Eye.RIGHT)
+    acquired_on = forms.DateField(
+        label="Date taken",
+        required=False,
+        # ISO format: what an <input type="date"> shows and sends, whatever the locale.
+        widget=forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d"),
+    )
+
+    def clean_acquired_on(self) -> dt.date | None:
+        value = self.cleaned_data.get("acquired_on")
+        if value is not None and value > timezone.localdate():
+            raise ValidationError("The date a photograph was taken cannot be in the future.")
+        return value
+
+
+@require_http_methods(["GET", "POST"])
+@permission_required(UPLOAD_PERMISSION, raise_exception=True)
+def upload(request: HttpRequest) -> HttpResponse:
+    form = UploadForm(request.POST or None)
+    files = request.FILES.getlist("files") if request.method == "POST" else []
+    report = None
+    status = 200
+    if request.method == "POST":
+        if not files:
+            form.add_error(None, "Choose at least one photograph or a .zip of photographs.")
+        if form.is_valid():
+            report = upload_files_process(
+                files=files,
+                visit=UploadVisit(
+                    patient_pseudonym=form.cleaned_data["patient_id"],
+                    eye=form.cleaned_data["eye"],
+                    acquired_on=form.cleaned_data["acquired_on"],
+                ),
+                uploaded_by=request.user,
+            )
+            patient = Patient.objects.filter(pseudonym=form.cleaned_data["patient_id"]).first()
+            ctx = {
+                "form": UploadForm(initial=form.cleaned_data),
+                "report": report,
+                "patient": patient,
+                "zip_max_members": ZIP_MAX_MEMBERS,
+                "active_model": model_version_active(),
+            }
+            return render(request, "grading/grading/upload.html", ctx)
+        status = 400
+    ctx = {"form": form, "report": report, "zip_max_members": ZIP_MAX_MEMBERS}
+    return render(request, "grading/grading/upload.html", ctx, status=status)
+
+
+# ---------------------------------------------------------------------------------------------
+# Patients
+
+
+@require_GET
+@permission_required(VIEW_PATIENT_PERMISSION, raise_exception=True)
+def patients(request: HttpRequest) -> HttpResponse:
+    query = request.GET.get("q", "").strip()[:64]
+    page = Paginator(patient_selectors.patients_search(query=query), PATIENTS_PAGE_SIZE).get_page(
+        _page_number(request)
+    )
+    statuses = patient_selectors.patients_referable_status(
+        patient_ids=[patient.pk for patient in page.object_list]
+    )
+    ctx = {
+        "query": query,
+        "page": page,
+        "rows": [(patient, statuses[patient.pk]) for patient in page.object_list],
+    }
+    return render(request, "grading/grading/patients.html", ctx)
+
+
+@require_GET
+@permission_required(VIEW_PATIENT_PERMISSION, raise_exception=True)
+def patient_detail(request: HttpRequest, patient_id: int) -> HttpResponse:
+    patient = get_object_or_404(Patient, pk=patient_id)
+    ctx = {
+        "patient": patient,
+        "timelines": patient_selectors.patient_eyes_timeline(patient=patient),
+        "status": patient_selectors.patient_referable_status(patient=patient),
+        "referable_from": GradeLevel.objects.filter(is_referable=True).order_by("value").first(),
+        "can_grade": request.user.has_perm(GRADE_PERMISSION),
+    }
+    return render(request, "grading/grading/patient_detail.html", ctx)
+
+
+# ---------------------------------------------------------------------------------------------
+# Viewer renderings and the CAM overlay (clinical data: login and permission, private caching)
+
+
+def _png_response(path) -> FileResponse:
+    response = FileResponse(open(path, "rb"), content_type="image/png")  # noqa: SIM115
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+@require_GET
+@permission_required(VIEW_IMAGE_PERMISSION, raise_exception=True)
+def image_view(request: HttpRequest, image_id: int, mode: str) -> HttpResponse:
+    image = get_object_or_404(Image, pk=image_id)
+    if mode not in renderings.VIEW_MODES:
+        raise Http404(f"Unknown view {mode!r}.")
+    try:
+        rendered = renderings.image_view_render(image=image, mode=mode)
+    except renderings.RenderingFailed as error:
+        raise Http404(f"This view of the photograph is not available: {error}.") from None
+    return _png_response(rendered)
+
+
+@require_GET
+@permission_required(VIEW_IMAGE_PERMISSION, raise_exception=True)
+def image_cam(request: HttpRequest, image_id: int) -> HttpResponse:
+    image = get_object_or_404(Image, pk=image_id)
+    # The map reveals the model's opinion: a blinded first grader gets it only after grading.
+    if prediction_hidden(image=image, user=request.user):
+        return HttpResponse(
+            "The model's view is hidden until you save your grade.",
+            status=403,
+            content_type="text/plain",
+        )
+    model_view = model_view_for(image=image, user=request.user, reveal=True)
+    cam = prediction_cam_file(prediction=model_view.prediction) if model_view.prediction else None
+    if cam is None:
+        raise Http404("No class activation map is available for this image.")
+    return _png_response(cam)
+
+
+# ---------------------------------------------------------------------------------------------
+# Workbench settings (admin)
+
+
+class WorkbenchSettingsForm(forms.ModelForm):
+    grades_required = forms.TypedChoiceField(
+        coerce=int,
+        choices=[
+            (1, "1 grade (single grader)"),
+            (2, "2 independent grades (adjudicate disagreements)"),
+        ],
+        widget=forms.RadioSelect,
+    )
+    claim_minutes = forms.IntegerField(min_value=1, max_value=240)
+
+    class Meta:
+        model = WorkbenchSettings
+        fields = list(EDITABLE_FIELDS)
+        labels = {
+            "blind_first_grader": "Blind first read (hide the model until the first grade is saved)",
+            "queue_order": "Default queue order",
+            "claim_minutes": "Claim lease (minutes)",
+            "auto_retrain_after": "Retrain automatically after this many new confirmed grades (0: off)",
+        }
+
+
+@require_http_methods(["GET", "POST"])
+@permission_required(SETTINGS_PERMISSION, raise_exception=True)
+def workbench_settings(request: HttpRequest) -> HttpResponse:
+    current = worklist_selectors.workbench_settings_get()
+    form = WorkbenchSettingsForm(request.POST or None, instance=current)
+    if request.method == "POST":
+        if form.is_valid():
+            values = {name: form.cleaned_data[name] for name in WorkbenchSettingsForm.Meta.fields}
+            _, settled = workbench_settings_update(**values)
+            note = (
+                f" {settled} pending image(s) now have enough grades and were settled."
+                if settled
+                else ""
+            )
+            messages.success(request, f"Grading settings saved.{note}")
+            return redirect("workbench_settings")
+        return render(
+            request, "grading/grading/workbench_settings.html", {"form": form}, status=400
+        )
+    return render(request, "grading/grading/workbench_settings.html", {"form": form})
+
+
+urlpatterns = [
+    path("worklist/", worklist, name="worklist"),
+    path("worklist/next/", worklist_next, name="worklist_next"),
+    path("grade/<int:image_id>/", grade_image, name="grade_image"),
+    path("adjudication/", adjudication_queue, name="adjudication_queue"),
+    path("adjudicate/<int:image_id>/", adjudicate, name="adjudicate"),
+    path("upload/", upload, name="upload"),
+    path("patients/", patients, name="patients"),
+    path("patients/<int:patient_id>/", patient_detail, name="patient_detail"),
+    path("images/<int:image_id>/view/<str:mode>.png", image_view, name="image_view"),
+    path("images/<int:image_id>/cam.png", image_cam, name="image_cam"),
+    path("settings/grading/", workbench_settings, name="workbench_settings"),
+]

@@ -1,3 +1,351 @@
+"""Model registry (versions, comparison, activation, rollback, retraining) and the jobs page.
+
+Admin pages. The web process never imports TensorFlow: it reads the registry from the database
+and the plots from the version's folder, and hands all heavy work to the workers through jobs.
+With Redis down every page still renders; actions that need the queue say it is unavailable.
+"""
+
 from __future__ import annotations
 
-urlpatterns: list = []
+from pathlib import Path
+
+from django.contrib import messages
+from django.contrib.auth.decorators import permission_required
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import path, reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_GET, require_POST
+
+from grading.models import Job, ModelVersion
+from grading.selectors import jobs as job_selectors
+from grading.selectors import model_versions as version_selectors
+from grading.selectors.predictions import predictions_missing_count
+from grading.services import jobs as job_services
+from grading.services import model_versions as version_services
+
+
+def _back(request: HttpRequest, default: str) -> HttpResponse:
+    target = request.POST.get("next", "")
+    if target and url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return redirect(target)
+    return redirect(default)
+
+
+def _queue_context() -> dict:
+    """Whether the queue answers, for the Retrain button (asked once per page, ~1 ms)."""
+    available = job_services.queue_is_available(timeout=0.5)
+    return {
+        "queue_available": available,
+        "queue_message": "" if available else job_services.queue_unavailable_message(),
+        "training_job": job_selectors.job_training_open(),
+    }
+
+
+def _activation_messages(request: HttpRequest, activation: version_services.Activation) -> None:
+    text = f"{activation.version.name} is now the active model"
+    if activation.previous is not None:
+        text += f" (it replaces {activation.previous.name}, which you can roll back to)"
+    messages.success(request, text + ".")
+    if activation.refresh_error:
+        messages.warning(
+            request,
+            "Images it has not graded yet will be predicted once the job queue is back: "
+            + activation.refresh_error,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Model registry
+
+
+@require_GET
+@permission_required("grading.retrain_model", raise_exception=True)
+def model_versions(request: HttpRequest) -> HttpResponse:
+    versions = list(version_selectors.model_versions_list())
+    active = next((v for v in versions if v.state == ModelVersion.State.ACTIVE), None)
+    rows = [
+        {
+            "version": version,
+            "headline": version_selectors.model_version_headline(version=version),
+            "train_counts": sorted(
+                ((int(grade), count) for grade, count in version.train_counts.items()),
+                key=lambda item: item[0],
+            ),
+            "auto_activated": version_selectors.model_version_auto_activated(version=version),
+        }
+        for version in versions
+    ]
+    candidates = [v for v in versions if v.state == ModelVersion.State.CANDIDATE]
+    ctx = {
+        "rows": rows,
+        "active": active,
+        "missing_predictions": predictions_missing_count(model_version=active) if active else 0,
+        "rollback_target": version_selectors.model_version_rollback_target() if active else None,
+        "ever_activated": version_selectors.model_version_ever_activated(),
+        "compare_versions": [v for v in versions if v.holdout_sha256],
+        "compare_default_a": active.pk if active else None,
+        "compare_default_b": candidates[0].pk if candidates else None,
+        **_queue_context(),
+    }
+    return render(request, "grading/models/list.html", ctx)
+
+
+@require_GET
+@permission_required("grading.retrain_model", raise_exception=True)
+def model_version_detail(request: HttpRequest, version_id: int) -> HttpResponse:
+    version = get_object_or_404(ModelVersion.objects.select_related("created_by"), pk=version_id)
+    holdout = version.metrics.get("holdout") or {}
+    scale = version_selectors.grade_scale()
+    per_grade = holdout.get("per_grade") or {}
+    ctx = {
+        "version": version,
+        "headline": version_selectors.model_version_headline(version=version),
+        "holdout": holdout,
+        "per_grade_rows": [
+            {"level": level, **(per_grade.get(str(level.value)) or {})} for level in scale
+        ],
+        "confusion_rows": _confusion_rows(holdout, scale),
+        "scale": scale,
+        "train_counts": [(level, version.train_counts.get(str(level.value), 0)) for level in scale],
+        "plots": version_selectors.model_version_plots(version=version),
+        "training_job": version_selectors.model_version_training_job(version=version),
+        "auto_activated": version_selectors.model_version_auto_activated(version=version),
+        "predictions": version.predictions.count(),
+    }
+    return render(request, "grading/models/detail.html", ctx)
+
+
+def _confusion_rows(report: dict, scale: list) -> list[tuple]:
+    matrix = report.get("confusion") or []
+    if len(matrix) != len(scale):
+        return []
+    return list(zip(scale, matrix, strict=True))
+
+
+@require_GET
+@permission_required("grading.retrain_model", raise_exception=True)
+def model_compare(request: HttpRequest) -> HttpResponse:
+    versions = [v for v in version_selectors.model_versions_list() if v.holdout_sha256]
+    by_id = {v.pk: v for v in versions}
+    first = by_id.get(_int_or_none(request.GET.get("a")))
+    second = by_id.get(_int_or_none(request.GET.get("b")))
+    ctx: dict = {"versions": versions, "first": first, "second": second, "comparison": None}
+    if first is not None and second is not None:
+        if first.pk == second.pk:
+            ctx["error"] = "Choose two different versions to compare."
+        else:
+            comparison = version_selectors.model_versions_compare(first=first, second=second)
+            scale = version_selectors.grade_scale()
+            ctx["comparison"] = comparison
+            ctx["columns"] = [
+                {
+                    "version": version,
+                    "headline": version_selectors.metrics_headline(report),
+                    "confusion_rows": _confusion_rows(report, scale),
+                }
+                for version in (first, second)
+                if (report := comparison.reports.get(version.pk)) is not None
+            ]
+            ctx["scale"] = scale
+    return render(request, "grading/models/compare.html", ctx)
+
+
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return int(value) if value else None
+    except ValueError:
+        return None
+
+
+@require_GET
+@permission_required("grading.retrain_model", raise_exception=True)
+def model_artifact_file(request: HttpRequest, version_id: int, filename: str) -> FileResponse:
+    # Only the known plot files, resolved inside the version's own folder: no path from the URL
+    # ever reaches the file system.
+    if filename not in version_selectors.PLOT_FILES:
+        raise Http404("No such file.")
+    version = get_object_or_404(ModelVersion, pk=version_id)
+    if not version.artifact_path:
+        raise Http404("This version has no files.")
+    file_path = Path(version.artifact_path) / filename
+    if not file_path.is_file():
+        raise Http404("The file is missing.")
+    response = FileResponse(file_path.open("rb"), content_type="image/png")
+    response["Cache-Control"] = "private, max-age=300"
+    return response
+
+
+@require_POST
+@permission_required("grading.activate_model", raise_exception=True)
+def model_version_activate(request: HttpRequest, version_id: int) -> HttpResponse:
+    version = get_object_or_404(ModelVersion, pk=version_id)
+    try:
+        activation = version_services.model_version_activate(version=version, user=request.user)
+    except version_services.ModelVersionError as error:
+        messages.error(request, str(error))
+        return _back(request, reverse("model_versions"))
+    _activation_messages(request, activation)
+    return _back(request, reverse("model_versions"))
+
+
+@require_POST
+@permission_required("grading.activate_model", raise_exception=True)
+def model_rollback(request: HttpRequest) -> HttpResponse:
+    try:
+        activation = version_services.model_version_rollback(user=request.user)
+    except version_services.ModelVersionError as error:
+        messages.error(request, str(error))
+        return redirect("model_versions")
+    _activation_messages(request, activation)
+    return redirect("model_versions")
+
+
+@require_POST
+@permission_required("grading.retrain_model", raise_exception=True)
+def model_retrain(request: HttpRequest) -> HttpResponse:
+    try:
+        job, created = version_services.model_retrain_request(user=request.user)
+    except job_services.QueueUnavailable as error:
+        messages.error(request, f"Retraining was not started. {error}")
+        return _back(request, reverse("model_versions"))
+    except version_services.TrainingDataError as error:
+        messages.error(request, str(error))
+        return _back(request, reverse("model_versions"))
+    if created:
+        messages.success(
+            request,
+            f"Retraining queued (job #{job.pk}). The new version will be a candidate: "
+            "compare it with the active one, then activate it.",
+        )
+    else:
+        messages.info(
+            request,
+            f"A retrain is already {job.get_state_display().lower()} (job #{job.pk}); "
+            "no second one was started.",
+        )
+    return redirect("jobs")
+
+
+# ---------------------------------------------------------------------------------------------
+# Jobs
+
+
+@require_GET
+@permission_required("grading.retrain_model", raise_exception=True)
+def jobs(request: HttpRequest) -> HttpResponse:
+    ctx = {
+        "jobs": job_selectors.jobs_list(),
+        "can_manage": request.user.has_perm("grading.manage_jobs"),
+        "startable": STARTABLE_KINDS.items(),
+        **_queue_context(),
+    }
+    return render(request, "grading/jobs/list.html", ctx)
+
+
+@require_GET
+@permission_required("grading.retrain_model", raise_exception=True)
+def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
+    job = get_object_or_404(Job.objects.select_related("created_by", "model_version"), pk=job_id)
+    ctx = {
+        "job": job,
+        "error_headline": job_selectors.job_error_headline(job=job),
+        "can_manage": request.user.has_perm("grading.manage_jobs"),
+    }
+    return render(request, "grading/jobs/detail.html", ctx)
+
+
+@require_GET
+@permission_required("grading.retrain_model", raise_exception=True)
+def job_progress(request: HttpRequest, job_id: int) -> HttpResponse:
+    """One job's table row, polled by htmx every second while the job is open."""
+    job = get_object_or_404(Job.objects.select_related("created_by", "model_version"), pk=job_id)
+    ctx = {"job": job, "can_manage": request.user.has_perm("grading.manage_jobs")}
+    response = render(request, "grading/jobs/_job_row.html", ctx)
+    if request.htmx and not job.is_open:
+        # The job just finished: reload the page so that everything that depends on it (the
+        # Retrain button, links to the new version) is current. Finished rows do not poll, so
+        # this happens once.
+        response["HX-Refresh"] = "true"
+    return response
+
+
+# Jobs an admin may start by hand from the jobs page (retraining has its own button).
+STARTABLE_KINDS = {
+    Job.Kind.FEATURES_EXTRACT: "Compute missing features",
+    Job.Kind.IMAGES_AUGMENT: "Augment the training images",
+    Job.Kind.PREDICTIONS_REFRESH: "Predict images the active model has not seen",
+}
+
+
+@require_POST
+@permission_required("grading.manage_jobs", raise_exception=True)
+def job_start(request: HttpRequest) -> HttpResponse:
+    kind = request.POST.get("kind", "")
+    if kind not in STARTABLE_KINDS:
+        messages.error(request, "Unknown kind of job.")
+        return redirect("jobs")
+    try:
+        job, created = job_services.job_enqueue(kind=kind, created_by=request.user)
+    except job_services.QueueUnavailable as error:
+        messages.error(request, str(error))
+        return redirect("jobs")
+    label = Job.Kind(kind).label
+    if created:
+        messages.success(request, f"{label} queued (job #{job.pk}).")
+    else:
+        messages.info(
+            request, f"{label} is already {job.get_state_display().lower()} (job #{job.pk})."
+        )
+    return redirect("jobs")
+
+
+@require_POST
+@permission_required("grading.manage_jobs", raise_exception=True)
+def job_cancel(request: HttpRequest, job_id: int) -> HttpResponse:
+    job = get_object_or_404(Job, pk=job_id)
+    try:
+        job_services.job_cancel(job=job)
+    except job_services.JobStateError as error:
+        messages.error(request, str(error))
+    else:
+        messages.success(request, f"Job #{job.pk} cancelled.")
+    return _back(request, reverse("jobs"))
+
+
+@require_POST
+@permission_required("grading.manage_jobs", raise_exception=True)
+def job_retry(request: HttpRequest, job_id: int) -> HttpResponse:
+    job = get_object_or_404(Job, pk=job_id)
+    try:
+        new_job = job_services.job_retry(job=job, user=request.user)
+    except (job_services.JobStateError, job_services.QueueUnavailable) as error:
+        messages.error(request, str(error))
+    else:
+        messages.success(request, f"Job #{job.pk} queued again as job #{new_job.pk}.")
+    return _back(request, reverse("jobs"))
+
+
+urlpatterns = [
+    path("models/", model_versions, name="model_versions"),
+    path("models/compare/", model_compare, name="model_compare"),
+    path("models/retrain/", model_retrain, name="model_retrain"),
+    path("models/rollback/", model_rollback, name="model_rollback"),
+    path("models/<int:version_id>/", model_version_detail, name="model_version_detail"),
+    path(
+        "models/<int:version_id>/activate/", model_version_activate, name="model_version_activate"
+    ),
+    path(
+        "models/<int:version_id>/files/<str:filename>",
+        model_artifact_file,
+        name="model_artifact_file",
+    ),
+    path("jobs/", jobs, name="jobs"),
+    path("jobs/start/", job_start, name="job_start"),
+    path("jobs/<int:job_id>/", job_detail, name="job_detail"),
+    path("jobs/<int:job_id>/progress/", job_progress, name="job_progress"),
+    path("jobs/<int:job_id>/cancel/", job_cancel, name="job_cancel"),
+    path("jobs/<int:job_id>/retry/", job_retry, name="job_retry"),
+]

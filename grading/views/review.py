@@ -1,3 +1,360 @@
+"""Image timeline, agreement review (model vs confirmed grades, graders vs confirmed grades), charts
+and CSV exports."""
+
 from __future__ import annotations
 
-urlpatterns: list = []
+import csv
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from django import forms
+from django.contrib.auth.decorators import permission_required
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, render
+from django.urls import path
+from django.utils import timezone
+from django.utils.cache import patch_vary_headers
+from django.utils.text import get_valid_filename
+from django.views.decorators.http import require_GET
+
+from grading.models import Image, ModelVersion
+from grading.review_charts import confusion_png, qwk_by_month_png
+from grading.selectors import exports as export_selectors
+from grading.selectors import review as review_selectors
+from grading.selectors.review import REVIEW_DEFAULT_SORT, REVIEW_SORTS, ReviewFilters, Scale
+from grading.selectors.timeline import image_timeline
+
+REVIEW_PAGE_SIZE = 50
+
+# Table columns: (sort key, heading, first-click direction). Dates and differences read best newest /
+# largest first.
+REVIEW_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("image", "Image", "asc"),
+    ("patient", "Patient", "asc"),
+    ("uploaded", "Uploaded", "desc"),
+    ("predicted_at", "Predicted", "desc"),
+    ("confirmed", "Confirmed grade", "asc"),
+    ("predicted", "Predicted grade", "asc"),
+    ("disagreement", "Difference", "desc"),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Filters
+
+
+def _grade_choices(scale: Scale, empty: str) -> list[tuple[str, str]]:
+    return [("", empty)] + [(str(level.value), str(level)) for level in scale.levels]
+
+
+class ReviewFilterForm(forms.Form):
+    version = forms.ModelChoiceField(
+        queryset=ModelVersion.objects.none(), required=False, label="Model version"
+    )
+    date_by = forms.ChoiceField(
+        choices=[("uploaded", "Upload date"), ("predicted", "Prediction date")],
+        required=False,
+        label="Dates refer to",
+    )
+    date_from = forms.DateField(
+        required=False, label="From", widget=forms.DateInput(attrs={"type": "date"})
+    )
+    date_to = forms.DateField(
+        required=False, label="To (inclusive)", widget=forms.DateInput(attrs={"type": "date"})
+    )
+    grader = forms.ModelChoiceField(
+        queryset=review_selectors.graders_with_grades(),
+        required=False,
+        empty_label="Any grader",
+        label="Graded by",
+    )
+    confirmed = forms.TypedChoiceField(
+        coerce=int, empty_value=None, required=False, label="Confirmed grade"
+    )
+    predicted = forms.TypedChoiceField(
+        coerce=int, empty_value=None, required=False, label="Predicted grade"
+    )
+    disagreement = forms.TypedChoiceField(
+        choices=[
+            ("0", "All images"),
+            ("1", "Disagree by ≥ 1 grade"),
+            ("2", "Disagree by ≥ 2 grades"),
+        ],
+        coerce=int,
+        empty_value=0,
+        required=False,
+        label="Model vs confirmed",
+    )
+    sort = forms.ChoiceField(required=False, widget=forms.HiddenInput)
+
+    def __init__(self, *args: Any, scale: Scale, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        versions = review_selectors.model_versions_with_predictions()
+        self.fields["version"].queryset = versions
+        default = review_selectors.model_version_default()
+        self.fields["version"].empty_label = (
+            f"{default.name} (default)" if default else "No model version yet"
+        )
+        self.fields["version"].label_from_instance = lambda version: (
+            f"{version.name} ({version.get_state_display().lower()})"
+        )
+        self.fields["confirmed"].choices = _grade_choices(scale, "Any")
+        self.fields["predicted"].choices = _grade_choices(scale, "Any")
+        self.fields["sort"].choices = [("", "")] + [
+            (f"{prefix}{key}", key) for key in REVIEW_SORTS for prefix in ("", "-")
+        ]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        start, end = cleaned.get("date_from"), cleaned.get("date_to")
+        if start and end and start > end:
+            raise forms.ValidationError("The start date is after the end date.")
+        return cleaned
+
+    def filters(self) -> ReviewFilters:
+        data = self.cleaned_data
+        return ReviewFilters(
+            model_version=data["version"] or review_selectors.model_version_default(),
+            date_field=data["date_by"] or "uploaded",
+            date_from=data["date_from"],
+            date_to=data["date_to"],
+            grader=data["grader"],
+            confirmed_grade=data["confirmed"],
+            predicted_grade=data["predicted"],
+            min_disagreement=data["disagreement"] or 0,
+            sort=data["sort"] or REVIEW_DEFAULT_SORT,
+        )
+
+
+def _review_form(request: HttpRequest, scale: Scale) -> ReviewFilterForm:
+    form = ReviewFilterForm(request.GET, scale=scale)
+    form.is_valid()
+    return form
+
+
+def _sort_headers(request: HttpRequest, current: str) -> list[dict[str, str]]:
+    headers = []
+    for key, label, first in REVIEW_COLUMNS:
+        if current == key:
+            next_sort, aria = f"-{key}", "ascending"
+        elif current == f"-{key}":
+            next_sort, aria = key, "descending"
+        else:
+            next_sort, aria = (f"-{key}" if first == "desc" else key), "none"
+        params = request.GET.copy()
+        params["sort"] = next_sort
+        params.pop("page", None)
+        headers.append({"key": key, "label": label, "query": params.urlencode(), "aria_sort": aria})
+    return headers
+
+
+def _confusion_rows(report: dict[str, Any], scale: Scale) -> list[dict[str, Any]]:
+    """The confusion matrix as table rows, each cell with its share of the row (for the heat map)."""
+    rows = []
+    for i, (level, counts) in enumerate(zip(scale.levels, report["confusion"], strict=True)):
+        total = sum(counts)
+        cells = [
+            {
+                "count": count,
+                "share": round(count / total * 100) if total else 0,
+                "diagonal": i == j,
+            }
+            for j, count in enumerate(counts)
+        ]
+        rows.append({"level": level, "total": total, "cells": cells})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Pages
+
+
+@require_GET
+@permission_required("grading.view_image", raise_exception=True)
+def image_detail(request: HttpRequest, image_id: int) -> HttpResponse:
+    try:
+        timeline = image_timeline(image_id=image_id, viewer=request.user)
+    except Image.DoesNotExist:
+        raise Http404("No such image.") from None
+    ctx = {"timeline": timeline, "image": timeline.image}
+    return render(request, "grading/review/image_detail.html", ctx)
+
+
+@require_GET
+@permission_required("grading.review_agreement", raise_exception=True)
+def review(request: HttpRequest) -> HttpResponse:
+    scale = review_selectors.scale_get()
+    form = _review_form(request, scale)
+    # htmx swaps in the results only; a history restore (back button with a cold cache) or a
+    # plain GET gets the whole page.
+    partial = bool(
+        request.htmx and not request.htmx.boosted and not request.htmx.history_restore_request
+    )
+    template = "grading/review/_results.html" if partial else "grading/review/review.html"
+    if not form.is_valid():
+        response = render(request, template, {"form": form, "invalid": True}, status=400)
+        patch_vary_headers(response, ("HX-Request",))
+        return response
+    filters = form.filters()
+    predictions = review_selectors.review_predictions(filters=filters, scale=scale)
+    page = Paginator(predictions, REVIEW_PAGE_SIZE).get_page(request.GET.get("page"))
+    report = review_selectors.review_metrics(predictions=predictions, scale=scale)
+    chart_query = request.GET.copy()
+    for key in ("page", "sort"):
+        chart_query.pop(key, None)
+    ctx = {
+        "form": form,
+        "filters": filters,
+        "page": page,
+        "report": report,
+        "confusion_rows": _confusion_rows(report, scale) if report else [],
+        "scale": scale,
+        "sort_headers": _sort_headers(request, filters.sort),
+        "not_compared": review_selectors.review_not_compared_counts(filters=filters),
+        "series": review_selectors.review_qwk_by_month(filters=filters, scale=scale),
+        "chart_query": chart_query.urlencode(),
+        "can_export": request.user.has_perm("grading.export_data"),
+    }
+    response = render(request, template, ctx)
+    patch_vary_headers(response, ("HX-Request",))
+    return response
+
+
+def _png_response(data: bytes) -> HttpResponse:
+    response = HttpResponse(data, content_type="image/png")
+    response["Cache-Control"] = "private, no-cache"
+    return response
+
+
+@require_GET
+@permission_required("grading.review_agreement", raise_exception=True)
+def review_confusion_png(request: HttpRequest) -> HttpResponse:
+    scale = review_selectors.scale_get()
+    form = _review_form(request, scale)
+    if not form.is_valid():
+        return HttpResponse("Invalid filters.", status=400, content_type="text/plain")
+    predictions = review_selectors.review_predictions(filters=form.filters(), scale=scale)
+    report = review_selectors.review_metrics(predictions=predictions, scale=scale)
+    if report is None:
+        raise Http404("No compared predictions for these filters.")
+    labels = [f"{level.value} {level.name}" for level in scale.levels]
+    return _png_response(confusion_png(matrix=report["confusion"], labels=labels))
+
+
+@require_GET
+@permission_required("grading.review_agreement", raise_exception=True)
+def review_qwk_chart_png(request: HttpRequest) -> HttpResponse:
+    scale = review_selectors.scale_get()
+    form = _review_form(request, scale)
+    if not form.is_valid():
+        return HttpResponse("Invalid filters.", status=400, content_type="text/plain")
+    series = review_selectors.review_qwk_by_month(filters=form.filters(), scale=scale)
+    return _png_response(qwk_by_month_png(series=series))
+
+
+class GraderAgreementForm(forms.Form):
+    reference = forms.ChoiceField(
+        choices=[
+            ("final", "Final grade (leave out only grades that alone decided it)"),
+            ("independent", "Independent reference only (imported or adjudicated by others)"),
+        ],
+        required=False,
+        label="Compare with",
+    )
+    date_from = forms.DateField(
+        required=False, label="Graded from", widget=forms.DateInput(attrs={"type": "date"})
+    )
+    date_to = forms.DateField(
+        required=False, label="To (inclusive)", widget=forms.DateInput(attrs={"type": "date"})
+    )
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        start, end = cleaned.get("date_from"), cleaned.get("date_to")
+        if start and end and start > end:
+            raise forms.ValidationError("The start date is after the end date.")
+        return cleaned
+
+
+@require_GET
+@permission_required("grading.review_agreement", raise_exception=True)
+def grader_agreement(request: HttpRequest) -> HttpResponse:
+    form = GraderAgreementForm(request.GET)
+    if not form.is_valid():
+        return render(request, "grading/review/graders.html", {"form": form}, status=400)
+    reference = form.cleaned_data["reference"] or "final"
+    ctx = {
+        "form": form,
+        "reference": reference,
+        "graders": review_selectors.grader_agreement(
+            reference=reference,
+            date_from=form.cleaned_data["date_from"],
+            date_to=form.cleaned_data["date_to"],
+        ),
+        "referable_from": review_selectors.scale_get().referable_from,
+    }
+    return render(request, "grading/review/graders.html", ctx)
+
+
+# ---------------------------------------------------------------------------------------------
+# CSV exports
+
+
+class _Echo:
+    """A file-like object whose write() returns the line, so csv.writer can format one row at a
+    time for a streaming response (Django's documented pattern)."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+def csv_lines(rows: Iterable[Sequence[Any]]) -> Iterator[str]:
+    writer = csv.writer(_Echo())
+    for row in rows:
+        yield writer.writerow(row)
+
+
+def _csv_response(rows: Iterable[Sequence[Any]], filename: str) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(csv_lines(rows), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+def _stamp() -> str:
+    return timezone.now().strftime("%Y%m%d-%H%M")
+
+
+@require_GET
+@permission_required("grading.export_data", raise_exception=True)
+def export_grades_csv(request: HttpRequest) -> StreamingHttpResponse:
+    return _csv_response(export_selectors.grades_export_rows(), f"funduscope-grades-{_stamp()}.csv")
+
+
+@require_GET
+@permission_required("grading.export_data", raise_exception=True)
+def export_predictions_csv(request: HttpRequest) -> HttpResponse:
+    version = None
+    if request.GET.get("version"):
+        if not request.GET["version"].isdigit():
+            return HttpResponse(
+                "version must be a model version id.", status=400, content_type="text/plain"
+            )
+        version = get_object_or_404(ModelVersion, pk=int(request.GET["version"]))
+    suffix = f"-{version.name}" if version else ""
+    return _csv_response(
+        export_selectors.predictions_export_rows(model_version=version),
+        get_valid_filename(f"funduscope-predictions{suffix}-{_stamp()}.csv"),
+    )
+
+
+urlpatterns = [
+    path("images/<int:image_id>/", image_detail, name="image_detail"),
+    path("review/", review, name="review"),
+    path("review/confusion.png", review_confusion_png, name="review_confusion_png"),
+    path("review/qwk-by-month.png", review_qwk_chart_png, name="review_qwk_chart_png"),
+    path("review/graders/", grader_agreement, name="grader_agreement"),
+    path("export/grades.csv", export_grades_csv, name="export_grades_csv"),
+    path("export/predictions.csv", export_predictions_csv, name="export_predictions_csv"),
+]

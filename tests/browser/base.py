@@ -44,6 +44,10 @@ def chromium_driver(width: int = 1366, height: int = 900):
 class BrowserTestCase(StaticLiveServerTestCase):
     """Named users like the view tests: alice and bob grade, rita reviews, adam administers."""
 
+    # Each live-server test flushes the database; restore the roles and grade scale the data
+    # migration created, or the next test finds no groups.
+    serialized_rollback = True
+
     @classmethod
     def setUpClass(cls):
         if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):

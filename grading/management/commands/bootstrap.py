@@ -9,18 +9,21 @@ from django.contrib.auth.models import Group, User
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
-from grading.models import Image
+from grading.models import Image, Job, ModelVersion
 
 
 class Command(BaseCommand):
     help = (
         "First start: create an admin account (password from FUNDUS_ADMIN_PASSWORD, else generated "
-        "and printed once) and import the demo dataset (FUNDUS_DEMO_DIR) if the database is empty."
+        "and printed once), import the demo dataset (FUNDUS_DEMO_DIR) if the database is empty, "
+        "and queue the first model's training (activated automatically, as no model was ever "
+        "active). Safe to run again: each step happens once."
     )
 
     def handle(self, *args, **options):
         self._admin_create()
         self._demo_import()
+        self._first_training_queue()
 
     def _admin_create(self) -> None:
         if User.objects.filter(is_superuser=True).exists():
@@ -58,3 +61,33 @@ class Command(BaseCommand):
         self.stdout.write(f"Importing the demo dataset from {demo_dir} ...")
         args = ["--labels", str(labels), str(demo_dir)] if labels.exists() else [str(demo_dir)]
         call_command("import_images", *args, "--source", "import:demo", stdout=self.stdout)
+
+    def _first_training_queue(self) -> None:
+        """A fresh installation with graded images gets a model without anyone clicking: the
+        first training is queued here and, as no version was ever active, activated when it
+        succeeds. Later retrains (manual or automatic) stay candidates."""
+        from grading.services.jobs import QueueUnavailable
+        from grading.services.model_versions import TrainingDataError, model_retrain_request
+
+        if ModelVersion.objects.exists() or Job.objects.filter(kind=Job.Kind.MODEL_TRAIN).exists():
+            return
+        if not Image.objects.filter(grading_state=Image.GradingState.CONFIRMED).exists():
+            return
+        try:
+            job, _created = model_retrain_request(
+                user=None, trigger="setup", activate_if_first=True
+            )
+        except TrainingDataError as error:
+            self.stdout.write(f"No first model yet: {error}")
+        except QueueUnavailable as error:
+            self.stdout.write(
+                self.style.WARNING(
+                    f"The first model's training was not queued: {error} "
+                    "Run `manage.py bootstrap` again once Redis runs (bin/run-dev does)."
+                )
+            )
+        else:
+            self.stdout.write(
+                f"Queued the training of the first model (job #{job.pk}); the workers start it, "
+                "and it is activated automatically when it succeeds. Progress: /jobs/."
+            )

@@ -1,0 +1,104 @@
+"""Reads for model assistance beside a grade: the active model's view of one image, and whether a
+clinician may see it yet (blind first read)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.contrib.auth.models import AbstractBaseUser
+
+from grading.models import Grade, GradeLevel, Image, ModelVersion, Prediction
+from grading.selectors.worklist import workbench_settings_get
+
+
+def prediction_hidden(*, image: Image, user: AbstractBaseUser) -> bool:
+    """Blind mode: the first clinician to grade an image does not see the model's opinion until
+    their own grade is saved, so one grade per image is free of anchoring on the model."""
+    if not workbench_settings_get().blind_first_grader:
+        return False
+    if image.grading_state != Image.GradingState.PENDING:
+        return False
+    if not user.has_perm("grading.grade_image"):
+        return False  # reviewers and viewers are not graders of the image
+    independent = Grade.objects.filter(image=image, kind=Grade.Kind.GRADER)
+    if independent.filter(grader=user).exists():
+        return False
+    # Someone else graded first: this clinician is a second reader, who is assisted.
+    return not independent.exists()
+
+
+@dataclass(frozen=True)
+class ProbabilityBar:
+    level: GradeLevel
+    probability: float
+
+    @property
+    def percent(self) -> float:
+        return round(100 * self.probability, 1)
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """What the template shows in the model panel; ``state`` is one of hidden, no_model, pending,
+    ready."""
+
+    state: str
+    model_version: ModelVersion | None = None
+    prediction: Prediction | None = None
+    bars: list[ProbabilityBar] = field(default_factory=list)
+    cam_available: bool = False
+
+    @property
+    def predicted_grade(self) -> GradeLevel | None:
+        return self.prediction.predicted_grade if self.prediction is not None else None
+
+
+def _probability_bars(prediction: Prediction) -> list[ProbabilityBar]:
+    levels = list(GradeLevel.objects.order_by("value"))
+    probabilities = list(prediction.probabilities or [])
+    class_values = list(prediction.model_version.class_values or [])
+    if len(class_values) == len(probabilities) and class_values:
+        by_value = dict(zip(class_values, probabilities, strict=True))
+        return [
+            ProbabilityBar(level=level, probability=float(by_value.get(level.value, 0.0)))
+            for level in levels
+        ]
+    # Stored in scale order (the documented layout) when the version does not say otherwise.
+    return [
+        ProbabilityBar(level=level, probability=float(probability))
+        for level, probability in zip(levels, probabilities, strict=False)
+    ]
+
+
+def model_view_for(
+    *, image: Image, user: AbstractBaseUser | None, reveal: bool = False
+) -> ModelView:
+    """The active model's view of the image for this user. ``reveal`` skips the blind check (for
+    reviewers' pages, where the model's view is part of the evidence)."""
+    if not reveal and user is not None and prediction_hidden(image=image, user=user):
+        return ModelView(state="hidden")
+    from grading.selectors.model_versions import model_version_active
+    from grading.selectors.predictions import prediction_for_image
+
+    active = model_version_active()
+    if active is None:
+        return ModelView(state="no_model")
+    prediction = prediction_for_image(image=image, model_version=active)
+    if prediction is None:
+        return ModelView(state="pending", model_version=active)
+    return ModelView(
+        state="ready",
+        model_version=active,
+        prediction=prediction,
+        bars=_probability_bars(prediction),
+        cam_available=prediction_cam_file(prediction=prediction) is not None,
+    )
+
+
+def prediction_cam_file(*, prediction: Prediction) -> Path | None:
+    """The class activation map PNG the worker wrote for this prediction, if it exists."""
+    from grading.selectors.predictions import prediction_cam_path
+
+    path = prediction_cam_path(prediction=prediction)
+    return path if path is not None and Path(path).is_file() else None

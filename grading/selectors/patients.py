@@ -1,0 +1,173 @@
+"""Reads about patients: search, both eyes over time, and whether the patient needs referral.
+
+Referable status follows the usual screening rule: the patient is referable when the *worse* eye's
+latest confirmed grade is a referable grade (``GradeLevel.is_referable``, ICDR >= 2) or either eye's
+latest confirmed grade records macular oedema. Only confirmed grades count; a pending image says
+nothing yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, field
+
+from django.db.models import Count, Max, Q, QuerySet
+
+from grading.models import GradeLevel, Image, Patient
+
+EYE_ORDER = (Image.Eye.RIGHT, Image.Eye.LEFT, Image.Eye.UNKNOWN)
+
+
+@dataclass(frozen=True)
+class ReferableStatus:
+    latest_by_eye: dict[str, Image] = field(default_factory=dict)
+    worse_grade: GradeLevel | None = None
+    macular_oedema: bool = False
+    ungradable_eyes: tuple[str, ...] = ()
+
+    @property
+    def known(self) -> bool:
+        return bool(self.latest_by_eye)
+
+    @property
+    def referable(self) -> bool:
+        return self.macular_oedema or (
+            self.worse_grade is not None and self.worse_grade.is_referable
+        )
+
+    @property
+    def label(self) -> str:
+        if not self.known:
+            return "No confirmed grade yet"
+        if self.referable:
+            return "Referable"
+        if self.ungradable_eyes and self.worse_grade is None:
+            return "Ungradable: re-image"
+        return "Not referable"
+
+    @property
+    def reasons(self) -> list[str]:
+        reasons = []
+        if self.worse_grade is not None and self.worse_grade.is_referable:
+            reasons.append(f"worse eye grade {self.worse_grade}")
+        if self.macular_oedema:
+            reasons.append("macular oedema")
+        if self.ungradable_eyes:
+            names = ", ".join(Image.Eye(eye).label.lower() for eye in self.ungradable_eyes)
+            reasons.append(f"latest image ungradable ({names} eye)")
+        return reasons
+
+
+def _latest_first(images: list[Image]) -> list[Image]:
+    # Photographs without an acquisition date sort by when they were uploaded.
+    return sorted(
+        images,
+        key=lambda image: (
+            image.acquired_on or image.uploaded_at.date(),
+            image.uploaded_at,
+            image.pk,
+        ),
+        reverse=True,
+    )
+
+
+def _status_from(images: list[Image]) -> ReferableStatus:
+    latest_by_eye: dict[str, Image] = {}
+    for image in _latest_first(images):
+        latest_by_eye.setdefault(image.eye, image)
+    graded = [image for image in latest_by_eye.values() if image.confirmed_grade is not None]
+    worse = max(
+        (image.confirmed_grade for image in graded), key=lambda level: level.value, default=None
+    )
+    return ReferableStatus(
+        latest_by_eye={eye: latest_by_eye[eye] for eye in EYE_ORDER if eye in latest_by_eye},
+        worse_grade=worse,
+        macular_oedema=any(image.confirmed_macular_oedema for image in latest_by_eye.values()),
+        ungradable_eyes=tuple(
+            eye
+            for eye in EYE_ORDER
+            if eye in latest_by_eye and latest_by_eye[eye].confirmed_ungradable
+        ),
+    )
+
+
+def patients_referable_status(*, patient_ids: Collection[int]) -> dict[int, ReferableStatus]:
+    confirmed = Image.objects.filter(
+        patient_id__in=list(patient_ids), grading_state=Image.GradingState.CONFIRMED
+    ).select_related("confirmed_grade")
+    by_patient: dict[int, list[Image]] = {patient_id: [] for patient_id in patient_ids}
+    for image in confirmed:
+        by_patient[image.patient_id].append(image)
+    return {patient_id: _status_from(images) for patient_id, images in by_patient.items()}
+
+
+def patient_referable_status(*, patient: Patient) -> ReferableStatus:
+    return patients_referable_status(patient_ids=[patient.pk])[patient.pk]
+
+
+def patients_search(*, query: str = "") -> QuerySet[Patient]:
+    """Patients whose pseudonym contains the query, with image counts and the last visit date."""
+    patients = Patient.objects.all()
+    query = query.strip()
+    if query:
+        patients = patients.filter(pseudonym__icontains=query)
+    return patients.annotate(
+        image_count=Count("images", distinct=True),
+        pending_count=Count(
+            "images",
+            filter=~Q(images__grading_state=Image.GradingState.CONFIRMED),
+            distinct=True,
+        ),
+        last_visit=Max("images__acquired_on"),
+        last_upload=Max("images__uploaded_at"),
+    ).order_by("pseudonym")
+
+
+@dataclass(frozen=True)
+class EyeTimeline:
+    eye: str
+    label: str
+    images: list[Image]
+
+
+def patient_eyes_timeline(*, patient: Patient) -> list[EyeTimeline]:
+    """Each eye's photographs, most recent first (eyes without photographs left out)."""
+    images = list(patient.images.select_related("confirmed_grade").order_by("-acquired_on", "-id"))
+    timelines = []
+    for eye in EYE_ORDER:
+        eye_images = _latest_first([image for image in images if image.eye == eye])
+        if eye_images or eye != Image.Eye.UNKNOWN:
+            timelines.append(EyeTimeline(eye=eye, label=Image.Eye(eye).label, images=eye_images))
+    return timelines
+
+
+@dataclass(frozen=True)
+class PatientContext:
+    patient: Patient
+    other_eye: list[Image]
+    other_visits: list[Image]
+    status: ReferableStatus
+
+
+def patient_context_for(*, image: Image, limit: int = 8) -> PatientContext:
+    """What a grader sees beside the photograph: the other eye and earlier visits, with their
+    confirmed grades only (never another clinician's grade of a photograph still being graded)."""
+    others = _latest_first(
+        list(
+            Image.objects.filter(patient_id=image.patient_id)
+            .exclude(pk=image.pk)
+            .select_related("confirmed_grade")
+        )
+    )
+    same_visit_other_eye = [
+        other
+        for other in others
+        if other.eye != image.eye and other.acquired_on == image.acquired_on
+    ]
+    other_visits = [other for other in others if other not in same_visit_other_eye]
+    return PatientContext(
+        patient=image.patient,
+        other_eye=same_visit_other_eye[:2],
+        other_visits=other_visits[:limit],
+        status=patient_referable_status(patient=image.patient),
+    )

@@ -1,0 +1,40 @@
+"""Reads about model predictions and their class activation maps (CAM overlays)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.conf import settings
+
+from grading.models import Image, ModelVersion, Prediction
+from grading.selectors.model_versions import model_version_active
+
+
+def cam_path(*, model_version_id: int, sha256: str) -> Path:
+    """Where the worker writes the CAM overlay of an image for a version (the file convention
+    other areas rely on): ``MEDIA_ROOT/cams/<model_version_id>/<sha256>.png``."""
+    return Path(settings.MEDIA_ROOT) / "cams" / str(int(model_version_id)) / f"{sha256}.png"
+
+
+def prediction_for_image(
+    *, image: Image, model_version: ModelVersion | None = None
+) -> Prediction | None:
+    """The image's prediction by ``model_version`` (default: the active version), if any."""
+    version = model_version or model_version_active()
+    if version is None:
+        return None
+    return (
+        Prediction.objects.select_related("predicted_grade", "model_version")
+        .filter(image=image, model_version=version)
+        .first()
+    )
+
+
+def prediction_cam_path(*, prediction: Prediction) -> Path | None:
+    """The CAM overlay PNG of the prediction's grade, or None if the worker has not written it."""
+    path = cam_path(model_version_id=prediction.model_version_id, sha256=prediction.image.sha256)
+    return path if path.is_file() else None
+
+
+def predictions_missing_count(*, model_version: ModelVersion) -> int:
+    return Image.objects.exclude(predictions__model_version=model_version).count()

@@ -1,0 +1,94 @@
+"""JSON shapes of the read-only integration API (``/api/``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from grading.models import Image, ModelVersion, Prediction
+
+
+class PredictionSerializer(serializers.ModelSerializer):
+    model_version = serializers.CharField(source="model_version.name")
+    image = serializers.IntegerField(source="image_id")
+    image_sha256 = serializers.CharField(source="image.sha256")
+    predicted_grade = serializers.IntegerField(source="predicted_grade_id")
+    confirmed_grade = serializers.IntegerField(source="image.confirmed_grade_id", allow_null=True)
+
+    class Meta:
+        model = Prediction
+        fields = [
+            "id",
+            "image",
+            "image_sha256",
+            "model_version",
+            "predicted_grade",
+            "probabilities",
+            "confirmed_grade",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class LatestPredictionSerializer(serializers.ModelSerializer):
+    model_version = serializers.CharField(source="model_version.name")
+    predicted_grade = serializers.IntegerField(source="predicted_grade_id")
+
+    class Meta:
+        model = Prediction
+        fields = ["id", "model_version", "predicted_grade", "probabilities", "created_at"]
+        read_only_fields = fields
+
+
+class ImageSerializer(serializers.ModelSerializer):
+    patient = serializers.CharField(source="patient.pseudonym")
+    confirmed_grade = serializers.IntegerField(source="confirmed_grade_id", allow_null=True)
+    latest_prediction = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Image
+        fields = [
+            "id",
+            "sha256",
+            "patient",
+            "eye",
+            "acquired_on",
+            "uploaded_at",
+            "width",
+            "height",
+            "grading_state",
+            "confirmed_grade",
+            "confirmed_ungradable",
+            "confirmed_macular_oedema",
+            "confirmation_method",
+            "confirmed_at",
+            "latest_prediction",
+        ]
+        read_only_fields = fields
+
+    def get_latest_prediction(self, image: Image) -> dict[str, Any] | None:
+        # Filled by the view's Prefetch(to_attr=...), newest first.
+        predictions = getattr(image, "predictions_newest_first", None)
+        if predictions is None:
+            predictions = list(
+                image.predictions.select_related("model_version").order_by("-created_at", "-id")[:1]
+            )
+        return LatestPredictionSerializer(predictions[0]).data if predictions else None
+
+
+class ModelVersionSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ModelVersion
+        fields = [
+            "id",
+            "name",
+            "state",
+            "backbones",
+            "preprocessing",
+            "class_values",
+            "metrics",
+            "created_at",
+            "activated_at",
+        ]
+        read_only_fields = fields

@@ -1,0 +1,105 @@
+"""Writes for grading claims: short leases that keep two clinicians off the same image.
+
+Claiming locks the image row, then re-checks in a fresh statement that a slot is still free before
+writing the lease. On PostgreSQL the lock is ``SELECT ... FOR UPDATE SKIP LOCKED``: a clinician whose
+candidate is being claimed by someone else at that moment moves straight on to the next image instead
+of waiting. (SQLite ignores row locks but serialises writers, which is enough for a single-user demo.)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Collection
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+
+from grading.models import GradingClaim, Image
+from grading.selectors.worklist import (
+    claim_held,
+    images_needing_grade,
+    workbench_settings_get,
+    worklist_ordered_ids,
+)
+
+# How many candidates one "next image" tries before concluding that everything left is taken.
+MAX_CANDIDATES_TRIED = 50
+
+
+def claims_expired_delete(*, now: dt.datetime | None = None) -> int:
+    deleted, _ = GradingClaim.objects.filter(expires_at__lte=now or timezone.now()).delete()
+    return deleted
+
+
+def _claim_write(*, image: Image, grader: AbstractBaseUser, now: dt.datetime) -> None:
+    lease = dt.timedelta(minutes=workbench_settings_get().claim_minutes)
+    GradingClaim.objects.update_or_create(
+        image=image, grader=grader, defaults={"expires_at": now + lease}
+    )
+
+
+def _claim_try(
+    *, image_id: int, grader: AbstractBaseUser, skip_locked: bool, now: dt.datetime
+) -> Image | None:
+    with transaction.atomic():
+        image = (
+            Image.objects.select_for_update(skip_locked=skip_locked, of=("self",))
+            .filter(pk=image_id)
+            .first()
+        )
+        if image is None:
+            return None  # being claimed by someone else right now (or deleted)
+        # Re-check after taking the lock, in a new statement: under READ COMMITTED it sees claims
+        # committed by whoever held the lock before us.
+        if not images_needing_grade(grader=grader, now=now).filter(pk=image_id).exists():
+            return None
+        _claim_write(image=image, grader=grader, now=now)
+        return image
+
+
+def claim_next(
+    *,
+    grader: AbstractBaseUser,
+    order: str,
+    seed: str = "",
+    exclude_ids: Collection[int] = (),
+) -> Image | None:
+    """Claim the next image for this clinician and return it, or None when nothing is left.
+
+    An image the clinician already holds (opened but not graded) comes first, so reloading or
+    coming back after a break does not leave claims behind that block other graders.
+    """
+    now = timezone.now()
+    claims_expired_delete(now=now)
+    excluded = set(exclude_ids)
+    held = [image_id for image_id in claim_held(grader=grader, now=now) if image_id not in excluded]
+    ordered = worklist_ordered_ids(
+        grader=grader, order=order, seed=seed, exclude_ids=excluded, now=now
+    )
+    tried: set[int] = set()
+    for image_id in [*held, *ordered]:
+        if image_id in tried:
+            continue
+        tried.add(image_id)
+        if len(tried) > MAX_CANDIDATES_TRIED:
+            break
+        image = _claim_try(image_id=image_id, grader=grader, skip_locked=True, now=now)
+        if image is not None:
+            return image
+    return None
+
+
+def claim_take(*, image: Image, grader: AbstractBaseUser) -> bool:
+    """Claim (or renew the lease on) one image a clinician opened directly.
+
+    Returns False when the image does not need this clinician's grade or all its open slots are
+    held by others; the caller tells the clinician instead of serving it.
+    """
+    now = timezone.now()
+    claims_expired_delete(now=now)
+    return _claim_try(image_id=image.pk, grader=grader, skip_locked=False, now=now) is not None
+
+
+def claim_release(*, image: Image, grader: AbstractBaseUser) -> None:
+    GradingClaim.objects.filter(image=image, grader=grader).delete()

@@ -1,0 +1,148 @@
+"""Backbone features of the stored photographs, in the feature store (worker side).
+
+Features are a pure function of an image's bytes and the feature configuration, keyed by the
+image's sha256 (``mlcore.store.feature_key``), so extraction is incremental: only images missing
+from the store are computed, and a killed extraction resumes where it stopped. Augmented copies
+(``images_augment``) are stored under the source's key plus ``#v<k>`` in the store folder of their
+augmentation setting (``mlcore.training.augment_store_dir``); originals are untouched.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+
+from grading.models import Image, Job
+from grading.selectors.model_versions import model_version_active
+from grading.services.jobs import Progress
+
+if TYPE_CHECKING:
+    from mlcore.config import FeatureConfig
+    from mlcore.extraction import ExtractionResult, ImageItem
+
+DEFAULT_AUGMENT_VARIANTS = 4
+
+
+def feature_config_current() -> FeatureConfig:
+    """The active version's feature configuration, else the configured backbones
+    (``FUNDUS_BACKBONES``; preprocessing and storage dtype from the environment)."""
+    from mlcore.config import FeatureConfig
+
+    version = model_version_active()
+    if version is not None and version.backbones:
+        return FeatureConfig.from_env(
+            backbones=tuple(version.backbones), preprocessing=version.preprocessing
+        )
+    return FeatureConfig.from_env(backbones=tuple(settings.FUNDUS_BACKBONES))
+
+
+def feature_store_dir() -> Path:
+    return Path(settings.FUNDUS_FEATURE_STORE)
+
+
+def weights_dir() -> Path | None:
+    path = Path(settings.FUNDUS_WEIGHTS_DIR)
+    return path if path.is_dir() else None
+
+
+def feature_key(sha256: str, variant: int = 0) -> str:
+    from mlcore.store import feature_key as key
+
+    return key(sha256, variant)
+
+
+def image_items(images: Sequence[Image]) -> list[ImageItem]:
+    from mlcore.extraction import ImageItem
+
+    media_root = Path(settings.MEDIA_ROOT)
+    return [
+        ImageItem(path=media_root / image.file.name, key=feature_key(image.sha256))
+        for image in images
+    ]
+
+
+def features_extract(
+    *, images: Sequence[Image], config: FeatureConfig, progress: Progress
+) -> ExtractionResult:
+    """Features of ``images`` missing from the store; ``progress`` gets 0-100 over the images
+    to compute."""
+    from mlcore.extraction import extract_features
+
+    def report(done: int, total: int) -> None:
+        percent = 100 if total == 0 else 100 * done // total
+        progress(percent, f"Features: {done} of {total} images computed")
+
+    return extract_features(
+        image_items(images),
+        config=config,
+        store_dir=feature_store_dir(),
+        weights_dir=weights_dir(),
+        progress=report,
+    )
+
+
+def features_extract_job(*, job: Job, progress: Progress) -> dict[str, Any]:
+    """The `features_extract` task: every stored image lacking features for the current
+    backbone set."""
+    config = feature_config_current()
+    images = list(Image.objects.order_by("id"))
+    result = features_extract(images=images, config=config, progress=progress)
+    computed = max(result.computed.values(), default=0)
+    return {
+        "images": result.total,
+        "computed": result.computed,
+        "reused": result.reused,
+        "seconds": round(result.seconds, 1),
+        "message": f"{computed} image(s) computed, {result.total - computed} already stored "
+        f"({', '.join(config.backbones)})",
+    }
+
+
+def images_augment_job(*, job: Job, progress: Progress) -> dict[str, Any]:
+    """The `images_augment` task: the recipe's augmentation of the confirmed training images,
+    ``params["variants"]`` copies each (default ``FUNDUS_AUGMENT_VARIANTS``, else 4). Only the
+    copies' features are stored, in the store folder of this augmentation setting, where a
+    retrain with the same number of copies finds them; the originals are untouched."""
+    from grading.services.model_versions import (
+        feature_config_for_training,
+        scale_classes,
+        training_config_from_settings,
+        training_images,
+    )
+    from mlcore.training import variant_features
+
+    default = settings.FUNDUS_AUGMENT_VARIANTS or DEFAULT_AUGMENT_VARIANTS
+    variants = int(job.params.get("variants", default))
+    if not 1 <= variants <= 50:
+        raise ValueError(f"variants must be between 1 and 50, not {variants}")
+    images = training_images()
+    classes, referable_from = scale_classes()
+    training = training_config_from_settings(classes=classes, referable_from=referable_from)
+    config = feature_config_for_training()
+
+    def report(done: int, total: int) -> None:
+        percent = 100 if total == 0 else 100 * done // total
+        progress(percent, f"Augmented copies: {done} of {total} computed")
+
+    started = time.perf_counter()
+    variant_features(
+        [image.path for image in images],
+        [feature_key(image.sha256) for image in images],
+        n_variants=variants,
+        augment=training.augment,
+        seed=training.seed,
+        feature_config=config,
+        store_dir=feature_store_dir(),
+        weights_dir=weights_dir(),
+        progress=report,
+    )
+    return {
+        "images": len(images),
+        "variants": variants,
+        "seconds": round(time.perf_counter() - started, 1),
+        "message": f"{variants} augmented copies of {len(images)} training image(s) stored",
+    }

@@ -1,0 +1,264 @@
+"""Writes for grades: independent grades, corrections, confirmation and adjudication.
+
+Grades are append-only. A clinician's correction is a new row that supersedes their previous one.
+After every independent grade the image's state is worked out again from the current grades:
+
+- fewer grades than ``WorkbenchSettings.grades_required``: still pending;
+- all current grades agree (same grade, same ungradable flag): confirmed, by ``single`` grader or by
+  ``agreement``;
+- otherwise: the image waits in the adjudication queue, where a reviewer records an adjudication
+  grade that becomes the confirmed grade.
+
+An adjudicated or imported confirmation is never overturned by a grader's later correction; the
+correction is kept in the history for a reviewer to see.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+
+from grading.models import Grade, GradeLevel, Image
+from grading.selectors.worklist import grades_current, workbench_settings_get
+from grading.services.claims import claim_release
+
+MAX_NOTES_LENGTH = 4000
+
+
+class GradeRejected(ValueError):
+    """The grade cannot be recorded; the message says why, for the user."""
+
+
+@dataclass(frozen=True)
+class GradeInput:
+    """What a clinician (or reviewer) says about one image."""
+
+    grade: int | None
+    ungradable: bool = False
+    macular_oedema: bool = False
+    notes: str = ""
+
+
+def _grade_level_resolve(choice: GradeInput) -> GradeLevel | None:
+    if choice.ungradable and choice.grade is not None:
+        raise GradeRejected("Choose either a grade or 'ungradable', not both.")
+    if not choice.ungradable and choice.grade is None:
+        raise GradeRejected("Choose a grade or mark the image ungradable.")
+    if choice.ungradable and choice.macular_oedema:
+        raise GradeRejected(
+            "An ungradable image cannot be assessed for macular oedema; clear one of the two."
+        )
+    if len(choice.notes) > MAX_NOTES_LENGTH:
+        raise GradeRejected(f"Notes are limited to {MAX_NOTES_LENGTH} characters.")
+    if choice.ungradable:
+        return None
+    level = GradeLevel.objects.filter(value=choice.grade).first()
+    if level is None:
+        known = ", ".join(
+            str(value) for value in GradeLevel.objects.values_list("value", flat=True)
+        )
+        raise GradeRejected(f"Grade {choice.grade} is not on the grading scale ({known}).")
+    return level
+
+
+def _grades_agree(grades: list[Grade]) -> bool:
+    return len({(grade.grade_id, grade.ungradable) for grade in grades}) == 1
+
+
+def _image_confirm(
+    *,
+    image: Image,
+    grade_id: int | None,
+    ungradable: bool,
+    macular_oedema: bool,
+    method: str,
+    confirmed_by: AbstractBaseUser | None,
+) -> None:
+    image.grading_state = Image.GradingState.CONFIRMED
+    image.confirmed_grade_id = None if ungradable else grade_id
+    image.confirmed_ungradable = ungradable
+    image.confirmed_macular_oedema = macular_oedema and not ungradable
+    image.confirmation_method = method
+    image.confirmed_by = confirmed_by
+    image.confirmed_at = timezone.now()
+    image.full_clean(exclude=["file"])
+    image.save(
+        update_fields=[
+            "grading_state",
+            "confirmed_grade",
+            "confirmed_ungradable",
+            "confirmed_macular_oedema",
+            "confirmation_method",
+            "confirmed_by",
+            "confirmed_at",
+        ]
+    )
+
+
+def _image_unconfirm(*, image: Image, state: str) -> None:
+    image.grading_state = state
+    image.confirmed_grade = None
+    image.confirmed_ungradable = False
+    image.confirmed_macular_oedema = False
+    image.confirmation_method = Image.ConfirmationMethod.NONE
+    image.confirmed_by = None
+    image.confirmed_at = None
+    image.save(
+        update_fields=[
+            "grading_state",
+            "confirmed_grade",
+            "confirmed_ungradable",
+            "confirmed_macular_oedema",
+            "confirmation_method",
+            "confirmed_by",
+            "confirmed_at",
+        ]
+    )
+
+
+def image_confirmation_refresh(
+    *, image: Image, grades_required: int, last_grader: AbstractBaseUser | None = None
+) -> None:
+    """Work out the image's state from its current independent grades (call with the row locked)."""
+    if image.confirmation_method in (
+        Image.ConfirmationMethod.ADJUDICATION,
+        Image.ConfirmationMethod.IMPORT,
+    ):
+        return  # a reviewer's or an import's decision stands
+    current = grades_current(image=image)
+    if len(current) < grades_required:
+        if image.grading_state != Image.GradingState.PENDING:
+            _image_unconfirm(image=image, state=Image.GradingState.PENDING)
+        return
+    if not _grades_agree(current):
+        _image_unconfirm(image=image, state=Image.GradingState.ADJUDICATION)
+        return
+    # Any grader's macular oedema finding is kept: a missed oedema delays a referral, an extra
+    # one costs a second look.
+    _image_confirm(
+        image=image,
+        grade_id=current[0].grade_id,
+        ungradable=current[0].ungradable,
+        macular_oedema=any(grade.macular_oedema for grade in current),
+        method=(
+            Image.ConfirmationMethod.SINGLE
+            if len(current) == 1
+            else Image.ConfirmationMethod.AGREEMENT
+        ),
+        confirmed_by=last_grader or current[-1].grader,
+    )
+
+
+def grade_submit(*, image: Image, grader: AbstractBaseUser, choice: GradeInput) -> Grade:
+    """Record a clinician's independent grade (or their correction of it) and update the image."""
+    level = _grade_level_resolve(choice)
+    with transaction.atomic():
+        # Lock the image so two grades arriving together are counted one after the other.
+        locked = Image.objects.select_for_update().get(pk=image.pk)
+        previous = (
+            Grade.objects.filter(
+                image=locked, grader=grader, kind=Grade.Kind.GRADER, superseded_by__isnull=True
+            )
+            .order_by("-created_at", "-id")
+            .first()
+        )
+        required = workbench_settings_get().grades_required
+        if previous is None:
+            if locked.grading_state != Image.GradingState.PENDING:
+                raise GradeRejected(
+                    "This image already has the independent grades it needs; "
+                    "your grade was not recorded."
+                )
+            if len(grades_current(image=locked)) >= required:
+                raise GradeRejected(
+                    "Other clinicians have already graded this image; your grade was not recorded."
+                )
+        grade = Grade(
+            image=locked,
+            kind=Grade.Kind.GRADER,
+            grader=grader,
+            grade=level,
+            ungradable=choice.ungradable,
+            macular_oedema=choice.macular_oedema,
+            notes=choice.notes.strip(),
+            supersedes=previous,
+        )
+        grade.full_clean()
+        grade.save()
+        claim_release(image=locked, grader=grader)
+        image_confirmation_refresh(image=locked, grades_required=required, last_grader=grader)
+    image.refresh_from_db()
+    return grade
+
+
+def grade_adjudicate(*, image: Image, reviewer: AbstractBaseUser, choice: GradeInput) -> Grade:
+    """A reviewer's decision: recorded as an adjudication grade and made the confirmed grade.
+
+    Allowed for images in the adjudication queue and for confirmed images a reviewer wants to
+    correct (e.g. flagged because the model disagrees strongly); not for images still waiting for
+    their independent grades.
+    """
+    level = _grade_level_resolve(choice)
+    with transaction.atomic():
+        locked = Image.objects.select_for_update().get(pk=image.pk)
+        if locked.grading_state == Image.GradingState.PENDING:
+            raise GradeRejected(
+                "This image is still waiting for its independent grades; adjudicate it once "
+                "the graders have finished."
+            )
+        previous = (
+            Grade.objects.filter(
+                image=locked, kind=Grade.Kind.ADJUDICATION, superseded_by__isnull=True
+            )
+            .order_by("-created_at", "-id")
+            .first()
+        )
+        grade = Grade(
+            image=locked,
+            kind=Grade.Kind.ADJUDICATION,
+            grader=reviewer,
+            grade=level,
+            ungradable=choice.ungradable,
+            macular_oedema=choice.macular_oedema,
+            notes=choice.notes.strip(),
+            supersedes=previous,
+        )
+        grade.full_clean()
+        grade.save()
+        _image_confirm(
+            image=locked,
+            grade_id=level.pk if level is not None else None,
+            ungradable=choice.ungradable,
+            macular_oedema=choice.macular_oedema,
+            method=Image.ConfirmationMethod.ADJUDICATION,
+            confirmed_by=reviewer,
+        )
+    image.refresh_from_db()
+    return grade
+
+
+def images_confirmation_refresh_all() -> int:
+    """After the number of required grades changed: settle pending images that now have enough
+    grades. Confirmed images stay confirmed (no retroactive second opinions). Returns how many
+    images changed state."""
+    required = workbench_settings_get().grades_required
+    changed = 0
+    candidates = (
+        Image.objects.filter(
+            grading_state=Image.GradingState.PENDING,
+            grades__kind=Grade.Kind.GRADER,
+            grades__superseded_by__isnull=True,
+        )
+        .values_list("id", flat=True)
+        .distinct()
+    )
+    for image_id in list(candidates):
+        with transaction.atomic():
+            locked = Image.objects.select_for_update().get(pk=image_id)
+            image_confirmation_refresh(image=locked, grades_required=required)
+            if locked.grading_state != Image.GradingState.PENDING:
+                changed += 1
+    return changed

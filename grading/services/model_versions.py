@@ -1,0 +1,388 @@
+"""Model versions: retraining from confirmed grades, activation and rollback, automatic retraining.
+
+Training runs in the `ml` worker (``model_train_job``); everything else here is cheap and runs in
+the web process. Exactly one version is active at a time: activation retires the current one and
+activates the new one in a single transaction, and the database's partial unique constraint
+refuses a second active version whatever the race. A new version is always a *candidate*: only an
+admin activates it, with one exception — the very first version trained at setup (``bootstrap``)
+when no version was ever active, so that a fresh installation grades with a model at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from grading.models import GradeLevel, Image, Job, ModelVersion, WorkbenchSettings
+from grading.selectors.model_versions import model_version_ever_activated
+from grading.services.jobs import Progress, QueueUnavailable, job_enqueue, progress_span
+
+if TYPE_CHECKING:
+    from mlcore.config import FeatureConfig
+    from mlcore.training import TrainingConfig, TrainResult
+
+logger = logging.getLogger(__name__)
+
+# Below this, a grouped hold-out split says nothing and the head cannot learn: refuse clearly.
+MIN_TRAINING_IMAGES = 10
+MIN_IMAGES_PER_GRADE_FOR_A_CLASS = 2
+
+
+class ModelVersionError(ValueError):
+    """The requested change of model version is not possible; the message is for users."""
+
+
+class TrainingDataError(ValueError):
+    """Not enough confirmed grades to train a model; the message says what is missing."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Training set
+
+
+@dataclass(frozen=True)
+class TrainingImage:
+    image_id: int
+    sha256: str
+    path: Path
+    grade: int
+    patient_id: int
+
+
+def training_images() -> list[TrainingImage]:
+    """Images with a confirmed grade: never pending ones, never ones confirmed ungradable."""
+    rows = (
+        Image.objects.filter(
+            grading_state=Image.GradingState.CONFIRMED,
+            confirmed_ungradable=False,
+            confirmed_grade__isnull=False,
+        )
+        .order_by("id")
+        .values_list("id", "sha256", "file", "confirmed_grade_id", "patient_id")
+    )
+    media_root = Path(settings.MEDIA_ROOT)
+    return [
+        TrainingImage(
+            image_id=image_id,
+            sha256=sha256,
+            path=media_root / name,
+            grade=int(grade),
+            patient_id=patient_id,
+        )
+        for image_id, sha256, name, grade, patient_id in rows
+    ]
+
+
+def training_data_check(*, images: list[TrainingImage] | None = None) -> Counter[int]:
+    """Per-grade counts of the training set; raises ``TrainingDataError`` if it is too small."""
+    images = training_images() if images is None else images
+    counts = Counter(image.grade for image in images)
+    usable = {grade: n for grade, n in counts.items() if n >= MIN_IMAGES_PER_GRADE_FOR_A_CLASS}
+    patients = len({image.patient_id for image in images})
+    if len(images) < MIN_TRAINING_IMAGES or len(usable) < 2 or patients < 2:
+        raise TrainingDataError(
+            f"Not enough confirmed grades to train a model: {len(images)} confirmed gradable "
+            f"image(s) from {patients} patient(s), grades {dict(sorted(counts.items())) or '{}'}. "
+            f"Training needs at least {MIN_TRAINING_IMAGES} images, two patients and two grades "
+            f"with {MIN_IMAGES_PER_GRADE_FOR_A_CLASS}+ images each."
+        )
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests from the web process
+
+
+def model_retrain_request(
+    *, user: AbstractBaseUser | None, trigger: str = "manual", activate_if_first: bool = False
+) -> tuple[Job, bool]:
+    """Queue a retrain (or return the one already open). Raises ``TrainingDataError`` when the
+    confirmed grades cannot make a model, ``QueueUnavailable`` when Redis is down."""
+    training_data_check()
+    params: dict[str, Any] = {"trigger": trigger}
+    if activate_if_first:
+        params["activate_if_first"] = True
+    return job_enqueue(kind=Job.Kind.MODEL_TRAIN, params=params, created_by=user)
+
+
+def model_auto_retrain_check() -> Job | None:
+    """Queue a candidate retrain once ``auto_retrain_after`` images were confirmed since the last
+    training was requested (0 turns this off). The result is never activated automatically."""
+    workbench = WorkbenchSettings.objects.first()
+    threshold = workbench.auto_retrain_after if workbench else 0
+    if not threshold:
+        return None
+    last_training = Job.objects.filter(kind=Job.Kind.MODEL_TRAIN).order_by("-created_at").first()
+    confirmed = Image.objects.filter(
+        grading_state=Image.GradingState.CONFIRMED, confirmed_ungradable=False
+    )
+    if last_training is not None:
+        confirmed = confirmed.filter(confirmed_at__gt=last_training.created_at)
+    new_confirmed = confirmed.count()
+    if new_confirmed < threshold:
+        return None
+    try:
+        training_data_check()
+    except TrainingDataError:
+        return None
+    job, created = job_enqueue(
+        kind=Job.Kind.MODEL_TRAIN, params={"trigger": "automatic", "new_confirmed": new_confirmed}
+    )
+    return job if created else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Activation and rollback
+
+
+@dataclass
+class Activation:
+    version: ModelVersion
+    previous: ModelVersion | None
+    refresh_job: Job | None
+    refresh_error: str = ""
+
+
+def model_version_activate(
+    *, version: ModelVersion, user: AbstractBaseUser | None = None
+) -> Activation:
+    """Make ``version`` the one that grades new images; the current active one is retired.
+
+    One transaction: at no moment are there zero or two active versions. Then the predictions
+    the version lacks (images uploaded since it was trained) are queued, best effort.
+    """
+    version.refresh_from_db()
+    if version.state == ModelVersion.State.ACTIVE:
+        raise ModelVersionError(f"{version.name} is already the active model.")
+    if version.state not in (ModelVersion.State.CANDIDATE, ModelVersion.State.RETIRED):
+        raise ModelVersionError(
+            f"{version.name} is {version.get_state_display().lower()}; only a candidate or a "
+            "retired version can be activated."
+        )
+    if not version.artifact_path or not Path(version.artifact_path).is_dir():
+        raise ModelVersionError(
+            f"The files of {version.name} are missing ({version.artifact_path or 'no folder'}); "
+            "it cannot be activated."
+        )
+    try:
+        with transaction.atomic():
+            locked = (
+                ModelVersion.objects.select_for_update()
+                .filter(pk=version.pk, state=version.state)
+                .first()
+            )
+            if locked is None:
+                raise ModelVersionError(f"{version.name} changed meanwhile; reload the page.")
+            previous = (
+                ModelVersion.objects.select_for_update()
+                .filter(state=ModelVersion.State.ACTIVE)
+                .first()
+            )
+            if previous is not None:
+                ModelVersion.objects.filter(pk=previous.pk).update(state=ModelVersion.State.RETIRED)
+            ModelVersion.objects.filter(pk=version.pk).update(
+                state=ModelVersion.State.ACTIVE, activated_at=timezone.now()
+            )
+    except IntegrityError:
+        raise ModelVersionError(
+            "Another version was activated at the same moment; reload the page."
+        ) from None
+    version.refresh_from_db()
+    if previous is not None:
+        previous.refresh_from_db()
+    logger.info(
+        "Model %s activated by %s (was %s)", version.name, user or "setup", previous or "none"
+    )
+    activation = Activation(version=version, previous=previous, refresh_job=None)
+    from grading.services.predictions import predictions_refresh_enqueue
+
+    try:
+        activation.refresh_job = predictions_refresh_enqueue(created_by=user)
+    except QueueUnavailable as error:
+        activation.refresh_error = str(error)
+    return activation
+
+
+def model_version_rollback(*, user: AbstractBaseUser | None = None) -> Activation:
+    """Re-activate the version that was active before the current one."""
+    from grading.selectors.model_versions import model_version_rollback_target
+
+    target = model_version_rollback_target()
+    if target is None:
+        raise ModelVersionError("There is no previously active version to roll back to.")
+    return model_version_activate(version=target, user=user)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training (worker side)
+
+
+def model_version_next_name() -> str:
+    numbers = [
+        int(match.group(1))
+        for name in ModelVersion.objects.values_list("name", flat=True)
+        if (match := re.fullmatch(r"v(\d+)", name))
+    ]
+    return f"v{max(numbers, default=0) + 1}"
+
+
+def model_train_job(*, job: Job, progress: Progress) -> dict[str, Any]:
+    """The `model_train` task's work; see ``model_train``."""
+    version = model_train(job=job, progress=progress)
+    auto_activated = False
+    if job.params.get("activate_if_first") and not model_version_ever_activated():
+        progress(99, f"Activating {version.name}: it is the first model of this installation")
+        model_version_activate(version=version, user=job.created_by)
+        auto_activated = True
+    version.refresh_from_db()
+    return {
+        "model_version_id": version.pk,
+        "model_version": version.name,
+        "auto_activated": auto_activated,
+        "holdout": version.metrics.get("holdout", {}).get("n"),
+        "message": (
+            f"{version.name} trained and activated (first model)"
+            if auto_activated
+            else f"{version.name} trained; it is a candidate until an admin activates it"
+        ),
+    }
+
+
+def scale_classes() -> tuple[tuple[int, ...], int]:
+    """The grading scale's values and the first referable grade (from the GradeLevel table)."""
+    levels = list(GradeLevel.objects.order_by("value"))
+    classes = tuple(level.value for level in levels)
+    referable = [level.value for level in levels if level.is_referable]
+    return classes, min(referable) if referable else classes[-1]
+
+
+def feature_config_for_training() -> FeatureConfig:
+    from mlcore.config import FeatureConfig
+
+    return FeatureConfig.from_env(backbones=tuple(settings.FUNDUS_BACKBONES))
+
+
+def training_config_from_settings(
+    *, classes: tuple[int, ...], referable_from: int
+) -> TrainingConfig:
+    from mlcore.augment import AugmentConfig
+    from mlcore.training import TrainingConfig
+
+    head = {"epochs": settings.FUNDUS_TRAIN_EPOCHS} if settings.FUNDUS_TRAIN_EPOCHS else {}
+    return TrainingConfig(
+        classes=classes,
+        referable_from=referable_from,
+        holdout_fraction=settings.FUNDUS_TRAIN_HOLDOUT_PERCENT / 100,
+        augment=AugmentConfig(variants=settings.FUNDUS_AUGMENT_VARIANTS),
+        head=head,
+    )
+
+
+def model_train(*, job: Job, progress: Progress) -> ModelVersion:
+    """Train a new candidate version from the confirmed grades and predict every image with it.
+
+    The split is a grouped hold-out by patient (all images of a patient, identical files and
+    augmented copies on one side); the version keeps the hold-out images' hashes so that two
+    versions can later be compared on images neither was trained on. The version becomes a
+    *candidate* only once its files and predictions are complete; if anything fails it is left
+    ``failed`` and the active version is never touched.
+    """
+    from grading.services.features import feature_store_dir, weights_dir
+    from grading.services.predictions import images_predict
+    from mlcore.artifact import read_metadata
+    from mlcore.training import train_model
+
+    images = training_images()
+    training_data_check(images=images)
+    classes, referable_from = scale_classes()
+    feature_config = feature_config_for_training()
+    training_config = training_config_from_settings(classes=classes, referable_from=referable_from)
+    with transaction.atomic():
+        version = ModelVersion(
+            name=model_version_next_name(),
+            state=ModelVersion.State.TRAINING,
+            created_by=job.created_by,
+            backbones=list(feature_config.backbones),
+            preprocessing=feature_config.preprocessing,
+            class_values=list(classes),
+        )
+        # Filled in once training has produced them.
+        version.full_clean(
+            exclude=["train_counts", "holdout_sha256", "metrics"], validate_constraints=False
+        )
+        version.save()
+        Job.objects.filter(pk=job.pk).update(model_version=version)
+    out_dir = _model_dir(version.name)
+    try:
+        progress(1, f"Training {version.name} on {len(images)} confirmed images")
+        result = train_model(
+            [image.path for image in images],
+            [image.grade for image in images],
+            out_dir=out_dir,
+            groups=[f"patient:{image.patient_id}" for image in images],
+            feature_config=feature_config,
+            training_config=training_config,
+            store_dir=feature_store_dir(),
+            weights_dir=weights_dir(),
+            progress=progress_span(progress, 1, 80),
+        )
+        metadata = read_metadata(out_dir)
+        ModelVersion.objects.filter(pk=version.pk).update(
+            artifact_path=str(out_dir),
+            train_counts={str(k): int(v) for k, v in metadata["training_counts"].items()},
+            holdout_sha256=_holdout_sha256(result),
+            metrics={
+                "holdout": result.metrics or {},
+                "n_train": result.n_train,
+                "n_holdout": result.n_test,
+                "augmented_copies": result.n_variants,
+                "decoding": metadata["head"]["decoding"],
+                "epochs": metadata["head"]["n_epochs"],
+                "extraction_seconds": round(result.extraction_seconds, 1),
+                "fit_seconds": round(result.fit_seconds, 1),
+            },
+        )
+        version.refresh_from_db()
+        everything = list(Image.objects.order_by("id"))
+        progress(80, f"Predicting {len(everything)} images with {version.name}")
+        images_predict(
+            images=everything,
+            model_version=version,
+            progress=progress_span(progress, 80, 99),
+            cams=False,
+        )
+        ModelVersion.objects.filter(pk=version.pk, state=ModelVersion.State.TRAINING).update(
+            state=ModelVersion.State.CANDIDATE
+        )
+    except BaseException:
+        ModelVersion.objects.filter(pk=version.pk, state=ModelVersion.State.TRAINING).update(
+            state=ModelVersion.State.FAILED
+        )
+        raise
+    version.refresh_from_db()
+    return version
+
+
+def _holdout_sha256(result: TrainResult) -> list[str]:
+    """Hashes of the images ``train_model`` held out (its ``test_keys`` are feature keys)."""
+    from mlcore.store import parse_feature_key
+
+    shas = [parse_feature_key(key)[0] for key in result.test_keys]
+    if len(shas) != result.n_test:
+        raise RuntimeError(
+            f"training held out {result.n_test} images but named {len(shas)} of them"
+        )
+    return shas
+
+
+def _model_dir(name: str) -> Path:
+    return Path(settings.FUNDUS_MODEL_DIR) / name

@@ -1,0 +1,320 @@
+"""Predictions: grade probabilities per image and model version, plus CAM overlays.
+
+The web process only queues work here (``images_predict_enqueue``, ``predictions_refresh_enqueue``);
+the `ml` worker runs ``images_predict`` which loads the model artifact and TensorFlow.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+
+from grading.models import GradeLevel, Image, Job, ModelVersion, Prediction
+from grading.selectors.model_versions import model_version_active
+from grading.selectors.predictions import cam_path
+from grading.services.jobs import Progress, QueueUnavailable, job_enqueue, progress_span
+
+logger = logging.getLogger(__name__)
+
+# Images per model call: bounds the memory of one step and sets how often progress is written.
+PREDICT_BATCH = 512
+
+
+def _prediction_errors() -> tuple[type[BaseException], ...]:
+    from mlcore.predict import DomainMismatchError
+    from mlcore.preprocessing import ImageLoadError
+
+    return (ImageLoadError, DomainMismatchError, FileNotFoundError, OSError)
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests from the web process
+
+
+def images_predict_enqueue(*, image_ids: Sequence[int]) -> bool:
+    """Queue, on commit, a background prediction of these images with the active version.
+
+    Returns False — never raises — when no version is active or the queue (Redis) is down: an
+    upload must never fail because the model is unavailable (the next ``predictions_refresh``
+    catches those images up).
+    """
+    ids = sorted({int(image_id) for image_id in image_ids})
+    if not ids:
+        return False
+    try:
+        version = model_version_active()
+        if version is None:
+            return False
+        job_enqueue(
+            kind=Job.Kind.IMAGES_PREDICT,
+            params={"image_ids": ids, "model_version_id": version.pk},
+            model_version=version,
+        )
+    except QueueUnavailable as error:
+        logger.warning("Prediction of images %s not queued: %s", ids, error)
+        return False
+    except Exception:
+        # The contract is "never raises": log loudly instead of failing the upload.
+        logger.exception("Prediction of images %s could not be queued", ids)
+        return False
+    return True
+
+
+def predictions_refresh_enqueue(*, created_by: AbstractBaseUser | None = None) -> Job | None:
+    """Queue a refresh of the active version's missing predictions and CAMs (or return the
+    refresh already open). None when no version is active. Raises ``QueueUnavailable``."""
+    if model_version_active() is None:
+        return None
+    job, _created = job_enqueue(kind=Job.Kind.PREDICTIONS_REFRESH, created_by=created_by)
+    return job
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker side
+
+
+def images_predict_job(*, job: Job, progress: Progress) -> dict[str, Any]:
+    """The `images_predict` task: new uploads, predicted by the version active *now* (if the
+    admin switched versions since the upload, the new one is the one that should answer)."""
+    version = model_version_active()
+    if version is None:
+        version = ModelVersion.objects.filter(pk=job.params.get("model_version_id")).first()
+    if version is None:
+        return {"predicted": 0, "message": "No model version to predict with"}
+    images = list(Image.objects.filter(pk__in=job.params.get("image_ids", [])))
+    written = images_predict(images=images, model_version=version, progress=progress, cams=True)
+    return {
+        "predicted": written,
+        "model_version_id": version.pk,
+        "message": f"{written} image(s) predicted with {version.name}",
+    }
+
+
+def predictions_refresh_job(*, job: Job, progress: Progress) -> dict[str, Any]:
+    """The `predictions_refresh` task: every image lacking a prediction (or a CAM) from the
+    active version. Loops if the active version changes while it runs."""
+    done_versions: list[str] = []
+    total = 0
+    for _round in range(3):
+        version = model_version_active()
+        if version is None or version.name in done_versions:
+            break
+        total += predictions_refresh(model_version=version, progress=progress)
+        done_versions.append(version.name)
+    return {
+        "predicted": total,
+        "model_versions": done_versions,
+        "message": f"{total} image(s) predicted or mapped with {', '.join(done_versions) or 'no model'}",
+    }
+
+
+def predictions_refresh(*, model_version: ModelVersion, progress: Progress) -> int:
+    """Predict the images ``model_version`` has not predicted, and draw the CAM overlays that
+    graders will look at: those of the images still to be graded or adjudicated (a CAM costs a
+    forward pass through the backbones of its own; confirmed images do not need one)."""
+    missing = list(Image.objects.exclude(predictions__model_version=model_version).order_by("id"))
+    if missing:
+        images_predict(
+            images=missing,
+            model_version=model_version,
+            progress=progress_span(progress, 0, 50),
+            cams=False,
+        )
+    to_grade = Image.objects.exclude(grading_state=Image.GradingState.CONFIRMED).filter(
+        predictions__model_version=model_version
+    )
+    without_cam = [
+        image
+        for image in to_grade.order_by("id")
+        if not cam_path(model_version_id=model_version.pk, sha256=image.sha256).is_file()
+    ]
+    if without_cam:
+        cams_draw(
+            images=without_cam,
+            model_version=model_version,
+            progress=progress_span(progress, 50, 100),
+        )
+    progress(
+        100,
+        f"{len(missing)} prediction(s) and {len(without_cam)} heatmap(s) by {model_version.name}",
+    )
+    return len(missing) + len(without_cam)
+
+
+class PredictionFailed(RuntimeError):
+    """No image of the request could be predicted; the message lists why."""
+
+
+def images_predict(
+    *,
+    images: Sequence[Image],
+    model_version: ModelVersion,
+    progress: Progress,
+    cams: bool = True,
+) -> int:
+    """Predict ``images`` with ``model_version``: one Prediction row each (a version's prediction
+    of an image never changes, so existing rows are kept) and, with ``cams``, a CAM overlay PNG
+    of the predicted grade under ``MEDIA_ROOT/cams/<version id>/<sha256>.png``.
+
+    An image that cannot be read or graded (damaged file, a filtered image given to a model
+    trained on raw photos) is skipped and logged; if no image at all can be predicted the
+    error is raised, so that the job shows it.
+    """
+    if not images:
+        progress(100, "Nothing to predict")
+        return 0
+    artifact = model_artifact_load(model_version=model_version)
+    predicting = progress_span(progress, 0, 50) if cams else progress
+    written = 0
+    failures: list[str] = []
+    predicted: list[Image] = []
+    for start in range(0, len(images), PREDICT_BATCH):
+        batch = list(images[start : start + PREDICT_BATCH])
+        results = _predict_batch(artifact, batch, failures)
+        written += _prediction_rows_from(model_version, artifact, results)
+        predicted.extend(image for image, _ in results)
+        done = start + len(batch)
+        predicting(
+            100 * done // len(images),
+            f"Predicted {done} of {len(images)} images with {model_version.name}",
+        )
+    if cams and predicted:
+        cams_draw(
+            images=predicted,
+            model_version=model_version,
+            progress=progress_span(progress, 50, 100),
+            failures=failures,
+        )
+    if failures:
+        logger.warning("Predictions with %s skipped: %s", model_version.name, "; ".join(failures))
+        if written == 0:
+            raise PredictionFailed("No image could be predicted: " + "; ".join(failures[:5]))
+    return written
+
+
+def cams_draw(
+    *,
+    images: Sequence[Image],
+    model_version: ModelVersion,
+    progress: Progress,
+    failures: list[str] | None = None,
+) -> int:
+    """CAM overlay PNGs of the predicted grade, for images that have none yet."""
+    from grading.services.features import weights_dir
+    from mlcore.cam import cam_overlay_png
+
+    errors = _prediction_errors()
+    artifact = model_artifact_load(model_version=model_version)
+    drawn = 0
+    for index, image in enumerate(images, start=1):
+        target = cam_path(model_version_id=model_version.pk, sha256=image.sha256)
+        if not target.is_file():
+            try:
+                cam_overlay_png(artifact, _image_file(image), target, weights_dir=weights_dir())
+                drawn += 1
+            except errors as error:
+                if failures is None:
+                    raise
+                failures.append(f"image #{image.pk} (heatmap): {error}")
+        progress(
+            100 * index // len(images), f"Heatmap {index} of {len(images)} ({model_version.name})"
+        )
+    return drawn
+
+
+def _predict_batch(
+    artifact: Any, batch: list[Image], failures: list[str]
+) -> list[tuple[Image, Any]]:
+    """(image, mlcore Prediction) for a batch; one bad image never sinks the others."""
+    from grading.services.features import feature_store_dir, weights_dir
+    from mlcore.predict import predict_images
+
+    def predict(images: list[Image]) -> list[Any]:
+        return predict_images(
+            artifact,
+            [_image_file(image) for image in images],
+            store_dir=feature_store_dir(),
+            weights_dir=weights_dir(),
+        )
+
+    errors = _prediction_errors()
+    try:
+        return list(zip(batch, predict(batch), strict=True))
+    except errors:
+        pass  # find the culprit(s) one image at a time
+    results = []
+    for image in batch:
+        try:
+            results.extend(zip([image], predict([image]), strict=True))
+        except errors as error:
+            failures.append(f"image #{image.pk}: {error}")
+    return results
+
+
+def _prediction_rows_from(model_version: ModelVersion, artifact: Any, results: list) -> int:
+    if not results:
+        return 0
+    scale = list(GradeLevel.objects.order_by("value").values_list("value", flat=True))
+    columns = {grade: position for position, grade in enumerate(artifact.classes)}
+    return prediction_rows_write(
+        model_version=model_version,
+        image_ids=[image.pk for image, _ in results],
+        # Stored in scale order; a grade the model does not know gets probability 0.
+        probabilities=[
+            [result.probabilities[columns[grade]] if grade in columns else 0.0 for grade in scale]
+            for _, result in results
+        ],
+        predicted_grades=[result.grade for _, result in results],
+    )
+
+
+_artifact_cache: dict[str, tuple[float, Any]] = {}
+
+
+def model_artifact_load(*, model_version: ModelVersion) -> Any:
+    """The version's loaded model, cached in the worker (loading Keras takes ~0.5 s per call)."""
+    from mlcore.artifact import METADATA_FILE, load_artifact
+
+    folder = Path(model_version.artifact_path)
+    stamp = (folder / METADATA_FILE).stat().st_mtime
+    cached = _artifact_cache.get(str(folder))
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    artifact = load_artifact(folder)
+    if len(_artifact_cache) >= 2:
+        _artifact_cache.clear()
+    _artifact_cache[str(folder)] = (stamp, artifact)
+    return artifact
+
+
+def prediction_rows_write(
+    *,
+    model_version: ModelVersion,
+    image_ids: Sequence[int],
+    probabilities: Any,
+    predicted_grades: Sequence[int],
+) -> int:
+    """Store predictions (probabilities in scale order); existing ones are kept as they are."""
+    levels = {level.value: level for level in GradeLevel.objects.all()}
+    rows = [
+        Prediction(
+            image_id=image_id,
+            model_version=model_version,
+            probabilities=[float(p) for p in proba],
+            predicted_grade=levels[int(grade)],
+        )
+        for image_id, proba, grade in zip(image_ids, probabilities, predicted_grades, strict=True)
+    ]
+    with transaction.atomic():
+        Prediction.objects.bulk_create(rows, ignore_conflicts=True, batch_size=500)
+    return len(rows)
+
+
+def _image_file(image: Image) -> Path:
+    return Path(settings.MEDIA_ROOT) / image.file.name

@@ -1,0 +1,267 @@
+"""Uploading photographs in the browser: single files, several at once, or a .zip of them.
+
+Every file is validated by ``grading.services.images.image_validate`` (decoded for real, with size and
+pixel limits) and stored once: a photograph already in the database (same sha256) is reported as a
+duplicate. Archives are opened defensively: the number of members and their total uncompressed size
+are checked from the directory before anything is decompressed, each member is read with a hard
+cap, nested archives and encrypted members are refused, and system clutter (``__MACOSX/``,
+``.DS_Store``, ``Thumbs.db``) is ignored. Nothing from an archive is ever written to disk under its
+own name, so paths like ``../../etc`` inside a zip are harmless.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import zipfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, Protocol
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+
+from grading.models import Image, Patient
+from grading.services.images import DuplicateImage, ImageRejected, image_create, image_validate
+
+ZIP_MAX_MEMBERS = 500
+ZIP_MAX_UNCOMPRESSED_BYTES = 2 * 1024**3
+ZIP_MAX_BYTES = 1024**3
+SYSTEM_FILE_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
+UPLOAD_SOURCE = "upload"
+
+logger = logging.getLogger(__name__)
+
+
+class UploadedFileLike(Protocol):
+    name: str
+    size: int
+
+    def read(self, size: int = -1) -> bytes: ...
+    def seek(self, offset: int, whence: int = 0) -> int: ...
+
+
+@dataclass(frozen=True)
+class UploadOutcome:
+    """What happened to one file (or one archive member)."""
+
+    name: str
+    status: str  # accepted | duplicate | rejected | ignored
+    message: str
+    image_id: int | None = None
+
+
+@dataclass
+class UploadReport:
+    outcomes: list[UploadOutcome] = field(default_factory=list)
+    prediction_queued: bool | None = None  # None when nothing new was stored
+
+    def _count(self, status: str) -> int:
+        return sum(1 for outcome in self.outcomes if outcome.status == status)
+
+    @property
+    def accepted(self) -> int:
+        return self._count("accepted")
+
+    @property
+    def duplicates(self) -> int:
+        return self._count("duplicate")
+
+    @property
+    def rejected(self) -> int:
+        return self._count("rejected")
+
+    @property
+    def accepted_ids(self) -> list[int]:
+        return [o.image_id for o in self.outcomes if o.status == "accepted" and o.image_id]
+
+
+@dataclass(frozen=True)
+class UploadVisit:
+    """The patient, eye and date every file of one upload belongs to."""
+
+    patient_pseudonym: str
+    eye: str = Image.Eye.UNKNOWN
+    acquired_on: dt.date | None = None
+
+
+def _is_system_clutter(member_name: str) -> bool:
+    parts = member_name.replace("\\", "/").split("/")
+    base = parts[-1]
+    return (
+        "__MACOSX" in parts
+        or base.lower() in SYSTEM_FILE_NAMES
+        or base.startswith("._")
+        or base.startswith(".")
+    )
+
+
+def _looks_like_zip(upload: UploadedFileLike) -> bool:
+    upload.seek(0)
+    head = upload.read(4)
+    upload.seek(0)
+    return head in (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def _read_capped(handle: IO[bytes], limit: int) -> bytes | None:
+    """Read at most ``limit`` bytes; None when there is more (the file is over the limit)."""
+    data = handle.read(limit + 1)
+    return None if len(data) > limit else data
+
+
+def zip_members_read(
+    *, upload: UploadedFileLike, archive_name: str
+) -> Iterator[tuple[str, bytes | None, str]]:
+    """Yield ``(member name, bytes or None, problem)`` for each file in the archive.
+
+    Raises ImageRejected for an archive that cannot be opened at all or breaks the limits as a whole.
+    """
+    per_file_limit = settings.FUNDUS_MAX_UPLOAD_BYTES
+    if upload.size > ZIP_MAX_BYTES:
+        raise ImageRejected(
+            f"{archive_name}: the archive is larger than {ZIP_MAX_BYTES // 1024**2} MB."
+        )
+    try:
+        archive = zipfile.ZipFile(upload)
+    except (zipfile.BadZipFile, OSError, ValueError) as error:
+        raise ImageRejected(f"{archive_name}: not a readable .zip archive ({error}).") from None
+    with archive:
+        members = [info for info in archive.infolist() if not info.is_dir()]
+        if len(members) > ZIP_MAX_MEMBERS:
+            raise ImageRejected(
+                f"{archive_name}: the archive holds {len(members)} files; "
+                f"at most {ZIP_MAX_MEMBERS} are accepted per upload."
+            )
+        # The directory's sizes are checked before decompressing anything; reading below is capped
+        # as well, because zipfile never yields more than a member's declared size.
+        declared_total = sum(info.file_size for info in members)
+        if declared_total > ZIP_MAX_UNCOMPRESSED_BYTES:
+            raise ImageRejected(
+                f"{archive_name}: the archive would unpack to {declared_total / 1024**2:,.0f} MB, "
+                f"more than the limit of {ZIP_MAX_UNCOMPRESSED_BYTES / 1024**2:,.0f} MB."
+            )
+        for info in members:
+            name = f"{archive_name}/{info.filename}"
+            if _is_system_clutter(info.filename):
+                yield name, None, "ignored"
+                continue
+            if info.flag_bits & 0x1:
+                yield name, None, "the file is encrypted; upload it without a password."
+                continue
+            if info.file_size > per_file_limit:
+                yield name, None, f"the file is larger than {per_file_limit / 1024**2:.0f} MB."
+                continue
+            try:
+                with archive.open(info) as handle:
+                    data = _read_capped(handle, per_file_limit)
+            except (
+                zipfile.BadZipFile,
+                OSError,
+                ValueError,
+                NotImplementedError,
+                EOFError,
+            ) as error:
+                yield name, None, f"the file could not be unpacked ({error})."
+                continue
+            if data is None:
+                yield name, None, f"the file is larger than {per_file_limit / 1024**2:.0f} MB."
+                continue
+            if data[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+                yield name, None, "archives inside archives are not opened; upload it separately."
+                continue
+            yield name, data, ""
+
+
+def _files_expand(
+    files: Iterable[UploadedFileLike],
+) -> Iterator[tuple[str, bytes | None, str]]:
+    per_file_limit = settings.FUNDUS_MAX_UPLOAD_BYTES
+    for upload in files:
+        name = upload.name or "file"
+        if _looks_like_zip(upload):
+            try:
+                yield from zip_members_read(upload=upload, archive_name=name)
+            except ImageRejected as error:
+                yield name, None, str(error).removeprefix(f"{name}: ")
+            continue
+        if upload.size > per_file_limit:
+            yield name, None, f"the file is larger than {per_file_limit / 1024**2:.0f} MB."
+            continue
+        upload.seek(0)
+        yield name, upload.read(), ""
+
+
+def upload_files_process(
+    *,
+    files: Iterable[UploadedFileLike],
+    visit: UploadVisit,
+    uploaded_by: AbstractBaseUser | None,
+) -> UploadReport:
+    """Validate and store each photograph of one visit; report per file; queue predictions."""
+    report = UploadReport()
+    patient: Patient | None = None
+    for name, data, problem in _files_expand(files):
+        display_name = name
+        if problem == "ignored":
+            report.outcomes.append(
+                UploadOutcome(display_name, "ignored", "System file in the archive; ignored.")
+            )
+            continue
+        if data is None:
+            report.outcomes.append(UploadOutcome(display_name, "rejected", problem))
+            continue
+        try:
+            validated = image_validate(data=data, name=display_name)
+        except ImageRejected as error:
+            message = str(error).removeprefix(f"{display_name}: ")
+            report.outcomes.append(UploadOutcome(display_name, "rejected", message))
+            continue
+        if patient is None:
+            with transaction.atomic():
+                patient, _ = Patient.objects.get_or_create(pseudonym=visit.patient_pseudonym)
+        try:
+            image = image_create(
+                validated=validated,
+                patient=patient,
+                eye=visit.eye,
+                acquired_on=visit.acquired_on,
+                uploaded_by=uploaded_by,
+                source=UPLOAD_SOURCE,
+                original_filename=display_name,
+            )
+        except DuplicateImage as duplicate:
+            existing = duplicate.existing
+            report.outcomes.append(
+                UploadOutcome(
+                    display_name,
+                    "duplicate",
+                    f"Already stored as image #{existing.pk} (patient {existing.patient}); "
+                    "not stored again.",
+                    image_id=existing.pk,
+                )
+            )
+            continue
+        report.outcomes.append(
+            UploadOutcome(
+                display_name,
+                "accepted",
+                f"Stored as image #{image.pk} ({validated.width}x{validated.height}).",
+                image_id=image.pk,
+            )
+        )
+    if report.accepted_ids:
+        report.prediction_queued = _predictions_enqueue(report.accepted_ids)
+    return report
+
+
+def _predictions_enqueue(image_ids: list[int]) -> bool:
+    from grading.services.predictions import images_predict_enqueue
+
+    # Documented never to raise (False when Redis is down or no version is active); the upload
+    # itself has succeeded either way, so a surprise here must not turn into a 500.
+    try:
+        return bool(images_predict_enqueue(image_ids=image_ids))
+    except Exception:
+        logger.exception("queueing predictions for uploads failed")
+        return False

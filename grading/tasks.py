@@ -1,0 +1,161 @@
+"""Celery tasks: thin wrappers that claim a ``Job`` row, call one service and record the outcome.
+
+Each task takes the job's primary key only. ``JobTask.run_job`` claims the row idempotently (a
+redelivered or stale message finds it no longer queued and does nothing), runs the service with a
+progress reporter and a heartbeat thread, and marks success. Transient errors (database or broker
+connection hiccups) are retried with exponential backoff; anything else ends in ``on_failure``,
+which marks the job failed with the error. The services import TensorFlow (through mlcore) inside
+their functions, so this module is safe to import in the web process.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from celery import Task, shared_task
+from django.db import InterfaceError, OperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from grading.models import Job
+from grading.services import features, model_versions, predictions
+from grading.services import jobs as job_services
+
+logger = logging.getLogger(__name__)
+
+# Worth another try: the database or Redis was briefly unreachable or locked. Everything else
+# (bad data, a bug, a missing weights file) fails the job at once with its message.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OperationalError,
+    InterfaceError,
+    RedisConnectionError,
+    RedisTimeoutError,
+)
+
+JobService = Callable[..., dict[str, Any]]
+
+
+class JobTask(Task):
+    """Base class of the job tasks: claim, heartbeat, progress, retry and failure handling."""
+
+    autoretry_for = TRANSIENT_ERRORS
+    retry_backoff = 5  # seconds before the first retry, then doubled
+    retry_backoff_max = 300
+    retry_jitter = True
+    max_retries = 3
+    acks_late = True
+    ignore_result = True  # the Job row is the record; nothing reads Celery results
+
+    def run_job(self, job_id: int, service: JobService) -> dict[str, Any]:
+        job = job_services.job_claim(
+            job_id=job_id, task_id=self.request.id or "", worker=self.request.hostname or ""
+        )
+        if job is None:
+            logger.info("Job %s is not queued for task %s; skipped", job_id, self.request.id)
+            return {"skipped": True}
+        soft_limit = self.soft_time_limit or self.app.conf.task_soft_time_limit
+        reporter = job_services.JobReporter(
+            job.pk, deadline=time.monotonic() + soft_limit if soft_limit else None
+        )
+        with job_services.JobHeartbeat(job.pk):
+            result = service(job=job, progress=reporter)
+        job_services.job_succeed(
+            job_id=job.pk, result=result, message=result.get("message", "Done")
+        )
+        return result
+
+    def retry(
+        self, args: Any = None, kwargs: Any = None, exc: BaseException | None = None, **options: Any
+    ) -> Any:
+        # Put the row back to queued first, so that the retried run (same task id) can claim it.
+        job_id = self._job_id(args)
+        retries_left = self.max_retries is None or self.request.retries < self.max_retries
+        if job_id is not None and exc is not None and retries_left:
+            countdown = options.get("countdown") or self.retry_backoff
+            job_services.job_requeue_for_retry(
+                job_id=job_id, error=f"{type(exc).__name__}: {exc}", countdown=countdown
+            )
+        return super().retry(args=args, kwargs=kwargs, exc=exc, **options)
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        job_id = self._job_id(args)
+        if job_id is None:
+            return
+        if isinstance(exc, job_services.JobAbandoned):
+            return  # already marked (stale or cancelled) by whoever abandoned it
+        summary = job_error_summary(exc)
+        detail = str(einfo.traceback) if einfo is not None else traceback.format_exc()
+        job_services.job_fail(job_id=job_id, error=f"{summary}\n\n{detail}", message=summary[:500])
+
+    def _job_id(self, args: Any) -> int | None:
+        args = args if args is not None else self.request.args
+        if args:
+            try:
+                return int(args[0])
+            except (TypeError, ValueError):
+                return None
+        return None
+
+
+def job_error_summary(exc: BaseException) -> str:
+    from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+
+    if isinstance(exc, SoftTimeLimitExceeded | TimeLimitExceeded):
+        return "The job ran past its time limit and was stopped."
+    text = str(exc).strip() or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
+
+
+@shared_task(bind=True, base=JobTask, name="grading.tasks.features_extract")
+def features_extract(self: JobTask, job_id: int) -> dict[str, Any]:
+    return self.run_job(job_id, features.features_extract_job)
+
+
+@shared_task(bind=True, base=JobTask, name="grading.tasks.images_augment")
+def images_augment(self: JobTask, job_id: int) -> dict[str, Any]:
+    return self.run_job(job_id, features.images_augment_job)
+
+
+@shared_task(bind=True, base=JobTask, name="grading.tasks.model_train")
+def model_train(self: JobTask, job_id: int) -> dict[str, Any]:
+    return self.run_job(job_id, model_versions.model_train_job)
+
+
+@shared_task(bind=True, base=JobTask, name="grading.tasks.predictions_refresh")
+def predictions_refresh(self: JobTask, job_id: int) -> dict[str, Any]:
+    return self.run_job(job_id, predictions.predictions_refresh_job)
+
+
+@shared_task(bind=True, base=JobTask, name="grading.tasks.images_predict")
+def images_predict(self: JobTask, job_id: int) -> dict[str, Any]:
+    return self.run_job(job_id, predictions.images_predict_job)
+
+
+@shared_task(name="grading.tasks.jobs_housekeeping", ignore_result=True)
+def jobs_housekeeping() -> dict[str, Any]:
+    """Periodic (beat): fail jobs whose worker died, and start an automatic retrain when due."""
+    marked = job_services.jobs_mark_stale()
+    auto_job = None
+    try:
+        auto_job = model_versions.model_auto_retrain_check()
+    except job_services.QueueUnavailable:
+        logger.warning("Automatic retraining is due but the queue is unavailable")
+    return {"stale_marked": marked, "auto_retrain_job": auto_job.pk if auto_job else None}
+
+
+__all__ = [
+    "JobTask",
+    "Job",
+    "features_extract",
+    "images_augment",
+    "images_predict",
+    "jobs_housekeeping",
+    "model_train",
+    "predictions_refresh",
+]

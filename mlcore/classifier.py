@@ -1,0 +1,422 @@
+"""The recipe's classifier head on frozen backbone features, as a scikit-learn-like estimator.
+
+concatenated features -> standardisation (fitted on the training split only) -> Dropout(0.5)
+-> Dense(n_grades, softmax), adadelta, batch 64, categorical cross-entropy, seed 2017.
+
+Added on top of the recipe: class weights for the imbalanced grades, early stopping on the
+validation loss with the best weights restored, and ordinal decoding (grade = thresholds on the
+expected grade, as the APTOS 2019 leaders did) kept only when it beats argmax on held-out data.
+
+The validation data for early stopping and thresholds is carved out of the data given to ``fit``
+(grouped and stratified, variants never on the validation side), so an outer test fold is never
+looked at.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from mlcore.metrics import ICDR_GRADES, quadratic_weighted_kappa
+from mlcore.splits import DEFAULT_SEED, grouped_holdout
+
+DECODINGS = ("auto", "argmax", "ordinal")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and TensorFlow and make TF ops deterministic (same seed, same model).
+
+    ``enable_op_determinism`` is process-wide and TF offers no public way to switch it off again;
+    it costs nothing measurable for this small head and only forbids ops without a deterministic
+    kernel, which neither the head nor feature extraction uses.
+    """
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def class_weights(
+    y_index: np.ndarray, n_classes: int, mode: str | dict[int, float] | None
+) -> dict[int, float] | None:
+    """Per-class loss weights keyed by class *position*.
+
+    ``"balanced"``: n / (k * count) as scikit-learn; ``"sqrt"``: its square root (a softer
+    correction that keeps the majority grade's precision); a dict keyed by position; ``None``.
+    """
+    if mode is None:
+        return None
+    if isinstance(mode, dict):
+        return {int(k): float(v) for k, v in mode.items()}
+    counts = np.bincount(y_index, minlength=n_classes).astype(np.float64)
+    present = counts > 0
+    balanced = np.ones(n_classes)
+    balanced[present] = counts.sum() / (present.sum() * counts[present])
+    if mode == "balanced":
+        weights = balanced
+    elif mode == "sqrt":
+        weights = np.sqrt(balanced)
+    else:
+        raise ValueError(f"class_weight must be 'balanced', 'sqrt', a dict or None, got {mode!r}")
+    return {i: float(w) for i, w in enumerate(weights)}
+
+
+def decode_ordinal(expected: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Class positions from expected grades: position = number of thresholds below the value."""
+    return np.searchsorted(np.asarray(thresholds), np.asarray(expected), side="right")
+
+
+def expected_position(proba: np.ndarray) -> np.ndarray:
+    """Probability-weighted mean of the class positions 0..k-1."""
+    return proba @ np.arange(proba.shape[1], dtype=np.float64)
+
+
+def _qwk_positions(true: np.ndarray, pred: np.ndarray, k: int) -> float:
+    return quadratic_weighted_kappa(true, pred, classes=tuple(range(k)))
+
+
+def fit_ordinal_thresholds(
+    expected: np.ndarray, y_index: np.ndarray, n_classes: int, *, passes: int = 3
+) -> np.ndarray:
+    """Thresholds maximising QWK by coordinate search (deterministic, ordered, k-1 values)."""
+    thresholds = np.arange(n_classes - 1, dtype=np.float64) + 0.5
+    best = _qwk_positions(y_index, decode_ordinal(expected, thresholds), n_classes)
+    for _ in range(passes):
+        improved = False
+        for i in range(n_classes - 1):
+            low = thresholds[i - 1] if i > 0 else 0.0
+            high = thresholds[i + 1] if i < n_classes - 2 else float(n_classes - 1)
+            for candidate in np.linspace(low, high, 41)[1:-1]:
+                trial = thresholds.copy()
+                trial[i] = candidate
+                score = _qwk_positions(y_index, decode_ordinal(expected, trial), n_classes)
+                if score > best + 1e-12:
+                    best, thresholds, improved = score, trial, True
+        if not improved:
+            break
+    return thresholds
+
+
+class HeadClassifier:
+    """Dropout + softmax head over standardised features; grades given as ints on ``classes``.
+
+    Parameters are stored untouched by ``__init__``; everything learned ends in ``_``.
+    ``learning_rate=1.0``: the recipe ran Keras 2's Adadelta, whose default rate was 1.0; Keras 3
+    lowered the default to 0.001, with which this head barely moves in a hundred epochs.
+    """
+
+    def __init__(
+        self,
+        *,
+        classes: Sequence[int] = ICDR_GRADES,
+        dropout: float = 0.5,
+        optimizer: str = "adadelta",
+        learning_rate: float = 1.0,
+        batch_size: int = 64,
+        epochs: int = 100,
+        class_weight: str | dict[int, float] | None = "sqrt",
+        early_stopping: bool = True,
+        patience: int = 10,
+        validation_fraction: float = 0.1,
+        decoding: str = "auto",
+        seed: int = DEFAULT_SEED,
+        verbose: int = 0,
+    ) -> None:
+        self.classes = classes
+        self.dropout = dropout
+        self.optimizer = optimizer
+        self.learning_rate = learning_rate
+        self.batch_size = batch_size
+        self.epochs = epochs
+        self.class_weight = class_weight
+        self.early_stopping = early_stopping
+        self.patience = patience
+        self.validation_fraction = validation_fraction
+        self.decoding = decoding
+        self.seed = seed
+        self.verbose = verbose
+
+    # -- parameters ---------------------------------------------------------------------------
+    def get_params(self) -> dict[str, Any]:
+        return {
+            name: getattr(self, name)
+            for name in (
+                "classes",
+                "dropout",
+                "optimizer",
+                "learning_rate",
+                "batch_size",
+                "epochs",
+                "class_weight",
+                "early_stopping",
+                "patience",
+                "validation_fraction",
+                "decoding",
+                "seed",
+                "verbose",
+            )
+        }
+
+    def set_params(self, **params: Any) -> HeadClassifier:
+        for name, value in params.items():
+            if name not in self.get_params():
+                raise ValueError(f"unknown parameter {name!r}")
+            setattr(self, name, value)
+        return self
+
+    # -- fitting ------------------------------------------------------------------------------
+    def _positions(self, y: Sequence[int] | np.ndarray, name: str) -> np.ndarray:
+        grades = np.asarray(y)
+        lookup = {int(g): i for i, g in enumerate(self.classes_)}
+        unknown = sorted({int(g) for g in grades.tolist()} - set(lookup))
+        if unknown:
+            raise ValueError(
+                f"{name} holds grades {unknown} not on the scale {list(self.classes_)}"
+            )
+        return np.asarray([lookup[int(g)] for g in grades], dtype=np.int64)
+
+    def _check_features(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim != 2:
+            raise ValueError(f"features must be 2-D (n_images, n_features), got shape {X.shape}")
+        if hasattr(self, "n_features_in_") and X.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"features have {X.shape[1]} columns but the head was trained on "
+                f"{self.n_features_in_}"
+            )
+        if not np.isfinite(X).all():
+            raise ValueError("features contain NaN or infinite values")
+        return X
+
+    def _build(self, n_features: int, n_classes: int, steps_per_execution: int) -> Any:
+        import keras
+
+        model = keras.Sequential(
+            [
+                keras.Input(shape=(n_features,), name="features"),
+                keras.layers.Dropout(self.dropout, name="dropout"),
+                keras.layers.Dense(n_classes, activation="softmax", name="grades"),
+            ],
+            name="head",
+        )
+        optimizer = keras.optimizers.get(
+            {"class_name": self.optimizer, "config": {"learning_rate": self.learning_rate}}
+        )
+        model.compile(
+            optimizer=optimizer,
+            loss="categorical_crossentropy",
+            metrics=["accuracy"],
+            # One graph call per epoch-sized chunk of steps: Keras' per-step Python overhead
+            # is ~5 ms, far more than this head's arithmetic.
+            steps_per_execution=steps_per_execution,
+        )
+        return model
+
+    def fit(
+        self,
+        X: np.ndarray,
+        y: Sequence[int],
+        *,
+        groups: Sequence[object] | None = None,
+        variant: Sequence[int] | None = None,
+        validation_data: tuple[np.ndarray, Sequence[int]] | None = None,
+        epoch_callback: Callable[[int, dict[str, float]], None] | None = None,
+    ) -> HeadClassifier:
+        """Fit on features ``X`` (n, d) and grades ``y``.
+
+        ``groups``: patient/source group per row (augmented rows carry their source's group);
+        ``variant``: 0 for an original image, k >= 1 for its k-th augmented copy. Without
+        ``validation_data`` a grouped, stratified ``validation_fraction`` of the original images
+        is held out for early stopping and the ordinal thresholds; their variants are dropped.
+        """
+        import keras
+
+        if self.decoding not in DECODINGS:
+            raise ValueError(f"decoding must be one of {DECODINGS}, got {self.decoding!r}")
+        if len(set(self.classes)) != len(self.classes) or len(self.classes) < 2:
+            raise ValueError(f"classes must be >= 2 distinct grades, got {list(self.classes)}")
+        self.classes_ = np.asarray(list(self.classes), dtype=np.int64)
+        X = self._check_features(X)
+        y_index = self._positions(y, "y")
+        if y_index.size != X.shape[0]:
+            raise ValueError(f"{X.shape[0]} feature rows but {y_index.size} grades")
+        variants = np.zeros(y_index.size, np.int64) if variant is None else np.asarray(variant)
+        if variants.size != y_index.size:
+            raise ValueError("variant must have one entry per row")
+        if groups is None and (variants > 0).any():
+            raise ValueError("augmented rows need groups (their source image's group) to split")
+        k = len(self.classes_)
+
+        if validation_data is not None:
+            X_train, y_train = X, y_index
+            train_rows, val_rows = np.arange(y_index.size), np.arange(0)
+            X_val = self._check_features(validation_data[0])
+            y_val = self._positions(validation_data[1], "validation grades")
+        elif self.early_stopping or self.decoding != "argmax":
+            row_groups = (
+                np.arange(y_index.size) if groups is None else np.asarray(groups, dtype=object)
+            )
+            originals = np.flatnonzero(variants == 0)
+            train_pos, val_pos = grouped_holdout(
+                y_index[originals],
+                list(row_groups[originals]),
+                test_fraction=self.validation_fraction,
+                seed=self.seed,
+            )
+            val_groups = set(row_groups[originals[val_pos]].tolist())
+            in_val_group = np.asarray([g in val_groups for g in row_groups.tolist()])
+            val_rows = np.flatnonzero(in_val_group & (variants == 0))
+            train_rows = np.flatnonzero(~in_val_group)
+            X_train, y_train = X[train_rows], y_index[train_rows]
+            X_val, y_val = X[val_rows], y_index[val_rows]
+        else:
+            X_train, y_train, X_val, y_val = X, y_index, None, None
+            train_rows, val_rows = np.arange(y_index.size), np.arange(0)
+        # Rows of X used to train and to validate (early stopping, thresholds); with external
+        # validation_data all rows train and val_rows is empty.
+        self.training_rows_ = np.asarray(train_rows, dtype=np.int64)
+        self.validation_rows_ = np.asarray(val_rows, dtype=np.int64)
+
+        self.n_features_in_ = X.shape[1]
+        self.scaler_mean_ = X_train.mean(axis=0).astype(np.float32)
+        scale = X_train.std(axis=0).astype(np.float32)
+        # Constant features (e.g. dead ReLU channels) keep scale 1 as in scikit-learn.
+        self.scaler_scale_ = np.where(scale > 1e-12, scale, 1.0).astype(np.float32)
+        self.class_counts_ = np.bincount(y_train, minlength=k)
+        self.class_weight_ = class_weights(y_train, k, self.class_weight)
+
+        import tensorflow as tf
+
+        seed_everything(self.seed)
+        steps_per_epoch = -(-y_train.size // self.batch_size)
+        model = self._build(X.shape[1], k, steps_per_execution=steps_per_epoch)
+        train_data = (
+            tf.data.Dataset.from_tensor_slices(
+                (self._standardise(X_train), keras.utils.to_categorical(y_train, k))
+            )
+            .shuffle(y_train.size, seed=self.seed, reshuffle_each_iteration=True)
+            .batch(self.batch_size)
+            .prefetch(tf.data.AUTOTUNE)
+        )
+        callbacks: list[Any] = []
+        fit_validation = None
+        if X_val is not None:
+            fit_validation = (
+                tf.data.Dataset.from_tensor_slices(
+                    (self._standardise(X_val), keras.utils.to_categorical(y_val, k))
+                )
+                .batch(1024)
+                .cache()
+            )
+            if self.early_stopping:
+                callbacks.append(
+                    keras.callbacks.EarlyStopping(
+                        monitor="val_loss", patience=self.patience, restore_best_weights=True
+                    )
+                )
+        if epoch_callback is not None:
+            callbacks.append(
+                keras.callbacks.LambdaCallback(
+                    on_epoch_end=lambda epoch, logs: epoch_callback(epoch, dict(logs or {}))
+                )
+            )
+        started = time.perf_counter()
+        history = model.fit(
+            train_data,
+            epochs=self.epochs,
+            shuffle=False,  # the dataset reshuffles itself, seeded
+            validation_data=fit_validation,
+            class_weight=self.class_weight_,
+            callbacks=callbacks,
+            verbose=self.verbose,
+        )
+        self.fit_seconds_ = time.perf_counter() - started
+        self.model_ = model
+        self.history_ = {key: [float(v) for v in values] for key, values in history.history.items()}
+        self.n_epochs_ = len(history.history["loss"])
+        if X_val is not None and "val_loss" in self.history_:
+            self.best_epoch_ = int(np.argmin(self.history_["val_loss"])) + 1
+        else:
+            self.best_epoch_ = self.n_epochs_
+
+        self.thresholds_ = None
+        self.decoding_ = "argmax"
+        self.validation_qwk_ = None
+        if X_val is not None and self.decoding != "argmax":
+            self._choose_decoding(self.predict_proba(X_val), y_val)
+        elif self.decoding == "ordinal":
+            self.thresholds_ = fit_ordinal_thresholds(
+                expected_position(self.predict_proba(X_train)), y_train, k
+            )
+            self.decoding_ = "ordinal"
+        return self
+
+    def _choose_decoding(self, proba_val: np.ndarray, y_val: np.ndarray) -> None:
+        """Ordinal thresholds from held-out predictions; kept in "auto" mode only if they win.
+
+        The comparison is itself cross-validated (thresholds fitted on one half of the validation
+        images, scored on the other, and back), so that the thresholds are not judged on the data
+        they were tuned on.
+        """
+        k = len(self.classes_)
+        expected = expected_position(proba_val)
+        argmax_pred = proba_val.argmax(axis=1)
+        self.thresholds_ = fit_ordinal_thresholds(expected, y_val, k)
+        if self.decoding == "ordinal":
+            self.decoding_ = "ordinal"
+            return
+        rng = np.random.default_rng(self.seed)
+        halves = np.array_split(rng.permutation(y_val.size), 2)
+        ordinal_pred = np.empty_like(y_val)
+        for fit_half, score_half in ((halves[0], halves[1]), (halves[1], halves[0])):
+            thresholds = fit_ordinal_thresholds(expected[fit_half], y_val[fit_half], k)
+            ordinal_pred[score_half] = decode_ordinal(expected[score_half], thresholds)
+        argmax_qwk = _qwk_positions(y_val, argmax_pred, k)
+        ordinal_qwk = _qwk_positions(y_val, ordinal_pred, k)
+        self.validation_qwk_ = {"argmax": argmax_qwk, "ordinal": ordinal_qwk}
+        self.decoding_ = "ordinal" if ordinal_qwk > argmax_qwk else "argmax"
+
+    # -- prediction ---------------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise RuntimeError("this HeadClassifier is not fitted yet; call fit() first")
+
+    def _standardise(self, X: np.ndarray) -> np.ndarray:
+        return ((X - self.scaler_mean_) / self.scaler_scale_).astype(np.float32)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Probabilities (n, n_grades), columns in ``classes_`` order."""
+        self._check_fitted()
+        X = self._check_features(X)
+        if X.shape[0] == 0:
+            return np.zeros((0, len(self.classes_)), dtype=np.float64)
+        proba = self.model_.predict(self._standardise(X), batch_size=1024, verbose=0)
+        return np.asarray(proba, dtype=np.float64)
+
+    def decode(self, proba: np.ndarray) -> np.ndarray:
+        """Grades from probabilities with the learned decoding."""
+        self._check_fitted()
+        if self.decoding_ == "ordinal" and self.thresholds_ is not None:
+            positions = decode_ordinal(expected_position(proba), self.thresholds_)
+        else:
+            positions = np.asarray(proba).argmax(axis=1)
+        return self.classes_[positions]
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.decode(self.predict_proba(X))
+
+    # -- CAM support --------------------------------------------------------------------------
+    def effective_weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """Dense kernel and bias with the standardisation folded in, in raw feature units.
+
+        logits = ((x - mean) / scale) @ W + b = x @ (W / scale[:, None]) + (b - (mean/scale) @ W)
+        """
+        self._check_fitted()
+        kernel, bias = self.model_.get_layer("grades").get_weights()
+        folded_kernel = kernel / self.scaler_scale_[:, None]
+        folded_bias = bias - (self.scaler_mean_ / self.scaler_scale_) @ kernel
+        return folded_kernel.astype(np.float64), folded_bias.astype(np.float64)

@@ -1,0 +1,285 @@
+"""Grade image files with a model folder: features from the store (computed if missing), then
+probabilities per grade.
+
+Training domain: the shared APTOS set is already Ben-Graham ("Gaussian") filtered at 224 px, so a
+model trained on it records preprocessing "none" and ``training_domain="gaussian_filtered"``. A
+raw camera photograph given to such a model is detected (``looks_gaussian_filtered`` is false) and
+run through ``raw_photo_preprocessing`` (:func:`mlcore.domain.filter_like_training`: crop,
+stretch, the training set's narrow Gaussian high-pass) so that it reaches the model in the
+domain it was trained on. Its features live in the store of that preprocessing, keyed by the
+same file sha256, so nothing collides. A filtered image given to a model trained on raw
+photographs is refused (filtering twice gives a different picture).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlcore.artifact import DOMAIN_FILTERED, ModelArtifact, load_artifact
+from mlcore.config import FeatureConfig, default_store_dir, default_weights_dir
+from mlcore.domain import RAW_TO_FILTERED, preprocess_for
+from mlcore.metrics import referable_probability
+from mlcore.preprocessing import load_rgb, looks_gaussian_filtered
+
+# Decoding a 4288 x 2848 JPEG at reduced scale is enough to tell a raw photo from a filtered one.
+_DOMAIN_CHECK_SIZE = 256
+
+
+class DomainMismatchError(ValueError):
+    """An image cannot be brought into the domain the model was trained on."""
+
+
+@dataclass
+class Prediction:
+    """One graded image. ``probabilities`` in scale order (``grades``); ``preprocessing``: what
+    was applied to reach the model's training domain; ``raw_photo``: the image was a raw
+    photograph that had to be filtered."""
+
+    path: Path
+    grade: int
+    grades: list[int]
+    probabilities: list[float]
+    referable_probability: float | None  # None when the scale has no referable split
+    key: str
+    preprocessing: str
+    raw_photo: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "grade": self.grade,
+            "probabilities": {
+                str(g): p for g, p in zip(self.grades, self.probabilities, strict=True)
+            },
+            "referable_probability": self.referable_probability,
+            "preprocessing": self.preprocessing,
+            "raw_photo": self.raw_photo,
+        }
+
+
+def preprocessing_for(artifact: ModelArtifact, image: np.ndarray, *, name: str = "image") -> str:
+    """The preprocessing that brings ``image`` into ``artifact``'s training domain."""
+    filtered = looks_gaussian_filtered(image)
+    trained_with = artifact.feature_config.preprocessing
+    if artifact.training_domain == DOMAIN_FILTERED:
+        if filtered:
+            return trained_with
+        if artifact.raw_photo_preprocessing is None:
+            raise DomainMismatchError(
+                f"{name} looks like a raw photograph but the model was trained on "
+                f"Gaussian-filtered images and records no preprocessing to filter it"
+            )
+        return artifact.raw_photo_preprocessing
+    if filtered:
+        raise DomainMismatchError(
+            f"{name} looks already Gaussian (Ben Graham) filtered, but the model was trained on "
+            f"raw photographs (preprocessing {trained_with!r}); upload the original photograph"
+        )
+    return trained_with
+
+
+def expand_image_paths(sources: Sequence[str | Path]) -> list[Path]:
+    """Files as given, folders searched recursively for images (sorted)."""
+    from mlcore.extraction import find_images
+
+    paths: list[Path] = []
+    for source in map(Path, sources):
+        if source.is_dir():
+            found = find_images(source)
+            if not found:
+                raise FileNotFoundError(f"no images found in folder {source}")
+            paths.extend(found)
+        elif source.is_file():
+            paths.append(source)
+        else:
+            raise FileNotFoundError(f"no such image or folder: {source}")
+    return paths
+
+
+def _as_artifact(model: ModelArtifact | str | Path) -> ModelArtifact:
+    return model if isinstance(model, ModelArtifact) else load_artifact(model)
+
+
+def _features_outside_pipeline(
+    items: Sequence[Any],
+    *,
+    config: FeatureConfig,
+    method: str,
+    store_dir: Path,
+    weights_dir: Path | None,
+    weights: str | Path | None,
+    variants: Sequence[int] = (0,),
+    transform: Callable[[Any, Any], Any] | None = None,
+) -> np.ndarray:
+    """Features (n, len(variants), d) of images preprocessed by ``method``, which the extraction
+    pipeline does not know (:data:`~mlcore.domain.RAW_TO_FILTERED`), cached in the store under
+    that name. ``config`` gives the backbones, dtype and batch size."""
+    from mlcore.backbones import get_backbone
+    from mlcore.extraction import compute_features
+    from mlcore.store import FeatureStore, feature_key, parse_feature_key, store_path
+
+    shas = [parse_feature_key(item.key)[0] for item in items]
+    keys = [feature_key(sha, v) for sha in shas for v in variants]
+    blocks = []
+    for name in config.backbones:
+        spec = get_backbone(name)
+        path = store_path(store_dir, name, method)
+        with FeatureStore(
+            path,
+            backbone=name,
+            preprocessing=method,
+            feature_dim=spec.feature_dim,
+            dtype=config.dtype,
+        ) as store:
+            missing = set(store.missing(keys))
+            arrays, todo = [], []
+            for item, sha in zip(items, shas, strict=True):
+                wanted = [v for v in variants if feature_key(sha, v) in missing]
+                if not wanted:
+                    continue
+                image = preprocess_for(
+                    load_rgb(item.path, min_size=math.ceil(spec.input_size * 1.5)),
+                    method,
+                    spec.input_size,
+                )
+                for v in wanted:
+                    key = feature_key(sha, v)
+                    if v and transform is not None:
+                        arrays.append(transform(image.astype(np.float32), key).numpy())
+                    else:
+                        arrays.append(image)
+                    todo.append(key)
+            if arrays:
+                single = replace(config, backbones=(name,), preprocessing="none")
+                store.put(
+                    todo,
+                    compute_features(
+                        arrays, config=single, weights_dir=weights_dir, weights=weights
+                    ),
+                )
+            blocks.append(store.get(keys).reshape(len(items), len(variants), -1))
+    return np.concatenate(blocks, axis=2)
+
+
+def predict_features(
+    artifact: ModelArtifact,
+    paths: Sequence[str | Path],
+    *,
+    store_dir: str | Path | None = None,
+    weights_dir: str | Path | None = None,
+    weights: str | Path | None = "imagenet",
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, list[str], list[str], list[bool]]:
+    """(features, features of augmented copies (n, v, d) when the model averages over them,
+    keys, preprocessing per image, raw-photo flag per image), in ``paths`` order."""
+    from mlcore.augment import make_augment_transform
+    from mlcore.extraction import extract_features, image_items, load_features
+    from mlcore.training import augment_store_dir, variant_features
+
+    store = Path(store_dir) if store_dir is not None else default_store_dir()
+    weights_folder = Path(weights_dir) if weights_dir is not None else default_weights_dir()
+    paths = [Path(p) for p in paths]
+    items = image_items(paths)
+    methods = [
+        preprocessing_for(artifact, load_rgb(p, min_size=_DOMAIN_CHECK_SIZE), name=str(p))
+        for p in paths
+    ]
+    n_features = artifact.classifier.n_features_in_
+    features = np.zeros((len(paths), n_features), np.float32)
+    tta = artifact.tta_augment
+    variants = None if tta is None else np.zeros((len(paths), tta[0].variants, n_features))
+    for method in sorted(set(methods)):
+        rows = [i for i, m in enumerate(methods) if m == method]
+        subset = [items[i] for i in rows]
+        common = {"weights_dir": weights_folder, "weights": weights}
+        if method == RAW_TO_FILTERED:
+            outside = {"config": artifact.feature_config, "method": method, **common}
+            features[rows] = _features_outside_pipeline(subset, store_dir=store, **outside)[:, 0]
+            if tta is not None:
+                augment, seed = tta
+                variants[rows] = _features_outside_pipeline(
+                    subset,
+                    store_dir=augment_store_dir(store, augment, seed),
+                    variants=range(1, augment.variants + 1),
+                    transform=make_augment_transform(augment, seed),
+                    **outside,
+                )
+            continue
+        config = replace(artifact.feature_config, preprocessing=method)
+        extract_features(subset, config=config, store_dir=store, progress=progress, **common)
+        keys = [item.key for item in subset]
+        features[rows] = load_features(keys, config=config, store_dir=store)
+        if tta is not None:
+            augment, seed = tta
+            variants[rows] = variant_features(
+                [item.path for item in subset],
+                keys,
+                n_variants=augment.variants,
+                augment=augment,
+                seed=seed,
+                feature_config=config,
+                store_dir=store,
+                **common,
+            )
+    trained_with = artifact.feature_config.preprocessing
+    raw = [m != trained_with for m in methods]
+    return features, variants, [item.key for item in items], methods, raw
+
+
+def predict_images(
+    model: ModelArtifact | str | Path,
+    paths: Sequence[str | Path],
+    *,
+    store_dir: str | Path | None = None,
+    weights_dir: str | Path | None = None,
+    weights: str | Path | None = "imagenet",
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Prediction]:
+    """Grade image files (not folders: see :func:`expand_image_paths`) with a model folder or a
+    loaded :class:`~mlcore.artifact.ModelArtifact`. ``weights=None`` (random backbone weights)
+    is for tests only."""
+    artifact = _as_artifact(model)
+    if not paths:
+        return []
+    features, variants, keys, methods, raw = predict_features(
+        artifact,
+        paths,
+        store_dir=store_dir,
+        weights_dir=weights_dir,
+        weights=weights,
+        progress=progress,
+    )
+    from mlcore.training import predict_with_tta
+
+    classifier = artifact.classifier
+    proba = predict_with_tta(classifier, features, variants)
+    grades = classifier.decode(proba)
+    splits_scale = any(g >= artifact.referable_from for g in artifact.classes) and any(
+        g < artifact.referable_from for g in artifact.classes
+    )
+    referable = (
+        referable_probability(
+            proba, classes=artifact.classes, referable_from=artifact.referable_from
+        )
+        if splits_scale
+        else [None] * len(paths)
+    )
+    return [
+        Prediction(
+            path=Path(path),
+            grade=int(grades[i]),
+            grades=artifact.classes,
+            probabilities=[float(p) for p in proba[i]],
+            referable_probability=None if referable[i] is None else float(referable[i]),
+            key=keys[i],
+            preprocessing=methods[i],
+            raw_photo=raw[i],
+        )
+        for i, path in enumerate(paths)
+    ]

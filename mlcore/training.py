@@ -1,0 +1,635 @@
+"""Training and evaluation entry points shared by the CLI and the Celery tasks.
+
+- :func:`train_model`: features (from the store, computed if missing) -> grouped stratified
+  hold-out split -> augmented variants of the *training* images only -> head -> metrics on the
+  hold-out -> model folder (:mod:`mlcore.artifact`) with report JSON and PNG plots.
+- :func:`evaluate_cv`: k-fold cross-validation grouped by patient, the same steps per fold.
+- :func:`cross_validate_features` / :func:`fit_head`: the same on feature arrays already in
+  memory (benchmarks, tests).
+
+Both report progress through ``progress(percent: int, message: str)``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlcore.artifact import DOMAIN_FILTERED, DOMAINS, save_artifact
+from mlcore.augment import AugmentConfig, make_augment_transform
+from mlcore.classifier import HeadClassifier
+from mlcore.config import FeatureConfig, default_store_dir, default_weights_dir
+from mlcore.domain import RAW_TO_FILTERED, is_known
+from mlcore.metrics import ICDR_GRADES, ICDR_LABELS, REFERABLE_FROM, metrics_report, summarize
+from mlcore.reports import plot_confusion, plot_history, write_json
+from mlcore.splits import (
+    DEFAULT_SEED,
+    grouped_holdout,
+    grouped_kfold,
+    groups_from_id_sets,
+    merge_groups,
+    read_near_duplicate_groups,
+)
+
+Progress = Callable[[int, str], None]
+
+
+class LabelsError(ValueError):
+    """Labels (CSV or arguments) that cannot be trained on."""
+
+
+def _no_progress(percent: int, message: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """How to train and evaluate a head (features are configured by ``FeatureConfig``).
+
+    - ``holdout_fraction``: share of groups held out for the metrics of ``train_model``; 0 trains
+      on everything (no metrics).
+    - ``augment``: augmentation ranges and ``augment.variants`` copies per *training* image.
+    - ``tta``: also average the predicted probabilities over the augmented copies of each test
+      image (test-time augmentation; needs ``augment.variants`` > 0, costs their extraction).
+    - ``head``: keyword overrides for :class:`~mlcore.classifier.HeadClassifier`.
+    - ``training_domain``: ``"gaussian_filtered"`` for the shared APTOS set (already Ben-Graham
+      filtered, so ``FeatureConfig.preprocessing`` stays "none"); raw photographs are then mapped
+      into that domain at prediction time with ``raw_photo_preprocessing`` (default
+      :func:`mlcore.domain.filter_like_training`).
+    """
+
+    classes: tuple[int, ...] = ICDR_GRADES
+    referable_from: int = REFERABLE_FROM
+    seed: int = DEFAULT_SEED
+    holdout_fraction: float = 0.1
+    n_splits: int = 5
+    augment: AugmentConfig = AugmentConfig()
+    tta: bool = False
+    head: Mapping[str, Any] = field(default_factory=dict)
+    training_domain: str = DOMAIN_FILTERED
+    raw_photo_preprocessing: str | None = RAW_TO_FILTERED
+
+    def __post_init__(self) -> None:
+        if self.raw_photo_preprocessing is not None and not is_known(self.raw_photo_preprocessing):
+            raise ValueError(f"unknown raw_photo_preprocessing {self.raw_photo_preprocessing!r}")
+        if self.training_domain not in DOMAINS:
+            raise ValueError(f"training_domain must be one of {DOMAINS}")
+        if not 0.0 <= self.holdout_fraction < 0.5:
+            raise ValueError("holdout_fraction must be in [0, 0.5)")
+        if self.n_splits < 2:
+            raise ValueError("n_splits must be >= 2")
+        if self.tta and self.augment.variants < 1:
+            raise ValueError("tta needs augment.variants >= 1")
+        unknown = set(self.head) - set(HeadClassifier().get_params())
+        if unknown:
+            raise ValueError(f"unknown head parameters {sorted(unknown)}")
+
+    def make_classifier(self) -> HeadClassifier:
+        params = {"classes": self.classes, "seed": self.seed, **dict(self.head)}
+        return HeadClassifier(**params)
+
+
+# -- inputs -------------------------------------------------------------------------------------
+@dataclass
+class LabeledImages:
+    """Graded images: paths, grades and (optional) patient/group per image."""
+
+    paths: list[Path]
+    grades: list[int]
+    groups: list[str] | None = None
+
+
+def read_labels_csv(
+    csv_path: str | Path,
+    *,
+    images_dir: str | Path | None = None,
+    groups_file: str | Path | None = None,
+) -> LabeledImages:
+    """Read a labels CSV with columns ``filename`` (relative to ``images_dir``, default the CSV's
+    folder) and ``grade``, optionally ``patient_id`` (or ``patient``/``group``).
+
+    ``groups_file``: near-duplicate groups (one line of ids per group, ``#`` comments), matched
+    against each file's stem or its last ``_``-separated part (``aptos2019_<id_code>.jpg``).
+    Images without patient id or listed group are their own group.
+    """
+    csv_path = Path(csv_path)
+    base = Path(images_dir) if images_dir is not None else csv_path.parent
+    with csv_path.open(newline="", encoding="utf-8") as file:
+        reader = csv.DictReader(file)
+        columns = reader.fieldnames or []
+        for needed in ("filename", "grade"):
+            if needed not in columns:
+                raise LabelsError(f"{csv_path} has no {needed!r} column (columns: {columns})")
+        group_column = next((c for c in ("patient_id", "patient", "group") if c in columns), None)
+        paths, grades, patients = [], [], []
+        for line, row in enumerate(reader, start=2):
+            try:
+                grades.append(int(row["grade"]))
+            except (TypeError, ValueError):
+                raise LabelsError(
+                    f"{csv_path}:{line}: grade {row['grade']!r} is not an integer"
+                ) from None
+            paths.append(base / row["filename"])
+            patients.append(row[group_column] if group_column and row[group_column] else None)
+    if not paths:
+        raise LabelsError(f"{csv_path} lists no images")
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} image(s) in {csv_path} not found, e.g. {missing[:3]}"
+        )
+    groups: list[str] | None = None
+    if group_column or groups_file:
+        names = [f"patient:{p}" if p else None for p in patients]
+        if groups_file:
+            stems = [p.stem for p in paths]
+            listed = read_near_duplicate_groups(groups_file)
+            known = set().union(*listed) if listed else set()
+            ids = [s if s in known else s.rsplit("_", 1)[-1] for s in stems]
+            duplicates = groups_from_id_sets(ids, listed)
+            # Merge: a patient and a near-duplicate group that share an image become one group.
+            merged = merge_groups(names, [d if d.startswith("dup:") else None for d in duplicates])
+            groups = [f"g{g}" for g in merged]
+        else:
+            groups = [n if n else f"image:{i}" for i, n in enumerate(names)]
+    return LabeledImages(paths=paths, grades=grades, groups=groups)
+
+
+def _check_inputs(
+    paths: Sequence[str | Path],
+    grades: Sequence[int],
+    groups: Sequence[object] | None,
+    classes: Sequence[int],
+) -> tuple[list[Path], np.ndarray]:
+    paths = [Path(p) for p in paths]
+    y = np.asarray(grades)
+    if len(paths) != y.size:
+        raise LabelsError(f"{len(paths)} images but {y.size} grades")
+    if groups is not None and len(groups) != len(paths):
+        raise LabelsError(f"{len(paths)} images but {len(groups)} group entries")
+    if y.size == 0:
+        raise LabelsError("no images to train on")
+    unknown = sorted(set(y.tolist()) - set(classes))
+    if unknown:
+        raise LabelsError(f"grades {unknown} are not on the scale {list(classes)}")
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} image(s) not found, e.g. {missing[:3]}")
+    return paths, y.astype(np.int64)
+
+
+# -- features -----------------------------------------------------------------------------------
+def augment_store_dir(store_dir: str | Path, augment: AugmentConfig, seed: int) -> Path:
+    """Store folder of augmented variants: one per augmentation setting and seed.
+
+    Variant keys (``<sha>#v<k>``) do not say how the copy was made, so variants of different
+    settings live in different folders: changing a range can never reuse stale features.
+    """
+    settings = {k: v for k, v in asdict(augment).items() if k != "variants"}
+    digest = hashlib.sha256(json.dumps([settings, seed], sort_keys=True).encode()).hexdigest()
+    return Path(store_dir) / f"augment-{digest[:12]}"
+
+
+def _sub_progress(
+    progress: Progress, start: int, stop: int, message: str
+) -> Callable[[int, int], None]:
+    def report(done: int, total: int) -> None:
+        fraction = done / total if total else 1.0
+        progress(int(start + (stop - start) * fraction), f"{message} {done}/{total}")
+
+    return report
+
+
+def source_features(
+    paths: Sequence[Path],
+    *,
+    feature_config: FeatureConfig,
+    store_dir: Path,
+    weights_dir: Path | None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[str], np.ndarray]:
+    """(feature keys, features) of the original images, extracting what the store lacks."""
+    from mlcore.extraction import extract_features, image_items, load_features
+
+    items = image_items(paths)
+    extract_features(
+        items,
+        config=feature_config,
+        store_dir=store_dir,
+        weights_dir=weights_dir,
+        progress=progress,
+    )
+    keys = [item.key for item in items]
+    return keys, load_features(keys, config=feature_config, store_dir=store_dir)
+
+
+def variant_features(
+    paths: Sequence[Path],
+    keys: Sequence[str],
+    *,
+    n_variants: int,
+    augment: AugmentConfig,
+    seed: int,
+    feature_config: FeatureConfig,
+    store_dir: Path,
+    weights_dir: Path | None,
+    weights: str | Path | None = "imagenet",
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Features of augmented copies 1..n_variants of each image: (n_images, n_variants, dim)."""
+    from mlcore.extraction import ImageItem, extract_features, load_features
+    from mlcore.store import feature_key, parse_feature_key
+
+    shas = [parse_feature_key(k)[0] for k in keys]
+    items = [
+        ImageItem(path, feature_key(sha, v))
+        for v in range(1, n_variants + 1)
+        for path, sha in zip(paths, shas, strict=True)
+    ]
+    folder = augment_store_dir(store_dir, augment, seed)
+    extract_features(
+        items,
+        config=feature_config,
+        store_dir=folder,
+        weights_dir=weights_dir,
+        transform=make_augment_transform(augment, seed),
+        weights=weights,
+        progress=progress,
+    )
+    features = load_features([i.key for i in items], config=feature_config, store_dir=folder)
+    return features.reshape(n_variants, len(paths), -1).transpose(1, 0, 2)
+
+
+# -- heads on feature arrays ----------------------------------------------------------------------
+def fit_head(
+    classifier: HeadClassifier,
+    X: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    X_variants: np.ndarray | None = None,
+    epoch_callback: Callable[[int, dict[str, float]], None] | None = None,
+) -> HeadClassifier:
+    """Fit on original rows plus their augmented copies (each copy carries its source's group,
+    so the head's inner validation split keeps copies with their source)."""
+    rows, labels, row_groups, variant = [X], [y], [groups], [np.zeros(y.size, np.int64)]
+    if X_variants is not None and X_variants.shape[1]:
+        n_variants = X_variants.shape[1]
+        rows.append(X_variants.reshape(-1, X.shape[1]))
+        labels.append(np.repeat(y, n_variants))
+        row_groups.append(np.repeat(groups, n_variants))
+        variant.append(np.tile(np.arange(1, n_variants + 1), y.size))
+    return classifier.fit(
+        np.concatenate(rows),
+        np.concatenate(labels),
+        groups=np.concatenate(row_groups),
+        variant=np.concatenate(variant),
+        epoch_callback=epoch_callback,
+    )
+
+
+def predict_with_tta(
+    classifier: HeadClassifier, X: np.ndarray, X_variants: np.ndarray | None = None
+) -> np.ndarray:
+    """Probabilities, averaged over the original and its augmented copies when given."""
+    proba = classifier.predict_proba(X)
+    if X_variants is None or not X_variants.shape[1]:
+        return proba
+    n, v, d = X_variants.shape
+    variant_proba = classifier.predict_proba(X_variants.reshape(-1, d)).reshape(n, v, -1)
+    return (proba + variant_proba.sum(axis=1)) / (v + 1)
+
+
+@dataclass
+class CVResult:
+    """k-fold results: per-fold reports, mean/spread summary, report on pooled out-of-fold
+    predictions, the out-of-fold probabilities and grades, head training seconds per fold."""
+
+    folds: list[dict[str, Any]]
+    summary: dict[str, Any]
+    pooled: dict[str, Any]
+    oof_proba: np.ndarray
+    oof_pred: np.ndarray
+    fit_seconds: list[float]
+    decodings: list[str]
+    histories: list[dict[str, list[float]]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "summary": self.summary,
+            "pooled": self.pooled,
+            "folds": self.folds,
+            "fit_seconds": self.fit_seconds,
+            "decodings": self.decodings,
+        }
+
+
+def cross_validate_features(
+    X: np.ndarray,
+    y: Sequence[int],
+    groups: Sequence[object] | None,
+    *,
+    config: TrainingConfig = TrainingConfig(),
+    X_variants: np.ndarray | None = None,
+    folds: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
+    progress: Progress = _no_progress,
+) -> CVResult:
+    """Grouped, stratified k-fold CV of the head on features in memory.
+
+    ``X_variants`` (n, v, d): augmented copies; only those of the training folds are trained on
+    (and, with ``config.tta``, those of the test fold are averaged into its predictions).
+    """
+    y = np.asarray(y, dtype=np.int64)
+    merged = merge_groups(groups) if groups is not None else np.arange(y.size)
+    if folds is None:
+        folds = grouped_kfold(y, merged, n_splits=config.n_splits, seed=config.seed)
+    k = len(config.classes)
+    oof_proba = np.zeros((y.size, k))
+    oof_pred = np.zeros(y.size, np.int64)
+    reports, seconds, decodings, histories = [], [], [], []
+    for number, (train_idx, test_idx) in enumerate(folds, start=1):
+        progress(int(100 * (number - 1) / len(folds)), f"fold {number}/{len(folds)}")
+        if np.intersect1d(merged[train_idx], merged[test_idx]).size:
+            raise AssertionError("a group is on both sides of a fold")
+        classifier = config.make_classifier()
+        train_variants = None if X_variants is None else X_variants[train_idx]
+        fit_head(classifier, X[train_idx], y[train_idx], merged[train_idx], train_variants)
+        test_variants = X_variants[test_idx] if (config.tta and X_variants is not None) else None
+        proba = predict_with_tta(classifier, X[test_idx], test_variants)
+        pred = classifier.decode(proba)
+        oof_proba[test_idx], oof_pred[test_idx] = proba, pred
+        reports.append(
+            metrics_report(
+                y[test_idx],
+                pred,
+                proba,
+                classes=config.classes,
+                referable_from=config.referable_from,
+            )
+        )
+        seconds.append(classifier.fit_seconds_)
+        decodings.append(classifier.decoding_)
+        histories.append(classifier.history_)
+    covered = np.zeros(y.size, bool)
+    for _, test_idx in folds:
+        covered[test_idx] = True
+    pooled = metrics_report(
+        y[covered],
+        oof_pred[covered],
+        oof_proba[covered],
+        classes=config.classes,
+        referable_from=config.referable_from,
+    )
+    progress(100, "cross-validation done")
+    return CVResult(
+        folds=reports,
+        summary=summarize(reports),
+        pooled=pooled,
+        oof_proba=oof_proba,
+        oof_pred=oof_pred,
+        fit_seconds=seconds,
+        decodings=decodings,
+        histories=histories,
+    )
+
+
+def _labels(classes: Sequence[int]) -> dict[int, str] | None:
+    return dict(ICDR_LABELS) if tuple(classes) == ICDR_GRADES else None
+
+
+# -- entry points -------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    """What ``train_model`` produced; ``train_keys``/``test_keys``: feature keys (sha256) of the
+    source images on each side of the hold-out split."""
+
+    artifact_dir: Path
+    metrics: dict[str, Any] | None
+    classifier: HeadClassifier
+    n_train: int
+    n_test: int
+    n_variants: int
+    extraction_seconds: float
+    fit_seconds: float
+    train_keys: list[str] = field(default_factory=list)
+    test_keys: list[str] = field(default_factory=list)
+
+
+def _resolve_dirs(
+    store_dir: str | Path | None, weights_dir: str | Path | None
+) -> tuple[Path, Path | None]:
+    store = Path(store_dir) if store_dir is not None else default_store_dir()
+    weights = Path(weights_dir) if weights_dir is not None else default_weights_dir()
+    return store, weights
+
+
+def train_model(
+    paths: Sequence[str | Path],
+    grades: Sequence[int],
+    *,
+    out_dir: str | Path,
+    groups: Sequence[object] | None = None,
+    feature_config: FeatureConfig | None = None,
+    training_config: TrainingConfig | None = None,
+    store_dir: str | Path | None = None,
+    weights_dir: str | Path | None = None,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Train a head on graded images and save the model folder ``out_dir``.
+
+    ``groups``: patient (or any grouping) per image; images of one group, identical files and
+    all augmented copies of an image stay on one side of the hold-out split. Metrics on the
+    hold-out go into ``metadata.json`` and ``report.json`` (with ``confusion.png`` and
+    ``curves.png``) inside the model folder.
+    """
+    feature_config = feature_config or FeatureConfig.from_env()
+    config = training_config or TrainingConfig()
+    progress = progress or _no_progress
+    store, weights = _resolve_dirs(store_dir, weights_dir)
+    paths, y = _check_inputs(paths, grades, groups, config.classes)
+
+    started = time.perf_counter()
+    progress(0, f"features of {len(paths)} images")
+    keys, X = source_features(
+        paths,
+        feature_config=feature_config,
+        store_dir=store,
+        weights_dir=weights,
+        progress=_sub_progress(progress, 0, 40, "features"),
+    )
+    shas = [k.split("#")[0] for k in keys]
+    merged = merge_groups(list(groups) if groups is not None else [None] * len(paths), shas)
+    if config.holdout_fraction > 0:
+        train_idx, test_idx = grouped_holdout(
+            y, merged, test_fraction=config.holdout_fraction, seed=config.seed
+        )
+    else:
+        train_idx, test_idx = np.arange(y.size), np.arange(0)
+    n_variants = config.augment.variants
+    train_variants = test_variants = None
+    if n_variants:
+        needed = np.concatenate([train_idx, test_idx]) if config.tta else train_idx
+        all_variants = variant_features(
+            [paths[i] for i in needed],
+            [keys[i] for i in needed],
+            n_variants=n_variants,
+            augment=config.augment,
+            seed=config.seed,
+            feature_config=feature_config,
+            store_dir=store,
+            weights_dir=weights,
+            progress=_sub_progress(progress, 40, 70, "augmented copies"),
+        )
+        train_variants = all_variants[: train_idx.size]
+        if config.tta:
+            test_variants = all_variants[train_idx.size :]
+    extraction_seconds = time.perf_counter() - started
+
+    classifier = config.make_classifier()
+    max_epochs = classifier.epochs
+
+    def on_epoch(epoch: int, logs: dict[str, float]) -> None:
+        loss = logs.get("val_loss", logs.get("loss", float("nan")))
+        progress(70 + int(20 * (epoch + 1) / max_epochs), f"epoch {epoch + 1}: loss {loss:.3f}")
+
+    progress(70, "training the head")
+    fit_head(classifier, X[train_idx], y[train_idx], merged[train_idx], train_variants, on_epoch)
+
+    metrics = None
+    if test_idx.size:
+        progress(90, f"evaluating on {test_idx.size} held-out images")
+        proba = predict_with_tta(classifier, X[test_idx], test_variants)
+        metrics = metrics_report(
+            y[test_idx],
+            classifier.decode(proba),
+            proba,
+            classes=config.classes,
+            referable_from=config.referable_from,
+        )
+    progress(95, "saving the model")
+    training_counts = {int(g): int((y[train_idx] == g).sum()) for g in config.classes}
+    out = save_artifact(
+        out_dir,
+        classifier,
+        feature_config=feature_config,
+        training_counts=training_counts,
+        training_domain=config.training_domain,
+        raw_photo_preprocessing=config.raw_photo_preprocessing,
+        referable_from=config.referable_from,
+        metrics=metrics,
+        augmentation={**asdict(config.augment), "tta": config.tta, "seed": config.seed},
+        extra={
+            "evaluation": "grouped stratified hold-out"
+            if test_idx.size
+            else "none (trained on all images)",
+            "n_holdout_images": int(test_idx.size),
+        },
+    )
+    if metrics is not None:
+        write_json(metrics, out / "report.json")
+        plot_confusion(
+            metrics["confusion"],
+            out / "confusion.png",
+            classes=config.classes,
+            labels=_labels(config.classes),
+            title=f"Hold-out ({test_idx.size} images)",
+        )
+    plot_history(classifier.history_, out / "curves.png", best_epoch=classifier.best_epoch_)
+    progress(100, "done")
+    return TrainResult(
+        artifact_dir=out,
+        metrics=metrics,
+        classifier=classifier,
+        n_train=int(train_idx.size),
+        n_test=int(test_idx.size),
+        n_variants=n_variants,
+        extraction_seconds=extraction_seconds,
+        fit_seconds=classifier.fit_seconds_,
+        train_keys=[keys[i] for i in train_idx],
+        test_keys=[keys[i] for i in test_idx],
+    )
+
+
+def evaluate_cv(
+    paths: Sequence[str | Path],
+    grades: Sequence[int],
+    *,
+    groups: Sequence[object] | None = None,
+    feature_config: FeatureConfig | None = None,
+    training_config: TrainingConfig | None = None,
+    store_dir: str | Path | None = None,
+    weights_dir: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    progress: Progress | None = None,
+) -> CVResult:
+    """k-fold cross-validation (grouped by patient, stratified by grade) of the whole recipe.
+
+    With ``out_dir``: ``report.json`` (summary, pooled and per-fold metrics), ``confusion.png``
+    (pooled out-of-fold) and ``curves.png`` (first fold).
+    """
+    feature_config = feature_config or FeatureConfig.from_env()
+    config = training_config or TrainingConfig()
+    progress = progress or _no_progress
+    store, weights = _resolve_dirs(store_dir, weights_dir)
+    paths, y = _check_inputs(paths, grades, groups, config.classes)
+    progress(0, f"features of {len(paths)} images")
+    keys, X = source_features(
+        paths,
+        feature_config=feature_config,
+        store_dir=store,
+        weights_dir=weights,
+        progress=_sub_progress(progress, 0, 40, "features"),
+    )
+    shas = [k.split("#")[0] for k in keys]
+    merged = merge_groups(list(groups) if groups is not None else [None] * len(paths), shas)
+    X_variants = None
+    if config.augment.variants:
+        # Every image is in some training fold, so every image needs its copies.
+        X_variants = variant_features(
+            paths,
+            keys,
+            n_variants=config.augment.variants,
+            augment=config.augment,
+            seed=config.seed,
+            feature_config=feature_config,
+            store_dir=store,
+            weights_dir=weights,
+            progress=_sub_progress(progress, 40, 70, "augmented copies"),
+        )
+
+    def cv_progress(percent: int, message: str) -> None:
+        progress(70 + int(0.3 * percent), message)
+
+    result = cross_validate_features(
+        X, y, merged, config=config, X_variants=X_variants, progress=cv_progress
+    )
+    if out_dir is not None:
+        out = Path(out_dir)
+        write_json(
+            {
+                **result.as_dict(),
+                "backbones": list(feature_config.backbones),
+                "preprocessing": feature_config.preprocessing,
+                "n_images": int(y.size),
+                "n_splits": config.n_splits,
+                "augmentation": {**asdict(config.augment), "tta": config.tta},
+            },
+            out / "report.json",
+        )
+        plot_confusion(
+            result.pooled["confusion"],
+            out / "confusion.png",
+            classes=config.classes,
+            labels=_labels(config.classes),
+            title=f"{config.n_splits}-fold CV, pooled out-of-fold",
+        )
+        if result.histories and result.histories[0].get("loss"):
+            plot_history(result.histories[0], out / "curves.png", title="Fold 1 training curves")
+    return result

@@ -1,0 +1,73 @@
+"""Claims: a short lease keeps two clinicians off an image that needs only one more grade."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from django.utils import timezone
+
+from grading.models import GradingClaim
+from grading.services.claims import claim_next, claim_release, claim_take
+from tests.factories import image_make
+from tests.factories_grading import GradingTestCase, grade_give, workbench_set
+
+
+class ClaimNextTests(GradingTestCase):
+    def setUp(self):
+        self.first = image_make()
+        self.second = image_make()
+
+    def test_it_serves_the_oldest_image_and_leases_it(self):
+        workbench_set(claim_minutes=7)
+        image = claim_next(grader=self.alice, order="oldest")
+        self.assertEqual(image, self.first)
+        claim = GradingClaim.objects.get(image=image, grader=self.alice)
+        remaining = claim.expires_at - timezone.now()
+        self.assertTrue(dt.timedelta(minutes=6) < remaining <= dt.timedelta(minutes=7))
+
+    def test_two_graders_get_different_images_when_one_grade_is_needed(self):
+        self.assertEqual(claim_next(grader=self.alice, order="oldest"), self.first)
+        self.assertEqual(claim_next(grader=self.bob, order="oldest"), self.second)
+        self.assertIsNone(claim_next(grader=self.adam, order="oldest"))
+
+    def test_two_graders_share_an_image_that_needs_two_grades(self):
+        workbench_set(grades_required=2)
+        self.assertEqual(claim_next(grader=self.alice, order="oldest"), self.first)
+        self.assertEqual(claim_next(grader=self.bob, order="oldest"), self.first)
+        # Both slots of the first image are taken: a third grader starts on the second.
+        self.assertEqual(claim_next(grader=self.adam, order="oldest"), self.second)
+
+    def test_a_grader_gets_their_held_image_back_first(self):
+        held = claim_next(grader=self.alice, order="oldest")
+        self.assertEqual(claim_next(grader=self.alice, order="random", seed="x"), held)
+        self.assertEqual(GradingClaim.objects.filter(grader=self.alice).count(), 1)
+
+    def test_skipped_images_are_passed_over(self):
+        held = claim_next(grader=self.alice, order="oldest")
+        claim_release(image=held, grader=self.alice)
+        self.assertEqual(
+            claim_next(grader=self.alice, order="oldest", exclude_ids=[held.pk]), self.second
+        )
+
+    def test_an_expired_lease_frees_the_image(self):
+        claim_next(grader=self.alice, order="oldest")
+        GradingClaim.objects.update(expires_at=timezone.now() - dt.timedelta(seconds=1))
+        self.assertEqual(claim_next(grader=self.bob, order="oldest"), self.first)
+        self.assertFalse(GradingClaim.objects.filter(grader=self.alice).exists())
+
+    def test_a_graded_image_is_not_served_to_its_grader_again(self):
+        workbench_set(grades_required=2)
+        grade_give(self.first, self.alice, 1)
+        self.assertEqual(claim_next(grader=self.alice, order="oldest"), self.second)
+        self.assertEqual(claim_next(grader=self.bob, order="oldest"), self.first)
+
+    def test_claim_take_refuses_an_image_held_by_another_grader(self):
+        self.assertTrue(claim_take(image=self.first, grader=self.alice))
+        self.assertFalse(claim_take(image=self.first, grader=self.bob))
+        self.assertTrue(claim_take(image=self.first, grader=self.alice))  # renews
+
+    def test_confirmed_images_are_never_served(self):
+        grade_give(self.first, self.alice, 0)
+        grade_give(self.second, self.alice, 0)
+        image_make(confirmed_grade=2)
+        self.assertIsNone(claim_next(grader=self.bob, order="oldest"))
