@@ -13,4 +13,5 @@ def workbench(request: HttpRequest) -> dict:
         "can_adjudicate": user.has_perm("grading.adjudicate_image"),
         "can_review": user.has_perm("grading.review_agreement"),
         "can_retrain": user.has_perm("grading.retrain_model"),
+        "can_change_settings": user.has_perm("grading.change_workbenchsettings"),
     }

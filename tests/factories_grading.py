@@ -8,18 +8,11 @@ import numpy as np
 import PIL.Image
 from django.conf import settings
 from django.db import connections
-from django.test import override_settings
 
 from grading.models import Grade, GradeLevel, Image, ModelVersion, Prediction
 from grading.selectors.worklist import workbench_settings_get
 from grading.services.grades import GradeInput, grade_submit
 from tests.base import BaseTestCase
-
-# Each test class creates five users; Django's default password hasher takes ~0.5 s per user on a
-# busy 2-core machine, which is most of a class's setup. Tests do not test password strength.
-FAST_PASSWORD_HASHERS = override_settings(
-    PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]
-)
 
 
 class MigrationDataKeptMixin:
@@ -38,9 +31,16 @@ class MigrationDataKeptMixin:
                 connection.creation.deserialize_db_from_string(connection._test_serialized_contents)
 
 
-@FAST_PASSWORD_HASHERS
 class GradingTestCase(BaseTestCase):
-    """BaseTestCase (alice, bob, rita, adam, nora) with a fast password hasher."""
+    """BaseTestCase (alice, bob, rita, adam, nora) with a check of who may open which page."""
+
+    def assertStatusByUser(self, *urls: str, **expected: int) -> None:
+        """GET each URL as each named user (``alice=200, rita=403``) and check the status."""
+        for username, status in expected.items():
+            with self.subTest(user=username):
+                self.login(getattr(self, username))
+                for url in urls:
+                    self.assertEqual(self.client.get(url).status_code, status, url)
 
 
 def workbench_set(**values) -> None:

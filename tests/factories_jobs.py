@@ -12,23 +12,28 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
 import redis
 from celery.signals import task_postrun
 from django.conf import settings
 from django.db import connection, connections
+from django.test import override_settings
 
 from grading.celery import DEFAULT_QUEUE, ML_QUEUE
 from grading.celery import app as celery_app
 from grading.models import GradeLevel, Image, Job, ModelVersion
 from grading.services.images import image_create, image_validate
+from tests.conftest import WEIGHTS_DIR
 from tests.factories import fundus_jpeg_bytes, patient_make
 
 FINISHED = (Job.State.SUCCEEDED, Job.State.FAILED)
@@ -80,6 +85,52 @@ class BrokerMixin:
         super().tearDownClass()
         cls._broker.__exit__(None, None, None)
         redis_flush(cls.broker_url)
+
+
+class TrainingMixin:
+    """Test classes that extract features, train and predict for real: the offline MobileNetV2
+    weights (the class is skipped without them), and a temporary folder of its own for the
+    photographs, the feature store and the model versions, removed after the class. With
+    ``embedded_worker`` a Celery worker runs in a thread for the whole class.
+
+    List it first among the bases (before ``BrokerMixin`` and the test case class): the settings
+    are in force before the test case sets up, and the worker starts after the broker is set.
+    """
+
+    tmp_prefix = "funduscope-training-"
+    train_epochs = 6
+    embedded_worker = True
+    serialized_rollback = True  # keep the roles and grade scale written by data migrations
+
+    @classmethod
+    def setUpClass(cls):
+        if not WEIGHTS_DIR.is_dir():
+            raise pytest.skip.Exception(f"offline weights not found at {WEIGHTS_DIR}")
+        cls._tmp = Path(tempfile.mkdtemp(prefix=cls.tmp_prefix))
+        # The feature store is shared by the tests of the class: features are cached by content.
+        # (A BrowserTestCase then points MEDIA_ROOT at its own folder for the live server.)
+        cls._settings = override_settings(
+            MEDIA_ROOT=str(cls._tmp / "media"),
+            FUNDUS_FEATURE_STORE=cls._tmp / "features",
+            FUNDUS_MODEL_DIR=cls._tmp / "models",
+            FUNDUS_WEIGHTS_DIR=WEIGHTS_DIR,
+            FUNDUS_BACKBONES=["mobilenet_v2"],
+            FUNDUS_TRAIN_EPOCHS=cls.train_epochs,
+            FUNDUS_TRAIN_HOLDOUT_PERCENT=20,
+        )
+        cls._settings.enable()
+        super().setUpClass()
+        if cls.embedded_worker:
+            cls._worker = thread_worker()
+            cls._worker.__enter__()
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.embedded_worker:
+            cls._worker.__exit__(None, None, None)
+        super().tearDownClass()
+        cls._settings.disable()
+        shutil.rmtree(cls._tmp, ignore_errors=True)
 
 
 def redis_flush(url: str = TEST_BROKER_URL) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import itertools
+from typing import TypeVar
 
 from django.utils import timezone
 
@@ -13,11 +14,20 @@ from grading.models import Grade, Image, ModelVersion, Patient, Prediction
 
 _counter = itertools.count(1)
 SCALE = (0, 1, 2, 3, 4)
+_Row = TypeVar("_Row", ModelVersion, Prediction, Grade)
 
 
 def at(day: int, hour: int = 12, *, month: int = 3, year: int = 2025) -> dt.datetime:
     """A fixed, readable timestamp: ``at(5)`` is 5 March 2025, noon (current time zone)."""
     return timezone.make_aware(dt.datetime(year, month, day, hour))
+
+
+def _backdate(row: _Row, created: dt.datetime | None) -> _Row:
+    """Set the row's ``created_at`` (an auto_now_add field, so only an update can change it)."""
+    if created is not None:
+        type(row).objects.filter(pk=row.pk).update(created_at=created)
+        row.refresh_from_db()
+    return row
 
 
 def model_version_make(
@@ -29,10 +39,7 @@ def model_version_make(
     version = ModelVersion.objects.create(
         name=name or f"v{next(_counter)}", state=state, class_values=list(SCALE)
     )
-    if created is not None:
-        ModelVersion.objects.filter(pk=version.pk).update(created_at=created)
-        version.refresh_from_db()
-    return version
+    return _backdate(version, created)
 
 
 def probabilities_for(grade: int, *, confidence: float = 0.6) -> list[float]:
@@ -54,10 +61,7 @@ def prediction_make(
         predicted_grade_id=grade,
         probabilities=probabilities or probabilities_for(grade),
     )
-    if created is not None:
-        Prediction.objects.filter(pk=prediction.pk).update(created_at=created)
-        prediction.refresh_from_db()
-    return prediction
+    return _backdate(prediction, created)
 
 
 def grade_make(
@@ -84,10 +88,14 @@ def grade_make(
         supersedes=supersedes,
         notes=notes,
     )
-    if created is not None:
-        Grade.objects.filter(pk=grade.pk).update(created_at=created)
-        grade.refresh_from_db()
-    return grade
+    return _backdate(grade, created)
+
+
+def grade_correct(grade: Grade, **fields: object) -> Grade:
+    """The same grader's correction of ``grade``: a new grade of the same kind superseding it."""
+    return grade_make(
+        image=grade.image, grader=grade.grader, kind=grade.kind, supersedes=grade, **fields
+    )
 
 
 def image_confirm(

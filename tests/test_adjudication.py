@@ -29,16 +29,9 @@ class AdjudicationTests(GradingTestCase):
         grade_give(self.image, self.bob, 3, macular_oedema=True, notes="venous beading")
 
     def test_only_reviewers_and_admins_may_adjudicate(self):
-        for user, expected in (
-            (self.rita, 200),
-            (self.adam, 200),
-            (self.alice, 403),
-            (self.nora, 403),
-        ):
-            with self.subTest(user=user.username):
-                self.login(user)
-                self.assertEqual(self.client.get(QUEUE_URL).status_code, expected)
-                self.assertEqual(self.client.get(adjudicate_url(self.image)).status_code, expected)
+        self.assertStatusByUser(
+            QUEUE_URL, adjudicate_url(self.image), rita=200, adam=200, alice=403, nora=403
+        )
         self.login(self.alice)
         self.assertEqual(
             self.client.post(adjudicate_url(self.image), {"grade": "1"}).status_code, 403
@@ -52,6 +45,12 @@ class AdjudicationTests(GradingTestCase):
         self.assertContains(response, "P-DISAGREE")
         self.assertContains(response, "alice: 1")
         self.assertContains(response, "bob: 3 + MO")
+
+    def test_the_queue_and_the_page_link_to_the_image_history(self):
+        history = f'href="{reverse("image_detail", args=[self.image.pk])}"'
+        self.login(self.rita)
+        self.assertContains(self.client.get(QUEUE_URL), history)
+        self.assertContains(self.client.get(adjudicate_url(self.image)), history)
 
     def test_the_page_shows_both_grades_notes_and_the_model(self):
         version = model_version_active_make()
@@ -121,6 +120,11 @@ class ModelDisagreementFlagTests(GradingTestCase):
         self.assertContains(response, "Model disagrees by two grades or more")
         self.assertContains(response, "P-FAR")
         self.assertNotContains(response, "P-NEAR")
+
+    def test_a_flagged_image_links_to_its_history(self):
+        self.login(self.rita)
+        response = self.client.get(QUEUE_URL)
+        self.assertContains(response, f'href="{reverse("image_detail", args=[self.far.pk])}"')
 
     def test_adjudicating_a_flagged_image_clears_the_flag(self):
         self.login(self.rita)

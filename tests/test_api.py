@@ -56,13 +56,18 @@ class ApiAuthTests(ApiTestCase):
         self.assertEqual(self.api.get("/api/images/").status_code, 401)
 
     def test_the_browser_session_authenticates(self):
-        self.client.force_login(self.alice)
+        self.client.force_login(self.rita)
         response = self.client.get("/api/images/")
         self.assertEqual(response.status_code, 200)
         self.assertEqual(response["Content-Type"], "application/json")
 
     def test_an_account_without_a_role_is_refused(self):
         self.assertEqual(self.as_user(self.nora).get("/api/images/").status_code, 403)
+
+    def test_a_clinician_cannot_read_predictions_that_blind_grading_hides(self):
+        api = self.as_user(self.alice)
+        self.assertEqual(api.get("/api/images/").status_code, 403)
+        self.assertEqual(api.get("/api/model-versions/v1/predictions/").status_code, 403)
 
     def test_the_api_is_read_only(self):
         response = self.as_user(self.adam).post("/api/images/", {}, format="json")
@@ -149,7 +154,7 @@ class ApiModelVersionTests(ApiTestCase):
         )
 
     def test_predictions_by_model_version(self):
-        api = self.as_user(self.alice)
+        api = self.as_user(self.rita)
         body = api.get("/api/model-versions/v1/predictions/").json()
         self.assertEqual(body["count"], 2)
         first = body["results"][0]

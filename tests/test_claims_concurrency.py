@@ -14,7 +14,7 @@ from grading.models import Image
 from grading.services.claims import claim_next
 from tests.base import MediaMixin
 from tests.factories import image_make, user_make
-from tests.factories_grading import FAST_PASSWORD_HASHERS, MigrationDataKeptMixin, workbench_set
+from tests.factories_grading import MigrationDataKeptMixin, workbench_set
 
 IMAGES = 12
 ROUNDS = 3
@@ -25,7 +25,6 @@ ROUNDS = 3
     "row locks (SELECT ... FOR UPDATE SKIP LOCKED) need PostgreSQL; SQLite serialises whole "
     "transactions instead. CI runs this test on PostgreSQL.",
 )
-@FAST_PASSWORD_HASHERS
 class ConcurrentClaimTests(MigrationDataKeptMixin, MediaMixin, TransactionTestCase):
     def _race(self, graders) -> dict[str, list[int]]:
         """Each grader claims images as fast as it can until the queue is empty."""

@@ -14,6 +14,7 @@ from grading.selectors import exports as export_selectors
 from tests.base import BaseTestCase
 from tests.factories import patient_make
 from tests.factories_review import (
+    grade_correct,
     grade_make,
     image_confirm,
     images_bulk_make,
@@ -34,13 +35,8 @@ class ExportContentTests(BaseTestCase):
         patient = patient_make("PX-17")
         (cls.image,) = images_bulk_make(1, patient=patient)
         cls.first = grade_make(image=cls.image, grader=cls.alice, value=1)
-        cls.correction = grade_make(
-            image=cls.image,
-            grader=cls.alice,
-            value=2,
-            macular_oedema=True,
-            supersedes=cls.first,
-            notes='=HYPERLINK("http://evil")',
+        cls.correction = grade_correct(
+            cls.first, value=2, macular_oedema=True, notes='=HYPERLINK("http://evil")'
         )
         grade_make(image=cls.image, grader=cls.bob, ungradable=True)
         image_confirm(image=cls.image, method=Image.ConfirmationMethod.ADJUDICATION, value=2)

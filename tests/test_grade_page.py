@@ -28,15 +28,7 @@ def grade_url(image: Image) -> str:
 class GradePagePermissionTests(GradingTestCase):
     def test_only_graders_may_open_or_post(self):
         image = image_make()
-        for user, expected in (
-            (self.alice, 200),
-            (self.adam, 200),
-            (self.rita, 403),
-            (self.nora, 403),
-        ):
-            with self.subTest(user=user.username):
-                self.login(user)
-                self.assertEqual(self.client.get(grade_url(image)).status_code, expected)
+        self.assertStatusByUser(grade_url(image), alice=200, adam=200, rita=403, nora=403)
         self.login(self.rita)
         self.assertEqual(self.client.post(grade_url(image), {"grade": "1"}).status_code, 403)
         self.assertFalse(Grade.objects.exists())

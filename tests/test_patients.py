@@ -21,16 +21,7 @@ def detail_url(patient) -> str:
 class PatientListTests(GradingTestCase):
     def test_everyone_with_a_role_sees_patients(self):
         patient = patient_make("P-ROLE")
-        for user, expected in (
-            (self.alice, 200),
-            (self.rita, 200),
-            (self.adam, 200),
-            (self.nora, 403),
-        ):
-            with self.subTest(user=user.username):
-                self.login(user)
-                self.assertEqual(self.client.get(URL).status_code, expected)
-                self.assertEqual(self.client.get(detail_url(patient)).status_code, expected)
+        self.assertStatusByUser(URL, detail_url(patient), alice=200, rita=200, adam=200, nora=403)
 
     def test_it_searches_by_pseudonym(self):
         patient_make("ABC-001")
@@ -133,6 +124,25 @@ class PatientDetailTests(GradingTestCase):
         # A clinician can open the pending image for grading from here.
         self.assertContains(response, reverse("grade_image", args=[left.pk]))
         self.assertContains(response, reverse("image_view", args=[left.pk, "thumb"]))
+
+    def test_each_photograph_links_to_its_history(self):
+        patient = patient_make("P-HISTORY")
+        confirmed = image_make(patient=patient, confirmed_grade=1)
+        pending = image_make(patient=patient, eye=Image.Eye.LEFT)
+        for user in (self.alice, self.rita):
+            with self.subTest(user=user.username):
+                self.login(user)
+                response = self.client.get(detail_url(patient))
+                for image in (confirmed, pending):
+                    history = f'href="{reverse("image_detail", args=[image.pk])}"'
+                    self.assertContains(response, history)
+        # A clinician's thumbnail of a pending image opens it for grading, a reviewer's its history.
+        self.login(self.alice)
+        thumbs = self.client.get(detail_url(patient)).content.decode()
+        self.assertIn(f'class="thumb" href="{reverse("grade_image", args=[pending.pk])}"', thumbs)
+        self.login(self.rita)
+        thumbs = self.client.get(detail_url(patient)).content.decode()
+        self.assertIn(f'class="thumb" href="{reverse("image_detail", args=[pending.pk])}"', thumbs)
 
     def test_an_unknown_patient_is_404(self):
         self.login(self.alice)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from grading.models import Grade, Image
 from grading.selectors.review import grader_agreement
 from tests.base import BaseTestCase
-from tests.factories_review import at, grade_make, image_confirm, images_bulk_make
+from tests.factories_review import at, grade_correct, grade_make, image_confirm, images_bulk_make
 
 METHOD = Image.ConfirmationMethod
 
@@ -46,7 +46,7 @@ class GraderAgreementTests(BaseTestCase):
         # I6: alice said 2, then corrected herself to 3; bob 3; agreement on 3. Only her
         # correction counts.
         first = grade_make(image=i6, grader=alice, value=2, created=at(7))
-        grade_make(image=i6, grader=alice, value=3, supersedes=first, created=at(7, 13))
+        grade_correct(first, value=3, created=at(7, 13))
         grade_make(image=i6, grader=bob, value=3, created=at(7, 14))
         image_confirm(image=i6, method=METHOD.AGREEMENT, value=3, when=at(7, 14))
         # I7: alice 1, bob ungradable; rita adjudicated 1.

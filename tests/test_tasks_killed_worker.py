@@ -7,12 +7,9 @@ test database and the test Redis database.
 
 from __future__ import annotations
 
-import shutil
 import signal
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 from django.test import TransactionTestCase, override_settings
@@ -22,11 +19,11 @@ from grading.models import Job, ModelVersion
 from grading.services import jobs as job_services
 from grading.services import model_versions as version_services
 from grading.tasks import jobs_housekeeping
-from tests.conftest import WEIGHTS_DIR
 from tests.factories import user_make
 from tests.factories_jobs import (
     FINISHED,
     BrokerMixin,
+    TrainingMixin,
     confirmed_images_make,
     job_wait,
     model_version_make,
@@ -40,31 +37,10 @@ STALE_SECONDS = 4
 
 @pytest.mark.slow
 @override_settings(FUNDUS_JOB_HEARTBEAT_SECONDS=1, FUNDUS_JOB_STALE_SECONDS=STALE_SECONDS)
-class KilledWorkerTests(BrokerMixin, TransactionTestCase):
-    serialized_rollback = True
-
-    @classmethod
-    def setUpClass(cls):
-        if not WEIGHTS_DIR.is_dir():
-            raise pytest.skip.Exception(f"offline weights not found at {WEIGHTS_DIR}")
-        cls._tmp = Path(tempfile.mkdtemp(prefix="funduscope-killed-"))
-        cls._settings = override_settings(
-            MEDIA_ROOT=str(cls._tmp / "media"),
-            FUNDUS_FEATURE_STORE=cls._tmp / "features",
-            FUNDUS_MODEL_DIR=cls._tmp / "models",
-            FUNDUS_WEIGHTS_DIR=WEIGHTS_DIR,
-            FUNDUS_BACKBONES=["mobilenet_v2"],
-            FUNDUS_TRAIN_EPOCHS=4,
-            FUNDUS_TRAIN_HOLDOUT_PERCENT=20,
-        )
-        cls._settings.enable()
-        super().setUpClass()
-
-    @classmethod
-    def tearDownClass(cls):
-        super().tearDownClass()
-        cls._settings.disable()
-        shutil.rmtree(cls._tmp, ignore_errors=True)
+class KilledWorkerTests(TrainingMixin, BrokerMixin, TransactionTestCase):
+    tmp_prefix = "funduscope-killed-"
+    train_epochs = 4
+    embedded_worker = False  # each test starts (and kills) its own worker process
 
     def test_a_worker_killed_mid_training_is_detected_and_the_job_can_run_again(self):
         adam = user_make("adam", "admin")

@@ -9,8 +9,6 @@ and the head trains for a few epochs, so a retrain takes seconds.
 from __future__ import annotations
 
 import io
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -25,14 +23,13 @@ from grading.selectors.predictions import prediction_cam_path, prediction_for_im
 from grading.services import jobs as job_services
 from grading.services import model_versions as version_services
 from grading.services.predictions import images_predict_enqueue
-from tests.conftest import WEIGHTS_DIR
 from tests.factories import fundus_jpeg_bytes, image_make, user_make
 from tests.factories_jobs import (
     FINISHED,
     BrokerMixin,
+    TrainingMixin,
     confirmed_images_make,
     job_wait,
-    thread_worker,
     wait_until,
 )
 
@@ -45,35 +42,9 @@ def upload_make(seed: int) -> Image:
 
 
 @pytest.mark.slow
-class WorkerTaskTests(BrokerMixin, TransactionTestCase):
-    serialized_rollback = True  # keep the roles and grade scale written by data migrations
-
-    @classmethod
-    def setUpClass(cls):
-        if not WEIGHTS_DIR.is_dir():
-            raise pytest.skip.Exception(f"offline weights not found at {WEIGHTS_DIR}")
-        cls._tmp = Path(tempfile.mkdtemp(prefix="funduscope-worker-"))
-        # The feature store is shared by the tests of the class: features are cached by content.
-        cls._settings = override_settings(
-            MEDIA_ROOT=str(cls._tmp / "media"),
-            FUNDUS_FEATURE_STORE=cls._tmp / "features",
-            FUNDUS_MODEL_DIR=cls._tmp / "models",
-            FUNDUS_WEIGHTS_DIR=WEIGHTS_DIR,
-            FUNDUS_BACKBONES=["mobilenet_v2"],
-            FUNDUS_TRAIN_EPOCHS=6,
-            FUNDUS_TRAIN_HOLDOUT_PERCENT=20,
-        )
-        cls._settings.enable()
-        super().setUpClass()
-        cls._worker = thread_worker()
-        cls._worker.__enter__()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls._worker.__exit__(None, None, None)
-        super().tearDownClass()
-        cls._settings.disable()
-        shutil.rmtree(cls._tmp, ignore_errors=True)
+class WorkerTaskTests(TrainingMixin, BrokerMixin, TransactionTestCase):
+    tmp_prefix = "funduscope-worker-"
+    train_epochs = 6
 
     def setUp(self):
         self.adam = user_make("adam", "admin")

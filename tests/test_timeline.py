@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from django.urls import reverse
+
 from grading.models import Grade, Image, ModelVersion
 from tests.base import BaseTestCase
 from tests.factories import image_make
+from tests.factories_grading import workbench_set
 from tests.factories_review import (
     at,
+    grade_correct,
     grade_make,
     image_confirm,
     model_version_make,
@@ -34,14 +38,8 @@ class ImageTimelineTests(BaseTestCase):
         cls.first = grade_make(
             image=cls.image, grader=cls.alice, value=2, notes="haemorrhages", created=at(3)
         )
-        cls.correction = grade_make(
-            image=cls.image,
-            grader=cls.alice,
-            value=3,
-            macular_oedema=True,
-            supersedes=cls.first,
-            notes="missed venous beading",
-            created=at(4),
+        cls.correction = grade_correct(
+            cls.first, value=3, macular_oedema=True, notes="missed venous beading", created=at(4)
         )
         cls.bobs = grade_make(image=cls.image, grader=cls.bob, value=1, created=at(5))
         cls.adjudication = grade_make(
@@ -124,17 +122,48 @@ class ImageTimelineTests(BaseTestCase):
 
     def test_a_clinician_sees_only_their_own_grades_before_confirmation(self):
         image = image_make()
-        prediction_make(image=image, model_version=self.new, grade=2)
         grade_make(image=image, grader=self.bob, value=4, notes="bob's secret")
         response = self.page(self.alice, image)
         self.assertNotContains(response, "bob&#x27;s secret")
-        self.assertNotContains(response, "by model v2")
         self.assertContains(response, "hidden from you until it is confirmed")
         grade_make(image=image, grader=self.alice, value=1)
-        response = self.page(self.alice, image)
-        self.assertNotContains(response, "bob&#x27;s secret")
-        self.assertContains(response, "by model v2")  # shown once she has graded
+        self.assertNotContains(self.page(self.alice, image), "bob&#x27;s secret")
         self.assertContains(self.page(self.rita, image), "bob&#x27;s secret")
+
+    def test_a_blinded_first_grader_gets_no_prediction_on_the_image_page(self):
+        workbench_set(blind_first_grader=True)
+        image = image_make()
+        prediction_make(image=image, model_version=self.new, grade=2)
+        response = self.page(self.alice, image)
+        self.assertNotContains(response, "by model v2")
+        self.assertTrue(response.context["timeline"].predictions_hidden)
+        self.assertEqual(response.context["timeline"].prediction_count, 0)
+        self.assertContains(response, "until you have saved your grade")
+        # Reviewers are never blinded; the grader sees the model once her grade is saved.
+        self.assertContains(self.page(self.rita, image), "by model v2")
+        grade_make(image=image, grader=self.alice, value=1)
+        self.assertContains(self.page(self.alice, image), "by model v2")
+
+    def test_predictions_are_hidden_here_exactly_when_the_grading_page_hides_them(self):
+        situations = {
+            "blind, nobody has graded": (True, None),
+            "blind, a colleague graded first (second reader)": (True, self.bob),
+            "blind, she graded": (True, self.alice),
+            "blind mode off": (False, None),
+        }
+        for situation, (blind, grader) in situations.items():
+            with self.subTest(situation):
+                workbench_set(blind_first_grader=blind)
+                image = image_make()
+                prediction_make(image=image, model_version=self.new, grade=2)
+                if grader is not None:
+                    grade_make(image=image, grader=grader, value=1)
+                timeline = self.page(self.alice, image).context["timeline"]
+                grading_page = self.client.get(reverse("grade_image", args=[image.pk]))
+                hidden_there = grading_page.context["model_view"].state == "hidden"
+                self.assertEqual(timeline.predictions_hidden, hidden_there)
+                self.assertEqual(timeline.prediction_count, 0 if hidden_there else 1)
+                self.assertEqual(hidden_there, situation == "blind, nobody has graded")
 
     def test_clinicians_see_the_whole_history_once_confirmed(self):
         self.assertContains(self.page(self.bob), "missed venous beading")

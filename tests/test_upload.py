@@ -63,15 +63,7 @@ class UploadTests(GradingTestCase):
         return self.client.post(URL, data)
 
     def test_only_uploaders_see_the_page(self):
-        for user, expected in (
-            (self.alice, 200),
-            (self.adam, 200),
-            (self.rita, 403),
-            (self.nora, 403),
-        ):
-            with self.subTest(user=user.username):
-                self.login(user)
-                self.assertEqual(self.client.get(URL).status_code, expected)
+        self.assertStatusByUser(URL, alice=200, adam=200, rita=403, nora=403)
 
     def test_it_stores_several_photographs_for_one_visit_and_requests_predictions(self):
         response = self.post(

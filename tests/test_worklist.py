@@ -21,10 +21,7 @@ NEXT_URL = reverse("worklist_next")
 
 class WorklistPermissionTests(GradingTestCase):
     def test_clinicians_and_admins_see_the_worklist(self):
-        for user in (self.alice, self.adam):
-            with self.subTest(user=user.username):
-                self.login(user)
-                self.assertEqual(self.client.get(URL).status_code, 200)
+        self.assertStatusByUser(URL, alice=200, adam=200)
 
     def test_reviewers_and_users_without_a_role_are_refused(self):
         for user in (self.rita, self.nora):
@@ -57,6 +54,13 @@ class WorklistContentTests(GradingTestCase):
         self.login(self.bob)
         self.assertContains(self.client.get(URL), "P-GRADED-BY-ME")
         self.assertTrue(mine.pk)
+
+    def test_each_row_links_to_the_image_history(self):
+        image = image_make()
+        self.login(self.alice)
+        response = self.client.get(URL)
+        self.assertContains(response, f'href="{reverse("image_detail", args=[image.pk])}"')
+        self.assertContains(response, f'href="{reverse("grade_image", args=[image.pk])}"')
 
     def test_the_empty_queue_says_so(self):
         self.login(self.alice)

@@ -21,18 +21,19 @@ VALID = {
 
 class WorkbenchSettingsTests(GradingTestCase):
     def test_only_admins_change_the_settings(self):
-        for user, expected in (
-            (self.adam, 200),
-            (self.alice, 403),
-            (self.rita, 403),
-            (self.nora, 403),
-        ):
-            with self.subTest(user=user.username):
-                self.login(user)
-                self.assertEqual(self.client.get(URL).status_code, expected)
+        self.assertStatusByUser(URL, adam=200, alice=403, rita=403, nora=403)
         self.login(self.alice)
         self.assertEqual(self.client.post(URL, VALID).status_code, 403)
         self.assertEqual(workbench_settings_get().grades_required, 1)
+
+    def test_the_menu_links_to_the_settings_for_admins_only(self):
+        link = f'<a href="{URL}">Settings</a>'
+        self.login(self.adam)
+        self.assertContains(self.client.get(reverse("patients")), link)
+        for user in (self.alice, self.rita):
+            with self.subTest(user=user.username):
+                self.login(user)
+                self.assertNotContains(self.client.get(reverse("patients")), link)
 
     def test_it_saves_the_policy(self):
         self.login(self.adam)

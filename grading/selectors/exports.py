@@ -19,26 +19,60 @@ EXPORT_CHUNK_SIZE = 2000
 # text typed by users (notes, names) is therefore prefixed with an apostrophe when it starts so.
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
-GRADE_COLUMNS: tuple[str, ...] = (
-    "grade_id",
-    "created_at",
-    "image_id",
-    "image_sha256",
-    "patient",
-    "eye",
-    "acquired_on",
-    "kind",
-    "grader",
-    "source",
-    "grade",
-    "ungradable",
-    "macular_oedema",
-    "notes",
-    "supersedes_grade_id",
-    "superseded_by_grade_id",
-    "image_confirmed_grade",
-    "image_confirmation_method",
+# Each export column as (CSV header, the ORM lookup that fills it), so the two never drift apart.
+Column = tuple[str, str]
+
+# The photograph a row is about, the same in both exports.
+_IMAGE_COLUMNS: tuple[Column, ...] = (
+    ("image_id", "image_id"),
+    ("image_sha256", "image__sha256"),
+    ("patient", "image__patient__pseudonym"),
+    ("eye", "image__eye"),
+    ("acquired_on", "image__acquired_on"),
 )
+
+_GRADE_EXPORT: tuple[Column, ...] = (
+    ("grade_id", "id"),
+    ("created_at", "created_at"),
+    *_IMAGE_COLUMNS,
+    ("kind", "kind"),
+    ("grader", "grader__username"),
+    ("source", "source"),
+    ("grade", "grade_id"),
+    ("ungradable", "ungradable"),
+    ("macular_oedema", "macular_oedema"),
+    ("notes", "notes"),
+    ("supersedes_grade_id", "supersedes_id"),
+    ("superseded_by_grade_id", "superseded_by__id"),
+    ("image_confirmed_grade", "image__confirmed_grade_id"),
+    ("image_confirmation_method", "image__confirmation_method"),
+)
+
+# A prediction row: these columns, one probability column per grade of the scale, then the tail.
+_PREDICTION_HEAD: tuple[Column, ...] = (
+    ("prediction_id", "id"),
+    ("created_at", "created_at"),
+    *_IMAGE_COLUMNS,
+    ("model_version", "model_version__name"),
+    ("model_version_state", "model_version__state"),
+    ("predicted_grade", "predicted_grade_id"),
+)
+_PREDICTION_TAIL: tuple[Column, ...] = (
+    ("image_confirmed_grade", "image__confirmed_grade_id"),
+    ("image_confirmed_ungradable", "image__confirmed_ungradable"),
+    ("image_confirmation_method", "image__confirmation_method"),
+)
+
+
+def _headers(columns: Sequence[Column]) -> tuple[str, ...]:
+    return tuple(header for header, _ in columns)
+
+
+def _lookups(columns: Sequence[Column]) -> list[str]:
+    return [lookup for _, lookup in columns]
+
+
+GRADE_COLUMNS: tuple[str, ...] = _headers(_GRADE_EXPORT)
 
 
 def csv_cell(value: Any) -> str | int | float:
@@ -58,26 +92,7 @@ def grades_export_rows() -> Iterator[Sequence[Any]]:
     yield GRADE_COLUMNS
     rows = (
         Grade.objects.order_by("id")
-        .values_list(
-            "id",
-            "created_at",
-            "image_id",
-            "image__sha256",
-            "image__patient__pseudonym",
-            "image__eye",
-            "image__acquired_on",
-            "kind",
-            "grader__username",
-            "source",
-            "grade_id",
-            "ungradable",
-            "macular_oedema",
-            "notes",
-            "supersedes_id",
-            "superseded_by__id",
-            "image__confirmed_grade_id",
-            "image__confirmation_method",
-        )
+        .values_list(*_lookups(_GRADE_EXPORT))
         .iterator(chunk_size=EXPORT_CHUNK_SIZE)
     )
     for row in rows:
@@ -86,20 +101,9 @@ def grades_export_rows() -> Iterator[Sequence[Any]]:
 
 def prediction_columns(classes: Sequence[int]) -> tuple[str, ...]:
     return (
-        "prediction_id",
-        "created_at",
-        "image_id",
-        "image_sha256",
-        "patient",
-        "eye",
-        "acquired_on",
-        "model_version",
-        "model_version_state",
-        "predicted_grade",
+        *_headers(_PREDICTION_HEAD),
         *(f"p_grade_{value}" for value in classes),
-        "image_confirmed_grade",
-        "image_confirmed_ungradable",
-        "image_confirmation_method",
+        *_headers(_PREDICTION_TAIL),
     )
 
 
@@ -114,27 +118,15 @@ def predictions_export_rows(
     if model_version is not None:
         queryset = queryset.filter(model_version=model_version)
     rows = queryset.values_list(
-        "id",
-        "created_at",
-        "image_id",
-        "image__sha256",
-        "image__patient__pseudonym",
-        "image__eye",
-        "image__acquired_on",
-        "model_version__name",
-        "model_version__state",
-        "predicted_grade_id",
-        "probabilities",
-        "image__confirmed_grade_id",
-        "image__confirmed_ungradable",
-        "image__confirmation_method",
+        *_lookups(_PREDICTION_HEAD), "probabilities", *_lookups(_PREDICTION_TAIL)
     ).iterator(chunk_size=EXPORT_CHUNK_SIZE)
+    head = len(_PREDICTION_HEAD)
     for row in rows:
-        probabilities = list(row[10] or [])
+        probabilities = list(row[head] or [])
         # Pad a short vector so every row has one cell per grade of the scale.
         probabilities += [None] * (len(classes) - len(probabilities))
         yield [
-            *(csv_cell(value) for value in row[:10]),
+            *(csv_cell(value) for value in row[:head]),
             *(csv_cell(p) for p in probabilities[: len(classes)]),
-            *(csv_cell(value) for value in row[11:]),
+            *(csv_cell(value) for value in row[head + 1 :]),
         ]

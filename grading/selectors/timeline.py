@@ -12,6 +12,7 @@ from typing import Any, Literal
 from django.db.models import Prefetch
 
 from grading.models import Grade, Image, Prediction
+from grading.selectors.assistance import prediction_hidden
 from grading.selectors.review import (
     BASIS_AGREEMENT,
     BASIS_OWN_SINGLE,
@@ -58,7 +59,8 @@ class Timeline:
     image: Image
     events: list[TimelineEvent]
     confirmation: str  # how the confirmed grade was reached, in words
-    hidden_for_blinding: bool  # other graders' grades and predictions withheld from this viewer
+    grades_withheld: bool  # other graders' grades withheld from this viewer (independent grading)
+    predictions_hidden: bool  # the model's predictions withheld (blind first read)
     grade_count: int
     prediction_count: int
 
@@ -150,8 +152,8 @@ def grade_is_superseded(grade: Grade) -> bool:
 
 def timeline_hides_others(*, image: Image, viewer: Any) -> bool:
     """Before an image is confirmed, a clinician sees only their own grades here: showing a colleague's
-    grade or the model's prediction would break independent (and blind) grading. Reviewers, who
-    adjudicate, see everything."""
+    grade would break independent grading. Reviewers, who adjudicate, see everything. (Whether the
+    model's predictions are shown is decided as on the grading page: ``prediction_hidden``.)"""
     if image.grading_state == Image.GradingState.CONFIRMED:
         return False
     return not (
@@ -185,12 +187,14 @@ def image_timeline(*, image_id: int, viewer: Any, scale: Scale | None = None) ->
     basis_ids = {grade.pk for grade in _basis_grades(image, grades)}
     confirmation = _confirmation_text(image, [g for g in grades if g.pk in basis_ids])
 
-    hidden = timeline_hides_others(image=image, viewer=viewer)
-    if hidden:
-        own = [grade for grade in grades if grade.grader_id == viewer.pk]
-        # The model's view is shown to a grader once they have graded, as on the grading page.
-        predictions = predictions if own else []
-        grades = own
+    grades_withheld = timeline_hides_others(image=image, viewer=viewer)
+    if grades_withheld:
+        grades = [grade for grade in grades if grade.grader_id == viewer.pk]
+    # The same rule as the grading page's model panel, so this page never reveals what that one
+    # hides (a blinded first reader sees the model only after saving their grade).
+    predictions_withheld = prediction_hidden(image=image, user=viewer)
+    if predictions_withheld:
+        predictions = []
 
     events = [TimelineEvent(kind="upload", at=image.uploaded_at)]
     events += [
@@ -217,7 +221,8 @@ def image_timeline(*, image_id: int, viewer: Any, scale: Scale | None = None) ->
         image=image,
         events=events,
         confirmation=confirmation,
-        hidden_for_blinding=hidden,
+        grades_withheld=grades_withheld,
+        predictions_hidden=predictions_withheld,
         grade_count=len(grades),
         prediction_count=len(predictions),
     )

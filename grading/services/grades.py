@@ -26,6 +26,16 @@ from grading.selectors.worklist import grades_current, workbench_settings_get
 from grading.services.claims import claim_release
 
 MAX_NOTES_LENGTH = 4000
+# The image fields that say whether and how its grade is confirmed (written together).
+_CONFIRMATION_FIELDS = [
+    "grading_state",
+    "confirmed_grade",
+    "confirmed_ungradable",
+    "confirmed_macular_oedema",
+    "confirmation_method",
+    "confirmed_by",
+    "confirmed_at",
+]
 
 
 class GradeRejected(ValueError):
@@ -68,6 +78,41 @@ def _grades_agree(grades: list[Grade]) -> bool:
     return len({(grade.grade_id, grade.ungradable) for grade in grades}) == 1
 
 
+def _grade_current(
+    *, image: Image, kind: str, grader: AbstractBaseUser | None = None
+) -> Grade | None:
+    """The latest grade of this kind (by this grader, if given) that no later grade corrects:
+    the one a new grade of the same kind supersedes."""
+    grades = Grade.objects.filter(image=image, kind=kind, superseded_by__isnull=True)
+    if grader is not None:
+        grades = grades.filter(grader=grader)
+    return grades.order_by("-created_at", "-id").first()
+
+
+def _grade_append(
+    *,
+    image: Image,
+    kind: str,
+    grader: AbstractBaseUser,
+    level: GradeLevel | None,
+    choice: GradeInput,
+    supersedes: Grade | None,
+) -> Grade:
+    grade = Grade(
+        image=image,
+        kind=kind,
+        grader=grader,
+        grade=level,
+        ungradable=choice.ungradable,
+        macular_oedema=choice.macular_oedema,
+        notes=choice.notes.strip(),
+        supersedes=supersedes,
+    )
+    grade.full_clean()
+    grade.save()
+    return grade
+
+
 def _image_confirm(
     *,
     image: Image,
@@ -85,17 +130,7 @@ def _image_confirm(
     image.confirmed_by = confirmed_by
     image.confirmed_at = timezone.now()
     image.full_clean(exclude=["file"])
-    image.save(
-        update_fields=[
-            "grading_state",
-            "confirmed_grade",
-            "confirmed_ungradable",
-            "confirmed_macular_oedema",
-            "confirmation_method",
-            "confirmed_by",
-            "confirmed_at",
-        ]
-    )
+    image.save(update_fields=_CONFIRMATION_FIELDS)
 
 
 def _image_unconfirm(*, image: Image, state: str) -> None:
@@ -106,17 +141,7 @@ def _image_unconfirm(*, image: Image, state: str) -> None:
     image.confirmation_method = Image.ConfirmationMethod.NONE
     image.confirmed_by = None
     image.confirmed_at = None
-    image.save(
-        update_fields=[
-            "grading_state",
-            "confirmed_grade",
-            "confirmed_ungradable",
-            "confirmed_macular_oedema",
-            "confirmation_method",
-            "confirmed_by",
-            "confirmed_at",
-        ]
-    )
+    image.save(update_fields=_CONFIRMATION_FIELDS)
 
 
 def image_confirmation_refresh(
@@ -158,13 +183,7 @@ def grade_submit(*, image: Image, grader: AbstractBaseUser, choice: GradeInput) 
     with transaction.atomic():
         # Lock the image so two grades arriving together are counted one after the other.
         locked = Image.objects.select_for_update().get(pk=image.pk)
-        previous = (
-            Grade.objects.filter(
-                image=locked, grader=grader, kind=Grade.Kind.GRADER, superseded_by__isnull=True
-            )
-            .order_by("-created_at", "-id")
-            .first()
-        )
+        previous = _grade_current(image=locked, kind=Grade.Kind.GRADER, grader=grader)
         required = workbench_settings_get().grades_required
         if previous is None:
             if locked.grading_state != Image.GradingState.PENDING:
@@ -176,18 +195,14 @@ def grade_submit(*, image: Image, grader: AbstractBaseUser, choice: GradeInput) 
                 raise GradeRejected(
                     "Other clinicians have already graded this image; your grade was not recorded."
                 )
-        grade = Grade(
+        grade = _grade_append(
             image=locked,
             kind=Grade.Kind.GRADER,
             grader=grader,
-            grade=level,
-            ungradable=choice.ungradable,
-            macular_oedema=choice.macular_oedema,
-            notes=choice.notes.strip(),
+            level=level,
+            choice=choice,
             supersedes=previous,
         )
-        grade.full_clean()
-        grade.save()
         claim_release(image=locked, grader=grader)
         image_confirmation_refresh(image=locked, grades_required=required, last_grader=grader)
     image.refresh_from_db()
@@ -209,25 +224,15 @@ def grade_adjudicate(*, image: Image, reviewer: AbstractBaseUser, choice: GradeI
                 "This image is still waiting for its independent grades; adjudicate it once "
                 "the graders have finished."
             )
-        previous = (
-            Grade.objects.filter(
-                image=locked, kind=Grade.Kind.ADJUDICATION, superseded_by__isnull=True
-            )
-            .order_by("-created_at", "-id")
-            .first()
-        )
-        grade = Grade(
+        # A later adjudication (by any reviewer) corrects the previous one.
+        grade = _grade_append(
             image=locked,
             kind=Grade.Kind.ADJUDICATION,
             grader=reviewer,
-            grade=level,
-            ungradable=choice.ungradable,
-            macular_oedema=choice.macular_oedema,
-            notes=choice.notes.strip(),
-            supersedes=previous,
+            level=level,
+            choice=choice,
+            supersedes=_grade_current(image=locked, kind=Grade.Kind.ADJUDICATION),
         )
-        grade.full_clean()
-        grade.save()
         _image_confirm(
             image=locked,
             grade_id=level.pk if level is not None else None,

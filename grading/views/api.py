@@ -20,6 +20,11 @@ from grading.models import GradeLevel, Image, ModelVersion, Prediction
 from grading.serializers import ImageSerializer, ModelVersionSerializer, PredictionSerializer
 
 
+# Predictions next to confirmed grades are a reviewer's view: a clinician reading them through the
+# API would defeat blind grading, so the API needs the review permission as well.
+READ_PREDICTIONS = ("grading.view_image", "grading.view_prediction", "grading.review_agreement")
+
+
 class ApiPagination(PageNumberPagination):
     """Page size from REST_FRAMEWORK["PAGE_SIZE"]; a client may ask for up to 1000 per page."""
 
@@ -59,7 +64,7 @@ class ImageList(ReadOnlyApiView, generics.ListAPIView):
     """
 
     serializer_class = ImageSerializer
-    required_permissions = ("grading.view_image", "grading.view_prediction")
+    required_permissions = READ_PREDICTIONS
 
     def get_queryset(self) -> QuerySet[Image]:
         queryset = (
@@ -93,7 +98,7 @@ class ImageList(ReadOnlyApiView, generics.ListAPIView):
 
 class ImageDetail(ReadOnlyApiView, generics.RetrieveAPIView):
     serializer_class = ImageSerializer
-    required_permissions = ("grading.view_image", "grading.view_prediction")
+    required_permissions = READ_PREDICTIONS
     lookup_url_kwarg = "image_id"
 
     def get_queryset(self) -> QuerySet[Image]:
@@ -110,7 +115,7 @@ class ModelVersionPredictions(ReadOnlyApiView, generics.ListAPIView):
     """Predictions of one model version (by name), oldest first; ``predicted_grade`` filters."""
 
     serializer_class = PredictionSerializer
-    required_permissions = ("grading.view_prediction", "grading.view_image")
+    required_permissions = READ_PREDICTIONS
 
     def get_queryset(self) -> QuerySet[Prediction]:
         version = get_object_or_404(ModelVersion, name=self.kwargs["name"])

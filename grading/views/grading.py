@@ -88,6 +88,13 @@ def _history_previous(request: HttpRequest, image_id: int) -> int | None:
     return history[-1] if history else None
 
 
+def _leave_ungraded(request: HttpRequest, image: Image) -> None:
+    """Leaving an image without grading it: free its claim for others and count it as skipped."""
+    if worklist_selectors.grade_current_for(image=image, grader=request.user) is None:
+        claim_services.claim_release(image=image, grader=request.user)
+        _skip(request, image.pk)
+
+
 def _serve_next(request: HttpRequest) -> HttpResponse:
     order, _ = _queue_order(request)
     image = claim_services.claim_next(
@@ -177,12 +184,8 @@ def worklist_next(request: HttpRequest) -> HttpResponse:
     came_from = request.POST.get("from", "")
     if came_from.isdigit():
         image = Image.objects.filter(pk=int(came_from)).first()
-        if (
-            image is not None
-            and worklist_selectors.grade_current_for(image=image, grader=request.user) is None
-        ):
-            claim_services.claim_release(image=image, grader=request.user)
-            _skip(request, image.pk)
+        if image is not None:
+            _leave_ungraded(request, image)
     return _serve_next(request)
 
 
@@ -225,6 +228,20 @@ class GradeForm(forms.Form):
         )
 
 
+def _grade_levels() -> list[GradeLevel]:
+    return list(GradeLevel.objects.order_by("value"))
+
+
+def _selected_grade(form: GradeForm) -> str:
+    """The grade the form shows as chosen (the grade buttons' pressed state), or ""."""
+    selected = form["grade"].value()
+    return str(selected) if selected not in (None, "") else ""
+
+
+def _saved_text(grade: Grade) -> str:
+    return "ungradable" if grade.ungradable else str(grade.grade)
+
+
 def _grade_initial(grade: Grade | None) -> dict:
     if grade is None:
         return {}
@@ -257,7 +274,7 @@ def _grade_page(
     request: HttpRequest, image: Image, form: GradeForm | None = None, status: int = 200
 ) -> HttpResponse:
     user = request.user
-    levels = list(GradeLevel.objects.order_by("value"))
+    levels = _grade_levels()
     my_grade = worklist_selectors.grade_current_for(image=image, grader=user)
     settings_row = worklist_selectors.workbench_settings_get()
     can_grade_now = my_grade is not None or image.grading_state == Image.GradingState.PENDING
@@ -267,11 +284,10 @@ def _grade_page(
     if form is None:
         form = GradeForm(initial=_grade_initial(my_grade), levels=levels)
     model_view = model_view_for(image=image, user=user)
-    selected = form["grade"].value()
     ctx = {
         "image": image,
         "levels": levels,
-        "selected_grade": str(selected) if selected not in (None, "") else "",
+        "selected_grade": _selected_grade(form),
         "form": form,
         "my_grade": my_grade,
         "can_grade_now": can_grade_now,
@@ -295,13 +311,10 @@ def grade_image(request: HttpRequest, image_id: int) -> HttpResponse:
         return _grade_page(request, image)
 
     if "skip" in request.POST.getlist("action"):
-        if worklist_selectors.grade_current_for(image=image, grader=request.user) is None:
-            claim_services.claim_release(image=image, grader=request.user)
-            _skip(request, image.pk)
+        _leave_ungraded(request, image)
         return _serve_next(request)
 
-    levels = list(GradeLevel.objects.order_by("value"))
-    form = GradeForm(request.POST, levels=levels)
+    form = GradeForm(request.POST, levels=_grade_levels())
     if not form.is_valid():
         return _grade_page(request, image, form=form, status=400)
     was_correction = (
@@ -314,9 +327,8 @@ def grade_image(request: HttpRequest, image_id: int) -> HttpResponse:
     except grade_services.GradeRejected as error:
         messages.error(request, str(error))
         return redirect("grade_image", image_id=image.pk)
-    saved = "ungradable" if grade.ungradable else str(grade.grade)
     verb = "Correction saved" if was_correction else "Grade saved"
-    messages.success(request, f"{verb}: {saved}.")
+    messages.success(request, f"{verb}: {_saved_text(grade)}.")
     return redirect("grade_image", image_id=image.pk)
 
 
@@ -350,7 +362,7 @@ def adjudicate(request: HttpRequest, image_id: int) -> HttpResponse:
     image = get_object_or_404(
         Image.objects.select_related("patient", "confirmed_grade"), pk=image_id
     )
-    levels = list(GradeLevel.objects.order_by("value"))
+    levels = _grade_levels()
     form = GradeForm(request.POST or None, levels=levels)
     status = 200
     if request.method == "POST":
@@ -362,8 +374,9 @@ def adjudicate(request: HttpRequest, image_id: int) -> HttpResponse:
             except grade_services.GradeRejected as error:
                 messages.error(request, str(error))
                 return redirect("adjudicate", image_id=image.pk)
-            saved = "ungradable" if grade.ungradable else str(grade.grade)
-            messages.success(request, f"Image #{image.pk} confirmed by adjudication: {saved}.")
+            messages.success(
+                request, f"Image #{image.pk} confirmed by adjudication: {_saved_text(grade)}."
+            )
             following = worklist_selectors.adjudication_pending().exclude(pk=image.pk).first()
             if following is not None:
                 return redirect("adjudicate", image_id=following.pk)
@@ -380,12 +393,11 @@ def adjudicate(request: HttpRequest, image_id: int) -> HttpResponse:
         current = [g for g in grades if g.kind == Grade.Kind.GRADER and g.pk not in superseded_ids]
         if current and len({(g.grade_id, g.ungradable) for g in current}) == 1:
             form = GradeForm(initial=_grade_initial(current[0]) | {"notes": ""}, levels=levels)
-    selected = form["grade"].value()
     ctx = {
         "image": image,
         "levels": levels,
         "form": form,
-        "selected_grade": str(selected) if selected not in (None, "") else "",
+        "selected_grade": _selected_grade(form),
         "grades": [(grade, grade.pk in superseded_ids) for grade in grades],
         "model_view": model_view,
         "context": patient_selectors.patient_context_for(image=image),

@@ -186,8 +186,8 @@ def model_version_activate(request: HttpRequest, version_id: int) -> HttpRespons
         activation = version_services.model_version_activate(version=version, user=request.user)
     except version_services.ModelVersionError as error:
         messages.error(request, str(error))
-        return _back(request, reverse("model_versions"))
-    _activation_messages(request, activation)
+    else:
+        _activation_messages(request, activation)
     return _back(request, reverse("model_versions"))
 
 
@@ -198,8 +198,8 @@ def model_rollback(request: HttpRequest) -> HttpResponse:
         activation = version_services.model_version_rollback(user=request.user)
     except version_services.ModelVersionError as error:
         messages.error(request, str(error))
-        return redirect("model_versions")
-    _activation_messages(request, activation)
+    else:
+        _activation_messages(request, activation)
     return redirect("model_versions")
 
 
@@ -233,12 +233,21 @@ def model_retrain(request: HttpRequest) -> HttpResponse:
 # Jobs
 
 
+def _job_get(job_id: int) -> Job:
+    """The job with what its row shows (who started it, the version it made), or 404."""
+    return get_object_or_404(Job.objects.select_related("created_by", "model_version"), pk=job_id)
+
+
+def _can_manage_jobs(request: HttpRequest) -> bool:
+    return request.user.has_perm("grading.manage_jobs")
+
+
 @require_GET
 @permission_required("grading.retrain_model", raise_exception=True)
 def jobs(request: HttpRequest) -> HttpResponse:
     ctx = {
         "jobs": job_selectors.jobs_list(),
-        "can_manage": request.user.has_perm("grading.manage_jobs"),
+        "can_manage": _can_manage_jobs(request),
         "startable": STARTABLE_KINDS.items(),
         **_queue_context(),
     }
@@ -248,11 +257,11 @@ def jobs(request: HttpRequest) -> HttpResponse:
 @require_GET
 @permission_required("grading.retrain_model", raise_exception=True)
 def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
-    job = get_object_or_404(Job.objects.select_related("created_by", "model_version"), pk=job_id)
+    job = _job_get(job_id)
     ctx = {
         "job": job,
         "error_headline": job_selectors.job_error_headline(job=job),
-        "can_manage": request.user.has_perm("grading.manage_jobs"),
+        "can_manage": _can_manage_jobs(request),
     }
     return render(request, "grading/jobs/detail.html", ctx)
 
@@ -261,8 +270,8 @@ def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
 @permission_required("grading.retrain_model", raise_exception=True)
 def job_progress(request: HttpRequest, job_id: int) -> HttpResponse:
     """One job's table row, polled by htmx every second while the job is open."""
-    job = get_object_or_404(Job.objects.select_related("created_by", "model_version"), pk=job_id)
-    ctx = {"job": job, "can_manage": request.user.has_perm("grading.manage_jobs")}
+    job = _job_get(job_id)
+    ctx = {"job": job, "can_manage": _can_manage_jobs(request)}
     response = render(request, "grading/jobs/_job_row.html", ctx)
     if request.htmx and not job.is_open:
         # The job just finished: reload the page so that everything that depends on it (the

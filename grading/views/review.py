@@ -48,7 +48,26 @@ def _grade_choices(scale: Scale, empty: str) -> list[tuple[str, str]]:
     return [("", empty)] + [(str(level.value), str(level)) for level in scale.levels]
 
 
-class ReviewFilterForm(forms.Form):
+def _date_field(label: str) -> forms.DateField:
+    """An optional date with the browser's date picker."""
+    return forms.DateField(
+        required=False, label=label, widget=forms.DateInput(attrs={"type": "date"})
+    )
+
+
+class DateRangeCheckMixin:
+    """For forms with optional ``date_from`` and ``date_to`` fields: refuse a range that ends
+    before it starts."""
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        start, end = cleaned.get("date_from"), cleaned.get("date_to")
+        if start and end and start > end:
+            raise forms.ValidationError("The start date is after the end date.")
+        return cleaned
+
+
+class ReviewFilterForm(DateRangeCheckMixin, forms.Form):
     version = forms.ModelChoiceField(
         queryset=ModelVersion.objects.none(), required=False, label="Model version"
     )
@@ -57,12 +76,8 @@ class ReviewFilterForm(forms.Form):
         required=False,
         label="Dates refer to",
     )
-    date_from = forms.DateField(
-        required=False, label="From", widget=forms.DateInput(attrs={"type": "date"})
-    )
-    date_to = forms.DateField(
-        required=False, label="To (inclusive)", widget=forms.DateInput(attrs={"type": "date"})
-    )
+    date_from = _date_field("From")
+    date_to = _date_field("To (inclusive)")
     grader = forms.ModelChoiceField(
         queryset=review_selectors.graders_with_grades(),
         required=False,
@@ -104,13 +119,6 @@ class ReviewFilterForm(forms.Form):
         self.fields["sort"].choices = [("", "")] + [
             (f"{prefix}{key}", key) for key in REVIEW_SORTS for prefix in ("", "-")
         ]
-
-    def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
-        start, end = cleaned.get("date_from"), cleaned.get("date_to")
-        if start and end and start > end:
-            raise forms.ValidationError("The start date is after the end date.")
-        return cleaned
 
     def filters(self) -> ReviewFilters:
         data = self.cleaned_data
@@ -227,14 +235,24 @@ def _png_response(data: bytes) -> HttpResponse:
     return response
 
 
+def _chart_filters(request: HttpRequest) -> tuple[Scale, ReviewFilters | None]:
+    """The scale and the review page's filters for one of its charts; None if they are invalid."""
+    scale = review_selectors.scale_get()
+    form = _review_form(request, scale)
+    return scale, (form.filters() if form.is_valid() else None)
+
+
+def _invalid_filters() -> HttpResponse:
+    return HttpResponse("Invalid filters.", status=400, content_type="text/plain")
+
+
 @require_GET
 @permission_required("grading.review_agreement", raise_exception=True)
 def review_confusion_png(request: HttpRequest) -> HttpResponse:
-    scale = review_selectors.scale_get()
-    form = _review_form(request, scale)
-    if not form.is_valid():
-        return HttpResponse("Invalid filters.", status=400, content_type="text/plain")
-    predictions = review_selectors.review_predictions(filters=form.filters(), scale=scale)
+    scale, filters = _chart_filters(request)
+    if filters is None:
+        return _invalid_filters()
+    predictions = review_selectors.review_predictions(filters=filters, scale=scale)
     report = review_selectors.review_metrics(predictions=predictions, scale=scale)
     if report is None:
         raise Http404("No compared predictions for these filters.")
@@ -245,15 +263,14 @@ def review_confusion_png(request: HttpRequest) -> HttpResponse:
 @require_GET
 @permission_required("grading.review_agreement", raise_exception=True)
 def review_qwk_chart_png(request: HttpRequest) -> HttpResponse:
-    scale = review_selectors.scale_get()
-    form = _review_form(request, scale)
-    if not form.is_valid():
-        return HttpResponse("Invalid filters.", status=400, content_type="text/plain")
-    series = review_selectors.review_qwk_by_month(filters=form.filters(), scale=scale)
+    scale, filters = _chart_filters(request)
+    if filters is None:
+        return _invalid_filters()
+    series = review_selectors.review_qwk_by_month(filters=filters, scale=scale)
     return _png_response(qwk_by_month_png(series=series))
 
 
-class GraderAgreementForm(forms.Form):
+class GraderAgreementForm(DateRangeCheckMixin, forms.Form):
     reference = forms.ChoiceField(
         choices=[
             ("final", "Final grade (leave out only grades that alone decided it)"),
@@ -262,19 +279,8 @@ class GraderAgreementForm(forms.Form):
         required=False,
         label="Compare with",
     )
-    date_from = forms.DateField(
-        required=False, label="Graded from", widget=forms.DateInput(attrs={"type": "date"})
-    )
-    date_to = forms.DateField(
-        required=False, label="To (inclusive)", widget=forms.DateInput(attrs={"type": "date"})
-    )
-
-    def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
-        start, end = cleaned.get("date_from"), cleaned.get("date_to")
-        if start and end and start > end:
-            raise forms.ValidationError("The start date is after the end date.")
-        return cleaned
+    date_from = _date_field("Graded from")
+    date_to = _date_field("To (inclusive)")
 
 
 @require_GET

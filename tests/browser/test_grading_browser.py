@@ -18,7 +18,6 @@ from tests.browser.base import BrowserTestCase
 from tests.conftest import RAW_FUNDUS_DIR
 from tests.factories import fundus_jpeg_bytes, patient_make
 from tests.factories_grading import (
-    FAST_PASSWORD_HASHERS,
     MigrationDataKeptMixin,
     grade_give,
     model_version_active_make,
@@ -52,7 +51,6 @@ def photograph_make(index: int, patient, eye: str, day: dt.date, grade: int | No
 
 @pytest.mark.browser
 @pytest.mark.slow
-@FAST_PASSWORD_HASHERS
 class GradingBrowserTests(MigrationDataKeptMixin, BrowserTestCase):
     def press(self, *keys: str) -> None:
         ActionChains(self.driver).send_keys(*keys).perform()

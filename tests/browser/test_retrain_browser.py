@@ -6,56 +6,27 @@ database, the real MobileNetV2 weights on ~20 tiny synthetic photographs.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
-from django.test import override_settings
 from selenium.webdriver.common.by import By
 
 from grading.models import Job, ModelVersion
 from tests.browser.base import BrowserTestCase
-from tests.conftest import WEIGHTS_DIR
 from tests.factories_jobs import (
     DEAD_BROKER_URL,
     BrokerMixin,
+    TrainingMixin,
     confirmed_images_make,
-    thread_worker,
     use_broker,
 )
 
 
 @pytest.mark.browser
 @pytest.mark.slow
-class RetrainBrowserTests(BrokerMixin, BrowserTestCase):
-    serialized_rollback = True  # keep the roles and grade scale written by data migrations
-
-    @classmethod
-    def setUpClass(cls):
-        if not WEIGHTS_DIR.is_dir():
-            raise pytest.skip.Exception(f"offline weights not found at {WEIGHTS_DIR}")
-        cls._tmp = Path(tempfile.mkdtemp(prefix="funduscope-retrain-browser-"))
-        cls._settings = override_settings(
-            FUNDUS_FEATURE_STORE=cls._tmp / "features",
-            FUNDUS_MODEL_DIR=cls._tmp / "models",
-            FUNDUS_WEIGHTS_DIR=WEIGHTS_DIR,
-            FUNDUS_BACKBONES=["mobilenet_v2"],
-            FUNDUS_TRAIN_EPOCHS=8,
-            FUNDUS_TRAIN_HOLDOUT_PERCENT=20,
-        )
-        cls._settings.enable()
-        super().setUpClass()
-        cls._worker = thread_worker()
-        cls._worker.__enter__()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls._worker.__exit__(None, None, None)
-        super().tearDownClass()
-        cls._settings.disable()
-        shutil.rmtree(cls._tmp, ignore_errors=True)
+class RetrainBrowserTests(TrainingMixin, BrokerMixin, BrowserTestCase):
+    tmp_prefix = "funduscope-retrain-browser-"
+    train_epochs = 8
 
     def _progress_values_until_finished(self, job: Job, timeout: float = 240) -> list[int]:
         """What the page's progress bar showed, read every 0.1 s until the row says done."""

@@ -9,6 +9,7 @@ from tests.browser.base import BrowserTestCase
 from tests.factories import image_make, patient_make
 from tests.factories_review import (
     at,
+    grade_correct,
     grade_make,
     image_confirm,
     model_version_make,
@@ -60,14 +61,7 @@ class ReviewBrowserTests(BrowserTestCase):
         story = image_make(patient=patient_make("P100"), eye=Image.Eye.LEFT)
         Image.objects.filter(pk=story.pk).update(uploaded_at=at(4, 8))
         first = grade_make(image=story, grader=self.alice, value=3, created=at(4, 9))
-        grade_make(
-            image=story,
-            grader=self.alice,
-            value=2,
-            supersedes=first,
-            notes="On review: no venous beading.",
-            created=at(4, 10),
-        )
+        grade_correct(first, value=2, notes="On review: no venous beading.", created=at(4, 10))
         grade_make(image=story, grader=self.bob, value=4, created=at(4, 11))
         prediction_make(image=story, model_version=old, grade=3, created=at(4, 12))
         grade_make(
