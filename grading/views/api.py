@@ -19,7 +19,6 @@ from rest_framework.permissions import BasePermission, IsAuthenticated
 from grading.models import GradeLevel, Image, ModelVersion, Prediction
 from grading.serializers import ImageSerializer, ModelVersionSerializer, PredictionSerializer
 
-
 # Predictions next to confirmed grades are a reviewer's view: a clinician reading them through the
 # API would defeat blind grading, so the API needs the review permission as well.
 READ_PREDICTIONS = ("grading.view_image", "grading.view_prediction", "grading.review_agreement")
