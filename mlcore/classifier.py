@@ -118,6 +118,8 @@ class HeadClassifier:
         learning_rate: float = 1.0,
         batch_size: int = 64,
         epochs: int = 100,
+        # Full "balanced" weights cost ~0.02 QWK in 5-fold CV on the APTOS set; the square root
+        # keeps QWK and gains accuracy over no weights (0.700 vs 0.682).
         class_weight: str | dict[int, float] | None = "sqrt",
         early_stopping: bool = True,
         patience: int = 10,

@@ -430,6 +430,23 @@ def _resolve_dirs(
     return store, weights
 
 
+def _source_dataset(paths, grades, groups, config, feature_config, store, weights, progress):
+    """Checked inputs, the source images' features (first 40 % of progress) and merged groups
+    (identical files share a group, so they never sit on both sides of a split)."""
+    paths, y = _check_inputs(paths, grades, groups, config.classes)
+    progress(0, f"features of {len(paths)} images")
+    keys, X = source_features(
+        paths,
+        feature_config=feature_config,
+        store_dir=store,
+        weights_dir=weights,
+        progress=_sub_progress(progress, 0, 40, "features"),
+    )
+    shas = [k.split("#")[0] for k in keys]
+    merged = merge_groups(list(groups) if groups is not None else [None] * len(paths), shas)
+    return paths, y, keys, X, merged
+
+
 def train_model(
     paths: Sequence[str | Path],
     grades: Sequence[int],
@@ -453,19 +470,10 @@ def train_model(
     config = training_config or TrainingConfig()
     progress = progress or _no_progress
     store, weights = _resolve_dirs(store_dir, weights_dir)
-    paths, y = _check_inputs(paths, grades, groups, config.classes)
-
     started = time.perf_counter()
-    progress(0, f"features of {len(paths)} images")
-    keys, X = source_features(
-        paths,
-        feature_config=feature_config,
-        store_dir=store,
-        weights_dir=weights,
-        progress=_sub_progress(progress, 0, 40, "features"),
+    paths, y, keys, X, merged = _source_dataset(
+        paths, grades, groups, config, feature_config, store, weights, progress
     )
-    shas = [k.split("#")[0] for k in keys]
-    merged = merge_groups(list(groups) if groups is not None else [None] * len(paths), shas)
     if config.holdout_fraction > 0:
         train_idx, test_idx = grouped_holdout(
             y, merged, test_fraction=config.holdout_fraction, seed=config.seed
@@ -578,17 +586,9 @@ def evaluate_cv(
     config = training_config or TrainingConfig()
     progress = progress or _no_progress
     store, weights = _resolve_dirs(store_dir, weights_dir)
-    paths, y = _check_inputs(paths, grades, groups, config.classes)
-    progress(0, f"features of {len(paths)} images")
-    keys, X = source_features(
-        paths,
-        feature_config=feature_config,
-        store_dir=store,
-        weights_dir=weights,
-        progress=_sub_progress(progress, 0, 40, "features"),
+    paths, y, keys, X, merged = _source_dataset(
+        paths, grades, groups, config, feature_config, store, weights, progress
     )
-    shas = [k.split("#")[0] for k in keys]
-    merged = merge_groups(list(groups) if groups is not None else [None] * len(paths), shas)
     X_variants = None
     if config.augment.variants:
         # Every image is in some training fold, so every image needs its copies.

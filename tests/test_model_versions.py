@@ -143,3 +143,21 @@ class RetrainRequestTests(BrokerMixin, BaseTestCase):
         self._confirmed(5)
         with self.captureOnCommitCallbacks(execute=True):
             self.assertIsNotNone(services.model_auto_retrain_check())
+
+
+class TrainingConfigTests(BaseTestCase):
+    def test_augmented_copies_come_with_test_time_averaging(self):
+        with self.settings(FUNDUS_AUGMENT_VARIANTS=5):
+            config = services.training_config_from_settings(
+                classes=(0, 1, 2, 3, 4), referable_from=2
+            )
+        self.assertEqual(config.augment.variants, 5)
+        self.assertTrue(config.tta)
+
+    def test_no_copies_means_plain_prediction(self):
+        with self.settings(FUNDUS_AUGMENT_VARIANTS=0, FUNDUS_TRAIN_HOLDOUT_PERCENT=20):
+            config = services.training_config_from_settings(
+                classes=(0, 1, 2, 3, 4), referable_from=2
+            )
+        self.assertFalse(config.tta)
+        self.assertAlmostEqual(config.holdout_fraction, 0.2)
