@@ -88,4 +88,7 @@ class RoleTests(BaseTestCase):
         self.login(self.alice)
         response = self.client.get(f"/images/{image.pk}/file")
         self.assertEqual(response.status_code, 200)
+        self.assertEqual(response["Content-Type"], "image/jpeg")
         self.assertEqual(b"".join(response.streaming_content)[:2], b"\xff\xd8")
+        self.login(self.nora)  # an account without a role sees no clinical data
+        self.assertEqual(self.client.get(f"/images/{image.pk}/file").status_code, 403)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.contrib.auth.decorators import login_not_required
+from django.contrib.auth.decorators import login_not_required, permission_required
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path
@@ -22,6 +22,7 @@ def home(request: HttpRequest) -> HttpResponse:
     return render(request, "grading/home.html", ctx)
 
 
+@permission_required("grading.view_image", raise_exception=True)
 @require_GET
 def image_file(request: HttpRequest, image_id: int) -> FileResponse:
     # Photographs are clinical data: served only to logged-in users, never from a public folder.
@@ -30,9 +31,7 @@ def image_file(request: HttpRequest, image_id: int) -> FileResponse:
         handle = image.file.open("rb")
     except FileNotFoundError:
         raise Http404("The image file is missing from storage.") from None
-    response = FileResponse(
-        handle, content_type="image/jpeg" if image.file.name.endswith(".jpg") else None
-    )
+    response = FileResponse(handle)  # the content type follows the stored .jpg/.png name
     response["Cache-Control"] = "private, max-age=3600"
     return response
 
