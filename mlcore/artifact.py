@@ -79,6 +79,8 @@ class ModelArtifact:
     """A loaded model: the fitted head, the feature configuration it needs, and its metadata."""
 
     path: Path
+    # HeadClassifier, or mlcore.finetune.FinetunedModel for a fine-tuned network ("kind":
+    # "finetuned" in the metadata), which takes images rather than features.
     classifier: HeadClassifier
     feature_config: FeatureConfig
     metadata: dict[str, Any]
@@ -112,12 +114,35 @@ class ModelArtifact:
         return AugmentConfig(**settings), seed
 
     @property
+    def is_finetuned(self) -> bool:
+        return self.metadata.get("kind") == "finetuned"
+
+    @property
     def referable_from(self) -> int:
         return int(self.metadata.get("referable_from", REFERABLE_FROM))
 
     @property
     def feature_dims(self) -> dict[str, int]:
         return {k: int(v) for k, v in self.metadata["feature_dims"].items()}
+
+
+def output_story(
+    *, decoding: str, thresholds: Sequence[float] | np.ndarray | None, temperature: float
+) -> dict[str, Any]:
+    """What a displayed prediction means, for the pages: the probabilities are calibrated by
+    ``temperature``; the grade is their argmax, or (``"ordinal"``) the number of ``thresholds``
+    below the expected grade position ``sum_k k * p_k`` (show that value beside the grade)."""
+    return {
+        "probabilities": "calibrated (temperature scaling)"
+        if temperature != 1.0
+        else "uncalibrated softmax",
+        "temperature": float(temperature),
+        "decoding": decoding,
+        "thresholds": None if thresholds is None else [float(t) for t in thresholds],
+        "grade_rule": "argmax of the probabilities"
+        if decoding != "ordinal"
+        else "thresholds on the expected grade position (sum of position x probability)",
+    }
 
 
 def _feature_dims(backbones: Sequence[str]) -> dict[str, int]:
@@ -187,11 +212,18 @@ def save_artifact(
             if classifier.thresholds_ is None
             else [float(t) for t in classifier.thresholds_],
             "validation_qwk": classifier.validation_qwk_,
+            "temperature": float(getattr(classifier, "temperature_", 1.0)),
+            "calibration": getattr(classifier, "calibration_", None),
             "n_epochs": classifier.n_epochs_,
             "best_epoch": classifier.best_epoch_,
             "fit_seconds": classifier.fit_seconds_,
             "history": classifier.history_,
         },
+        "outputs": output_story(
+            decoding=classifier.decoding_,
+            thresholds=classifier.thresholds_,
+            temperature=float(getattr(classifier, "temperature_", 1.0)),
+        ),
         "augmentation": dict(augmentation) if augmentation else None,
         "library_versions": library_versions(),
         "metrics": dict(metrics or {}),
@@ -296,6 +328,17 @@ def load_artifact(
             f"model was trained on features with preprocessing {meta['preprocessing']!r} but "
             f"{preprocessing!r} is configured"
         )
+    if meta.get("kind") == "finetuned":
+        from mlcore.finetune import load_finetuned
+
+        return ModelArtifact(
+            path=artifact_dir,
+            classifier=load_finetuned(artifact_dir, meta),  # type: ignore[arg-type]
+            feature_config=FeatureConfig(
+                backbones=tuple(meta["backbones"]), preprocessing=meta["preprocessing"]
+            ),
+            metadata=meta,
+        )
     for name in (HEAD_FILE, SCALER_FILE):
         if not (artifact_dir / name).is_file():
             raise ArtifactError(f"{artifact_dir} is not a complete model folder: no {name}")
@@ -323,6 +366,9 @@ def load_artifact(
     thresholds = meta["head"]["thresholds"]
     classifier.thresholds_ = None if thresholds is None else np.asarray(thresholds, np.float64)
     classifier.validation_qwk_ = meta["head"].get("validation_qwk")
+    # Artifacts written before calibration existed have no temperature: 1 leaves them as trained.
+    classifier.temperature_ = float(meta["head"].get("temperature") or 1.0)
+    classifier.calibration_ = meta["head"].get("calibration")
     classifier.history_ = meta["head"].get("history", {})
     classifier.n_epochs_ = meta["head"].get("n_epochs")
     classifier.best_epoch_ = meta["head"].get("best_epoch")

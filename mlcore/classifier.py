@@ -4,8 +4,11 @@ concatenated features -> standardisation (fitted on the training split only) -> 
 -> Dense(n_grades, softmax), adadelta, batch 64, categorical cross-entropy, seed 2017.
 
 Added on top of the recipe: class weights for the imbalanced grades, early stopping on the
-validation loss with the best weights restored, and ordinal decoding (grade = thresholds on the
-expected grade, as the APTOS 2019 leaders did) kept only when it beats argmax on held-out data.
+validation loss with the best weights restored, temperature scaling of the probabilities
+(:mod:`mlcore.calibration`, fitted on the inner validation split; ``predict_proba`` returns the
+calibrated probabilities) and ordinal decoding (grade = thresholds on the expected grade of the
+calibrated probabilities, as the APTOS 2019 leaders did) kept only when it beats argmax on
+held-out data.
 
 The validation data for early stopping and thresholds is carved out of the data given to ``fit``
 (grouped and stratified, variants never on the validation side), so an outer test fold is never
@@ -20,10 +23,21 @@ from typing import Any
 
 import numpy as np
 
-from mlcore.metrics import ICDR_GRADES, quadratic_weighted_kappa
+from mlcore.calibration import (  # noqa: F401  (decoding helpers re-exported for callers)
+    DECODINGS,
+    Decoding,
+    apply_temperature,
+    choose_decoding,
+    decode_ordinal,
+    expected_position,
+    fit_ordinal_thresholds,
+    fit_temperature,
+    logits_from_proba,
+)
+from mlcore.metrics import ICDR_GRADES, expected_calibration_error
 from mlcore.splits import DEFAULT_SEED, grouped_holdout
 
-DECODINGS = ("auto", "argmax", "ordinal")
+CALIBRATIONS = ("temperature", "none")
 
 
 def seed_everything(seed: int) -> None:
@@ -65,42 +79,6 @@ def class_weights(
     return {i: float(w) for i, w in enumerate(weights)}
 
 
-def decode_ordinal(expected: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """Class positions from expected grades: position = number of thresholds below the value."""
-    return np.searchsorted(np.asarray(thresholds), np.asarray(expected), side="right")
-
-
-def expected_position(proba: np.ndarray) -> np.ndarray:
-    """Probability-weighted mean of the class positions 0..k-1."""
-    return proba @ np.arange(proba.shape[1], dtype=np.float64)
-
-
-def _qwk_positions(true: np.ndarray, pred: np.ndarray, k: int) -> float:
-    return quadratic_weighted_kappa(true, pred, classes=tuple(range(k)))
-
-
-def fit_ordinal_thresholds(
-    expected: np.ndarray, y_index: np.ndarray, n_classes: int, *, passes: int = 3
-) -> np.ndarray:
-    """Thresholds maximising QWK by coordinate search (deterministic, ordered, k-1 values)."""
-    thresholds = np.arange(n_classes - 1, dtype=np.float64) + 0.5
-    best = _qwk_positions(y_index, decode_ordinal(expected, thresholds), n_classes)
-    for _ in range(passes):
-        improved = False
-        for i in range(n_classes - 1):
-            low = thresholds[i - 1] if i > 0 else 0.0
-            high = thresholds[i + 1] if i < n_classes - 2 else float(n_classes - 1)
-            for candidate in np.linspace(low, high, 41)[1:-1]:
-                trial = thresholds.copy()
-                trial[i] = candidate
-                score = _qwk_positions(y_index, decode_ordinal(expected, trial), n_classes)
-                if score > best + 1e-12:
-                    best, thresholds, improved = score, trial, True
-        if not improved:
-            break
-    return thresholds
-
-
 class HeadClassifier:
     """Dropout + softmax head over standardised features; grades given as ints on ``classes``.
 
@@ -125,6 +103,7 @@ class HeadClassifier:
         patience: int = 10,
         validation_fraction: float = 0.1,
         decoding: str = "auto",
+        calibration: str = "temperature",
         seed: int = DEFAULT_SEED,
         verbose: int = 0,
     ) -> None:
@@ -139,6 +118,7 @@ class HeadClassifier:
         self.patience = patience
         self.validation_fraction = validation_fraction
         self.decoding = decoding
+        self.calibration = calibration
         self.seed = seed
         self.verbose = verbose
 
@@ -158,6 +138,7 @@ class HeadClassifier:
                 "patience",
                 "validation_fraction",
                 "decoding",
+                "calibration",
                 "seed",
                 "verbose",
             )
@@ -239,6 +220,8 @@ class HeadClassifier:
 
         if self.decoding not in DECODINGS:
             raise ValueError(f"decoding must be one of {DECODINGS}, got {self.decoding!r}")
+        if self.calibration not in CALIBRATIONS:
+            raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {self.calibration!r}")
         if len(set(self.classes)) != len(self.classes) or len(self.classes) < 2:
             raise ValueError(f"classes must be >= 2 distinct grades, got {list(self.classes)}")
         self.classes_ = np.asarray(list(self.classes), dtype=np.int64)
@@ -345,6 +328,22 @@ class HeadClassifier:
         else:
             self.best_epoch_ = self.n_epochs_
 
+        self.temperature_ = 1.0
+        self.calibration_ = None
+        if X_val is not None and y_val.size and self.calibration == "temperature":
+            raw_val = self._raw_proba(X_val)
+            self.temperature_ = fit_temperature(logits_from_proba(raw_val), y_val)
+            self.calibration_ = {
+                "method": "temperature",
+                "temperature": self.temperature_,
+                "n_validation": int(y_val.size),
+                "ece_before": expected_calibration_error(
+                    self.classes_[y_val], raw_val, classes=tuple(self.classes_)
+                ),
+                "ece_after": expected_calibration_error(
+                    self.classes_[y_val], self.predict_proba(X_val), classes=tuple(self.classes_)
+                ),
+            }
         self.thresholds_ = None
         self.decoding_ = "argmax"
         self.validation_qwk_ = None
@@ -358,29 +357,11 @@ class HeadClassifier:
         return self
 
     def _choose_decoding(self, proba_val: np.ndarray, y_val: np.ndarray) -> None:
-        """Ordinal thresholds from held-out predictions; kept in "auto" mode only if they win.
-
-        The comparison is itself cross-validated (thresholds fitted on one half of the validation
-        images, scored on the other, and back), so that the thresholds are not judged on the data
-        they were tuned on.
-        """
-        k = len(self.classes_)
-        expected = expected_position(proba_val)
-        argmax_pred = proba_val.argmax(axis=1)
-        self.thresholds_ = fit_ordinal_thresholds(expected, y_val, k)
-        if self.decoding == "ordinal":
-            self.decoding_ = "ordinal"
-            return
-        rng = np.random.default_rng(self.seed)
-        halves = np.array_split(rng.permutation(y_val.size), 2)
-        ordinal_pred = np.empty_like(y_val)
-        for fit_half, score_half in ((halves[0], halves[1]), (halves[1], halves[0])):
-            thresholds = fit_ordinal_thresholds(expected[fit_half], y_val[fit_half], k)
-            ordinal_pred[score_half] = decode_ordinal(expected[score_half], thresholds)
-        argmax_qwk = _qwk_positions(y_val, argmax_pred, k)
-        ordinal_qwk = _qwk_positions(y_val, ordinal_pred, k)
-        self.validation_qwk_ = {"argmax": argmax_qwk, "ordinal": ordinal_qwk}
-        self.decoding_ = "ordinal" if ordinal_qwk > argmax_qwk else "argmax"
+        """Decoding from calibrated held-out probabilities (:func:`choose_decoding`)."""
+        chosen = choose_decoding(proba_val, y_val, mode=self.decoding, seed=self.seed)
+        self.decoding_ = chosen.method
+        self.thresholds_ = chosen.thresholds
+        self.validation_qwk_ = chosen.validation_qwk
 
     # -- prediction ---------------------------------------------------------------------------
     def _check_fitted(self) -> None:
@@ -390,14 +371,22 @@ class HeadClassifier:
     def _standardise(self, X: np.ndarray) -> np.ndarray:
         return ((X - self.scaler_mean_) / self.scaler_scale_).astype(np.float32)
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """Probabilities (n, n_grades), columns in ``classes_`` order."""
+    def _raw_proba(self, X: np.ndarray) -> np.ndarray:
+        """The network's softmax, before calibration."""
         self._check_fitted()
         X = self._check_features(X)
         if X.shape[0] == 0:
             return np.zeros((0, len(self.classes_)), dtype=np.float64)
         proba = self.model_.predict(self._standardise(X), batch_size=1024, verbose=0)
         return np.asarray(proba, dtype=np.float64)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities (n, n_grades), columns in ``classes_`` order."""
+        raw = self._raw_proba(X)
+        temperature = float(getattr(self, "temperature_", 1.0) or 1.0)
+        if temperature == 1.0 or raw.shape[0] == 0:
+            return raw
+        return apply_temperature(logits_from_proba(raw), temperature)
 
     def decode(self, proba: np.ndarray) -> np.ndarray:
         """Grades from probabilities with the learned decoding."""

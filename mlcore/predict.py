@@ -232,34 +232,49 @@ def predict_features(
     return features, variants, [item.key for item in items], methods, raw
 
 
-def predict_images(
-    model: ModelArtifact | str | Path,
+def _predict_finetuned(
+    artifact: ModelArtifact,
     paths: Sequence[str | Path],
     *,
-    store_dir: str | Path | None = None,
-    weights_dir: str | Path | None = None,
-    weights: str | Path | None = "imagenet",
     progress: Callable[[int, int], None] | None = None,
+    chunk: int = 128,
 ) -> list[Prediction]:
-    """Grade image files (not folders: see :func:`expand_image_paths`) with a model folder or a
-    loaded :class:`~mlcore.artifact.ModelArtifact`. ``weights=None`` (random backbone weights)
-    is for tests only."""
-    artifact = _as_artifact(model)
-    if not paths:
-        return []
-    features, variants, keys, methods, raw = predict_features(
-        artifact,
-        paths,
-        store_dir=store_dir,
-        weights_dir=weights_dir,
-        weights=weights,
-        progress=progress,
-    )
-    from mlcore.training import predict_with_tta
+    """Grade images with a fine-tuned network: the whole network runs on each image (no
+    feature store), in chunks so that memory stays flat on large sets."""
+    from mlcore.extraction import image_items
+    from mlcore.finetune import load_images
 
-    classifier = artifact.classifier
-    proba = predict_with_tta(classifier, features, variants)
-    grades = classifier.decode(proba)
+    model = artifact.classifier
+    paths = [Path(p) for p in paths]
+    methods = [
+        preprocessing_for(artifact, load_rgb(p, min_size=_DOMAIN_CHECK_SIZE), name=str(p))
+        for p in paths
+    ]
+    keys = [item.key for item in image_items(paths)]
+    blocks = []
+    for start in range(0, len(paths), chunk):
+        images = load_images(
+            paths[start : start + chunk],
+            size=model.input_size,
+            preprocessing=methods[start : start + chunk],
+        )
+        blocks.append(model.predict_proba(images))
+        if progress is not None:
+            progress(min(len(paths), start + chunk), len(paths))
+    proba = np.concatenate(blocks)
+    trained_with = artifact.feature_config.preprocessing
+    return _predictions(artifact, paths, proba, keys, methods, [m != trained_with for m in methods])
+
+
+def _predictions(
+    artifact: ModelArtifact,
+    paths: Sequence[Path],
+    proba: np.ndarray,
+    keys: Sequence[str],
+    methods: Sequence[str],
+    raw: Sequence[bool],
+) -> list[Prediction]:
+    grades = artifact.classifier.decode(proba)
     splits_scale = any(g >= artifact.referable_from for g in artifact.classes) and any(
         g < artifact.referable_from for g in artifact.classes
     )
@@ -283,3 +298,34 @@ def predict_images(
         )
         for i, path in enumerate(paths)
     ]
+
+
+def predict_images(
+    model: ModelArtifact | str | Path,
+    paths: Sequence[str | Path],
+    *,
+    store_dir: str | Path | None = None,
+    weights_dir: str | Path | None = None,
+    weights: str | Path | None = "imagenet",
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Prediction]:
+    """Grade image files (not folders: see :func:`expand_image_paths`) with a model folder or a
+    loaded :class:`~mlcore.artifact.ModelArtifact`. ``weights=None`` (random backbone weights)
+    is for tests only."""
+    artifact = _as_artifact(model)
+    if not paths:
+        return []
+    if artifact.is_finetuned:
+        return _predict_finetuned(artifact, paths, progress=progress)
+    features, variants, keys, methods, raw = predict_features(
+        artifact,
+        paths,
+        store_dir=store_dir,
+        weights_dir=weights_dir,
+        weights=weights,
+        progress=progress,
+    )
+    from mlcore.training import predict_with_tta
+
+    proba = predict_with_tta(artifact.classifier, features, variants)
+    return _predictions(artifact, paths, proba, keys, methods, raw)
