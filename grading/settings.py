@@ -248,6 +248,27 @@ FUNDUS_TRAIN_HOLDOUT_PERCENT = env_int("FUNDUS_TRAIN_HOLDOUT_PERCENT", 10, minim
 if FUNDUS_TRAIN_HOLDOUT_PERCENT >= 50:
     raise ImproperlyConfigured("FUNDUS_TRAIN_HOLDOUT_PERCENT must be below 50")
 FUNDUS_AUGMENT_VARIANTS = env_int("FUNDUS_AUGMENT_VARIANTS", 0, minimum=0)
+# Fine-tuning retrains (Retrain -> "Fine-tune backbone"): the backbone, how many of its top
+# EfficientNet-Lite blocks train on cached maps of the frozen rest ("all": the whole network on
+# augmented images, hours on CPU), epochs of the one-cycle schedule, and the peak learning rates
+# tried (several: the inner validation split picks one; each costs a training run).
+FUNDUS_FINETUNE_BACKBONE = env_str("FUNDUS_FINETUNE_BACKBONE", "efficientnet_lite0")
+FUNDUS_FINETUNE_TOP_BLOCKS = env_str("FUNDUS_FINETUNE_TOP_BLOCKS", "4")
+if FUNDUS_FINETUNE_TOP_BLOCKS != "all" and not FUNDUS_FINETUNE_TOP_BLOCKS.isdigit():
+    raise ImproperlyConfigured(
+        f"FUNDUS_FINETUNE_TOP_BLOCKS={FUNDUS_FINETUNE_TOP_BLOCKS!r} must be a number or 'all'"
+    )
+FUNDUS_FINETUNE_EPOCHS = env_int("FUNDUS_FINETUNE_EPOCHS", 8, minimum=1)
+FUNDUS_FINETUNE_BATCH_SIZE = env_int("FUNDUS_FINETUNE_BATCH_SIZE", 32, minimum=1)
+FUNDUS_FINETUNE_LEARNING_RATES = env_list("FUNDUS_FINETUNE_LEARNING_RATES", ["3e-4", "1e-3"])
+try:
+    _rates = [float(rate) for rate in FUNDUS_FINETUNE_LEARNING_RATES]
+except ValueError:
+    raise ImproperlyConfigured(
+        f"FUNDUS_FINETUNE_LEARNING_RATES={FUNDUS_FINETUNE_LEARNING_RATES!r} must be numbers"
+    ) from None
+if not _rates or min(_rates) <= 0:
+    raise ImproperlyConfigured("FUNDUS_FINETUNE_LEARNING_RATES must be positive numbers")
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -54,6 +54,13 @@ def _conv_model(name: str, weights: Any, weights_dir: Path | None) -> Any:
     return build_backbone(name, weights=weights, weights_dir=weights_dir, pooling=None)
 
 
+def _finetuned_conv_model(network: Any) -> Any:
+    """The fine-tuned network up to its last feature maps (the input of its pooling)."""
+    import keras
+
+    return keras.Model(network.input, network.get_layer("ft_pool").input)
+
+
 def class_activation_map(
     model: ModelArtifact | str | Path,
     image_path: str | Path,
@@ -74,14 +81,22 @@ def class_activation_map(
     image = load_rgb(image_path)
     method = preprocessing_for(artifact, image, name=str(image_path))
     weights_folder = Path(weights_dir) if weights_dir is not None else default_weights_dir()
-    kernel, bias = classifier.effective_weights()
+    if artifact.is_finetuned:
+        # A fine-tuned network ends in pooling -> dense too: its own last maps and dense layer.
+        network = classifier.network_
+        kernel, bias = (w.astype(np.float64) for w in network.get_layer("ft_logits").get_weights())
+    else:
+        kernel, bias = classifier.effective_weights()
 
     specs = [get_backbone(name) for name in artifact.feature_config.backbones]
     grid = max(spec.input_size for spec in specs)
     maps_per_backbone, pooled = [], []
     for spec in specs:
         square = preprocess_for(image, method, spec.input_size).astype(np.float32)
-        conv = _conv_model(spec.name, None if weights is None else str(weights), weights_folder)
+        if artifact.is_finetuned:
+            conv = _finetuned_conv_model(network)
+        else:
+            conv = _conv_model(spec.name, None if weights is None else str(weights), weights_folder)
         maps = conv(tf.constant(spec.preprocess(square[None])), training=False).numpy()[0]
         if maps.ndim != 3 or maps.shape[-1] != spec.feature_dim:
             raise ValueError(
@@ -92,6 +107,8 @@ def class_activation_map(
         pooled.append(maps.mean(axis=(0, 1)))
     # Probabilities from the same forward pass, so the map and the grade shown agree.
     logits = np.concatenate(pooled) @ kernel + bias
+    # Calibrated like the model's own predict_proba, so the grade decoded here is the one shown.
+    logits = logits / float(getattr(classifier, "temperature_", 1.0) or 1.0)
     logits -= logits.max()
     proba = np.exp(logits) / np.exp(logits).sum()
     predicted = int(classifier.decode(proba[None])[0])

@@ -102,13 +102,27 @@ def training_data_check(*, images: list[TrainingImage] | None = None) -> Counter
 # Requests from the web process
 
 
+TRAINING_MODES = {
+    "head": "Fast: head on cached features (seconds)",
+    "finetune": "Fine-tune backbone (hours on CPU, minutes on a GPU)",
+}
+
+
 def model_retrain_request(
-    *, user: AbstractBaseUser | None, trigger: str = "manual", activate_if_first: bool = False
+    *,
+    user: AbstractBaseUser | None,
+    trigger: str = "manual",
+    activate_if_first: bool = False,
+    mode: str = "head",
 ) -> tuple[Job, bool]:
-    """Queue a retrain (or return the one already open). Raises ``TrainingDataError`` when the
-    confirmed grades cannot make a model, ``QueueUnavailable`` when Redis is down."""
+    """Queue a retrain (or return the one already open). ``mode``: ``"head"`` (a head on cached
+    frozen features) or ``"finetune"`` (the backbone's top blocks too). Raises
+    ``TrainingDataError`` when the confirmed grades cannot make a model, ``QueueUnavailable``
+    when Redis is down."""
+    if mode not in TRAINING_MODES:
+        raise ValueError(f"unknown training mode {mode!r}; known: {', '.join(TRAINING_MODES)}")
     training_data_check()
-    params: dict[str, Any] = {"trigger": trigger}
+    params: dict[str, Any] = {"trigger": trigger, "mode": mode}
     if activate_if_first:
         params["activate_if_first"] = True
     return job_enqueue(kind=Job.Kind.MODEL_TRAIN, params=params, created_by=user)
@@ -249,6 +263,8 @@ def model_train_job(*, job: Job, progress: Progress) -> dict[str, Any]:
         "model_version": version.name,
         "auto_activated": auto_activated,
         "holdout": version.metrics.get("holdout", {}).get("n"),
+        "mode": version.metrics.get("mode", "head"),
+        "resumed_from_epoch": version.metrics.get("resumed_from_epoch"),
         "message": (
             f"{version.name} trained and activated (first model)"
             if auto_activated
@@ -290,6 +306,89 @@ def training_config_from_settings(
     )
 
 
+def finetune_config_from_settings(*, classes: tuple[int, ...], seed: int = 2017) -> Any:
+    from mlcore.finetune import FinetuneConfig
+
+    blocks = settings.FUNDUS_FINETUNE_TOP_BLOCKS
+    return FinetuneConfig(
+        backbone=settings.FUNDUS_FINETUNE_BACKBONE,
+        top_blocks=None if blocks == "all" else int(blocks),
+        epochs=settings.FUNDUS_FINETUNE_EPOCHS,
+        batch_size=settings.FUNDUS_FINETUNE_BATCH_SIZE,
+        learning_rates=tuple(float(r) for r in settings.FUNDUS_FINETUNE_LEARNING_RATES),
+        classes=classes,
+        seed=seed,
+    )
+
+
+def finetune_checkpoint_dir(*, images: list[TrainingImage], config: Any) -> Path:
+    """Where a fine-tuning run keeps its epoch checkpoints: named after its training data and
+    settings, so that the retry of a killed job (a new job, same data) finds them and resumes,
+    while a retrain on other data or settings starts afresh."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(
+        json.dumps(
+            [config.as_dict(), [(i.sha256, i.grade, i.patient_id) for i in images]],
+            sort_keys=True,
+            default=str,
+        ).encode()
+    ).hexdigest()[:20]
+    return Path(settings.FUNDUS_MODEL_DIR) / "finetune-checkpoints" / digest
+
+
+def _train_finetuned(
+    *,
+    images: list[TrainingImage],
+    out_dir: Path,
+    classes: tuple[int, ...],
+    referable_from: int,
+    preprocessing: str,
+    progress: Progress,
+) -> dict[str, Any]:
+    """Fine-tune (``mlcore.finetune``) into ``out_dir``; the version's fields, as
+    ``model_train`` writes them for a head."""
+    from grading.services.features import weights_dir
+    from mlcore.finetune import train_finetuned_model
+
+    config = finetune_config_from_settings(classes=classes)
+    checkpoints = finetune_checkpoint_dir(images=images, config=config)
+    result = train_finetuned_model(
+        [image.path for image in images],
+        [image.grade for image in images],
+        out_dir=out_dir,
+        groups=[f"patient:{image.patient_id}" for image in images],
+        config=config,
+        holdout_fraction=settings.FUNDUS_TRAIN_HOLDOUT_PERCENT / 100,
+        preprocessing=preprocessing,
+        referable_from=referable_from,
+        checkpoint_dir=checkpoints,
+        weights_dir=weights_dir(),
+        progress=progress,
+    )
+    sha_by_path = {str(image.path): image.sha256 for image in images}
+    fit = result.fit
+    return {
+        "result": result,
+        "holdout_sha256": [sha_by_path[str(path)] for path in result.test_paths],
+        "metrics": {
+            "holdout": result.metrics or {},
+            "n_train": result.n_train,
+            "n_holdout": result.n_test,
+            "mode": "finetune",
+            "backbone": config.backbone,
+            "top_blocks": config.top_blocks,
+            "learning_rate": fit.chosen.learning_rate,
+            "epochs": fit.chosen.best_epoch,
+            "decoding": fit.model.decoding_,
+            "temperature": round(fit.model.temperature_, 4),
+            "resumed_from_epoch": fit.chosen.resumed_from_epoch,
+            "fit_seconds": round(fit.train_seconds, 1),
+        },
+    }
+
+
 def model_train(*, job: Job, progress: Progress) -> ModelVersion:
     """Train a new candidate version from the confirmed grades and predict every image with it.
 
@@ -300,14 +399,18 @@ def model_train(*, job: Job, progress: Progress) -> ModelVersion:
     ``failed`` and the active version is never touched.
     """
     from grading.services.features import feature_store_dir, weights_dir
-    from grading.services.predictions import images_predict
     from mlcore.artifact import read_metadata
     from mlcore.training import train_model
 
     images = training_images()
     training_data_check(images=images)
     classes, referable_from = scale_classes()
+    mode = job.params.get("mode", "head")
     feature_config = feature_config_for_training()
+    if mode == "finetune":
+        from dataclasses import replace
+
+        feature_config = replace(feature_config, backbones=(settings.FUNDUS_FINETUNE_BACKBONE,))
     training_config = training_config_from_settings(classes=classes, referable_from=referable_from)
     with transaction.atomic():
         version = ModelVersion(
@@ -326,6 +429,24 @@ def model_train(*, job: Job, progress: Progress) -> ModelVersion:
         Job.objects.filter(pk=job.pk).update(model_version=version)
     out_dir = _model_dir(version.name)
     try:
+        if mode == "finetune":
+            progress(1, f"Fine-tuning {version.name} on {len(images)} confirmed images")
+            trained = _train_finetuned(
+                images=images,
+                out_dir=out_dir,
+                classes=classes,
+                referable_from=referable_from,
+                preprocessing=feature_config.preprocessing,
+                progress=progress_span(progress, 1, 80),
+            )
+            metadata = read_metadata(out_dir)
+            ModelVersion.objects.filter(pk=version.pk).update(
+                artifact_path=str(out_dir),
+                train_counts={str(k): int(v) for k, v in metadata["training_counts"].items()},
+                holdout_sha256=trained["holdout_sha256"],
+                metrics=trained["metrics"],
+            )
+            return _model_predict_all(version=version, progress=progress)
         progress(1, f"Training {version.name} on {len(images)} confirmed images")
         result = train_model(
             [image.path for image in images],
@@ -354,23 +475,30 @@ def model_train(*, job: Job, progress: Progress) -> ModelVersion:
                 "fit_seconds": round(result.fit_seconds, 1),
             },
         )
-        version.refresh_from_db()
-        everything = list(Image.objects.order_by("id"))
-        progress(80, f"Predicting {len(everything)} images with {version.name}")
-        images_predict(
-            images=everything,
-            model_version=version,
-            progress=progress_span(progress, 80, 99),
-            cams=False,
-        )
-        ModelVersion.objects.filter(pk=version.pk, state=ModelVersion.State.TRAINING).update(
-            state=ModelVersion.State.CANDIDATE
-        )
+        return _model_predict_all(version=version, progress=progress)
     except BaseException:
         ModelVersion.objects.filter(pk=version.pk, state=ModelVersion.State.TRAINING).update(
             state=ModelVersion.State.FAILED
         )
         raise
+
+
+def _model_predict_all(*, version: ModelVersion, progress: Progress) -> ModelVersion:
+    """Predict every image with the freshly trained version, then make it a candidate."""
+    from grading.services.predictions import images_predict
+
+    version.refresh_from_db()
+    everything = list(Image.objects.order_by("id"))
+    progress(80, f"Predicting {len(everything)} images with {version.name}")
+    images_predict(
+        images=everything,
+        model_version=version,
+        progress=progress_span(progress, 80, 99),
+        cams=False,
+    )
+    ModelVersion.objects.filter(pk=version.pk, state=ModelVersion.State.TRAINING).update(
+        state=ModelVersion.State.CANDIDATE
+    )
     version.refresh_from_db()
     return version
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
@@ -203,11 +204,22 @@ def model_rollback(request: HttpRequest) -> HttpResponse:
     return redirect("model_versions")
 
 
+class RetrainForm(forms.Form):
+    mode = forms.ChoiceField(
+        choices=list(version_services.TRAINING_MODES.items()), required=False, initial="head"
+    )
+
+
 @require_POST
 @permission_required("grading.retrain_model", raise_exception=True)
 def model_retrain(request: HttpRequest) -> HttpResponse:
+    form = RetrainForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Retraining was not started: unknown training mode.")
+        return _back(request, reverse("model_versions"))
+    mode = form.cleaned_data["mode"] or "head"
     try:
-        job, created = version_services.model_retrain_request(user=request.user)
+        job, created = version_services.model_retrain_request(user=request.user, mode=mode)
     except job_services.QueueUnavailable as error:
         messages.error(request, f"Retraining was not started. {error}")
         return _back(request, reverse("model_versions"))
@@ -215,9 +227,10 @@ def model_retrain(request: HttpRequest) -> HttpResponse:
         messages.error(request, str(error))
         return _back(request, reverse("model_versions"))
     if created:
+        what = "Fine-tuning" if mode == "finetune" else "Retraining"
         messages.success(
             request,
-            f"Retraining queued (job #{job.pk}). The new version will be a candidate: "
+            f"{what} queued (job #{job.pk}). The new version will be a candidate: "
             "compare it with the active one, then activate it.",
         )
     else:

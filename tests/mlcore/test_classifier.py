@@ -92,8 +92,12 @@ def test_early_stopping_restores_the_best_epoch():
     assert classifier.n_epochs_ < 200
     assert classifier.best_epoch_ == classifier.n_epochs_ - 5
     validation = X[classifier.validation_rows_]
-    loss = _log_loss(classifier.predict_proba(validation), y[classifier.validation_rows_])
+    # The restored network's own softmax has the best epoch's loss...
+    loss = _log_loss(classifier._raw_proba(validation), y[classifier.validation_rows_])
     assert loss == pytest.approx(min(classifier.history_["val_loss"]), rel=1e-3)
+    # ...and the temperature fitted on the same split can only lower it.
+    calibrated = _log_loss(classifier.predict_proba(validation), y[classifier.validation_rows_])
+    assert calibrated <= loss + 1e-9
 
 
 def _log_loss(proba: np.ndarray, y: np.ndarray) -> float:
