@@ -114,6 +114,29 @@ class ModelRegistryPageTests(BrokerMixin, BaseTestCase):
         self.assertContains(second, "no second one was started")
         self.assertEqual(Job.objects.filter(kind=Job.Kind.MODEL_TRAIN).count(), 1)
 
+    def test_the_retrain_button_offers_the_fast_and_the_fine_tuning_mode(self):
+        response = self.client.get(reverse("model_versions"))
+        self.assertContains(response, "Fast: head on cached features (seconds)")
+        self.assertContains(response, "Fine-tune backbone (hours on CPU, minutes on a GPU)")
+        self.assertContains(response, 'name="mode" value="head" checked')
+
+    def test_fine_tuning_is_queued_as_a_retrain_job_in_finetune_mode(self):
+        for index in range(12):
+            image_make(confirmed_grade=(0, 2)[index % 2])
+        response = self.client.post(reverse("model_retrain"), {"mode": "finetune"}, follow=True)
+        self.assertContains(response, "Fine-tuning queued")
+        job = Job.objects.get(kind=Job.Kind.MODEL_TRAIN)
+        self.assertEqual(job.params["mode"], "finetune")
+
+    def test_retrain_defaults_to_the_fast_mode_and_refuses_an_unknown_one(self):
+        for index in range(12):
+            image_make(confirmed_grade=(0, 2)[index % 2])
+        response = self.client.post(reverse("model_retrain"), {"mode": "gpu-magic"}, follow=True)
+        self.assertContains(response, "unknown training mode")
+        self.assertFalse(Job.objects.exists())
+        self.client.post(reverse("model_retrain"))
+        self.assertEqual(Job.objects.get(kind=Job.Kind.MODEL_TRAIN).params["mode"], "head")
+
     def test_retrain_without_enough_confirmed_grades_explains_why(self):
         response = self.client.post(reverse("model_retrain"), follow=True)
         self.assertContains(response, "Not enough confirmed grades to train a model")
