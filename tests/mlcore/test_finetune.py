@@ -99,6 +99,21 @@ def test_it_fine_tunes_and_predicts_through_the_cli(workspace):
         assert sum(proba) == pytest.approx(1.0, abs=1e-4)
         assert int(row["grade"]) in range(5)
 
+    # The activation map of a fine-tuned network comes from its own last maps and dense layer,
+    # with the same calibrated probabilities as the prediction.
+    image = root / "images" / "g2_000.png"
+    status = main(["cam", str(out), str(image), "--out", str(root / "cam.png"), *common[:2]])
+    assert status == 0
+    assert (root / "cam.png").stat().st_size > 0
+    from mlcore.cam import class_activation_map
+
+    cam = class_activation_map(out, image, weights_dir=root / "weights")
+    predicted = next(r for r in rows if r["path"].endswith("g2_000.png"))
+    assert cam.predicted_grade == int(predicted["grade"])
+    assert cam.probabilities == pytest.approx(
+        [float(predicted[f"p_grade_{g}"]) for g in range(5)], abs=1e-4
+    )
+
 
 def test_it_rejects_a_bad_top_blocks_value(workspace, capsys):
     root, _items = workspace
