@@ -169,7 +169,8 @@ def test_decoding_modes(fitted):
 def test_folded_weights_reproduce_the_probabilities(fitted):
     classifier, X, _ = fitted
     kernel, bias = classifier.effective_weights()
-    logits = X.astype(np.float64) @ kernel + bias
+    # predict_proba is calibrated: softmax(logits / T), T fitted on the validation split.
+    logits = (X.astype(np.float64) @ kernel + bias) / classifier.temperature_
     proba = np.exp(logits - logits.max(axis=1, keepdims=True))
     proba /= proba.sum(axis=1, keepdims=True)
     assert np.allclose(proba, classifier.predict_proba(X), atol=1e-4)
