@@ -128,7 +128,9 @@ class RetrainRequestTests(BrokerMixin, BaseTestCase):
         with self.captureOnCommitCallbacks(execute=True):
             job, created = services.model_retrain_request(user=self.adam)
         self.assertTrue(created)
-        self.assertEqual((job.kind, job.params), (Job.Kind.MODEL_TRAIN, {"trigger": "manual"}))
+        self.assertEqual(
+            (job.kind, job.params), (Job.Kind.MODEL_TRAIN, {"trigger": "manual", "mode": "head"})
+        )
 
     def test_automatic_retraining_waits_for_enough_new_confirmed_grades(self):
         self._confirmed(12)
