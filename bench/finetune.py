@@ -207,6 +207,11 @@ def main() -> int:
     parser.add_argument("--speed-steps", type=int, default=3)
     parser.add_argument("--limit", type=int, help="first N images only (smoke runs)")
     parser.add_argument(
+        "--skip-speed",
+        action="store_true",
+        help="keep the speeds already in --out (a resumed accuracy run)",
+    )
+    parser.add_argument(
         "--speed-only",
         action="store_true",
         help="only measure the speeds, into the 'speed' entry of an existing --out file",
@@ -243,7 +248,7 @@ def main() -> int:
     }
 
     log("speed: forward bound, whole-network training, cached route")
-    sample = load_images(paths[:64], size=224)
+    sample = None if args.skip_speed else load_images(paths[:64], size=224)
     if args.speed_only:
         previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
         load_before = round(os.getloadavg()[0], 2)
@@ -254,9 +259,12 @@ def main() -> int:
         write(args.out, previous)
         print(json.dumps(speed, indent=2))
         return 0
-    load_before = round(os.getloadavg()[0], 2)
-    results["speed"] = measure_speed(config, sample, train_steps=args.speed_steps)
-    results["speed"]["load_average_before"] = load_before
+    if args.skip_speed and args.out.is_file():
+        results["speed"] = json.loads(args.out.read_text()).get("speed", {})
+    else:
+        load_before = round(os.getloadavg()[0], 2)
+        results["speed"] = measure_speed(config, sample, train_steps=args.speed_steps)
+        results["speed"]["load_average_before"] = load_before
     write(args.out, results)
 
     log("head-only baseline features (Lite0 + MobileNetV2, frozen)")
