@@ -145,10 +145,10 @@ def _finetune_config(args: argparse.Namespace):
         return FinetuneConfig(
             backbone=args.backbone,
             top_blocks=top_blocks,
-            epochs=args.epochs or 10,
+            epochs=args.epochs or 8,
             learning_rates=rates,
             batch_size=args.batch_size,
-            variants=args.variants if args.variants else 2,
+            variants=args.variants if args.variants else 1,
             seed=args.seed,
             mixed_precision=args.mixed_precision,
         )
@@ -365,9 +365,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     finetune.add_argument(
         "--learning-rates",
-        default="5e-4",
+        default="3e-4,1e-3",
         help="peak one-cycle learning rates, comma separated; with several, an inner "
-        "validation split picks one (default 5e-4)",
+        "validation split picks one (default 3e-4,1e-3)",
     )
     finetune.add_argument("--batch-size", type=int, default=32)
     finetune.add_argument(

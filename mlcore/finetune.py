@@ -83,15 +83,15 @@ class FinetuneConfig:
     backbone: str = "efficientnet_lite0"
     top_blocks: int | None = 4
     cut_layer: str | None = None
-    epochs: int = 10
-    learning_rates: tuple[float, ...] = (5e-4,)
+    epochs: int = 8
+    learning_rates: tuple[float, ...] = (3e-4, 1e-3)
     batch_size: int = 32
     weight_decay: float = 1e-4
     dropout: float = 0.3
     warmup_fraction: float = 0.3
     class_weight: str | None = "sqrt"
     validation_fraction: float = 0.15
-    variants: int = 2
+    variants: int = 1
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     map_flips: bool = True
     decoding: str = "auto"
