@@ -17,6 +17,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from grading import keyboard
 from grading.models import Grade, GradeLevel, Image, Patient, WorkbenchSettings
 from grading.selectors import patients as patient_selectors
 from grading.selectors import worklist as worklist_selectors
@@ -298,6 +299,9 @@ def _grade_page(
         "context": patient_selectors.patient_context_for(image=image),
         "previous_id": _history_previous(request, image.pk),
         **_viewer_ctx(image, model_view),
+        **keyboard.keyboard_ctx(
+            page=keyboard.GRADE_PAGE, grade_values=[level.value for level in levels]
+        ),
     }
     return render(request, "grading/grading/grade.html", ctx, status=status)
 
@@ -405,6 +409,9 @@ def adjudicate(request: HttpRequest, image_id: int) -> HttpResponse:
             g.grader_id == request.user.pk and g.kind == Grade.Kind.GRADER for g in grades
         ),
         **_viewer_ctx(image, model_view),
+        **keyboard.keyboard_ctx(
+            page=keyboard.ADJUDICATE_PAGE, grade_values=[level.value for level in levels]
+        ),
     }
     return render(request, "grading/grading/adjudicate.html", ctx, status=status)
 
