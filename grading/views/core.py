@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.contrib.auth.decorators import login_not_required, permission_required
+from django.contrib.auth.decorators import login_not_required
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import path
@@ -11,6 +11,7 @@ from django.views.decorators.http import require_GET
 from grading.models import Image
 from grading.selectors import home as home_selectors
 from grading.selectors import images as image_selectors
+from grading.views.access import permission_required
 
 
 @require_GET

@@ -7,7 +7,6 @@ import secrets
 
 from django import forms
 from django.contrib import messages
-from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.core.validators import RegexValidator
@@ -28,6 +27,7 @@ from grading.services import grades as grade_services
 from grading.services import renderings
 from grading.services.uploads import ZIP_MAX_MEMBERS, UploadVisit, upload_files_process
 from grading.services.workbench import EDITABLE_FIELDS, workbench_settings_update
+from grading.views.access import permission_required
 
 GRADE_PERMISSION = "grading.grade_image"
 ADJUDICATE_PERMISSION = "grading.adjudicate_image"

@@ -8,7 +8,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from django import forms
-from django.contrib.auth.decorators import permission_required
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
@@ -24,6 +23,7 @@ from grading.selectors import exports as export_selectors
 from grading.selectors import review as review_selectors
 from grading.selectors.review import REVIEW_DEFAULT_SORT, REVIEW_SORTS, ReviewFilters, Scale
 from grading.selectors.timeline import image_timeline
+from grading.views.access import permission_required
 
 REVIEW_PAGE_SIZE = 50
 
