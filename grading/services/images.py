@@ -168,6 +168,12 @@ def image_create(
         if wrote_file:
             default_storage.delete(name)
         raise
+    if confirmed_grade is None:
+        # It is going to be graded: render the viewer's views now, in the background, rather
+        # than make the clinician wait seconds for each on a raw camera photograph.
+        from grading.services.renderings import image_views_render_enqueue
+
+        image_views_render_enqueue(image_id=image.pk)
     return image
 
 

@@ -85,3 +85,29 @@ class GradingKeysBrowserTests(MigrationDataKeptMixin, BrowserTestCase):
                 not d.execute_script("return document.querySelector('[data-cam-toggle]').checked")
             )
         )
+
+    def test_a_view_still_loading_is_shown_as_loading(self):
+        self.open_grade_page()
+        self.wait_for(
+            lambda d: d.execute_script("return document.querySelector('[data-image]').complete")
+        )
+        # Slow the network down so the view takes a second to arrive, whatever the machine.
+        self.driver.execute_cdp_cmd("Network.enable", {})
+        self.driver.execute_cdp_cmd(
+            "Network.emulateNetworkConditions",
+            {"offline": False, "latency": 1500, "downloadThroughput": -1, "uploadThroughput": -1},
+        )
+        self.addCleanup(
+            self.driver.execute_cdp_cmd,
+            "Network.emulateNetworkConditions",
+            {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1},
+        )
+        self.driver.find_element(By.CSS_SELECTOR, "[data-view-mode=ben_graham]").click()
+        stage = self.driver.find_element(By.CSS_SELECTOR, "[data-stage]")
+        self.wait_for(lambda d: "loading" in stage.get_attribute("class"), timeout=3)
+        status = self.driver.find_element(By.CSS_SELECTOR, "[data-viewer-status]")
+        self.assertEqual(status.text, "Loading the Ben Graham view…")
+        self.assertEqual(stage.get_attribute("aria-busy"), "true")
+        self.screenshot("grading-view-loading")
+        self.wait_for(lambda d: "loading" not in stage.get_attribute("class"), timeout=15)
+        self.assertFalse(status.is_displayed())
