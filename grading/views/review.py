@@ -108,9 +108,12 @@ class ReviewFilterForm(DateRangeCheckMixin, forms.Form):
         versions = review_selectors.model_versions_with_predictions()
         self.fields["version"].queryset = versions
         default = review_selectors.model_version_default()
-        self.fields["version"].empty_label = (
-            f"{default.name} (default)" if default else "No model version yet"
-        )
+        # No "(default)" entry beside the same version's own entry: the default version is
+        # simply the one selected when the request names none.
+        self.fields["version"].empty_label = None if default else "No model version yet"
+        if default is not None and self.is_bound and not self.data.get("version"):
+            self.data = self.data.copy()
+            self.data["version"] = str(default.pk)
         self.fields["version"].label_from_instance = lambda version: (
             f"{version.name} ({version.get_state_display().lower()})"
         )
