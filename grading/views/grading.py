@@ -582,6 +582,38 @@ class WorkbenchSettingsForm(forms.ModelForm):
             "auto_retrain_after": "Retrain automatically after this many new confirmed grades (0: off)",
         }
 
+    # Declared fields ignore Meta.help_texts: every field gets its help here.
+    setting_help = {
+        "grades_required": (
+            "With two, two clinicians grade each image without seeing each other's grade: "
+            "agreement confirms it, disagreement sends it to a reviewer's adjudication queue. "
+            "Going back to one settles the pending images that already have a grade."
+        ),
+        "blind_first_grader": (
+            "The first clinician to grade an image sees neither the model's grade nor its "
+            "activation map until their own grade is saved, so the model cannot anchor it. "
+            "Second graders and reviewers see the model."
+        ),
+        "queue_order": (
+            "The order of the worklist and of Next image. Most uncertain first serves the "
+            "images the active model is least sure about (its grades then teach it the "
+            "most); each clinician can choose another order for themselves on the worklist."
+        ),
+        "claim_minutes": (
+            "Opening an image reserves it for that clinician this long (1-240 minutes), so "
+            "two clinicians are not served the same image when only one grade is missing."
+        ),
+        "auto_retrain_after": (
+            "Counted since the last model was trained. An automatic retrain makes a "
+            "candidate version; an admin still compares and activates it."
+        ),
+    }
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name, text in self.setting_help.items():
+            self.fields[name].help_text = text
+
 
 @require_http_methods(["GET", "POST"])
 @permission_required(SETTINGS_PERMISSION, raise_exception=True)
