@@ -73,6 +73,15 @@ class ReviewLayoutBrowserTests(MigrationDataKeptMixin, BrowserTestCase):
             text, width, room = self.driver.execute_script(SELECT_TEXT_FITS, select)
             self.assertLessEqual(width, room, f"{select.get_attribute('id')}: {text!r} is cut off")
 
+        self.wait_for(
+            lambda d: d.execute_script(
+                "const img = document.querySelector('figure.confusion img');"
+                "return img && img.complete && img.naturalWidth > 0;"
+            )
+        )
+        self.driver.execute_script("window.scrollTo(0, 0)")
+        self.screenshot("review-page")
+
         self.driver.execute_cdp_cmd("Network.enable", {})
         self.driver.execute_cdp_cmd(
             "Network.emulateNetworkConditions",
@@ -89,5 +98,3 @@ class ReviewLayoutBrowserTests(MigrationDataKeptMixin, BrowserTestCase):
         self.assertIn("Updating", indicator.text)
         self.screenshot("review-loading")
         self.wait_for(lambda d: not indicator.is_displayed(), timeout=20)
-        self.driver.execute_script("window.scrollTo(0, 0)")
-        self.screenshot("review-page")
