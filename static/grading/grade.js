@@ -98,6 +98,13 @@
       return true;
     },
     toggle(key, binding) { return toggle(binding.target); },
+    click(key, binding) {
+      const element = document.querySelector(binding.target);
+      if (!element || element.disabled) return false;
+      if (form && form.contains(element)) openCorrection();
+      element.click();
+      return true;
+    },
     save(key, binding, target) {
       if (enterActsNatively(target)) return false;
       if (!form) { goNext(); return true; }
