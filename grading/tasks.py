@@ -127,6 +127,11 @@ def model_train(self: JobTask, job_id: int) -> dict[str, Any]:
     return self.run_job(job_id, model_versions.model_train_job)
 
 
+@shared_task(bind=True, base=JobTask, name="grading.tasks.model_evaluate")
+def model_evaluate(self: JobTask, job_id: int) -> dict[str, Any]:
+    return self.run_job(job_id, model_versions.model_evaluate_job)
+
+
 @shared_task(bind=True, base=JobTask, name="grading.tasks.predictions_refresh")
 def predictions_refresh(self: JobTask, job_id: int) -> dict[str, Any]:
     return self.run_job(job_id, predictions.predictions_refresh_job)
@@ -156,6 +161,7 @@ __all__ = [
     "images_augment",
     "images_predict",
     "jobs_housekeeping",
+    "model_evaluate",
     "model_train",
     "predictions_refresh",
 ]

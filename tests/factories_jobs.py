@@ -116,7 +116,8 @@ class TrainingMixin:
             FUNDUS_WEIGHTS_DIR=WEIGHTS_DIR,
             FUNDUS_BACKBONES=["mobilenet_v2"],
             FUNDUS_TRAIN_EPOCHS=cls.train_epochs,
-            FUNDUS_TRAIN_HOLDOUT_PERCENT=20,
+            FUNDUS_CV_FOLDS=3,
+            FUNDUS_BOOTSTRAP_RESAMPLES=200,
         )
         cls._settings.enable()
         super().setUpClass()

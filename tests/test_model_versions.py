@@ -155,9 +155,16 @@ class TrainingConfigTests(BaseTestCase):
         self.assertTrue(config.tta)
 
     def test_no_copies_means_plain_prediction(self):
-        with self.settings(FUNDUS_AUGMENT_VARIANTS=0, FUNDUS_TRAIN_HOLDOUT_PERCENT=20):
+        with self.settings(FUNDUS_AUGMENT_VARIANTS=0):
             config = services.training_config_from_settings(
                 classes=(0, 1, 2, 3, 4), referable_from=2
             )
         self.assertFalse(config.tta)
-        self.assertAlmostEqual(config.holdout_fraction, 0.2)
+
+    def test_the_released_model_trains_on_every_image_and_cross_validation_scores_it(self):
+        with self.settings(FUNDUS_CV_FOLDS=4):
+            config = services.training_config_from_settings(
+                classes=(0, 1, 2, 3, 4), referable_from=2
+            )
+        self.assertEqual(config.holdout_fraction, 0.0)
+        self.assertEqual(config.n_splits, 4)

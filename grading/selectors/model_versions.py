@@ -11,6 +11,10 @@ from grading.models import GradeLevel, Image, Job, ModelVersion, Prediction
 
 # Plot files a training run writes into the version's folder, in the order the page shows them.
 PLOT_FILES = ("confusion.png", "curves.png")
+# Every image a version was trained on (sha256, grade, patient_id), a CSV in the version's folder.
+TRAINING_SET_FILE = "training_set.csv"
+# Out-of-fold predictions of the version's cross-validation (numpy ``.npz``), in its folder.
+OOF_FILE = "cv_predictions.npz"
 
 
 def model_version_active() -> ModelVersion | None:
@@ -30,6 +34,37 @@ def model_version_rollback_target() -> ModelVersion | None:
         .order_by("-activated_at", "-id")
         .first()
     )
+
+
+@dataclass(frozen=True)
+class TrainingRow:
+    sha256: str
+    grade: int
+    patient_id: str
+
+
+def model_version_training_set(*, version: ModelVersion) -> list[TrainingRow]:
+    """The images ``version`` was trained on, with the grade it learnt; empty when it recorded
+    none (versions made before this was recorded: the 0004 migration flagged their predictions
+    from their hold-out list)."""
+    import csv
+    from pathlib import Path
+
+    if not version.artifact_path:
+        return []
+    path = Path(version.artifact_path) / TRAINING_SET_FILE
+    if not path.is_file():
+        return []
+    with path.open(newline="") as file:
+        return [
+            TrainingRow(sha256=row["sha256"], grade=int(row["grade"]), patient_id=row["patient_id"])
+            for row in csv.DictReader(file)
+        ]
+
+
+def model_version_training_sha256(*, version: ModelVersion) -> frozenset[str]:
+    """The sha256 of the images ``version`` was trained on (see ``model_version_training_set``)."""
+    return frozenset(row.sha256 for row in model_version_training_set(version=version))
 
 
 def model_version_ever_activated() -> bool:
