@@ -92,6 +92,7 @@ class RetrainEvaluationTests(TrainingMixin, BrokerMixin, TransactionTestCase):
         self.assertLessEqual(low, cv["pooled"]["qwk"] + 1e-9)
         self.assertGreaterEqual(high, cv["pooled"]["qwk"] - 1e-9)
         self.assertIsNotNone(version.metrics["ece"])
+        self.assertTrue((Path(version.artifact_path) / "confusion.png").is_file())
         oof = np.load(Path(version.artifact_path) / OOF_FILE)
         self.assertEqual(set(oof["sha256"].tolist()), {image.sha256 for image in images})
         self.assertEqual(oof["probabilities"].shape, (len(images), 5))

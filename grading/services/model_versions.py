@@ -353,6 +353,7 @@ def model_train(*, job: Job, progress: Progress) -> ModelVersion:
                 "evaluation": EVALUATION_PENDING,
                 "augmented_copies": result.n_variants,
                 "decoding": metadata["head"].get("decoding"),
+                "thresholds": metadata["head"].get("thresholds"),
                 "temperature": metadata["head"].get("temperature"),
                 "epochs": metadata["head"].get("n_epochs"),
                 "extraction_seconds": round(result.extraction_seconds, 1),
@@ -519,6 +520,15 @@ def model_evaluate(*, version: ModelVersion, progress: Progress) -> dict[str, An
             grade=y,
             predicted=cv.oof_pred,
             probabilities=cv.oof_proba,
+        )
+        from mlcore.reports import plot_confusion
+
+        plot_confusion(
+            cv.pooled["confusion"],
+            Path(version.artifact_path) / "confusion.png",
+            classes=classes,
+            labels={level.value: level.name for level in GradeLevel.objects.all()},
+            title=f"{training_config.n_splits}-fold CV, out-of-fold ({y.size} images)",
         )
         figures = {
             "n": int(y.size),
