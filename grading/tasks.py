@@ -151,6 +151,10 @@ def jobs_housekeeping() -> dict[str, Any]:
         auto_job = model_versions.model_auto_retrain_check()
     except job_services.QueueUnavailable:
         logger.warning("Automatic retraining is due but the queue is unavailable")
+    try:
+        model_versions.model_evaluation_catch_up()
+    except job_services.QueueUnavailable:
+        logger.warning("A version waits for its cross-validation but the queue is unavailable")
     return {"stale_marked": marked, "auto_retrain_job": auto_job.pk if auto_job else None}
 
 

@@ -168,3 +168,16 @@ class TrainingConfigTests(BaseTestCase):
             )
         self.assertEqual(config.holdout_fraction, 0.0)
         self.assertEqual(config.n_splits, 4)
+
+
+class EvaluationCatchUpTests(BrokerMixin, BaseTestCase):
+    def setUp(self):
+        redis_flush()
+
+    def test_a_version_still_waiting_for_its_figures_gets_an_evaluation_job(self):
+        self.assertIsNone(services.model_evaluation_catch_up())
+        waiting = model_version_make("v1", metrics={"evaluation": "pending"})
+        model_version_make("v0", state=ModelVersion.State.FAILED, metrics={"evaluation": "pending"})
+        job = services.model_evaluation_catch_up()
+        self.assertEqual((job.kind, job.model_version), (Job.Kind.MODEL_EVALUATE, waiting))
+        self.assertIsNone(services.model_evaluation_catch_up(), "one open evaluation at a time")

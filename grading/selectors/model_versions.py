@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,19 +48,28 @@ def model_version_training_set(*, version: ModelVersion) -> list[TrainingRow]:
     """The images ``version`` was trained on, with the grade it learnt; empty when it recorded
     none (versions made before this was recorded: the 0004 migration flagged their predictions
     from their hold-out list)."""
-    import csv
     from pathlib import Path
 
     if not version.artifact_path:
         return []
     path = Path(version.artifact_path) / TRAINING_SET_FILE
-    if not path.is_file():
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
         return []
-    with path.open(newline="") as file:
-        return [
+    return list(_training_set_read(str(path), stamp))
+
+
+@functools.lru_cache(maxsize=4)
+def _training_set_read(path: str, stamp: int) -> tuple[TrainingRow, ...]:
+    """Parsed once per file version: prediction writes ask for it once per batch."""
+    import csv
+
+    with open(path, newline="") as file:
+        return tuple(
             TrainingRow(sha256=row["sha256"], grade=int(row["grade"]), patient_id=row["patient_id"])
             for row in csv.DictReader(file)
-        ]
+        )
 
 
 def model_version_training_sha256(*, version: ModelVersion) -> frozenset[str]:

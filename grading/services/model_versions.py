@@ -427,6 +427,25 @@ def model_versions_awaiting_evaluation() -> list[ModelVersion]:
     )
 
 
+def model_evaluation_catch_up() -> Job | None:
+    """Queue a cross-validation when a version still waits for its figures and no evaluation is
+    open (e.g. its request met an evaluation that had just finished its last check, or Redis was
+    down). Run by the periodic housekeeping task."""
+    if not model_versions_awaiting_evaluation():
+        return None
+    if Job.objects.filter(
+        kind=Job.Kind.MODEL_EVALUATE, state__in=[Job.State.QUEUED, Job.State.RUNNING]
+    ).exists():
+        return None
+    version = model_versions_awaiting_evaluation()[0]
+    job, created = job_enqueue(
+        kind=Job.Kind.MODEL_EVALUATE,
+        params={"model_version_id": version.pk},
+        model_version=version,
+    )
+    return job if created else None
+
+
 def model_evaluate_job(*, job: Job, progress: Progress) -> dict[str, Any]:
     """The `model_evaluate` task: cross-validate the version it names, then any other version
     still waiting for its figures (only one evaluation job is open at a time)."""
