@@ -125,6 +125,20 @@ class TrainingMixin:
             cls._worker = thread_worker()
             cls._worker.__enter__()
 
+    def tearDown(self):
+        # A retrain queues its version's cross-validation: let the embedded worker finish what
+        # is open before the test database is flushed under it.
+        if self.embedded_worker:
+            wait_until(
+                lambda: not Job.objects.filter(
+                    state__in=(Job.State.QUEUED, Job.State.RUNNING),
+                    kind__in=(Job.Kind.MODEL_EVALUATE, Job.Kind.MODEL_TRAIN),
+                ).exists(),
+                timeout=300,
+                what="open training and evaluation jobs",
+            )
+        super().tearDown()
+
     @classmethod
     def tearDownClass(cls):
         if cls.embedded_worker:
