@@ -58,7 +58,7 @@ class TrainingImagesLeftOutTests(BaseTestCase):
         self.assertAlmostEqual(report["accuracy"], 0.8)
         self.assertContains(response, "Optimistic")
         self.assertContains(response, 'data-count="training-included">6</strong>', html=False)
-        self.assertContains(response, "Include images the version trained on (optimistic)")
+        self.assertContains(response, "Include training images (optimistic)")
 
     def test_the_qwk_trend_leaves_training_images_out_unless_asked(self):
         default = review_selectors.ReviewFilters(model_version=self.version)

@@ -103,7 +103,7 @@ class ReviewFilterForm(DateRangeCheckMixin, forms.Form):
     )
     include_training = forms.BooleanField(
         required=False,
-        label="Include images the version trained on (optimistic)",
+        label="Include training images (optimistic)",
     )
     sort = forms.ChoiceField(required=False, widget=forms.HiddenInput)
 
