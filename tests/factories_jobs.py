@@ -130,10 +130,12 @@ class TrainingMixin:
         # is open before the test database is flushed under it.
         if self.embedded_worker:
             wait_until(
-                lambda: not Job.objects.filter(
-                    state__in=(Job.State.QUEUED, Job.State.RUNNING),
-                    kind__in=(Job.Kind.MODEL_EVALUATE, Job.Kind.MODEL_TRAIN),
-                ).exists(),
+                lambda: (
+                    not Job.objects.filter(
+                        state__in=(Job.State.QUEUED, Job.State.RUNNING),
+                        kind__in=(Job.Kind.MODEL_EVALUATE, Job.Kind.MODEL_TRAIN),
+                    ).exists()
+                ),
                 timeout=300,
                 what="open training and evaluation jobs",
             )
