@@ -181,3 +181,29 @@ class EvaluationCatchUpTests(BrokerMixin, BaseTestCase):
         job = services.model_evaluation_catch_up()
         self.assertEqual((job.kind, job.model_version), (Job.Kind.MODEL_EVALUATE, waiting))
         self.assertIsNone(services.model_evaluation_catch_up(), "one open evaluation at a time")
+
+
+class LegacyVersionFlagsTests(BaseTestCase):
+    def test_the_migration_flags_what_an_older_hold_out_version_trained_on(self):
+        import datetime as dt
+        import importlib
+
+        from django.apps import apps
+        from django.utils import timezone
+
+        from grading.models import Prediction
+
+        migration = importlib.import_module("grading.migrations.0004_honest")
+        held_out, trained, later = (image_make(confirmed_grade=g) for g in (0, 2, 3))
+        pending = image_make()
+        version = model_version_make("v1", holdout_sha256=[held_out.sha256])
+        Image.objects.filter(pk=later.pk).update(confirmed_at=timezone.now() + dt.timedelta(days=1))
+        for image in (held_out, trained, later, pending):
+            Prediction.objects.create(
+                image=image, model_version=version, probabilities=[0.2] * 5, predicted_grade_id=0
+            )
+        migration.flag_training_predictions(apps, None)
+        flags = dict(version.predictions.values_list("image_id", "in_training"))
+        self.assertEqual(
+            flags, {held_out.pk: False, trained.pk: True, later.pk: False, pending.pk: False}
+        )
