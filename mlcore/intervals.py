@@ -1,7 +1,8 @@
 """Bootstrap 95 % intervals of the headline metrics, and paired comparison of two models.
 
-Both resample *images* with replacement (``scipy.stats.bootstrap``, percentile method, a fixed
-seed so a page shows the same interval on every load). A version's figures come from its
+Both resample images with replacement, or whole patients when each image's patient is given
+(``scipy.stats.bootstrap``, percentile method, a fixed seed so a page shows the same interval on
+every load). A version's figures come from its
 out-of-fold predictions; two versions are compared on the same images, resampled together
 (paired), so the interval is on the difference itself and not on two independent noises.
 
@@ -38,16 +39,39 @@ def _interval(
     *,
     n_resamples: int,
     seed: int,
+    groups: Sequence[object] | None = None,
 ) -> tuple[float, float] | None:
-    """Percentile interval of ``statistic(indices)`` over bootstrap resamples of ``range(n)``."""
+    """Percentile interval of ``statistic(indices)`` over bootstrap resamples of ``range(n)``.
+
+    With ``groups`` (a patient per image) whole groups are resampled: the two eyes and the visits
+    of one patient are not independent, and resampling them apart would narrow the interval."""
     from scipy.stats import bootstrap
 
     if n < 2:
         return None
-    indices = np.arange(n)
+    if groups is None:
+        units = None
+        data = np.arange(n)
+    else:
+        if len(groups) != n:
+            raise ValueError(f"{n} images but {len(groups)} group entries")
+        _, inverse = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.flatnonzero(np.diff(inverse[order])) + 1
+        units = np.split(order, bounds)
+        if len(units) < 2:
+            return None
+        data = np.arange(len(units))
+
+    def resampled(sample: np.ndarray) -> float:
+        chosen = np.asarray(sample, dtype=np.int64)
+        if units is None:
+            return statistic(chosen)
+        return statistic(np.concatenate([units[g] for g in chosen]))
+
     result = bootstrap(
-        (indices,),
-        lambda sample: statistic(np.asarray(sample, dtype=np.int64)),
+        (data,),
+        resampled,
         vectorized=False,
         n_resamples=n_resamples,
         confidence_level=CONFIDENCE,
@@ -96,9 +120,11 @@ def metric_intervals(
     referable_from: int = REFERABLE_FROM,
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
+    groups: Sequence[object] | None = None,
 ) -> dict[str, list[float] | None]:
     """95 % bootstrap intervals ``[low, high]`` of QWK, accuracy, referable sensitivity,
-    specificity and AUC, and ECE (the last two need ``proba``); ``None`` where undefined."""
+    specificity and AUC, and ECE (the last two need ``proba``); ``None`` where undefined.
+    ``groups``: a patient per image, resampled whole."""
     true = np.asarray(y_true, dtype=np.int64)
     pred = np.asarray(y_pred, dtype=np.int64)
     true_ref, pred_ref = true >= referable_from, pred >= referable_from
@@ -124,7 +150,9 @@ def metric_intervals(
         statistics["ece"] = lambda i: expected_calibration_error(true[i], array[i], classes=classes)
     out: dict[str, list[float] | None] = {}
     for name, statistic in statistics.items():
-        interval = _interval(statistic, true.size, n_resamples=n_resamples, seed=seed)
+        interval = _interval(
+            statistic, true.size, n_resamples=n_resamples, seed=seed, groups=groups
+        )
         out[name] = None if interval is None else [interval[0], interval[1]]
     return out
 
@@ -137,10 +165,11 @@ def paired_qwk_difference(
     classes: Sequence[int] = ICDR_GRADES,
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
+    groups: Sequence[object] | None = None,
 ) -> dict[str, Any]:
     """QWK of the candidate minus QWK of the reference on the same images, with a paired
     bootstrap 95 % interval and a verdict: ``better`` / ``worse`` when the interval excludes 0,
-    else ``indistinguishable``."""
+    else ``indistinguishable``. ``groups``: a patient per image, resampled whole."""
     true = np.asarray(y_true, dtype=np.int64)
     first = np.asarray(reference_pred, dtype=np.int64)
     second = np.asarray(candidate_pred, dtype=np.int64)
@@ -159,7 +188,7 @@ def paired_qwk_difference(
         if true.size
         else float("nan")
     )
-    interval = _interval(difference, true.size, n_resamples=n_resamples, seed=seed)
+    interval = _interval(difference, true.size, n_resamples=n_resamples, seed=seed, groups=groups)
     verdict = INDISTINGUISHABLE
     if interval is not None and interval[0] > 0:
         verdict = BETTER
@@ -172,4 +201,5 @@ def paired_qwk_difference(
         "verdict": verdict,
         "confidence": CONFIDENCE,
         "n_resamples": n_resamples,
+        "resampled": "patients" if groups is not None else "images",
     }

@@ -19,6 +19,14 @@ from tests.factories_review import images_bulk_make
 N_IMAGES = 120
 
 
+def patients_images_make(grades: list[int]) -> list:
+    """Confirmed images, two per patient (intervals resample whole patients)."""
+    images = []
+    for start in range(0, len(grades), 2):
+        images += images_bulk_make(2, confirmed_grades=grades[start : start + 2])
+    return images
+
+
 def cv_metrics(qwk: float, low: float, high: float, n: int = N_IMAGES) -> dict:
     pooled = {
         "n": n,
@@ -41,7 +49,7 @@ class ActivationConfirmationTests(BrokerMixin, BaseTestCase):
         self.login(self.adam)
         self.folder = Path(tempfile.mkdtemp(prefix="funduscope-activation-"))
         grades = [i % 5 for i in range(N_IMAGES)]
-        self.images = images_bulk_make(N_IMAGES, confirmed_grades=grades)
+        self.images = patients_images_make(grades)
         rng = np.random.default_rng(3)
         truth = np.asarray(grades)
         # v1 is right on every image; v2 is one grade off on two images in three.

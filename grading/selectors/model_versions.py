@@ -244,14 +244,15 @@ def model_versions_compare(*, first: ModelVersion, second: ModelVersion) -> Vers
             "compared fairly."
         )
         return comparison
-    truth = dict(
-        Image.objects.filter(
-            sha256__in=shared,
-            grading_state=Image.GradingState.CONFIRMED,
-            confirmed_ungradable=False,
-            confirmed_grade__isnull=False,
-        ).values_list("sha256", "confirmed_grade_id")
-    )
+    confirmed = Image.objects.filter(
+        sha256__in=shared,
+        grading_state=Image.GradingState.CONFIRMED,
+        confirmed_ungradable=False,
+        confirmed_grade__isnull=False,
+    ).values_list("sha256", "confirmed_grade_id", "patient_id")
+    truth, patients = {}, {}
+    for sha, grade, patient_id in confirmed:
+        truth[sha], patients[sha] = grade, patient_id
     common = sorted(truth)
     if not common:
         comparison.note = "None of the images both versions were evaluated on is confirmed now."
@@ -283,5 +284,6 @@ def model_versions_compare(*, first: ModelVersion, second: ModelVersion) -> Vers
         grades[second.pk],
         classes=classes,
         n_resamples=settings.FUNDUS_BOOTSTRAP_RESAMPLES,
+        groups=[patients[sha] for sha in common],
     )
     return comparison

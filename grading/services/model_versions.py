@@ -532,6 +532,7 @@ def model_evaluate(*, version: ModelVersion, progress: Progress) -> dict[str, An
             classes=classes,
             referable_from=training_config.referable_from,
             n_resamples=settings.FUNDUS_BOOTSTRAP_RESAMPLES,
+            groups=groups,
         )
         np.savez_compressed(
             Path(version.artifact_path) / OOF_FILE,
@@ -558,6 +559,7 @@ def model_evaluate(*, version: ModelVersion, progress: Progress) -> dict[str, An
             "fit_seconds": [round(seconds, 2) for seconds in cv.fit_seconds],
             "decodings": cv.decodings,
             "bootstrap_resamples": settings.FUNDUS_BOOTSTRAP_RESAMPLES,
+            "bootstrap_unit": "patient",
         }
         metrics = {**version.metrics, "cv": figures, "evaluation": EVALUATION_DONE}
         metrics["ece"] = cv.pooled.get("ece")

@@ -16,8 +16,7 @@ from grading.selectors.model_versions import OOF_FILE
 from tests.browser.base import BrowserTestCase
 from tests.factories_grading import MigrationDataKeptMixin
 from tests.factories_jobs import BrokerMixin, model_version_make, redis_flush
-from tests.factories_review import images_bulk_make
-from tests.test_model_activation import cv_metrics
+from tests.test_model_activation import cv_metrics, patients_images_make
 
 N_IMAGES = 150
 
@@ -30,7 +29,7 @@ class ActivationBrowserTests(MigrationDataKeptMixin, BrokerMixin, BrowserTestCas
         redis_flush()
         folder = Path(tempfile.mkdtemp(prefix="funduscope-activation-browser-"))
         truth = np.asarray([i % 5 for i in range(N_IMAGES)])
-        images = images_bulk_make(N_IMAGES, confirmed_grades=truth.tolist())
+        images = patients_images_make(truth.tolist())
         rng = np.random.default_rng(5)
         noisy = np.where(rng.random(N_IMAGES) < 0.5, np.clip(truth + 1, 0, 4), truth)
         for name, predicted, state, qwk in (

@@ -47,3 +47,15 @@ def test_the_paired_comparison_says_better_worse_or_indistinguishable():
     assert same["verdict"] == "indistinguishable" and same["difference"] == 0.0
     with pytest.raises(ValueError, match="one grade per image"):
         paired_qwk_difference(TRUTH, GOOD[:-1], GOOD)
+
+
+def test_resampling_whole_patients_widens_the_interval_of_correlated_eyes():
+    # Each patient's two eyes carry the same outcome: 200 independent units, not 400.
+    truth = np.repeat(TRUTH[:200], 2)
+    pred = np.repeat(POOR[:200], 2)
+    patients = np.repeat(np.arange(200), 2)
+    by_image = metric_intervals(truth, pred, n_resamples=300)["qwk"]
+    by_patient = metric_intervals(truth, pred, n_resamples=300, groups=patients)["qwk"]
+    assert by_patient[1] - by_patient[0] > 1.2 * (by_image[1] - by_image[0])
+    paired = paired_qwk_difference(truth, pred, np.repeat(GOOD[:200], 2), groups=patients)
+    assert paired["resampled"] == "patients" and paired["verdict"] == "better"
