@@ -167,3 +167,48 @@ class RegistryColumnsTests(BrokerMixin, BaseTestCase):
         self.assertContains(page, "evaluating… 40 %")
         detail = self.client.get(reverse("model_version_detail", args=[version.pk]))
         self.assertContains(detail, "Evaluating… 40 %")
+
+
+class HomeBetterCandidateTests(BaseTestCase):
+    """The admin home's "candidate better than the active model" alert trusts the paired
+    comparison over a higher registry figure."""
+
+    def setUp(self):
+        self.folder = Path(tempfile.mkdtemp(prefix="funduscope-home-better-"))
+        grades = [i % 5 for i in range(N_IMAGES)]
+        self.images = patients_images_make(grades)
+        self.truth = np.asarray(grades)
+
+    def _version(self, name: str, predicted: np.ndarray, qwk: float, **fields) -> ModelVersion:
+        version = model_version_make(
+            name,
+            artifact_dir=self.folder / name,
+            metrics=cv_metrics(qwk, qwk - 0.03, qwk + 0.03),
+            **fields,
+        )
+        np.savez_compressed(
+            self.folder / name / OOF_FILE,
+            sha256=np.asarray([image.sha256 for image in self.images]),
+            grade=self.truth,
+            predicted=predicted,
+            probabilities=np.eye(5)[predicted] * 0.9 + 0.02,
+        )
+        return version
+
+    def test_a_higher_figure_within_the_noise_is_not_an_alert(self):
+        from grading.selectors.home import candidates_better_than_active
+
+        active = self._version("v1", self.truth, 0.80, state=ModelVersion.State.ACTIVE)
+        # Same predictions, a (made-up) higher registry figure: the paired test sees no difference.
+        self._version("v2", self.truth, 0.85)
+        self.assertEqual(candidates_better_than_active(active=active), [])
+
+    def test_a_candidate_the_paired_comparison_finds_better_is_an_alert(self):
+        from grading.selectors.home import candidates_better_than_active
+
+        noisy = np.where(np.arange(N_IMAGES) % 2 == 0, np.clip(self.truth + 1, 0, 4), self.truth)
+        active = self._version("v1", noisy, 0.80, state=ModelVersion.State.ACTIVE)
+        better = self._version("v2", self.truth, 0.85)
+        self.assertEqual(
+            [candidate for candidate, _ in candidates_better_than_active(active=active)], [better]
+        )
