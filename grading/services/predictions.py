@@ -15,7 +15,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 
-from grading.models import GradeLevel, Image, Job, ModelVersion, Prediction
+from grading.models import GradeLevel, Image, Job, ModelVersion, Prediction, probabilities_entropy
 from grading.selectors.model_versions import model_version_active
 from grading.selectors.predictions import cam_path
 from grading.services.jobs import Progress, QueueUnavailable, job_enqueue, progress_span
@@ -307,6 +307,7 @@ def prediction_rows_write(
             image_id=image_id,
             model_version=model_version,
             probabilities=[float(p) for p in proba],
+            entropy=probabilities_entropy(proba),
             predicted_grade=levels[int(grade)],
         )
         for image_id, proba, grade in zip(image_ids, probabilities, predicted_grades, strict=True)
