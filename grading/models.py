@@ -133,6 +133,8 @@ class Image(models.Model):
             models.Index(fields=["patient", "eye", "acquired_on"]),
             models.Index(fields=["grading_state", "uploaded_at"]),
             models.Index(fields=["confirmed_grade"]),
+            # The review's cache stamp reads the latest confirmation (see selectors/review_cache).
+            models.Index(fields=["confirmed_at"], name="image_confirmed_at"),
             # The "random" queue order walks this index from a point chosen by the user's seed.
             models.Index(
                 fields=["sha256"],

@@ -49,6 +49,10 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name="image",
+            index=models.Index(fields=["confirmed_at"], name="image_confirmed_at"),
+        ),
+        migrations.AddIndex(
+            model_name="image",
             index=models.Index(
                 condition=models.Q(("grading_state", "pending")),
                 fields=["sha256"],

@@ -205,9 +205,10 @@ def review(request: HttpRequest) -> HttpResponse:
         patch_vary_headers(response, ("HX-Request",))
         return response
     filters = form.filters()
-    predictions = review_selectors.review_predictions(filters=filters, scale=scale)
-    page = Paginator(predictions, REVIEW_PAGE_SIZE).get_page(request.GET.get("page"))
-    report = review_selectors.review_metrics(predictions=predictions, scale=scale)
+    summary = review_selectors.review_summary(filters=filters, scale=scale)
+    report = summary["report"]
+    rows = review_selectors.ReviewRows(filters=filters, scale=scale, report=report)
+    page = Paginator(rows, REVIEW_PAGE_SIZE).get_page(request.GET.get("page"))
     chart_query = request.GET.copy()
     for key in ("page", "sort"):
         chart_query.pop(key, None)
@@ -219,8 +220,8 @@ def review(request: HttpRequest) -> HttpResponse:
         "confusion_rows": _confusion_rows(report, scale) if report else [],
         "scale": scale,
         "sort_headers": _sort_headers(request, filters.sort),
-        "not_compared": review_selectors.review_not_compared_counts(filters=filters),
-        "series": review_selectors.review_qwk_by_month(filters=filters, scale=scale),
+        "not_compared": summary["not_compared"],
+        "series": summary["series"],
         "chart_query": chart_query.urlencode(),
         "can_export": request.user.has_perm("grading.export_data"),
     }
@@ -252,8 +253,7 @@ def review_confusion_png(request: HttpRequest) -> HttpResponse:
     scale, filters = _chart_filters(request)
     if filters is None:
         return _invalid_filters()
-    predictions = review_selectors.review_predictions(filters=filters, scale=scale)
-    report = review_selectors.review_metrics(predictions=predictions, scale=scale)
+    report = review_selectors.review_summary(filters=filters, scale=scale)["report"]
     if report is None:
         raise Http404("No compared predictions for these filters.")
     labels = [f"{level.value} {level.name}" for level in scale.levels]
@@ -266,7 +266,7 @@ def review_qwk_chart_png(request: HttpRequest) -> HttpResponse:
     scale, filters = _chart_filters(request)
     if filters is None:
         return _invalid_filters()
-    series = review_selectors.review_qwk_by_month(filters=filters, scale=scale)
+    series = review_selectors.review_summary(filters=filters, scale=scale)["series"]
     return _png_response(qwk_by_month_png(series=series))
 
 
