@@ -144,10 +144,13 @@ def worklist(request: HttpRequest) -> HttpResponse:
 
     order, own_choice = _queue_order(request)
     skipped = _skipped(request)
-    ordered_ids = worklist_selectors.worklist_ordered_ids(
+    queue = worklist_selectors.worklist_queryset(
         grader=request.user, order=order, seed=_queue_seed(request)
     )
-    page = Paginator(ordered_ids, WORKLIST_PAGE_SIZE).get_page(_page_number(request))
+    mine = queue.count()
+    paginator = Paginator(queue.values_list("id", flat=True), WORKLIST_PAGE_SIZE)
+    paginator.count = mine  # counted once, for the pager and the headline numbers
+    page = paginator.get_page(_page_number(request))
     held = set(worklist_selectors.claim_held(grader=request.user))
     settings_row = worklist_selectors.workbench_settings_get()
     rows = [
@@ -158,7 +161,7 @@ def worklist(request: HttpRequest) -> HttpResponse:
             "skipped": image.pk in skipped,
         }
         for index, image in enumerate(
-            worklist_selectors.images_for_list(image_ids=page.object_list)
+            worklist_selectors.images_for_list(image_ids=list(page.object_list))
         )
     ]
     ctx = {
@@ -169,8 +172,8 @@ def worklist(request: HttpRequest) -> HttpResponse:
         "own_choice": own_choice,
         "default_order_label": WorkbenchSettings.QueueOrder(settings_row.queue_order).label,
         "orders": WorkbenchSettings.QueueOrder.choices,
-        "counts": worklist_selectors.worklist_counts(grader=request.user),
-        "skipped_count": len([pk for pk in skipped if pk in set(ordered_ids)]),
+        "counts": worklist_selectors.worklist_counts(grader=request.user, mine=mine),
+        "skipped_count": queue.filter(pk__in=skipped).count() if skipped else 0,
         "settings_row": settings_row,
         "can_change_settings": request.user.has_perm(SETTINGS_PERMISSION),
     }
