@@ -10,10 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Case, Count, Exists, F, OuterRef, QuerySet, Subquery, Value, When
+from django.db.models import Count, Exists, F, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Abs, Coalesce
 from django.utils import timezone
 
@@ -118,75 +117,17 @@ def _random_pivot(seed: str) -> str:
     return hashlib.sha256(seed.encode()).hexdigest()
 
 
-def worklist_queryset(
+def worklist_sources(
     *,
     grader: AbstractBaseUser,
     order: str,
     seed: str = "",
     exclude_ids: Collection[int] = (),
     now: dt.datetime | None = None,
-) -> QuerySet[Image]:
-    """The images this clinician may be served next, best first (for a paged list)."""
-    if order not in QUEUE_ORDERS:
-        raise ValueError(f"unknown queue order {order!r}; known: {', '.join(QUEUE_ORDERS)}")
-    candidates = images_needing_grade(grader=grader, now=now)
-    if exclude_ids:
-        candidates = candidates.exclude(pk__in=list(exclude_ids))
-    if order == WorkbenchSettings.QueueOrder.OLDEST:
-        return candidates.order_by("uploaded_at", "id")
-    if order == WorkbenchSettings.QueueOrder.RANDOM:
-        pivot = _random_pivot(seed)
-        return candidates.alias(
-            wrapped=Case(When(sha256__gte=pivot, then=Value(0)), default=Value(1))
-        ).order_by("wrapped", "sha256")
-    # Most uncertain first (active learning): images the active model is least sure about teach it
-    # the most once graded. Images without a prediction yet follow, oldest first.
-    from grading.selectors.model_versions import model_version_active
-
-    active = model_version_active()
-    entropy = Prediction.objects.filter(image=OuterRef("pk"), model_version=active).values(
-        "entropy"
-    )[:1]
-    return candidates.alias(entropy=Subquery(entropy)).order_by(
-        F("entropy").desc(nulls_last=True), "uploaded_at", "id"
-    )
-
-
-def worklist_ordered_ids(
-    *,
-    grader: AbstractBaseUser,
-    order: str,
-    seed: str = "",
-    exclude_ids: Collection[int] = (),
-    now: dt.datetime | None = None,
-    limit: int | None = None,
-) -> list[int]:
-    """IDs of the images this clinician may be served next, best first (the first ``limit``)."""
-    queryset = worklist_queryset(
-        grader=grader, order=order, seed=seed, exclude_ids=exclude_ids, now=now
-    ).values_list("id", flat=True)
-    return list(queryset if limit is None else queryset[:limit])
-
-
-@dataclass(frozen=True)
-class NextSource:
-    """One place to take the next image from: image ids in queue order, and the table to lock."""
-
-    image_ids: QuerySet
-    lock_of: tuple[str, ...]
-
-
-def worklist_next_sources(
-    *,
-    grader: AbstractBaseUser,
-    order: str,
-    seed: str = "",
-    exclude_ids: Collection[int] = (),
-    now: dt.datetime | None = None,
-) -> list[NextSource]:
-    """Where "Next image" takes the next image from, in turn. Each walks an index in queue order
-    and stops at the first image that needs this clinician's grade, so it reads a few rows whatever
-    the length of the queue (the worklist page's full ordering sorts the whole queue instead)."""
+) -> list[QuerySet]:
+    """The clinician's queue as image-id querysets to read in turn, best first. Each walks an index
+    in queue order and stops as soon as it has the rows asked for, so "Next image" (LIMIT 1) and a
+    worklist page read a few rows whatever the length of the queue."""
     if order not in QUEUE_ORDERS:
         raise ValueError(f"unknown queue order {order!r}; known: {', '.join(QUEUE_ORDERS)}")
     now = now or timezone.now()
@@ -229,23 +170,80 @@ def worklist_next_sources(
             )
             # ...then the images it has not predicted yet, oldest first.
             return [
-                NextSource(
-                    image_ids=predictions.order_by("-entropy", "id").values_list(
-                        "image_id", flat=True
-                    ),
-                    lock_of=("image",),
-                ),
-                NextSource(
-                    image_ids=candidates.filter(~Exists(has_prediction))
-                    .order_by("uploaded_at", "id")
-                    .values_list("id", flat=True),
-                    lock_of=("self",),
-                ),
+                predictions.order_by("-entropy", "id").values_list("image_id", flat=True),
+                candidates.filter(~Exists(has_prediction))
+                .order_by("uploaded_at", "id")
+                .values_list("id", flat=True),
             ]
-    return [
-        NextSource(image_ids=queryset.values_list("id", flat=True), lock_of=("self",))
-        for queryset in ordered
-    ]
+    return [queryset.values_list("id", flat=True) for queryset in ordered]
+
+
+# The worklist counts and pages the queue up to this many images ("1000+" beyond): counting a queue
+# of 100,000 exactly would check every pending image against every clinician's grades and claims.
+WORKLIST_COUNT_CAP = 1000
+
+
+class QueueIds:
+    """The queue's image ids as a sequence for ``Paginator``, read from ``worklist_sources`` one
+    page at a time; its length is capped at ``cap`` (see ``capped``)."""
+
+    def __init__(self, sources: list[QuerySet], *, cap: int = WORKLIST_COUNT_CAP):
+        self.sources = sources
+        self.cap = cap
+        self._counts: list[int] | None = None
+
+    def _source_counts(self) -> list[int]:
+        if self._counts is None:
+            counts, total = [], 0
+            for source in self.sources:
+                found = source[: self.cap - total].count() if total < self.cap else 0
+                counts.append(found)
+                total += found
+            self._counts = counts
+        return self._counts
+
+    def count(self) -> int:
+        return sum(self._source_counts())
+
+    def __len__(self) -> int:
+        return self.count()
+
+    @property
+    def capped(self) -> bool:
+        return self.count() >= self.cap
+
+    def __getitem__(self, item: slice) -> list[int]:
+        if not isinstance(item, slice):
+            raise TypeError("QueueIds supports slices only")
+        start = item.start or 0
+        stop = min(item.stop if item.stop is not None else self.cap, self.cap)
+        ids: list[int] = []
+        offset = 0
+        for source, count in zip(self.sources, self._source_counts(), strict=True):
+            if stop <= offset:
+                break
+            low, high = max(start - offset, 0), min(stop - offset, count)
+            if low < high:
+                ids += list(source[low:high])
+            offset += count
+        return ids
+
+
+def worklist_ordered_ids(
+    *,
+    grader: AbstractBaseUser,
+    order: str,
+    seed: str = "",
+    exclude_ids: Collection[int] = (),
+    now: dt.datetime | None = None,
+    limit: int | None = None,
+) -> list[int]:
+    """IDs of the images this clinician may be served next, best first (the first ``limit``)."""
+    cap = limit or WORKLIST_COUNT_CAP
+    sources = worklist_sources(
+        grader=grader, order=order, seed=seed, exclude_ids=exclude_ids, now=now
+    )
+    return list(QueueIds(sources, cap=cap)[0:cap])
 
 
 def claim_held(*, grader: AbstractBaseUser, now: dt.datetime | None = None) -> list[int]:

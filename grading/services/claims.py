@@ -13,15 +13,15 @@ from collections.abc import Collection
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from grading.models import GradingClaim, Image
 from grading.selectors.worklist import (
-    NextSource,
     claim_held,
     images_needing_grade,
     workbench_settings_get,
-    worklist_next_sources,
+    worklist_sources,
 )
 
 # How many candidates one "next image" tries before concluding that everything left is taken.
@@ -60,7 +60,7 @@ def _claim_try(
 
 
 def _claim_first(
-    *, source: NextSource, grader: AbstractBaseUser, now: dt.datetime
+    *, source: QuerySet, grader: AbstractBaseUser, now: dt.datetime
 ) -> tuple[Image | None, int | None]:
     """Lock and claim the first image of ``source`` that nobody is claiming at this moment.
 
@@ -68,7 +68,9 @@ def _claim_first(
     between our snapshot and our lock (try again without it), (None, None) when the source is empty.
     """
     with transaction.atomic():
-        image_id = source.image_ids.select_for_update(skip_locked=True, of=source.lock_of).first()
+        # Locks the row the walk stopped on (the image, or its prediction for "uncertain"): a
+        # clinician claiming the same image right now holds it, and we move on to the next one.
+        image_id = source.select_for_update(skip_locked=True, of=("self",)).first()
         if image_id is None:
             return None, None
         # Re-check in a new statement: under READ COMMITTED it sees claims committed by whoever
@@ -106,7 +108,7 @@ def claim_next(
             return image
     raced: set[int] = set()
     while len(raced) < MAX_CANDIDATES_TRIED:
-        sources = worklist_next_sources(
+        sources = worklist_sources(
             grader=grader, order=order, seed=seed, exclude_ids=excluded | raced, now=now
         )
         for source in sources:

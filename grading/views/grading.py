@@ -144,13 +144,12 @@ def worklist(request: HttpRequest) -> HttpResponse:
 
     order, own_choice = _queue_order(request)
     skipped = _skipped(request)
-    queue = worklist_selectors.worklist_queryset(
-        grader=request.user, order=order, seed=_queue_seed(request)
+    queue = worklist_selectors.QueueIds(
+        worklist_selectors.worklist_sources(
+            grader=request.user, order=order, seed=_queue_seed(request)
+        )
     )
-    mine = queue.count()
-    paginator = Paginator(queue.values_list("id", flat=True), WORKLIST_PAGE_SIZE)
-    paginator.count = mine  # counted once, for the pager and the headline numbers
-    page = paginator.get_page(_page_number(request))
+    page = Paginator(queue, WORKLIST_PAGE_SIZE).get_page(_page_number(request))
     held = set(worklist_selectors.claim_held(grader=request.user))
     settings_row = worklist_selectors.workbench_settings_get()
     rows = [
@@ -172,8 +171,13 @@ def worklist(request: HttpRequest) -> HttpResponse:
         "own_choice": own_choice,
         "default_order_label": WorkbenchSettings.QueueOrder(settings_row.queue_order).label,
         "orders": WorkbenchSettings.QueueOrder.choices,
-        "counts": worklist_selectors.worklist_counts(grader=request.user, mine=mine),
-        "skipped_count": queue.filter(pk__in=skipped).count() if skipped else 0,
+        "counts": worklist_selectors.worklist_counts(grader=request.user, mine=queue.count()),
+        "mine_capped": queue.capped,
+        "skipped_count": worklist_selectors.images_needing_grade(grader=request.user)
+        .filter(pk__in=skipped)
+        .count()
+        if skipped
+        else 0,
         "settings_row": settings_row,
         "can_change_settings": request.user.has_perm(SETTINGS_PERMISSION),
     }
