@@ -150,7 +150,7 @@ class ReviewFilters:
         )
 
 
-def _filters_key(filters: ReviewFilters, scale: Scale) -> tuple[Any, ...]:
+def review_filters_key(filters: ReviewFilters, scale: Scale) -> tuple[Any, ...]:
     """What the aggregates depend on: every filter except the table's sort order."""
     return (
         getattr(filters.model_version, "pk", None),
@@ -412,7 +412,7 @@ def review_summary(*, filters: ReviewFilters, scale: Scale | None = None) -> dic
             "not_compared": review_not_compared_counts(filters=filters),
         }
 
-    return review_cached("summary", _filters_key(filters, scale), compute)
+    return review_cached("summary", review_filters_key(filters, scale), compute)
 
 
 @dataclass

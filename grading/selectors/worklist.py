@@ -178,9 +178,9 @@ def worklist_sources(
     return [queryset.values_list("id", flat=True) for queryset in ordered]
 
 
-# The worklist counts and pages the queue up to this many images ("1000+" beyond): counting a queue
+# The worklist counts and pages the queue up to this many images ("250+" beyond): counting a queue
 # of 100,000 exactly would check every pending image against every clinician's grades and claims.
-WORKLIST_COUNT_CAP = 1000
+WORKLIST_COUNT_CAP = 250
 
 
 class QueueIds:
@@ -299,11 +299,10 @@ def images_for_list(*, image_ids: Sequence[int]) -> list[Image]:
 
 
 def adjudication_pending() -> QuerySet[Image]:
-    """Images whose independent grades disagree, oldest first, with the number of grades."""
+    """Images whose independent grades disagree, oldest first (the (state, uploaded_at) index)."""
     return (
         Image.objects.filter(grading_state=Image.GradingState.ADJUDICATION)
         .select_related("patient")
-        .annotate(grader_count=Count("grades", distinct=True))
         .order_by("uploaded_at", "id")
     )
 
@@ -329,4 +328,16 @@ def model_disagreements(*, min_difference: int = 2) -> QuerySet[Prediction]:
         .filter(difference__gte=min_difference)
         .select_related("image", "image__patient", "predicted_grade", "image__confirmed_grade")
         .order_by("-created_at", "-id")
+    )
+
+
+def model_disagreements_count(*, min_difference: int = 2) -> int:
+    """How many ``model_disagreements`` there are: a count over every confirmed image's prediction,
+    kept in the review cache until a grade or a prediction changes."""
+    from grading.selectors.review_cache import review_cached
+
+    return review_cached(
+        "model_disagreements",
+        (min_difference,),
+        lambda: model_disagreements(min_difference=min_difference).count(),
     )

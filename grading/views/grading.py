@@ -353,7 +353,9 @@ def adjudication_queue(request: HttpRequest) -> HttpResponse:
     ).select_related("grade", "grader"):
         current.setdefault(grade.image_id, []).append(grade)
     flagged = worklist_selectors.model_disagreements()
-    flagged_page = Paginator(flagged, 50).get_page(_page_number(request))
+    flagged_paginator = Paginator(flagged, 50)
+    flagged_paginator.count = worklist_selectors.model_disagreements_count()
+    flagged_page = flagged_paginator.get_page(_page_number(request))
     ctx = {
         "pending": [(image, current.get(image.pk, [])) for image in pending],
         "pending_total": worklist_selectors.adjudication_pending().count(),
@@ -494,10 +496,11 @@ def patients(request: HttpRequest) -> HttpResponse:
     statuses = patient_selectors.patients_referable_status(
         patient_ids=[patient.pk for patient in page.object_list]
     )
+    patients_counted = patient_selectors.patients_with_counts(patients=page.object_list)
     ctx = {
         "query": query,
         "page": page,
-        "rows": [(patient, statuses[patient.pk]) for patient in page.object_list],
+        "rows": [(patient, statuses[patient.pk]) for patient in patients_counted],
     }
     return render(request, "grading/grading/patients.html", ctx)
 

@@ -23,6 +23,7 @@ from grading.review_charts import confusion_png, qwk_by_month_png
 from grading.selectors import exports as export_selectors
 from grading.selectors import review as review_selectors
 from grading.selectors.review import REVIEW_DEFAULT_SORT, REVIEW_SORTS, ReviewFilters, Scale
+from grading.selectors.review_cache import review_cached
 from grading.selectors.timeline import image_timeline
 
 REVIEW_PAGE_SIZE = 50
@@ -257,7 +258,13 @@ def review_confusion_png(request: HttpRequest) -> HttpResponse:
     if report is None:
         raise Http404("No compared predictions for these filters.")
     labels = [f"{level.value} {level.name}" for level in scale.levels]
-    return _png_response(confusion_png(matrix=report["confusion"], labels=labels))
+    # Drawing takes longer than counting: the picture is cached with the numbers it shows.
+    png = review_cached(
+        "confusion_png",
+        review_selectors.review_filters_key(filters, scale),
+        lambda: confusion_png(matrix=report["confusion"], labels=labels),
+    )
+    return _png_response(png)
 
 
 @require_GET
@@ -267,7 +274,12 @@ def review_qwk_chart_png(request: HttpRequest) -> HttpResponse:
     if filters is None:
         return _invalid_filters()
     series = review_selectors.review_summary(filters=filters, scale=scale)["series"]
-    return _png_response(qwk_by_month_png(series=series))
+    png = review_cached(
+        "qwk_png",
+        review_selectors.review_filters_key(filters, scale),
+        lambda: qwk_by_month_png(series=series),
+    )
+    return _png_response(png)
 
 
 class GraderAgreementForm(DateRangeCheckMixin, forms.Form):
