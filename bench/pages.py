@@ -209,12 +209,13 @@ def main() -> None:
             started = time.perf_counter()
             status, size = request()
             times.append((time.perf_counter() - started) * 1000)
-        queries = []
-        with connection.execute_wrapper(
-            lambda execute, sql, params, many, context: (
-                queries.append(sql) or execute(sql, params, many, context)
-            )
-        ):
+        queries: list[str] = []
+
+        def count_query(execute, sql, params, many, context, queries=queries):
+            queries.append(sql)
+            return execute(sql, params, many, context)
+
+        with connection.execute_wrapper(count_query):
             request()
         tracemalloc.start()
         request()
