@@ -283,3 +283,62 @@ def predict_images(
         )
         for i, path in enumerate(paths)
     ]
+
+
+def predict_from_store(
+    model: ModelArtifact | str | Path,
+    keys: Sequence[str],
+    *,
+    paths: Sequence[str | Path],
+    store_dir: str | Path,
+) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """Predict, in one batch, the images whose features the model needs are already in the store.
+
+    Each image is still checked for its domain (a small decode, as :func:`predict_images` does), and
+    only those the model reads with its training preprocessing are taken, so the result is exactly
+    what :func:`predict_images` gives them; nothing is hashed or extracted.
+
+    Returns (positions in ``keys`` that were predicted, probabilities (n, classes), grades). Images
+    whose features are missing, that need another preprocessing, that cannot be read (or every
+    image, for a model that averages over augmented copies) are left to :func:`predict_images`.
+    """
+    from mlcore.backbones import get_backbone
+    from mlcore.extraction import load_features
+    from mlcore.store import FeatureStore, store_path
+    from mlcore.training import predict_with_tta
+
+    artifact = _as_artifact(model)
+    config = artifact.feature_config
+    empty = ([], np.zeros((0, len(artifact.classes))), np.zeros(0, dtype=int))
+    if not keys or artifact.tta_augment is not None:
+        return empty
+    present = set(keys)
+    for name in config.backbones:
+        path = store_path(Path(store_dir), name, config.preprocessing)
+        if not path.exists():
+            return empty
+        store = FeatureStore(
+            path,
+            backbone=name,
+            preprocessing=config.preprocessing,
+            feature_dim=get_backbone(name).feature_dim,
+            dtype=config.dtype,
+            mode="r",
+        )
+        present -= set(store.missing(list(present)))
+    rows = []
+    for i, (key, image_path) in enumerate(zip(keys, paths, strict=True)):
+        if key not in present:
+            continue
+        try:
+            image = load_rgb(Path(image_path), min_size=_DOMAIN_CHECK_SIZE)
+            method = preprocessing_for(artifact, image, name=str(image_path))
+        except (DomainMismatchError, OSError, ValueError):
+            continue  # the pipeline reports it
+        if method == config.preprocessing:
+            rows.append(i)
+    if not rows:
+        return empty
+    features = load_features([keys[i] for i in rows], config=config, store_dir=store_dir)
+    proba = predict_with_tta(artifact.classifier, features, None)
+    return rows, proba, np.asarray(artifact.classifier.decode(proba))
