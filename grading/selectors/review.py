@@ -11,6 +11,7 @@ import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from typing import Any, Literal
 
 import numpy as np
@@ -151,18 +152,14 @@ class ReviewFilters:
 
 
 def review_filters_key(filters: ReviewFilters, scale: Scale) -> tuple[Any, ...]:
-    """What the aggregates depend on: every filter except the table's sort order."""
-    return (
-        getattr(filters.model_version, "pk", None),
-        filters.date_field,
-        filters.date_from,
-        filters.date_to,
-        getattr(filters.grader, "pk", None),
-        filters.confirmed_grade,
-        filters.predicted_grade,
-        filters.min_disagreement,
-        tuple((level.value, level.is_referable) for level in scale.levels),
+    """What the aggregates depend on: every filter (any added later too) except the table's sort
+    order, with model instances by primary key, and the scale."""
+    values = tuple(
+        (item.name, getattr(getattr(filters, item.name), "pk", getattr(filters, item.name)))
+        for item in dataclass_fields(filters)
+        if item.name != "sort"
     )
+    return (*values, tuple((level.value, level.is_referable) for level in scale.levels))
 
 
 def _day_start(day: dt.date) -> dt.datetime:
