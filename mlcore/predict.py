@@ -326,19 +326,60 @@ def predict_from_store(
             mode="r",
         )
         present -= set(store.missing(list(present)))
-    rows = []
-    for i, (key, image_path) in enumerate(zip(keys, paths, strict=True)):
-        if key not in present:
-            continue
-        try:
-            image = load_rgb(Path(image_path), min_size=_DOMAIN_CHECK_SIZE)
-            method = preprocessing_for(artifact, image, name=str(image_path))
-        except (DomainMismatchError, OSError, ValueError):
-            continue  # the pipeline reports it
-        if method == config.preprocessing:
-            rows.append(i)
+    eligible = [i for i, key in enumerate(keys) if key in present]
+    methods = _methods_cached(
+        artifact, [keys[i] for i in eligible], [paths[i] for i in eligible], Path(store_dir)
+    )
+    rows = [
+        i for i, method in zip(eligible, methods, strict=True) if method == config.preprocessing
+    ]
     if not rows:
         return empty
     features = load_features([keys[i] for i in rows], config=config, store_dir=store_dir)
     proba = predict_with_tta(artifact.classifier, features, None)
     return rows, proba, np.asarray(artifact.classifier.decode(proba))
+
+
+# Which preprocessing brings an image into a model's domain is a pure function of the image and of
+# the model's training domain; the check decodes the photograph and scans its pixels (~10 ms), which
+# for a retrain's thousands of images costs more than the rest of the prediction. Kept beside the
+# features, like them keyed by content.
+DOMAIN_CHECKS_FILE = "domain_checks.json"
+
+
+def _methods_cached(
+    artifact: ModelArtifact, keys: Sequence[str], paths: Sequence[str | Path], store_dir: Path
+) -> list[str | None]:
+    """``preprocessing_for`` of each image (``None``: unreadable or outside the model's domain;
+    the pipeline reports those), remembered in ``store_dir/DOMAIN_CHECKS_FILE``."""
+    import json
+    import os
+
+    domain = (
+        f"{artifact.training_domain}|{artifact.feature_config.preprocessing}|"
+        f"{artifact.raw_photo_preprocessing}"
+    )
+    cache_file = store_dir / DOMAIN_CHECKS_FILE
+    try:
+        known: dict[str, str] = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    except (OSError, ValueError):
+        known = {}
+    methods: list[str | None] = []
+    changed = False
+    for key, image_path in zip(keys, paths, strict=True):
+        cache_key = f"{key}|{domain}"
+        if cache_key not in known:
+            try:
+                image = load_rgb(Path(image_path), min_size=_DOMAIN_CHECK_SIZE)
+                known[cache_key] = preprocessing_for(artifact, image, name=str(image_path))
+            except (DomainMismatchError, OSError, ValueError):
+                methods.append(None)  # not remembered: the file may be replaced or fixed
+                continue
+            changed = True
+        methods.append(known[cache_key])
+    if changed:
+        store_dir.mkdir(parents=True, exist_ok=True)
+        partial = cache_file.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps(known))
+        partial.replace(cache_file)
+    return methods
