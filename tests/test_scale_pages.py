@@ -30,15 +30,15 @@ PAGES = [
     ("patients", "grader", "GET", lambda d: "/patients/", 9),
     ("a patient", "grader", "GET", lambda d: f"/patients/{d['patient']}/", 9),
     ("adjudication", "reviewer", "GET", lambda d: "/adjudication/", 13),
-    ("review", "reviewer", "GET", lambda d: "/review/", 18),
+    ("review", "reviewer", "GET", lambda d: "/review/", 19),
     (
         "review filtered",
         "reviewer",
         "GET",
         lambda d: f"/review/?version={d['v1']}&disagreement=1",
-        18,
+        19,
     ),
-    ("review by grader", "reviewer", "GET", lambda d: f"/review/?grader={d['grader_id']}", 19),
+    ("review by grader", "reviewer", "GET", lambda d: f"/review/?grader={d['grader_id']}", 20),
     ("grader agreement", "reviewer", "GET", lambda d: "/review/graders/", 10),
     ("registry", "admin", "GET", lambda d: "/models/", 13),
     ("a model version", "admin", "GET", lambda d: f"/models/{d['v2']}/", 10),
@@ -111,5 +111,5 @@ class ScalePagesQueryCountTests(MediaMixin, TestCase):
             self.client.get("/review/")
         image = Image.objects.filter(grading_state="pending").first()
         Grade.objects.create(image=image, grader=self.users["grader"], grade_id=1)
-        with self.assertNumQueries(18):
+        with self.assertNumQueries(19):
             self.client.get("/review/")

@@ -225,6 +225,10 @@ def review_predictions(*, filters: ReviewFilters, scale: Scale | None = None) ->
     ).order_by(f"-{order}" if descending else order, tiebreak)
 
 
+# The review table's first rows (20 pages of 50) are cached per filter set and sort order.
+CACHED_ROWS = 1000
+
+
 class ReviewRows:
     """The review table's rows as a sequence for ``Paginator``: its length comes from the confusion
     matrix already counted for the metrics, and a page is read in two steps (the ids of the page in
@@ -264,14 +268,27 @@ class ReviewRows:
         start, stop = item.start or 0, item.stop if item.stop is not None else self.count()
         if stop <= start or not self.report:
             return []
+        if stop <= CACHED_ROWS:
+            # The first pages are what people read: their ids are sorted once per filter set and
+            # kept with the aggregates (same stamp), so paging and re-sorting back are cheap.
+            ids = review_cached(
+                "rows",
+                (*review_filters_key(self.filters, self.scale), self.filters.sort),
+                lambda: self._ids(0, CACHED_ROWS),
+            )[start:stop]
+        else:
+            ids = self._ids(start, stop)
+        by_id = review_predictions(filters=self.filters, scale=self.scale).in_bulk(ids)
+        return [by_id[pk] for pk in ids if pk in by_id]
+
+    def _ids(self, start: int, stop: int) -> list[int]:
+        """Prediction ids of rows ``start:stop`` in the table's sort order."""
         queryset = review_predictions(filters=self.filters, scale=self.scale)
         if self.filters.sort == "-disagreement":
             level = self._lowest_level_needed(stop)
             if level > self.filters.min_disagreement:
                 queryset = queryset.filter(disagreement__gte=level)
-        ids = list(queryset.values_list("pk", flat=True)[start:stop])
-        by_id = review_predictions(filters=self.filters, scale=self.scale).in_bulk(ids)
-        return [by_id[pk] for pk in ids if pk in by_id]
+        return list(queryset.values_list("pk", flat=True)[start:stop])
 
 
 def review_not_compared_counts(*, filters: ReviewFilters) -> dict[str, int]:
