@@ -7,7 +7,6 @@ import secrets
 
 from django import forms
 from django.contrib import messages
-from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.core.validators import RegexValidator
@@ -17,6 +16,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from grading import keyboard
 from grading.models import Grade, GradeLevel, Image, Patient, WorkbenchSettings
 from grading.selectors import patients as patient_selectors
 from grading.selectors import worklist as worklist_selectors
@@ -27,6 +27,7 @@ from grading.services import grades as grade_services
 from grading.services import renderings
 from grading.services.uploads import ZIP_MAX_MEMBERS, UploadVisit, upload_files_process
 from grading.services.workbench import EDITABLE_FIELDS, workbench_settings_update
+from grading.views.access import permission_required
 
 GRADE_PERMISSION = "grading.grade_image"
 ADJUDICATE_PERMISSION = "grading.adjudicate_image"
@@ -305,6 +306,9 @@ def _grade_page(
         "context": patient_selectors.patient_context_for(image=image),
         "previous_id": _history_previous(request, image.pk),
         **_viewer_ctx(image, model_view),
+        **keyboard.keyboard_ctx(
+            page=keyboard.GRADE_PAGE, grade_values=[level.value for level in levels]
+        ),
     }
     return render(request, "grading/grading/grade.html", ctx, status=status)
 
@@ -414,6 +418,9 @@ def adjudicate(request: HttpRequest, image_id: int) -> HttpResponse:
             g.grader_id == request.user.pk and g.kind == Grade.Kind.GRADER for g in grades
         ),
         **_viewer_ctx(image, model_view),
+        **keyboard.keyboard_ctx(
+            page=keyboard.ADJUDICATE_PAGE, grade_values=[level.value for level in levels]
+        ),
     }
     return render(request, "grading/grading/adjudicate.html", ctx, status=status)
 
@@ -584,6 +591,38 @@ class WorkbenchSettingsForm(forms.ModelForm):
             "claim_minutes": "Claim lease (minutes)",
             "auto_retrain_after": "Retrain automatically after this many new confirmed grades (0: off)",
         }
+
+    # Declared fields ignore Meta.help_texts: every field gets its help here.
+    setting_help = {
+        "grades_required": (
+            "With two, two clinicians grade each image without seeing each other's grade: "
+            "agreement confirms it, disagreement sends it to a reviewer's adjudication queue. "
+            "Going back to one settles the pending images that already have a grade."
+        ),
+        "blind_first_grader": (
+            "The first clinician to grade an image sees neither the model's grade nor its "
+            "activation map until their own grade is saved, so the model cannot anchor it. "
+            "Second graders and reviewers see the model."
+        ),
+        "queue_order": (
+            "The order of the worklist and of Next image. Most uncertain first serves the "
+            "images the active model is least sure about (its grades then teach it the "
+            "most); each clinician can choose another order for themselves on the worklist."
+        ),
+        "claim_minutes": (
+            "Opening an image reserves it for that clinician this long (1-240 minutes), so "
+            "two clinicians are not served the same image when only one grade is missing."
+        ),
+        "auto_retrain_after": (
+            "Counted since the last model was trained. An automatic retrain makes a "
+            "candidate version; an admin still compares and activates it."
+        ),
+    }
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name, text in self.setting_help.items():
+            self.fields[name].help_text = text
 
 
 @require_http_methods(["GET", "POST"])
