@@ -30,21 +30,21 @@ PAGES = [
     ("patients", "grader", "GET", lambda d: "/patients/", 9),
     ("a patient", "grader", "GET", lambda d: f"/patients/{d['patient']}/", 9),
     ("adjudication", "reviewer", "GET", lambda d: "/adjudication/", 13),
-    ("review", "reviewer", "GET", lambda d: "/review/", 19),
+    ("review", "reviewer", "GET", lambda d: "/review/", 20),
     (
         "review filtered",
         "reviewer",
         "GET",
         lambda d: f"/review/?version={d['v1']}&disagreement=1",
-        19,
+        20,
     ),
-    ("review by grader", "reviewer", "GET", lambda d: f"/review/?grader={d['grader_id']}", 20),
+    ("review by grader", "reviewer", "GET", lambda d: f"/review/?grader={d['grader_id']}", 21),
     ("grader agreement", "reviewer", "GET", lambda d: "/review/graders/", 10),
     ("registry", "admin", "GET", lambda d: "/models/", 13),
     ("a model version", "admin", "GET", lambda d: f"/models/{d['v2']}/", 10),
     ("jobs", "admin", "GET", lambda d: "/jobs/", 7),
     ("a job", "admin", "GET", lambda d: f"/jobs/{d['job']}/", 6),
-    ("api images", "reviewer", "GET", lambda d: "/api/images/", 7),
+    ("api images", "reviewer", "GET", lambda d: "/api/images/", 8),
     (
         "api predictions",
         "reviewer",
@@ -107,9 +107,9 @@ class ScalePagesQueryCountTests(MediaMixin, TestCase):
     def test_the_review_reuses_its_aggregates_until_a_grade_changes(self):
         self.client.force_login(self.users["reviewer"])
         self.client.get("/review/")
-        with self.assertNumQueries(13):  # the metrics, months and counts come from the cache
+        with self.assertNumQueries(14):  # the metrics, months and counts come from the cache
             self.client.get("/review/")
         image = Image.objects.filter(grading_state="pending").first()
         Grade.objects.create(image=image, grader=self.users["grader"], grade_id=1)
-        with self.assertNumQueries(19):
+        with self.assertNumQueries(20):
             self.client.get("/review/")
