@@ -141,6 +141,14 @@ def model_version_evaluation_job(*, version: ModelVersion) -> Job | None:
     )
 
 
+def model_version_evaluation_jobs() -> dict[int, Job]:
+    """Open cross-validation jobs by the version they work on (one query for the registry)."""
+    jobs = Job.objects.filter(
+        kind=Job.Kind.MODEL_EVALUATE, state__in=["queued", "running"], model_version__isnull=False
+    ).order_by("created_at")
+    return {job.model_version_id: job for job in jobs}
+
+
 def metrics_headline(report: dict[str, Any]) -> dict[str, Any]:
     referable = report.get("referable") or {}
     return {

@@ -177,7 +177,9 @@ class ModelVersionPredictions(ReadOnlyApiView, generics.ListAPIView):
         return params.validated_data
 
     def _all_predictions(self) -> QuerySet[Prediction]:
-        version = get_object_or_404(ModelVersion, name=self.kwargs["name"])
+        if not hasattr(self, "_version"):
+            self._version = get_object_or_404(ModelVersion, name=self.kwargs["name"])
+        version = self._version
         queryset = (
             Prediction.objects.filter(model_version=version)
             .select_related("model_version", "image")

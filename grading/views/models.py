@@ -66,11 +66,12 @@ def _activation_messages(request: HttpRequest, activation: version_services.Acti
 def model_versions(request: HttpRequest) -> HttpResponse:
     versions = list(version_selectors.model_versions_list())
     active = next((v for v in versions if v.state == ModelVersion.State.ACTIVE), None)
+    evaluation_jobs = version_selectors.model_version_evaluation_jobs()
     rows = [
         {
             "version": version,
             "headline": version_selectors.model_version_headline(version=version),
-            "evaluation_job": version_selectors.model_version_evaluation_job(version=version),
+            "evaluation_job": evaluation_jobs.get(version.pk),
             "train_counts": sorted(
                 ((int(grade), count) for grade, count in version.train_counts.items()),
                 key=lambda item: item[0],
