@@ -65,23 +65,7 @@ class Prediction:
 
 def preprocessing_for(artifact: ModelArtifact, image: np.ndarray, *, name: str = "image") -> str:
     """The preprocessing that brings ``image`` into ``artifact``'s training domain."""
-    filtered = looks_gaussian_filtered(image)
-    trained_with = artifact.feature_config.preprocessing
-    if artifact.training_domain == DOMAIN_FILTERED:
-        if filtered:
-            return trained_with
-        if artifact.raw_photo_preprocessing is None:
-            raise DomainMismatchError(
-                f"{name} looks like a raw photograph but the model was trained on "
-                f"Gaussian-filtered images and records no preprocessing to filter it"
-            )
-        return artifact.raw_photo_preprocessing
-    if filtered:
-        raise DomainMismatchError(
-            f"{name} looks already Gaussian (Ben Graham) filtered, but the model was trained on "
-            f"raw photographs (preprocessing {trained_with!r}); upload the original photograph"
-        )
-    return trained_with
+    return _preprocessing_for_domain(artifact, looks_gaussian_filtered(image), name)
 
 
 def expand_image_paths(sources: Sequence[str | Path]) -> list[Path]:
@@ -167,18 +151,86 @@ def _features_outside_pipeline(
     return np.concatenate(blocks, axis=2)
 
 
-def predict_features(
-    artifact: ModelArtifact,
+@dataclass(frozen=True)
+class DomainSpec:
+    """What decides how an image reaches a model: its features, the domain it was trained in and
+    the mapping of raw photographs into it. A loaded :class:`ModelArtifact` has the same
+    attributes, so training (before any artifact exists) and prediction share one code path."""
+
+    feature_config: FeatureConfig
+    training_domain: str
+    raw_photo_preprocessing: str | None
+    tta_augment: tuple[Any, int] | None = None
+
+
+# One line per file content ("<sha256>\t<1 if Gaussian filtered else 0>") in the feature store:
+# telling a raw photo from a filtered one decodes the image (about 7 ms), and the answer never
+# changes for the same bytes, so retraining on cached features does not pay it again.
+DOMAIN_CACHE_FILE = "image-domains.tsv"
+
+
+def images_look_filtered(
+    paths: Sequence[Path], keys: Sequence[str], *, store_dir: Path
+) -> list[bool]:
+    """Whether each image looks already Gaussian filtered, cached by content in ``store_dir``."""
+    from mlcore.store import parse_feature_key
+
+    cache_path = Path(store_dir) / DOMAIN_CACHE_FILE
+    known: dict[str, bool] = {}
+    if cache_path.is_file():
+        for line in cache_path.read_text().splitlines():
+            sha, _, flag = line.partition("\t")
+            if flag in ("0", "1"):
+                known[sha] = flag == "1"
+    shas = [parse_feature_key(key)[0] for key in keys]
+    new_lines = []
+    for path, sha in zip(paths, shas, strict=True):
+        if sha not in known:
+            known[sha] = looks_gaussian_filtered(load_rgb(path, min_size=_DOMAIN_CHECK_SIZE))
+            new_lines.append(f"{sha}\t{int(known[sha])}\n")
+    if new_lines:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        # Appends of whole lines: two processes writing at once only repeat an answer.
+        with cache_path.open("a") as file:
+            file.write("".join(new_lines))
+    return [known[sha] for sha in shas]
+
+
+def _preprocessing_for_domain(spec: Any, filtered: bool, name: str) -> str:
+    trained_with = spec.feature_config.preprocessing
+    if spec.training_domain == DOMAIN_FILTERED:
+        if filtered:
+            return trained_with
+        if spec.raw_photo_preprocessing is None:
+            raise DomainMismatchError(
+                f"{name} looks like a raw photograph but the model was trained on "
+                f"Gaussian-filtered images and records no preprocessing to filter it"
+            )
+        return spec.raw_photo_preprocessing
+    if filtered:
+        raise DomainMismatchError(
+            f"{name} looks already Gaussian (Ben Graham) filtered, but the model was trained on "
+            f"raw photographs (preprocessing {trained_with!r}); upload the original photograph"
+        )
+    return trained_with
+
+
+def domain_features(
+    spec: DomainSpec | ModelArtifact,
     paths: Sequence[str | Path],
     *,
+    n_features: int | None = None,
     store_dir: str | Path | None = None,
     weights_dir: str | Path | None = None,
     weights: str | Path | None = "imagenet",
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, list[str], list[str], list[bool]]:
-    """(features, features of augmented copies (n, v, d) when the model averages over them,
-    keys, preprocessing per image, raw-photo flag per image), in ``paths`` order."""
+    """(features, features of augmented copies (n, v, d) when ``spec.tta_augment``, keys,
+    preprocessing per image, raw-photo flag per image), in ``paths`` order: each image brought
+    into ``spec``'s training domain first (raw photographs through
+    ``spec.raw_photo_preprocessing``). Training and prediction both call this."""
     from mlcore.augment import make_augment_transform
+    from mlcore.backbones import get_backbone
     from mlcore.extraction import extract_features, image_items, load_features
     from mlcore.training import augment_store_dir, variant_features
 
@@ -186,20 +238,22 @@ def predict_features(
     weights_folder = Path(weights_dir) if weights_dir is not None else default_weights_dir()
     paths = [Path(p) for p in paths]
     items = image_items(paths)
+    filtered = images_look_filtered(paths, [item.key for item in items], store_dir=store)
     methods = [
-        preprocessing_for(artifact, load_rgb(p, min_size=_DOMAIN_CHECK_SIZE), name=str(p))
-        for p in paths
+        _preprocessing_for_domain(spec, flag, str(path))
+        for path, flag in zip(paths, filtered, strict=True)
     ]
-    n_features = artifact.classifier.n_features_in_
+    if n_features is None:
+        n_features = sum(get_backbone(name).feature_dim for name in spec.feature_config.backbones)
     features = np.zeros((len(paths), n_features), np.float32)
-    tta = artifact.tta_augment
+    tta = spec.tta_augment
     variants = None if tta is None else np.zeros((len(paths), tta[0].variants, n_features))
     for method in sorted(set(methods)):
         rows = [i for i, m in enumerate(methods) if m == method]
         subset = [items[i] for i in rows]
         common = {"weights_dir": weights_folder, "weights": weights}
         if method == RAW_TO_FILTERED:
-            outside = {"config": artifact.feature_config, "method": method, **common}
+            outside = {"config": spec.feature_config, "method": method, **common}
             features[rows] = _features_outside_pipeline(subset, store_dir=store, **outside)[:, 0]
             if tta is not None:
                 augment, seed = tta
@@ -211,7 +265,7 @@ def predict_features(
                     **outside,
                 )
             continue
-        config = replace(artifact.feature_config, preprocessing=method)
+        config = replace(spec.feature_config, preprocessing=method)
         extract_features(subset, config=config, store_dir=store, progress=progress, **common)
         keys = [item.key for item in subset]
         features[rows] = load_features(keys, config=config, store_dir=store)
@@ -227,9 +281,85 @@ def predict_features(
                 store_dir=store,
                 **common,
             )
-    trained_with = artifact.feature_config.preprocessing
+    trained_with = spec.feature_config.preprocessing
     raw = [m != trained_with for m in methods]
     return features, variants, [item.key for item in items], methods, raw
+
+
+def predict_features(
+    artifact: ModelArtifact,
+    paths: Sequence[str | Path],
+    *,
+    store_dir: str | Path | None = None,
+    weights_dir: str | Path | None = None,
+    weights: str | Path | None = "imagenet",
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, list[str], list[str], list[bool]]:
+    """:func:`domain_features` of ``paths`` for ``artifact``."""
+    return domain_features(
+        artifact,
+        paths,
+        n_features=artifact.classifier.n_features_in_,
+        store_dir=store_dir,
+        weights_dir=weights_dir,
+        weights=weights,
+        progress=progress,
+    )
+
+
+def predict_images(
+    model: ModelArtifact | str | Path,
+    paths: Sequence[str | Path],
+    *,
+    store_dir: str | Path | None = None,
+    weights_dir: str | Path | None = None,
+    weights: str | Path | None = "imagenet",
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Prediction]:
+    """Grade image files (not folders: see :func:`expand_image_paths`) with a model folder or a
+    loaded :class:`~mlcore.artifact.ModelArtifact`. ``weights=None`` (random backbone weights)
+    is for tests only."""
+    artifact = _as_artifact(model)
+    if not paths:
+        return []
+    if artifact.is_finetuned:
+        return _predict_finetuned(artifact, paths, progress=progress)
+    features, variants, keys, methods, raw = predict_features(
+        artifact,
+        paths,
+        store_dir=store_dir,
+        weights_dir=weights_dir,
+        weights=weights,
+        progress=progress,
+    )
+    from mlcore.training import predict_with_tta
+
+    classifier = artifact.classifier
+    proba = predict_with_tta(classifier, features, variants)
+    grades = classifier.decode(proba)
+    splits_scale = any(g >= artifact.referable_from for g in artifact.classes) and any(
+        g < artifact.referable_from for g in artifact.classes
+    )
+    referable = (
+        referable_probability(
+            proba, classes=artifact.classes, referable_from=artifact.referable_from
+        )
+        if splits_scale
+        else [None] * len(paths)
+    )
+    return [
+        Prediction(
+            path=Path(path),
+            grade=int(grades[i]),
+            grades=artifact.classes,
+            probabilities=[float(p) for p in proba[i]],
+            referable_probability=None if referable[i] is None else float(referable[i]),
+            key=keys[i],
+            preprocessing=methods[i],
+            raw_photo=raw[i],
+        )
+        for i, path in enumerate(paths)
+    ]
 
 
 def _predict_finetuned(
@@ -262,19 +392,7 @@ def _predict_finetuned(
         if progress is not None:
             progress(min(len(paths), start + chunk), len(paths))
     proba = np.concatenate(blocks)
-    trained_with = artifact.feature_config.preprocessing
-    return _predictions(artifact, paths, proba, keys, methods, [m != trained_with for m in methods])
-
-
-def _predictions(
-    artifact: ModelArtifact,
-    paths: Sequence[Path],
-    proba: np.ndarray,
-    keys: Sequence[str],
-    methods: Sequence[str],
-    raw: Sequence[bool],
-) -> list[Prediction]:
-    grades = artifact.classifier.decode(proba)
+    grades = model.decode(proba)
     splits_scale = any(g >= artifact.referable_from for g in artifact.classes) and any(
         g < artifact.referable_from for g in artifact.classes
     )
@@ -285,47 +403,117 @@ def _predictions(
         if splits_scale
         else [None] * len(paths)
     )
+    trained_with = artifact.feature_config.preprocessing
     return [
         Prediction(
-            path=Path(path),
+            path=path,
             grade=int(grades[i]),
             grades=artifact.classes,
             probabilities=[float(p) for p in proba[i]],
             referable_probability=None if referable[i] is None else float(referable[i]),
             key=keys[i],
             preprocessing=methods[i],
-            raw_photo=raw[i],
+            raw_photo=methods[i] != trained_with,
         )
         for i, path in enumerate(paths)
     ]
 
 
-def predict_images(
+def predict_from_store(
     model: ModelArtifact | str | Path,
-    paths: Sequence[str | Path],
+    keys: Sequence[str],
     *,
-    store_dir: str | Path | None = None,
-    weights_dir: str | Path | None = None,
-    weights: str | Path | None = "imagenet",
-    progress: Callable[[int, int], None] | None = None,
-) -> list[Prediction]:
-    """Grade image files (not folders: see :func:`expand_image_paths`) with a model folder or a
-    loaded :class:`~mlcore.artifact.ModelArtifact`. ``weights=None`` (random backbone weights)
-    is for tests only."""
-    artifact = _as_artifact(model)
-    if not paths:
-        return []
-    if artifact.is_finetuned:
-        return _predict_finetuned(artifact, paths, progress=progress)
-    features, variants, keys, methods, raw = predict_features(
-        artifact,
-        paths,
-        store_dir=store_dir,
-        weights_dir=weights_dir,
-        weights=weights,
-        progress=progress,
-    )
+    paths: Sequence[str | Path],
+    store_dir: str | Path,
+) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """Predict, in one batch, the images whose features the model needs are already in the store.
+
+    Each image is still checked for its domain (a small decode, as :func:`predict_images` does), and
+    only those the model reads with its training preprocessing are taken, so the result is exactly
+    what :func:`predict_images` gives them; nothing is hashed or extracted.
+
+    Returns (positions in ``keys`` that were predicted, probabilities (n, classes), grades). Images
+    whose features are missing, that need another preprocessing, that cannot be read (or every
+    image, for a model that averages over augmented copies) are left to :func:`predict_images`.
+    """
+    from mlcore.backbones import get_backbone
+    from mlcore.extraction import load_features
+    from mlcore.store import FeatureStore, store_path
     from mlcore.training import predict_with_tta
 
-    proba = predict_with_tta(artifact.classifier, features, variants)
-    return _predictions(artifact, paths, proba, keys, methods, raw)
+    artifact = _as_artifact(model)
+    config = artifact.feature_config
+    empty = ([], np.zeros((0, len(artifact.classes))), np.zeros(0, dtype=int))
+    if not keys or artifact.tta_augment is not None or artifact.is_finetuned:
+        return empty  # a fine-tuned network reads images, not stored features
+    present = set(keys)
+    for name in config.backbones:
+        path = store_path(Path(store_dir), name, config.preprocessing)
+        if not path.exists():
+            return empty
+        store = FeatureStore(
+            path,
+            backbone=name,
+            preprocessing=config.preprocessing,
+            feature_dim=get_backbone(name).feature_dim,
+            dtype=config.dtype,
+            mode="r",
+        )
+        present -= set(store.missing(list(present)))
+    eligible = [i for i, key in enumerate(keys) if key in present]
+    methods = _methods_cached(
+        artifact, [keys[i] for i in eligible], [paths[i] for i in eligible], Path(store_dir)
+    )
+    rows = [
+        i for i, method in zip(eligible, methods, strict=True) if method == config.preprocessing
+    ]
+    if not rows:
+        return empty
+    features = load_features([keys[i] for i in rows], config=config, store_dir=store_dir)
+    proba = predict_with_tta(artifact.classifier, features, None)
+    return rows, proba, np.asarray(artifact.classifier.decode(proba))
+
+
+# Which preprocessing brings an image into a model's domain is a pure function of the image and of
+# the model's training domain; the check decodes the photograph and scans its pixels (~10 ms), which
+# for a retrain's thousands of images costs more than the rest of the prediction. Kept beside the
+# features, like them keyed by content.
+DOMAIN_CHECKS_FILE = "domain_checks.json"
+
+
+def _methods_cached(
+    artifact: ModelArtifact, keys: Sequence[str], paths: Sequence[str | Path], store_dir: Path
+) -> list[str | None]:
+    """``preprocessing_for`` of each image (``None``: unreadable or outside the model's domain;
+    the pipeline reports those), remembered in ``store_dir/DOMAIN_CHECKS_FILE``."""
+    import json
+    import os
+
+    domain = (
+        f"{artifact.training_domain}|{artifact.feature_config.preprocessing}|"
+        f"{artifact.raw_photo_preprocessing}"
+    )
+    cache_file = store_dir / DOMAIN_CHECKS_FILE
+    try:
+        known: dict[str, str] = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    except (OSError, ValueError):
+        known = {}
+    methods: list[str | None] = []
+    changed = False
+    for key, image_path in zip(keys, paths, strict=True):
+        cache_key = f"{key}|{domain}"
+        if cache_key not in known:
+            try:
+                image = load_rgb(Path(image_path), min_size=_DOMAIN_CHECK_SIZE)
+                known[cache_key] = preprocessing_for(artifact, image, name=str(image_path))
+            except (DomainMismatchError, OSError, ValueError):
+                methods.append(None)  # not remembered: the file may be replaced or fixed
+                continue
+            changed = True
+        methods.append(known[cache_key])
+    if changed:
+        store_dir.mkdir(parents=True, exist_ok=True)
+        partial = cache_file.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps(known))
+        partial.replace(cache_file)
+    return methods

@@ -22,6 +22,7 @@ from grading.review_charts import confusion_png, qwk_by_month_png
 from grading.selectors import exports as export_selectors
 from grading.selectors import review as review_selectors
 from grading.selectors.review import REVIEW_DEFAULT_SORT, REVIEW_SORTS, ReviewFilters, Scale
+from grading.selectors.review_cache import review_cached
 from grading.selectors.timeline import image_timeline
 from grading.views.access import permission_required
 
@@ -101,6 +102,10 @@ class ReviewFilterForm(DateRangeCheckMixin, forms.Form):
         required=False,
         label="Model vs confirmed",
     )
+    include_training = forms.BooleanField(
+        required=False,
+        label="Include training images (optimistic)",
+    )
     sort = forms.ChoiceField(required=False, widget=forms.HiddenInput)
 
     def __init__(self, *args: Any, scale: Scale, **kwargs: Any) -> None:
@@ -135,6 +140,7 @@ class ReviewFilterForm(DateRangeCheckMixin, forms.Form):
             predicted_grade=data["predicted"],
             min_disagreement=data["disagreement"] or 0,
             sort=data["sort"] or REVIEW_DEFAULT_SORT,
+            include_training=bool(data["include_training"]),
         )
 
 
@@ -208,9 +214,10 @@ def review(request: HttpRequest) -> HttpResponse:
         patch_vary_headers(response, ("HX-Request",))
         return response
     filters = form.filters()
-    predictions = review_selectors.review_predictions(filters=filters, scale=scale)
-    page = Paginator(predictions, REVIEW_PAGE_SIZE).get_page(request.GET.get("page"))
-    report = review_selectors.review_metrics(predictions=predictions, scale=scale)
+    summary = review_selectors.review_summary(filters=filters, scale=scale)
+    report = summary["report"]
+    rows = review_selectors.ReviewRows(filters=filters, scale=scale, report=report)
+    page = Paginator(rows, REVIEW_PAGE_SIZE).get_page(request.GET.get("page"))
     chart_query = request.GET.copy()
     for key in ("page", "sort"):
         chart_query.pop(key, None)
@@ -222,8 +229,8 @@ def review(request: HttpRequest) -> HttpResponse:
         "confusion_rows": _confusion_rows(report, scale) if report else [],
         "scale": scale,
         "sort_headers": _sort_headers(request, filters.sort),
-        "not_compared": review_selectors.review_not_compared_counts(filters=filters),
-        "series": review_selectors.review_qwk_by_month(filters=filters, scale=scale),
+        "not_compared": summary["not_compared"],
+        "series": summary["series"],
         "chart_query": chart_query.urlencode(),
         "can_export": request.user.has_perm("grading.export_data"),
     }
@@ -255,12 +262,17 @@ def review_confusion_png(request: HttpRequest) -> HttpResponse:
     scale, filters = _chart_filters(request)
     if filters is None:
         return _invalid_filters()
-    predictions = review_selectors.review_predictions(filters=filters, scale=scale)
-    report = review_selectors.review_metrics(predictions=predictions, scale=scale)
+    report = review_selectors.review_summary(filters=filters, scale=scale)["report"]
     if report is None:
         raise Http404("No compared predictions for these filters.")
     labels = [f"{level.value} {level.name}" for level in scale.levels]
-    return _png_response(confusion_png(matrix=report["confusion"], labels=labels))
+    # Drawing takes longer than counting: the picture is cached with the numbers it shows.
+    png = review_cached(
+        "confusion_png",
+        review_selectors.review_filters_key(filters, scale),
+        lambda: confusion_png(matrix=report["confusion"], labels=labels),
+    )
+    return _png_response(png)
 
 
 @require_GET
@@ -269,8 +281,13 @@ def review_qwk_chart_png(request: HttpRequest) -> HttpResponse:
     scale, filters = _chart_filters(request)
     if filters is None:
         return _invalid_filters()
-    series = review_selectors.review_qwk_by_month(filters=filters, scale=scale)
-    return _png_response(qwk_by_month_png(series=series))
+    series = review_selectors.review_summary(filters=filters, scale=scale)["series"]
+    png = review_cached(
+        "qwk_png",
+        review_selectors.review_filters_key(filters, scale),
+        lambda: qwk_by_month_png(series=series),
+    )
+    return _png_response(png)
 
 
 class GraderAgreementForm(DateRangeCheckMixin, forms.Form):
@@ -341,21 +358,40 @@ def export_grades_csv(request: HttpRequest) -> StreamingHttpResponse:
     return _csv_response(export_selectors.grades_export_rows(), f"funduscope-grades-{_stamp()}.csv")
 
 
+class PredictionExportForm(forms.Form):
+    version = forms.IntegerField(
+        required=False,
+        min_value=1,
+        error_messages={"invalid": "version must be a model version id."},
+    )
+    include_training = forms.BooleanField(required=False)
+
+
 @require_GET
 @permission_required("grading.export_data", raise_exception=True)
 def export_predictions_csv(request: HttpRequest) -> HttpResponse:
-    version = None
-    if request.GET.get("version"):
-        if not request.GET["version"].isdigit():
-            return HttpResponse(
-                "version must be a model version id.", status=400, content_type="text/plain"
-            )
-        version = get_object_or_404(ModelVersion, pk=int(request.GET["version"]))
+    form = PredictionExportForm(request.GET)
+    if not form.is_valid():
+        errors = "; ".join(error for errors in form.errors.values() for error in errors)
+        return HttpResponse(errors, status=400, content_type="text/plain")
+    version_id = form.cleaned_data["version"]
+    version = get_object_or_404(ModelVersion, pk=version_id) if version_id else None
+    include_training = form.cleaned_data["include_training"]
     suffix = f"-{version.name}" if version else ""
-    return _csv_response(
-        export_selectors.predictions_export_rows(model_version=version),
+    suffix += "-with-training-images" if include_training else ""
+    response = _csv_response(
+        export_selectors.predictions_export_rows(
+            model_version=version, include_training=include_training
+        ),
         get_valid_filename(f"funduscope-predictions{suffix}-{_stamp()}.csv"),
     )
+    # Predictions of images their version was trained on are left out by default; say how many.
+    response["X-Training-Images-Excluded"] = (
+        0
+        if include_training
+        else export_selectors.predictions_export_training_excluded(model_version=version)
+    )
+    return response
 
 
 urlpatterns = [
