@@ -7,3 +7,8 @@ class GradingConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
     name = "grading"
     verbose_name = "Funduscope grading"
+
+    def ready(self) -> None:
+        from grading.services.audit import audit_registry_setup
+
+        audit_registry_setup()

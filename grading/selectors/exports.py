@@ -11,6 +11,8 @@ import datetime as dt
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from django.db.models import QuerySet
+
 from grading.models import Grade, ModelVersion, Prediction
 from grading.selectors.review import scale_get
 
@@ -108,15 +110,17 @@ def prediction_columns(classes: Sequence[int]) -> tuple[str, ...]:
 
 
 def predictions_export_rows(
-    *, model_version: ModelVersion | None = None
+    *, model_version: ModelVersion | None = None, hidden_images: QuerySet | None = None
 ) -> Iterator[Sequence[Any]]:
     """The header, then every prediction (of one version, or of all), one probability column per
-    grade of the scale."""
+    grade of the scale; ``hidden_images`` (the reader's blind images) are left out."""
     classes = scale_get().classes
     yield prediction_columns(classes)
     queryset = Prediction.objects.order_by("id")
     if model_version is not None:
         queryset = queryset.filter(model_version=model_version)
+    if hidden_images is not None:
+        queryset = queryset.exclude(image__in=hidden_images.values("pk"))
     rows = queryset.values_list(
         *_lookups(_PREDICTION_HEAD), "probabilities", *_lookups(_PREDICTION_TAIL)
     ).iterator(chunk_size=EXPORT_CHUNK_SIZE)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from django.db.models import Prefetch
 
 from grading.models import Grade, Image, Prediction
-from grading.selectors.assistance import prediction_hidden
+from grading.selectors.assistance import prediction_hidden, reader_is_independent
 from grading.selectors.review import (
     BASIS_AGREEMENT,
     BASIS_OWN_SINGLE,
@@ -156,6 +156,8 @@ def timeline_hides_others(*, image: Image, viewer: Any) -> bool:
     model's predictions are shown is decided as on the grading page: ``prediction_hidden``.)"""
     if image.grading_state == Image.GradingState.CONFIRMED:
         return False
+    if reader_is_independent(image=image, user=viewer):
+        return True  # an admin who may still grade it reads it blind, like any clinician
     return not (
         viewer.has_perm("grading.adjudicate_image") or viewer.has_perm("grading.review_agreement")
     )

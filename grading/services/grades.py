@@ -97,6 +97,7 @@ def _grade_append(
     level: GradeLevel | None,
     choice: GradeInput,
     supersedes: Grade | None,
+    adjudicator_graded: bool = False,
 ) -> Grade:
     grade = Grade(
         image=image,
@@ -107,6 +108,7 @@ def _grade_append(
         macular_oedema=choice.macular_oedema,
         notes=choice.notes.strip(),
         supersedes=supersedes,
+        adjudicator_graded=adjudicator_graded,
     )
     grade.full_clean()
     grade.save()
@@ -224,6 +226,16 @@ def grade_adjudicate(*, image: Image, reviewer: AbstractBaseUser, choice: GradeI
                 "This image is still waiting for its independent grades; adjudicate it once "
                 "the graders have finished."
             )
+        # Nobody settles a disagreement they are part of, unless the clinic allows it (too few
+        # reviewers); then the adjudication says so.
+        was_grader = Grade.objects.filter(
+            image=locked, kind=Grade.Kind.GRADER, grader=reviewer
+        ).exists()
+        if was_grader and not workbench_settings_get().allow_self_adjudication:
+            raise GradeRejected(
+                "You graded this image yourself, so another reviewer must adjudicate it "
+                "(an admin can allow self-adjudication in the grading settings)."
+            )
         # A later adjudication (by any reviewer) corrects the previous one.
         grade = _grade_append(
             image=locked,
@@ -232,6 +244,7 @@ def grade_adjudicate(*, image: Image, reviewer: AbstractBaseUser, choice: GradeI
             level=level,
             choice=choice,
             supersedes=_grade_current(image=locked, kind=Grade.Kind.ADJUDICATION),
+            adjudicator_graded=was_grader,
         )
         _image_confirm(
             image=locked,

@@ -11,12 +11,13 @@ from __future__ import annotations
 from django.db.models import Prefetch, QuerySet
 from django.shortcuts import get_object_or_404
 from django.urls import path
-from rest_framework import generics
+from rest_framework import generics, serializers
 from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import BasePermission, IsAuthenticated
 
 from grading.models import GradeLevel, Image, ModelVersion, Prediction
+from grading.selectors.assistance import images_blind_for
 from grading.serializers import ImageSerializer, ModelVersionSerializer, PredictionSerializer
 
 # Predictions next to confirmed grades are a reviewer's view: a clinician reading them through the
@@ -41,13 +42,25 @@ class HasViewPermissions(BasePermission):
 
 
 def _grade_param(request, name: str) -> int | None:
+    """A grade value of the scale from the query string, parsed by a serializer field (400 with
+    the known grades otherwise)."""
     raw = request.query_params.get(name)
     if raw in (None, ""):
         return None
-    if not raw.isdigit() or not GradeLevel.objects.filter(value=int(raw)).exists():
-        known = ", ".join(str(v) for v in GradeLevel.objects.values_list("value", flat=True))
-        raise ValidationError({name: f"{raw!r} is not a grade of the scale ({known})."})
-    return int(raw)
+    known = list(GradeLevel.objects.values_list("value", flat=True))
+    field = serializers.ChoiceField(choices=[(str(value), str(value)) for value in known])
+    try:
+        return int(field.run_validation(raw))
+    except ValidationError:
+        listed = ", ".join(str(value) for value in known)
+        raise ValidationError(
+            {name: f"{raw[:40]!r} is not a grade of the scale ({listed})."}
+        ) from None
+
+
+def _blind_images(request):
+    """Images whose predictions this reader may not see yet (blind reading)."""
+    return images_blind_for(user=request.user).values("pk")
 
 
 class ReadOnlyApiView(generics.GenericAPIView):
@@ -71,9 +84,9 @@ class ImageList(ReadOnlyApiView, generics.ListAPIView):
             .prefetch_related(
                 Prefetch(
                     "predictions",
-                    queryset=Prediction.objects.select_related("model_version").order_by(
-                        "-created_at", "-id"
-                    ),
+                    queryset=Prediction.objects.select_related("model_version")
+                    .exclude(image__in=_blind_images(self.request))
+                    .order_by("-created_at", "-id"),
                     to_attr="predictions_newest_first",
                 )
             )
@@ -101,12 +114,22 @@ class ImageDetail(ReadOnlyApiView, generics.RetrieveAPIView):
     lookup_url_kwarg = "image_id"
 
     def get_queryset(self) -> QuerySet[Image]:
-        return Image.objects.select_related("patient")
+        return Image.objects.select_related("patient").prefetch_related(
+            Prefetch(
+                "predictions",
+                queryset=Prediction.objects.select_related("model_version")
+                .exclude(image__in=_blind_images(self.request))
+                .order_by("-created_at", "-id"),
+                to_attr="predictions_newest_first",
+            )
+        )
 
 
 class ModelVersionList(ReadOnlyApiView, generics.ListAPIView):
     serializer_class = ModelVersionSerializer
-    required_permissions = ("grading.view_modelversion",)
+    # Versions carry hold-out metrics: a reviewer's view, like predictions (README: 403 for
+    # clinicians).
+    required_permissions = ("grading.view_modelversion", "grading.review_agreement")
     queryset = ModelVersion.objects.order_by("-created_at", "-id")
 
 
@@ -120,6 +143,7 @@ class ModelVersionPredictions(ReadOnlyApiView, generics.ListAPIView):
         version = get_object_or_404(ModelVersion, name=self.kwargs["name"])
         queryset = (
             Prediction.objects.filter(model_version=version)
+            .exclude(image__in=_blind_images(self.request))
             .select_related("model_version", "image")
             .order_by("id")
         )

@@ -20,7 +20,12 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from grading.models import Grade, GradeLevel, Image, Patient, WorkbenchSettings
 from grading.selectors import patients as patient_selectors
 from grading.selectors import worklist as worklist_selectors
-from grading.selectors.assistance import model_view_for, prediction_cam_file, prediction_hidden
+from grading.selectors.assistance import (
+    model_view_for,
+    prediction_cam_file,
+    prediction_hidden,
+    reader_is_independent,
+)
 from grading.selectors.model_versions import model_version_active
 from grading.services import claims as claim_services
 from grading.services import grades as grade_services
@@ -49,12 +54,27 @@ PATIENTS_PAGE_SIZE = 25
 # Session helpers: the user's queue order, the images they skipped, where they have been.
 
 
+def _queue_orders_allowed(settings_row: WorkbenchSettings) -> tuple[str, ...]:
+    """Ordering by the model's uncertainty tells a blind reader how sure the model is; in blind
+    mode it is offered only when the admin allowed it on the settings page."""
+    if settings_row.blind_first_grader and not settings_row.allow_uncertain_order_when_blind:
+        return tuple(
+            order
+            for order in worklist_selectors.QUEUE_ORDERS
+            if order != WorkbenchSettings.QueueOrder.UNCERTAIN
+        )
+    return tuple(worklist_selectors.QUEUE_ORDERS)
+
+
 def _queue_order(request: HttpRequest) -> tuple[str, bool]:
     """The queue order in force and whether it is the user's own choice (else the admin's)."""
+    settings_row = worklist_selectors.workbench_settings_get()
+    allowed = _queue_orders_allowed(settings_row)
     chosen = request.session.get(SESSION_ORDER)
-    if chosen in worklist_selectors.QUEUE_ORDERS:
+    if chosen in allowed:
         return chosen, True
-    return worklist_selectors.workbench_settings_get().queue_order, False
+    default = settings_row.queue_order
+    return (default if default in allowed else WorkbenchSettings.QueueOrder.OLDEST), False
 
 
 def _queue_seed(request: HttpRequest) -> str:
@@ -128,14 +148,22 @@ def _page_number(request: HttpRequest) -> str:
 @require_GET
 @permission_required(GRADE_PERMISSION, raise_exception=True)
 def worklist(request: HttpRequest) -> HttpResponse:
+    settings_row = worklist_selectors.workbench_settings_get()
+    allowed_orders = _queue_orders_allowed(settings_row)
     if "order" in request.GET:
         choice = request.GET["order"]
         if choice == "default":
             request.session.pop(SESSION_ORDER, None)
-        elif choice in worklist_selectors.QUEUE_ORDERS:
+        elif choice in allowed_orders:
             request.session[SESSION_ORDER] = choice
+        elif choice in worklist_selectors.QUEUE_ORDERS:
+            messages.error(
+                request,
+                "Ordering by the model's uncertainty would reveal the model's confidence during "
+                "blind reading; an admin can allow it in the grading settings.",
+            )
         else:
-            messages.error(request, f"Unknown queue order {choice!r}.")
+            messages.error(request, f"Unknown queue order {choice[:40]!r}.")
         return redirect("worklist")
     if request.GET.get("skipped") == "clear":
         request.session.pop(SESSION_SKIPPED, None)
@@ -149,7 +177,6 @@ def worklist(request: HttpRequest) -> HttpResponse:
     )
     page = Paginator(ordered_ids, WORKLIST_PAGE_SIZE).get_page(_page_number(request))
     held = set(worklist_selectors.claim_held(grader=request.user))
-    settings_row = worklist_selectors.workbench_settings_get()
     rows = [
         {
             "image": image,
@@ -167,8 +194,16 @@ def worklist(request: HttpRequest) -> HttpResponse:
         "order": order,
         "order_label": WorkbenchSettings.QueueOrder(order).label,
         "own_choice": own_choice,
-        "default_order_label": WorkbenchSettings.QueueOrder(settings_row.queue_order).label,
-        "orders": WorkbenchSettings.QueueOrder.choices,
+        "default_order_label": WorkbenchSettings.QueueOrder(
+            settings_row.queue_order
+            if settings_row.queue_order in allowed_orders
+            else WorkbenchSettings.QueueOrder.OLDEST
+        ).label,
+        "orders": [
+            (value, label)
+            for value, label in WorkbenchSettings.QueueOrder.choices
+            if value in allowed_orders
+        ],
         "counts": worklist_selectors.worklist_counts(grader=request.user),
         "skipped_count": len([pk for pk in skipped if pk in set(ordered_ids)]),
         "settings_row": settings_row,
@@ -177,13 +212,21 @@ def worklist(request: HttpRequest) -> HttpResponse:
     return render(request, "grading/grading/worklist.html", ctx)
 
 
+class WorklistNextForm(forms.Form):
+    # The image the grader leaves; anything that is not an image id is ignored.
+    came_from = forms.IntegerField(required=False, min_value=1, max_value=2**63 - 1)
+
+    def __init__(self, data, *args, **kwargs):
+        super().__init__({"came_from": data.get("from", "")}, *args, **kwargs)
+
+
 @require_POST
 @permission_required(GRADE_PERMISSION, raise_exception=True)
 def worklist_next(request: HttpRequest) -> HttpResponse:
     """Claim the next image and go to it. Leaving an image without grading it counts as a skip."""
-    came_from = request.POST.get("from", "")
-    if came_from.isdigit():
-        image = Image.objects.filter(pk=int(came_from)).first()
+    form = WorklistNextForm(request.POST)
+    if form.is_valid() and form.cleaned_data["came_from"] is not None:
+        image = Image.objects.filter(pk=form.cleaned_data["came_from"]).first()
         if image is not None:
             _leave_ungraded(request, image)
     return _serve_next(request)
@@ -362,6 +405,15 @@ def adjudicate(request: HttpRequest, image_id: int) -> HttpResponse:
     image = get_object_or_404(
         Image.objects.select_related("patient", "confirmed_grade"), pk=image_id
     )
+    if reader_is_independent(image=image, user=request.user):
+        # This page shows the model and every grade: whoever may still grade the image
+        # independently (an admin too) reads it blind on the grading page instead.
+        messages.info(
+            request,
+            "This image is still waiting for its independent grades, and you may grade it: "
+            "grade it here first; the other grades and the model are hidden until you save.",
+        )
+        return redirect("grade_image", image_id=image.pk)
     levels = _grade_levels()
     form = GradeForm(request.POST or None, levels=levels)
     status = 200
@@ -404,6 +456,7 @@ def adjudicate(request: HttpRequest, image_id: int) -> HttpResponse:
         "i_graded_it": any(
             g.grader_id == request.user.pk and g.kind == Grade.Kind.GRADER for g in grades
         ),
+        "self_adjudication_allowed": worklist_selectors.workbench_settings_get().allow_self_adjudication,
         **_viewer_ctx(image, model_view),
     }
     return render(request, "grading/grading/adjudicate.html", ctx, status=status)
@@ -569,11 +622,36 @@ class WorkbenchSettingsForm(forms.ModelForm):
         model = WorkbenchSettings
         fields = list(EDITABLE_FIELDS)
         labels = {
-            "blind_first_grader": "Blind first read (hide the model until the first grade is saved)",
+            "blind_first_grader": (
+                "Blind reading (every independent reader, admins included, sees neither the "
+                "model nor the other graders until their own grade is saved)"
+            ),
             "queue_order": "Default queue order",
             "claim_minutes": "Claim lease (minutes)",
             "auto_retrain_after": "Retrain automatically after this many new confirmed grades (0: off)",
+            "allow_uncertain_order_when_blind": (
+                "Allow “Most uncertain first” during blind reading. This reveals the model's "
+                "confidence: the images at the top of the queue are those it cannot decide."
+            ),
+            "allow_self_adjudication": (
+                "Allow a reviewer to adjudicate a disagreement they graded themselves (small "
+                "clinics). The adjudication records that its author was one of the graders."
+            ),
         }
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        if (
+            cleaned.get("queue_order") == WorkbenchSettings.QueueOrder.UNCERTAIN
+            and cleaned.get("blind_first_grader")
+            and not cleaned.get("allow_uncertain_order_when_blind")
+        ):
+            self.add_error(
+                "queue_order",
+                "“Most uncertain first” reveals the model's confidence to blind readers: allow "
+                "it explicitly below, or choose another order.",
+            )
+        return cleaned
 
 
 @require_http_methods(["GET", "POST"])

@@ -22,6 +22,7 @@ from grading.models import Image, ModelVersion
 from grading.review_charts import confusion_png, qwk_by_month_png
 from grading.selectors import exports as export_selectors
 from grading.selectors import review as review_selectors
+from grading.selectors.assistance import images_blind_for
 from grading.selectors.review import REVIEW_DEFAULT_SORT, REVIEW_SORTS, ReviewFilters, Scale
 from grading.selectors.timeline import image_timeline
 
@@ -338,19 +339,25 @@ def export_grades_csv(request: HttpRequest) -> StreamingHttpResponse:
     return _csv_response(export_selectors.grades_export_rows(), f"funduscope-grades-{_stamp()}.csv")
 
 
+class PredictionExportForm(forms.Form):
+    version = forms.IntegerField(required=False, min_value=1, max_value=2**63 - 1)
+
+
 @require_GET
 @permission_required("grading.export_data", raise_exception=True)
 def export_predictions_csv(request: HttpRequest) -> HttpResponse:
-    version = None
-    if request.GET.get("version"):
-        if not request.GET["version"].isdigit():
-            return HttpResponse(
-                "version must be a model version id.", status=400, content_type="text/plain"
-            )
-        version = get_object_or_404(ModelVersion, pk=int(request.GET["version"]))
+    form = PredictionExportForm(request.GET)
+    if not form.is_valid():
+        return HttpResponse(
+            "version must be the id of a model version.", status=400, content_type="text/plain"
+        )
+    version_id = form.cleaned_data["version"]
+    version = get_object_or_404(ModelVersion, pk=version_id) if version_id else None
     suffix = f"-{version.name}" if version else ""
     return _csv_response(
-        export_selectors.predictions_export_rows(model_version=version),
+        export_selectors.predictions_export_rows(
+            model_version=version, hidden_images=images_blind_for(user=request.user)
+        ),
         get_valid_filename(f"funduscope-predictions{suffix}-{_stamp()}.csv"),
     )
 
