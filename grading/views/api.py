@@ -63,6 +63,16 @@ def _blind_images(request):
     return images_blind_for(user=request.user).values("pk")
 
 
+class ImageFilterSerializer(serializers.Serializer):
+    """The image list's filters (``confirmed_grade`` is checked against the scale separately)."""
+
+    grading_state = serializers.ChoiceField(
+        choices=Image.GradingState.values, required=False, allow_blank=True
+    )
+    # A pseudonym is at most 64 characters; a NUL byte is refused (PostgreSQL cannot store it).
+    patient = serializers.CharField(required=False, allow_blank=True, max_length=64)
+
+
 class ReadOnlyApiView(generics.GenericAPIView):
     permission_classes = [IsAuthenticated, HasViewPermissions]
     pagination_class = ApiPagination
@@ -92,17 +102,15 @@ class ImageList(ReadOnlyApiView, generics.ListAPIView):
             )
             .order_by("id")
         )
-        state = self.request.query_params.get("grading_state")
+        filters = ImageFilterSerializer(data=self.request.query_params)
+        filters.is_valid(raise_exception=True)
+        state = filters.validated_data.get("grading_state")
         if state:
-            if state not in Image.GradingState.values:
-                raise ValidationError(
-                    {"grading_state": f"must be one of {', '.join(Image.GradingState.values)}."}
-                )
             queryset = queryset.filter(grading_state=state)
         grade = _grade_param(self.request, "confirmed_grade")
         if grade is not None:
             queryset = queryset.filter(confirmed_grade_id=grade)
-        patient = self.request.query_params.get("patient")
+        patient = filters.validated_data.get("patient")
         if patient:
             queryset = queryset.filter(patient__pseudonym=patient)
         return queryset

@@ -530,10 +530,16 @@ def upload(request: HttpRequest) -> HttpResponse:
 # Patients
 
 
+class PatientSearchForm(forms.Form):
+    # Longer input cannot match a pseudonym (64 characters at most); a NUL byte is refused.
+    q = forms.CharField(required=False, max_length=64, strip=True)
+
+
 @require_GET
 @permission_required(VIEW_PATIENT_PERMISSION, raise_exception=True)
 def patients(request: HttpRequest) -> HttpResponse:
-    query = request.GET.get("q", "").strip()[:64]
+    search = PatientSearchForm(request.GET)
+    query = search.cleaned_data["q"].strip() if search.is_valid() else ""
     page = Paginator(patient_selectors.patients_search(query=query), PATIENTS_PAGE_SIZE).get_page(
         _page_number(request)
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
@@ -130,8 +131,10 @@ def _confusion_rows(report: dict, scale: list) -> list[tuple]:
 def model_compare(request: HttpRequest) -> HttpResponse:
     versions = [v for v in version_selectors.model_versions_list() if v.holdout_sha256]
     by_id = {v.pk: v for v in versions}
-    first = by_id.get(_int_or_none(request.GET.get("a")))
-    second = by_id.get(_int_or_none(request.GET.get("b")))
+    chosen = ModelCompareForm(request.GET)
+    chosen.is_valid()  # an invalid choice is left empty: the page asks for two versions
+    first = by_id.get(chosen.cleaned_data.get("a"))
+    second = by_id.get(chosen.cleaned_data.get("b"))
     ctx: dict = {"versions": versions, "first": first, "second": second, "comparison": None}
     if first is not None and second is not None:
         if first.pk == second.pk:
@@ -153,11 +156,9 @@ def model_compare(request: HttpRequest) -> HttpResponse:
     return render(request, "grading/models/compare.html", ctx)
 
 
-def _int_or_none(value: str | None) -> int | None:
-    try:
-        return int(value) if value else None
-    except ValueError:
-        return None
+class ModelCompareForm(forms.Form):
+    a = forms.IntegerField(required=False, min_value=1)
+    b = forms.IntegerField(required=False, min_value=1)
 
 
 @require_GET

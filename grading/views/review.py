@@ -4,12 +4,14 @@ and CSV exports."""
 from __future__ import annotations
 
 import csv
+import datetime as dt
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from django import forms
 from django.contrib.auth.decorators import permission_required
 from django.core.paginator import Paginator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import path
@@ -49,10 +51,28 @@ def _grade_choices(scale: Scale, empty: str) -> list[tuple[str, str]]:
     return [("", empty)] + [(str(level.value), str(level)) for level in scale.levels]
 
 
+# Filter dates outside these bounds mean nothing here, and the day after 9999-12-31 (the end of
+# an inclusive range) does not exist: refused with a message instead of overflowing.
+EARLIEST_FILTER_DATE = dt.date(1900, 1, 1)
+LATEST_FILTER_DATE = dt.date(2999, 12, 31)
+
+
 def _date_field(label: str) -> forms.DateField:
-    """An optional date with the browser's date picker."""
+    """An optional date with the browser's date picker, between 1900 and 2999."""
     return forms.DateField(
-        required=False, label=label, widget=forms.DateInput(attrs={"type": "date"})
+        required=False,
+        label=label,
+        widget=forms.DateInput(
+            attrs={
+                "type": "date",
+                "min": EARLIEST_FILTER_DATE.isoformat(),
+                "max": LATEST_FILTER_DATE.isoformat(),
+            }
+        ),
+        validators=[
+            MinValueValidator(EARLIEST_FILTER_DATE, "Choose a date from 1900 on."),
+            MaxValueValidator(LATEST_FILTER_DATE, "Choose a date before the year 3000."),
+        ],
     )
 
 
