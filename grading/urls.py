@@ -20,5 +20,6 @@ urlpatterns = [
     path("", include("grading.views.grading")),
     path("", include("grading.views.models")),
     path("", include("grading.views.review")),
+    path("", include("grading.views.audit")),
     path("api/", include("grading.views.api")),
 ]
