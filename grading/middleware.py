@@ -94,6 +94,13 @@ class UploadLimitsMiddleware:
             problem = "The form sent too many fields."
         elif isinstance(error, RequestDataTooBig):
             problem = f"The form data is larger than {max_mb} MB."
+        elif "header size" in str(error):
+            # Django caps a file part's headers at 1,024 bytes, which only a very long file name
+            # reaches.
+            problem = (
+                "A file name is too long: rename the file to at most "
+                f"{settings.FUNDUS_MAX_FILENAME_LENGTH} characters."
+            )
         else:
             problem = "The upload could not be read (it was interrupted or malformed)."
         ctx = {

@@ -89,6 +89,16 @@ def _grade_current(
     return grades.order_by("-created_at", "-id").first()
 
 
+def _grade_repeats(grade: Grade, *, level: GradeLevel | None, choice: GradeInput) -> bool:
+    """Whether ``choice`` says exactly what ``grade`` already says."""
+    return (
+        grade.grade_id == (level.pk if level is not None else None)
+        and grade.ungradable == choice.ungradable
+        and grade.macular_oedema == choice.macular_oedema
+        and grade.notes == choice.notes.strip()
+    )
+
+
 def _grade_append(
     *,
     image: Image,
@@ -180,7 +190,9 @@ def image_confirmation_refresh(
 
 
 def grade_submit(*, image: Image, grader: AbstractBaseUser, choice: GradeInput) -> Grade:
-    """Record a clinician's independent grade (or their correction of it) and update the image."""
+    """Record a clinician's independent grade (or their correction of it) and update the image.
+    Idempotent: submitting what the grader's current grade already says returns that grade and
+    writes nothing."""
     level = _grade_level_resolve(choice)
     with transaction.atomic():
         # Lock the image so two grades arriving together are counted one after the other.
@@ -197,6 +209,9 @@ def grade_submit(*, image: Image, grader: AbstractBaseUser, choice: GradeInput) 
                 raise GradeRejected(
                     "Other clinicians have already graded this image; your grade was not recorded."
                 )
+        if previous is not None and _grade_repeats(previous, level=level, choice=choice):
+            # A double submit (or "save" pressed again) changes nothing: no second row.
+            return previous
         grade = _grade_append(
             image=locked,
             kind=Grade.Kind.GRADER,

@@ -360,9 +360,7 @@ def grade_image(request: HttpRequest, image_id: int) -> HttpResponse:
     form = GradeForm(request.POST, levels=_grade_levels())
     if not form.is_valid():
         return _grade_page(request, image, form=form, status=400)
-    was_correction = (
-        worklist_selectors.grade_current_for(image=image, grader=request.user) is not None
-    )
+    before = worklist_selectors.grade_current_for(image=image, grader=request.user)
     try:
         grade = grade_services.grade_submit(
             image=image, grader=request.user, choice=form.grade_input()
@@ -370,7 +368,10 @@ def grade_image(request: HttpRequest, image_id: int) -> HttpResponse:
     except grade_services.GradeRejected as error:
         messages.error(request, str(error))
         return redirect("grade_image", image_id=image.pk)
-    verb = "Correction saved" if was_correction else "Grade saved"
+    if before is not None and grade.pk == before.pk:
+        messages.info(request, f"Your grade was already saved ({_saved_text(grade)}); no change.")
+        return redirect("grade_image", image_id=image.pk)
+    verb = "Correction saved" if before is not None else "Grade saved"
     messages.success(request, f"{verb}: {_saved_text(grade)}.")
     return redirect("grade_image", image_id=image.pk)
 
