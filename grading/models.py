@@ -305,6 +305,7 @@ class Job(models.Model):
         MODEL_TRAIN = "model_train", "Retraining"
         PREDICTIONS_REFRESH = "predictions_refresh", "Batch prediction"
         IMAGES_PREDICT = "images_predict", "Prediction of new uploads"
+        IMAGES_IMPORT = "images_import", "Import of a large upload"
 
     class State(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -340,10 +341,12 @@ class Job(models.Model):
         indexes = [models.Index(fields=["state", "kind"])]
         constraints = [
             models.CheckConstraint(condition=Q(progress__lte=100), name="job_progress_max_100"),
-            # Two retrain requests at once must produce one job, whatever the race.
+            # Two retrain requests at once must produce one job, whatever the race. Per-upload
+            # jobs (predictions, imports) run side by side.
             models.UniqueConstraint(
                 fields=["kind"],
-                condition=Q(state__in=["queued", "running"]) & ~Q(kind="images_predict"),
+                condition=Q(state__in=["queued", "running"])
+                & ~Q(kind__in=["images_predict", "images_import"]),
                 name="one_open_job_per_kind",
             ),
         ]

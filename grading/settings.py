@@ -213,6 +213,13 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = FUNDUS_MAX_UPLOAD_BYTES
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 DATA_UPLOAD_MAX_NUMBER_FILES = env_int("DATA_UPLOAD_MAX_NUMBER_FILES", 500, minimum=1)
 FUNDUS_MAX_FILENAME_LENGTH = 255  # Image.original_filename's length
+# An upload with more files or bytes than these is stored as it is by the request and imported
+# by a background job with progress (decoding 500 photographs takes longer than gunicorn waits).
+FUNDUS_UPLOAD_INLINE_MAX_FILES = env_int("FUNDUS_UPLOAD_INLINE_MAX_FILES", 10, minimum=1)
+FUNDUS_UPLOAD_INLINE_MAX_BYTES = env_int(
+    "FUNDUS_UPLOAD_INLINE_MAX_BYTES", 20 * 1024 * 1024, minimum=1024
+)
+FUNDUS_UPLOAD_STAGING_DIR = env_path("FUNDUS_UPLOAD_STAGING_DIR", BASE_DIR / "var" / "staging")
 # Photographs smaller than this on their short side cannot be graded (a thumbnail, an icon).
 FUNDUS_MIN_IMAGE_SIDE = env_int("FUNDUS_MIN_IMAGE_SIDE", 128, minimum=1)
 

@@ -22,7 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from grading.models import Job
-from grading.services import features, model_versions, predictions
+from grading.services import features, model_versions, predictions, uploads
 from grading.services import jobs as job_services
 
 logger = logging.getLogger(__name__)
@@ -137,6 +137,11 @@ def images_predict(self: JobTask, job_id: int) -> dict[str, Any]:
     return self.run_job(job_id, predictions.images_predict_job)
 
 
+@shared_task(bind=True, base=JobTask, name="grading.tasks.images_import")
+def images_import(self: JobTask, job_id: int) -> dict[str, Any]:
+    return self.run_job(job_id, uploads.upload_staged_import_job)
+
+
 @shared_task(name="grading.tasks.jobs_housekeeping", ignore_result=True)
 def jobs_housekeeping() -> dict[str, Any]:
     """Periodic (beat): fail jobs whose worker died, and start an automatic retrain when due."""
@@ -154,6 +159,7 @@ __all__ = [
     "Job",
     "features_extract",
     "images_augment",
+    "images_import",
     "images_predict",
     "jobs_housekeeping",
     "model_train",

@@ -6,6 +6,7 @@ import datetime as dt
 import secrets
 
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import ValidationError
@@ -17,7 +18,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from grading.models import Grade, GradeLevel, Image, Patient, WorkbenchSettings
+from grading.models import Grade, GradeLevel, Image, Job, Patient, WorkbenchSettings
 from grading.selectors import patients as patient_selectors
 from grading.selectors import worklist as worklist_selectors
 from grading.selectors.assistance import (
@@ -30,7 +31,14 @@ from grading.selectors.model_versions import model_version_active
 from grading.services import claims as claim_services
 from grading.services import grades as grade_services
 from grading.services import renderings
-from grading.services.uploads import ZIP_MAX_MEMBERS, UploadVisit, upload_files_process
+from grading.services.jobs import QueueUnavailable
+from grading.services.uploads import (
+    ZIP_MAX_MEMBERS,
+    UploadVisit,
+    upload_files_process,
+    upload_is_large,
+    upload_stage,
+)
 from grading.services.workbench import EDITABLE_FIELDS, workbench_settings_update
 
 GRADE_PERMISSION = "grading.grade_image"
@@ -493,6 +501,33 @@ class UploadForm(forms.Form):
         return value
 
 
+def _upload_limits() -> dict[str, int]:
+    return {
+        "min_side": settings.FUNDUS_MIN_IMAGE_SIDE,
+        "inline_max_files": settings.FUNDUS_UPLOAD_INLINE_MAX_FILES,
+    }
+
+
+def _upload_visit(form: UploadForm) -> UploadVisit:
+    return UploadVisit(
+        patient_pseudonym=form.cleaned_data["patient_id"],
+        eye=form.cleaned_data["eye"],
+        acquired_on=form.cleaned_data["acquired_on"],
+    )
+
+
+@require_GET
+@permission_required(UPLOAD_PERMISSION, raise_exception=True)
+def upload_job(request: HttpRequest, job_id: int) -> HttpResponse:
+    """Progress and result of a large upload's background import (polled by htmx)."""
+    job = get_object_or_404(Job, pk=job_id, kind=Job.Kind.IMAGES_IMPORT)
+    if job.created_by_id != request.user.pk and not request.user.has_perm("grading.manage_jobs"):
+        raise Http404("No such upload.")
+    if request.htmx:
+        return render(request, "grading/grading/_upload_job.html", {"job": job})
+    return render(request, "grading/grading/upload_job.html", {"job": job})
+
+
 @require_http_methods(["GET", "POST"])
 @permission_required(UPLOAD_PERMISSION, raise_exception=True)
 def upload(request: HttpRequest) -> HttpResponse:
@@ -503,15 +538,21 @@ def upload(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         if not files:
             form.add_error(None, "Choose at least one photograph or a .zip of photographs.")
+        if form.is_valid() and upload_is_large(files):
+            try:
+                job = upload_stage(files=files, visit=_upload_visit(form), uploaded_by=request.user)
+            except (QueueUnavailable, OSError) as error:
+                form.add_error(
+                    None,
+                    f"{error} Large uploads are imported in the background; until it is back, "
+                    f"upload at most {settings.FUNDUS_UPLOAD_INLINE_MAX_FILES} photographs at "
+                    "once. Nothing was stored.",
+                )
+            else:
+                return redirect("upload_job", job_id=job.pk)
         if form.is_valid():
             report = upload_files_process(
-                files=files,
-                visit=UploadVisit(
-                    patient_pseudonym=form.cleaned_data["patient_id"],
-                    eye=form.cleaned_data["eye"],
-                    acquired_on=form.cleaned_data["acquired_on"],
-                ),
-                uploaded_by=request.user,
+                files=files, visit=_upload_visit(form), uploaded_by=request.user
             )
             patient = Patient.objects.filter(pseudonym=form.cleaned_data["patient_id"]).first()
             ctx = {
@@ -520,10 +561,16 @@ def upload(request: HttpRequest) -> HttpResponse:
                 "patient": patient,
                 "zip_max_members": ZIP_MAX_MEMBERS,
                 "active_model": model_version_active(),
+                **_upload_limits(),
             }
             return render(request, "grading/grading/upload.html", ctx)
         status = 400
-    ctx = {"form": form, "report": report, "zip_max_members": ZIP_MAX_MEMBERS}
+    ctx = {
+        "form": form,
+        "report": report,
+        "zip_max_members": ZIP_MAX_MEMBERS,
+        **_upload_limits(),
+    }
     return render(request, "grading/grading/upload.html", ctx, status=status)
 
 
@@ -690,6 +737,7 @@ urlpatterns = [
     path("adjudication/", adjudication_queue, name="adjudication_queue"),
     path("adjudicate/<int:image_id>/", adjudicate, name="adjudicate"),
     path("upload/", upload, name="upload"),
+    path("upload/jobs/<int:job_id>/", upload_job, name="upload_job"),
     path("patients/", patients, name="patients"),
     path("patients/<int:patient_id>/", patient_detail, name="patient_detail"),
     path("images/<int:image_id>/view/<str:mode>.png", image_view, name="image_view"),
