@@ -320,8 +320,7 @@ def upload_stage(
             upload.seek(0)
             target = folder / f"{index:05d}"
             with open(target, "wb") as handle:
-                for chunk in iter(lambda: upload.read(1024 * 1024), b""):
-                    handle.write(chunk)
+                shutil.copyfileobj(upload, handle, 1024 * 1024)
             names.append(upload.name or "file")
         job, _ = job_enqueue(
             kind=Job.Kind.IMAGES_IMPORT,
