@@ -220,6 +220,11 @@ FUNDUS_UPLOAD_INLINE_MAX_BYTES = env_int(
     "FUNDUS_UPLOAD_INLINE_MAX_BYTES", 20 * 1024 * 1024, minimum=1024
 )
 FUNDUS_UPLOAD_STAGING_DIR = env_path("FUNDUS_UPLOAD_STAGING_DIR", BASE_DIR / "var" / "staging")
+# Django streams large request files to temporary files here; a web process killed mid-upload
+# leaves them behind, and the periodic housekeeping removes them (an hour after).
+FILE_UPLOAD_TEMP_DIR = str(env_path("FILE_UPLOAD_TEMP_DIR", BASE_DIR / "var" / "upload-tmp"))
+Path(FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)
+FUNDUS_UPLOAD_LEFTOVER_SECONDS = env_int("FUNDUS_UPLOAD_LEFTOVER_SECONDS", 3600, minimum=60)
 # Photographs smaller than this on their short side cannot be graded (a thumbnail, an icon).
 FUNDUS_MIN_IMAGE_SIDE = env_int("FUNDUS_MIN_IMAGE_SIDE", 128, minimum=1)
 
@@ -308,6 +313,9 @@ FUNDUS_SESSION_IDLE_MINUTES = env_int("FUNDUS_SESSION_IDLE_MINUTES", 60, minimum
 # proxy that sets it; otherwise a client could write any address into the record.
 FUNDUS_BEHIND_PROXY = env_bool("FUNDUS_BEHIND_PROXY", False)
 AUDITLOG_DISABLE_REMOTE_ADDR = not FUNDUS_BEHIND_PROXY
+# Raw saves are fixture and test-database loads, not changes anyone made (and logging them would
+# create content types in the middle of loading them).
+AUDITLOG_DISABLE_ON_RAW_SAVE = True
 
 # Content-Security-Policy (django-csp): scripts and styles from this site only, no inline script.
 # Inline style attributes stay allowed for the bars' widths (data, not code); htmx's own indicator

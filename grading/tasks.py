@@ -144,8 +144,10 @@ def images_import(self: JobTask, job_id: int) -> dict[str, Any]:
 
 @shared_task(name="grading.tasks.jobs_housekeeping", ignore_result=True)
 def jobs_housekeeping() -> dict[str, Any]:
-    """Periodic (beat): fail jobs whose worker died, and start an automatic retrain when due."""
+    """Periodic (beat): fail jobs whose worker died, remove what interrupted uploads left, and
+    start an automatic retrain when due."""
     marked = job_services.jobs_mark_stale()
+    uploads.uploads_leftovers_remove()
     auto_job = None
     try:
         auto_job = model_versions.model_auto_retrain_check()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import shutil
+import time
 import uuid
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
@@ -405,6 +406,39 @@ def upload_staged_import_job(*, job: Job, progress: Callable[[int, str], None]) 
             f"{report.rejected} rejected"
         ),
     }
+
+
+def uploads_leftovers_remove(*, older_than_seconds: float | None = None) -> int:
+    """Remove what an interrupted upload left behind: the temporary files of a web process killed
+    while receiving a request, and staging folders that no import job will read (the request
+    died before queueing its job, or the job finished). Folders of failed jobs stay, so the job
+    can be retried. Returns how many entries were removed."""
+    age = (
+        settings.FUNDUS_UPLOAD_LEFTOVER_SECONDS
+        if older_than_seconds is None
+        else older_than_seconds
+    )
+    cutoff = time.time() - age
+    removed = 0
+    temp_dir = Path(settings.FILE_UPLOAD_TEMP_DIR)
+    for path in temp_dir.glob("*.upload*") if temp_dir.is_dir() else []:
+        if path.is_file() and path.stat().st_mtime <= cutoff:
+            path.unlink(missing_ok=True)
+            removed += 1
+    staging = Path(settings.FUNDUS_UPLOAD_STAGING_DIR)
+    if staging.is_dir():
+        kept = {
+            params.get("folder")
+            for params in Job.objects.filter(
+                kind=Job.Kind.IMAGES_IMPORT,
+                state__in=[Job.State.QUEUED, Job.State.RUNNING, Job.State.FAILED],
+            ).values_list("params", flat=True)
+        }
+        for folder in staging.iterdir():
+            if str(folder) not in kept and folder.stat().st_mtime <= cutoff:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+    return removed
 
 
 def _predictions_enqueue(image_ids: list[int]) -> bool:
