@@ -44,7 +44,7 @@ from tests.factories_jobs import (
     wait_until,
 )
 from tests.factories_jobs import (
-    tests_database_url as test_database_url,
+    tests_database_url as database_url_of_tests,
 )
 
 # Ports of this project's fault tests (web server, private Redis).
@@ -74,7 +74,7 @@ def web_server(
     env = dict(os.environ)
     env.update(
         {
-            "DATABASE_URL": test_database_url(),
+            "DATABASE_URL": database_url_of_tests(),
             "MEDIA_ROOT": str(media),
             "FUNDUS_UPLOAD_STAGING_DIR": str(staging),
             "FILE_UPLOAD_TEMP_DIR": str(upload_tmp),
