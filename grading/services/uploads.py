@@ -287,7 +287,8 @@ def upload_files_process(
             )
         )
         if progress is not None and total:
-            progress(min(99, int(100 * index / total)), f"{index} of {total} files checked")
+            # An archive counts as one uploaded file but yields many photographs.
+            progress(min(99, int(100 * index / total)), f"{index} photograph(s) checked")
     if report.accepted_ids:
         report.prediction_queued = _predictions_enqueue(report.accepted_ids)
     return report
@@ -340,14 +341,17 @@ def upload_stage(
     return job
 
 
-@dataclass
+@dataclass(frozen=True)
 class _StagedFile:
-    name: str
+    name: str  # the name the user's file had
     path: Path
 
-    @property
-    def size(self) -> int:
-        return self.path.stat().st_size
+
+def _staged_files_open(staged: list[_StagedFile]) -> Iterator[File]:
+    """Each staged file, open only while it is being read, like the uploaded file it was."""
+    for item in staged:
+        with item.path.open("rb") as handle:
+            yield File(handle, name=item.name)
 
 
 def upload_staged_import_job(*, job: Job, progress: Callable[[int, str], None]) -> dict:
@@ -368,24 +372,14 @@ def upload_staged_import_job(*, job: Job, progress: Callable[[int, str], None]) 
     missing = [item.name for item in staged if not item.path.is_file()]
     if missing:
         raise FileNotFoundError(f"staged files are missing: {', '.join(missing[:5])}")
-    handles = []
-    try:
-        files = []
-        for item in staged:
-            handle = item.path.open("rb")
-            handles.append(handle)
-            files.append(File(handle, name=item.name))  # read like the uploaded file it was
-        progress(1, f"Checking {len(files)} files")
-        report = upload_files_process(
-            files=files,
-            visit=visit,
-            uploaded_by=job.created_by,
-            progress=progress,
-            total=len(files),
-        )
-    finally:
-        for handle in handles:
-            handle.close()
+    progress(1, f"Checking {len(staged)} files")
+    report = upload_files_process(
+        files=_staged_files_open(staged),
+        visit=visit,
+        uploaded_by=job.created_by,
+        progress=progress,
+        total=len(staged),
+    )
     shutil.rmtree(folder, ignore_errors=True)
     return {
         "outcomes": [

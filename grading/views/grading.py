@@ -221,11 +221,12 @@ def worklist(request: HttpRequest) -> HttpResponse:
 
 
 class WorklistNextForm(forms.Form):
-    # The image the grader leaves; anything that is not an image id is ignored.
-    came_from = forms.IntegerField(required=False, min_value=1, max_value=2**63 - 1)
+    """``from``: the image the grader leaves; anything that is not an image id is ignored."""
 
-    def __init__(self, data, *args, **kwargs):
-        super().__init__({"came_from": data.get("from", "")}, *args, **kwargs)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # "from" is a Python keyword, so the field is added by name.
+        self.fields["from"] = forms.IntegerField(required=False, min_value=1, max_value=2**63 - 1)
 
 
 @require_POST
@@ -233,8 +234,8 @@ class WorklistNextForm(forms.Form):
 def worklist_next(request: HttpRequest) -> HttpResponse:
     """Claim the next image and go to it. Leaving an image without grading it counts as a skip."""
     form = WorklistNextForm(request.POST)
-    if form.is_valid() and form.cleaned_data["came_from"] is not None:
-        image = Image.objects.filter(pk=form.cleaned_data["came_from"]).first()
+    if form.is_valid() and form.cleaned_data["from"] is not None:
+        image = Image.objects.filter(pk=form.cleaned_data["from"]).first()
         if image is not None:
             _leave_ungraded(request, image)
     return _serve_next(request)
