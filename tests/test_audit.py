@@ -124,3 +124,20 @@ class AdminConfirmedGradeTests(GradingTestCase):
         entry = LogEntry.objects.get_for_object(image).latest("timestamp")
         self.assertEqual(entry.actor, superuser)
         self.assertEqual(image.grading_state, Image.GradingState.CONFIRMED)
+
+
+class AuditTextTests(GradingTestCase):
+    def test_a_creation_lists_the_values_it_set_and_an_update_old_and_new(self):
+        from grading.selectors.audit import audit_changes_text
+
+        with audit_actor(self.adam):
+            image = image_make()
+            Image.objects.get(pk=image.pk).save()  # no change: no entry
+            image.eye = "L"
+            image.save()
+        created, updated = LogEntry.objects.get_for_object(image).order_by("timestamp", "id")
+        created_text = audit_changes_text(created)
+        self.assertIn("eye: R", created_text)
+        self.assertNotIn("None", created_text)
+        self.assertNotIn("grades", created_text)
+        self.assertEqual(audit_changes_text(updated), "eye: R → L")

@@ -50,8 +50,24 @@ def audit_registry_setup() -> None:
     )
     # Adjudications and every grade: append-only rows, each creation recorded with its actor.
     auditlog.register(Grade)
-    # Admin edits of images and patients (confirmation fields included).
-    auditlog.register(Image)
+    # Admin edits of images and patients: what says whose eye it is and its confirmed grade
+    # (dimensions and the content hash never change).
+    auditlog.register(
+        Image,
+        include_fields=[
+            "patient",
+            "eye",
+            "acquired_on",
+            "source",
+            "original_filename",
+            "grading_state",
+            "confirmed_grade",
+            "confirmed_ungradable",
+            "confirmed_macular_oedema",
+            "confirmation_method",
+            "confirmed_by",
+        ],
+    )
     auditlog.register(Patient)
     auditlog.register(GradeLevel)
     # Accounts and roles: group membership, staff and superuser flags; never the password hash.
