@@ -336,7 +336,7 @@ CONTENT_SECURITY_POLICY = {
 }
 # Browser features a grading workbench never uses.
 FUNDUS_PERMISSIONS_POLICY = (
-    "camera=(), microphone=(), geolocation=(), payment=(), usb=(), interest-cohort=()"
+    "camera=(), microphone=(), geolocation=(), payment=(), usb=(), serial=(), bluetooth=()"
 )
 
 # Security. Production turns on every HTTPS protection; `manage.py check --deploy` stays clean.
