@@ -91,6 +91,15 @@ class BlindForEveryReaderTests(GradingTestCase):
             else:
                 self.assertNotIn(self.image.sha256.encode(), body, url)
 
+    def test_the_grades_export_leaves_out_others_grades_of_images_the_admin_may_grade(self):
+        workbench_set(blind_first_grader=False)  # about the model; graders stay independent
+        self.login(self.adam)
+        body = b"".join(self.client.get(reverse("export_grades_csv")).streaming_content)
+        self.assertNotIn(b"alice-secret-note", body)
+        self.login(self.rita)
+        body = b"".join(self.client.get(reverse("export_grades_csv")).streaming_content)
+        self.assertIn(b"alice-secret-note", body)
+
     def test_blind_mode_off_shows_the_model_to_readers(self):
         workbench_set(blind_first_grader=False)
         self.login(self.bob)

@@ -34,13 +34,21 @@ def prediction_hidden(*, image: Image, user: AbstractBaseUser) -> bool:
     return reader_is_independent(image=image, user=user)
 
 
-def images_blind_for(*, user: AbstractBaseUser) -> QuerySet[Image]:
-    """The images whose predictions this user may not see yet (blind mode): pending images they
-    may grade and have not graded. Empty when blind mode is off or the user does not grade."""
-    if not workbench_settings_get().blind_first_grader or not user.has_perm("grading.grade_image"):
+def images_read_independently_by(*, user: AbstractBaseUser) -> QuerySet[Image]:
+    """The pending images this user may grade and has not graded: they see no other grader's
+    grade of them (whatever the blind-mode setting, which is about the model)."""
+    if not user.has_perm("grading.grade_image"):
         return Image.objects.none()
     graded = Grade.objects.filter(kind=Grade.Kind.GRADER, grader=user).values("image_id")
     return Image.objects.filter(grading_state=Image.GradingState.PENDING).exclude(pk__in=graded)
+
+
+def images_blind_for(*, user: AbstractBaseUser) -> QuerySet[Image]:
+    """The images whose predictions this user may not see yet (blind mode): pending images they
+    may grade and have not graded. Empty when blind mode is off or the user does not grade."""
+    if not workbench_settings_get().blind_first_grader:
+        return Image.objects.none()
+    return images_read_independently_by(user=user)
 
 
 @dataclass(frozen=True)

@@ -89,14 +89,15 @@ def csv_cell(value: Any) -> str | int | float:
     return value
 
 
-def grades_export_rows() -> Iterator[Sequence[Any]]:
-    """The header, then every grade ever recorded (corrections and superseded grades included)."""
+def grades_export_rows(*, hidden_images: QuerySet | None = None) -> Iterator[Sequence[Any]]:
+    """The header, then every grade ever recorded (corrections and superseded grades included);
+    the grades of ``hidden_images`` (images the reader may still grade independently) are left
+    out."""
     yield GRADE_COLUMNS
-    rows = (
-        Grade.objects.order_by("id")
-        .values_list(*_lookups(_GRADE_EXPORT))
-        .iterator(chunk_size=EXPORT_CHUNK_SIZE)
-    )
+    grades = Grade.objects.order_by("id")
+    if hidden_images is not None:
+        grades = grades.exclude(image__in=hidden_images.values("pk"))
+    rows = grades.values_list(*_lookups(_GRADE_EXPORT)).iterator(chunk_size=EXPORT_CHUNK_SIZE)
     for row in rows:
         yield [csv_cell(value) for value in row]
 

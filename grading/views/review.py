@@ -24,7 +24,7 @@ from grading.models import Image, ModelVersion
 from grading.review_charts import confusion_png, qwk_by_month_png
 from grading.selectors import exports as export_selectors
 from grading.selectors import review as review_selectors
-from grading.selectors.assistance import images_blind_for
+from grading.selectors.assistance import images_blind_for, images_read_independently_by
 from grading.selectors.review import REVIEW_DEFAULT_SORT, REVIEW_SORTS, ReviewFilters, Scale
 from grading.selectors.timeline import image_timeline
 
@@ -356,7 +356,10 @@ def _stamp() -> str:
 @require_GET
 @permission_required("grading.export_data", raise_exception=True)
 def export_grades_csv(request: HttpRequest) -> StreamingHttpResponse:
-    return _csv_response(export_selectors.grades_export_rows(), f"funduscope-grades-{_stamp()}.csv")
+    rows = export_selectors.grades_export_rows(
+        hidden_images=images_read_independently_by(user=request.user)
+    )
+    return _csv_response(rows, f"funduscope-grades-{_stamp()}.csv")
 
 
 class PredictionExportForm(forms.Form):
