@@ -120,6 +120,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
+    # After the middleware whose work the page it may substitute needs (messages, CSRF, sessions).
+    "grading.views.errors.ProductNotFoundPageMiddleware",
     "auditlog.middleware.AuditlogMiddleware",
     # Last, as django-axes documents: it turns a lockout raised by the backend into its page.
     "axes.middleware.AxesMiddleware",

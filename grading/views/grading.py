@@ -8,7 +8,6 @@ import secrets
 from django import forms
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.core.validators import RegexValidator
@@ -18,6 +17,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from grading import keyboard
 from grading.models import Grade, GradeLevel, Image, Job, Patient, WorkbenchSettings
 from grading.selectors import patients as patient_selectors
 from grading.selectors import worklist as worklist_selectors
@@ -40,6 +40,7 @@ from grading.services.uploads import (
     upload_stage,
 )
 from grading.services.workbench import EDITABLE_FIELDS, workbench_settings_update
+from grading.views.access import permission_required
 
 GRADE_PERMISSION = "grading.grade_image"
 ADJUDICATE_PERMISSION = "grading.adjudicate_image"
@@ -350,6 +351,9 @@ def _grade_page(
         "context": patient_selectors.patient_context_for(image=image),
         "previous_id": _history_previous(request, image.pk),
         **_viewer_ctx(image, model_view),
+        **keyboard.keyboard_ctx(
+            page=keyboard.GRADE_PAGE, grade_values=[level.value for level in levels]
+        ),
     }
     return render(request, "grading/grading/grade.html", ctx, status=status)
 
@@ -468,6 +472,9 @@ def adjudicate(request: HttpRequest, image_id: int) -> HttpResponse:
         ),
         "self_adjudication_allowed": worklist_selectors.workbench_settings_get().allow_self_adjudication,
         **_viewer_ctx(image, model_view),
+        **keyboard.keyboard_ctx(
+            page=keyboard.ADJUDICATE_PAGE, grade_values=[level.value for level in levels]
+        ),
     }
     return render(request, "grading/grading/adjudicate.html", ctx, status=status)
 
@@ -677,22 +684,47 @@ class WorkbenchSettingsForm(forms.ModelForm):
         model = WorkbenchSettings
         fields = list(EDITABLE_FIELDS)
         labels = {
-            "blind_first_grader": (
-                "Blind reading (every independent reader, admins included, sees neither the "
-                "model nor the other graders until their own grade is saved)"
-            ),
+            "blind_first_grader": "Blind reading (hide the model until each reader's grade is saved)",
             "queue_order": "Default queue order",
             "claim_minutes": "Claim lease (minutes)",
             "auto_retrain_after": "Retrain automatically after this many new confirmed grades (0: off)",
-            "allow_uncertain_order_when_blind": (
-                "Allow “Most uncertain first” during blind reading. This reveals the model's "
-                "confidence: the images at the top of the queue are those it cannot decide."
-            ),
-            "allow_self_adjudication": (
-                "Allow a reviewer to adjudicate a disagreement they graded themselves (small "
-                "clinics). The adjudication records that its author was one of the graders."
-            ),
+            "allow_uncertain_order_when_blind": "Allow “Most uncertain first” during blind reading",
+            "allow_self_adjudication": "Allow self-adjudication",
         }
+
+    # Declared fields ignore Meta.help_texts: every field gets its help here.
+    setting_help = {
+        "grades_required": (
+            "With two, two clinicians grade each image without seeing each other's grade: "
+            "agreement confirms it, disagreement sends it to a reviewer's adjudication queue. "
+            "Going back to one settles the pending images that already have a grade."
+        ),
+        "blind_first_grader": (
+            "Every clinician who grades an image independently (the first, the second, an "
+            "admin who grades) sees neither the model's grade, its probabilities nor its "
+            "activation map until their own grade is saved, so the model cannot anchor it. "
+            "Reviewers who do not grade see the model."
+        ),
+        "queue_order": (
+            "The order of the worklist and of Next image. Most uncertain first serves the "
+            "images the active model is least sure about (its grades then teach it the "
+            "most); each clinician can choose another order for themselves on the worklist. "
+            "During blind reading it is refused unless allowed below."
+        ),
+        "claim_minutes": (
+            "Opening an image reserves it for that clinician this long (1-240 minutes), so "
+            "two clinicians are not served the same image when only one grade is missing."
+        ),
+        "auto_retrain_after": (
+            "Counted since the last model was trained. An automatic retrain makes a "
+            "candidate version; an admin still compares and activates it."
+        ),
+    }
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name, text in self.setting_help.items():
+            self.fields[name].help_text = text
 
     def clean(self) -> dict:
         cleaned = super().clean()

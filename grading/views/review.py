@@ -9,7 +9,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from django import forms
-from django.contrib.auth.decorators import permission_required
 from django.core.paginator import Paginator
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
@@ -27,6 +26,7 @@ from grading.selectors import review as review_selectors
 from grading.selectors.assistance import images_blind_for, images_read_independently_by
 from grading.selectors.review import REVIEW_DEFAULT_SORT, REVIEW_SORTS, ReviewFilters, Scale
 from grading.selectors.timeline import image_timeline
+from grading.views.access import permission_required
 
 REVIEW_PAGE_SIZE = 50
 
@@ -129,9 +129,12 @@ class ReviewFilterForm(DateRangeCheckMixin, forms.Form):
         versions = review_selectors.model_versions_with_predictions()
         self.fields["version"].queryset = versions
         default = review_selectors.model_version_default()
-        self.fields["version"].empty_label = (
-            f"{default.name} (default)" if default else "No model version yet"
-        )
+        # No "(default)" entry beside the same version's own entry: the default version is
+        # simply the one selected when the request names none.
+        self.fields["version"].empty_label = None if default else "No model version yet"
+        if default is not None and self.is_bound and not self.data.get("version"):
+            self.data = self.data.copy()
+            self.data["version"] = str(default.pk)
         self.fields["version"].label_from_instance = lambda version: (
             f"{version.name} ({version.get_state_display().lower()})"
         )

@@ -1,5 +1,6 @@
-// Keyboard grading: 0-9 grade, U ungradable, M macular oedema, Enter save (or, after saving, next
-// image), S skip, arrows previous/next, +/-/F zoom, V view, C activation map, Esc leaves notes.
+// Keyboard grading. The keys and what they do come from the page's key table
+// (grading/keyboard.py, in the #keyboard-bindings JSON), the same table that writes the
+// "Keyboard shortcuts" help: a key is bound here exactly when the help lists it.
 (function () {
   "use strict";
   const form = document.querySelector("[data-grade-form]");
@@ -10,6 +11,10 @@
   const oedema = form ? form.querySelector("[data-oedema]") : null;
   const savedAlready = form ? form.dataset.saved === "true" : false;
   const correction = form ? form.querySelector("[data-correction]") : null;
+  const tableElement = document.getElementById("keyboard-bindings");
+  const bindings = tableElement ? JSON.parse(tableElement.textContent) : [];
+  const byKey = new Map();
+  bindings.forEach((binding) => binding.keys.forEach((key) => byKey.set(key, binding)));
   let dirty = false;
   let submitting = false;
 
@@ -59,9 +64,74 @@
   }
 
   function typing(target) {
-    return target && (target.tagName === "TEXTAREA" || target.tagName === "SELECT" ||
-      (target.tagName === "INPUT" && !["radio", "checkbox", "range", "hidden"].includes(target.type)));
+    return target && (target.tagName === "TEXTAREA" || target.tagName === "SELECT" || target.isContentEditable ||
+      (target.tagName === "INPUT" && !["radio", "checkbox", "range", "hidden", "button", "submit"].includes(target.type)));
   }
+
+  // Enter keeps its own meaning only where the user chose it with the keyboard: on a link and on a
+  // submit button (Save, Skip, Next image). Everywhere else it saves: a view button, the zoom
+  // buttons, a checkbox or the "Correct your grade" summary keep the focus after a mouse click,
+  // and Enter used to click them again while the grade went unsaved.
+  function enterActsNatively(target) {
+    if (!target) return false;
+    if (target.tagName === "A") return true;
+    return (target.tagName === "BUTTON" || target.tagName === "INPUT") && target.type === "submit";
+  }
+
+  function toggle(selector) {
+    const box = document.querySelector(selector);
+    if (!box || box.disabled) return false;
+    openCorrection();
+    box.checked = !box.checked;
+    box.dispatchEvent(new Event("change", { bubbles: true }));
+    return true;
+  }
+
+  const actions = {
+    grade(key) {
+      if (!form) return false;
+      const radio = radios().find((r) => r.dataset.gradeKey === key);
+      if (!radio) { say(`There is no grade ${key} on this scale.`); return true; }
+      openCorrection();
+      radio.checked = true;
+      radio.dispatchEvent(new Event("change", { bubbles: true }));
+      return true;
+    },
+    toggle(key, binding) { return toggle(binding.target); },
+    click(key, binding) {
+      const element = document.querySelector(binding.target);
+      if (!element || element.disabled) return false;
+      if (form && form.contains(element)) openCorrection();
+      element.click();
+      return true;
+    },
+    save(key, binding, target) {
+      if (enterActsNatively(target)) return false;
+      if (!form) { goNext(); return true; }
+      if (savedAlready && !dirty) { goNext(); return true; }
+      if (!chosen()) { say("Choose a grade (0-4) or U for ungradable first."); return true; }
+      submit("submit");
+      return true;
+    },
+    skip() {
+      if (!form || !form.querySelector("[data-skip]")) return false;
+      submit("skip");
+      return true;
+    },
+    next() { goNext(); return true; },
+    previous() {
+      if (!previousLink) return false;
+      window.location.assign(previousLink.href);
+      return true;
+    },
+    viewer(key, binding) {
+      const viewer = window.funduscopeViewer;
+      if (!viewer || typeof viewer[binding.target] !== "function") return false;
+      viewer[binding.target]();
+      return true;
+    },
+    leave() { return false; },  // handled before the table: Esc only matters inside a text field
+  };
 
   document.addEventListener("keydown", (event) => {
     if (event.ctrlKey || event.metaKey || event.altKey) return;
@@ -72,66 +142,13 @@
     }
     // A focused slider (brightness, contrast) keeps its own arrow keys.
     if (target && target.type === "range" && /^(Arrow|Page|Home|End)/.test(event.key)) return;
-    const key = event.key;
-    const viewer = window.funduscopeViewer;
-    if (/^[0-9]$/.test(key) && form) {
-      const radio = radios().find((r) => r.dataset.gradeKey === key);
-      if (!radio) { say(`There is no grade ${key} on this scale.`); return; }
-      openCorrection();
-      radio.checked = true;
-      radio.dispatchEvent(new Event("change", { bubbles: true }));
-      event.preventDefault();
+    const key = event.key.toLowerCase();
+    const binding = byKey.get(key);
+    if (!binding) {
+      if (/^[0-9]$/.test(key) && form) say(`There is no grade ${key} on this scale.`);
       return;
     }
-    switch (key.toLowerCase()) {
-      case "u":
-        if (!ungradable) return;
-        openCorrection();
-        ungradable.checked = !ungradable.checked;
-        ungradable.dispatchEvent(new Event("change", { bubbles: true }));
-        break;
-      case "m":
-        if (!oedema) return;
-        openCorrection();
-        oedema.checked = !oedema.checked;
-        oedema.dispatchEvent(new Event("change", { bubbles: true }));
-        break;
-      case "s":
-        if (!form || !form.querySelector("[data-skip]")) return;
-        submit("skip");
-        break;
-      case "enter":
-        // A focused button or link does its own thing on Enter.
-        if (target && (target.tagName === "BUTTON" || target.tagName === "A" || target.tagName === "SUMMARY")) return;
-        if (!form) { goNext(); break; }
-        if (savedAlready && !dirty) { goNext(); break; }
-        if (!chosen()) { say("Choose a grade (0-4) or U for ungradable first."); break; }
-        submit("submit");
-        break;
-      case "arrowright":
-        goNext();
-        break;
-      case "arrowleft":
-        if (previousLink) window.location.assign(previousLink.href);
-        break;
-      case "+": case "=":
-        viewer?.zoomIn();
-        break;
-      case "-": case "_":
-        viewer?.zoomOut();
-        break;
-      case "f":
-        viewer?.reset();
-        break;
-      case "v":
-        viewer?.nextMode();
-        break;
-      case "c":
-        viewer?.toggleCam();
-        break;
-      default:
-        return;
-    }
-    event.preventDefault();
+    const handler = actions[binding.action];
+    if (handler && handler(key, binding, target)) event.preventDefault();
   });
 })();
