@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.django import TestCase as HypothesisTestCase
 
+from grading.models import Job
 from tests.base import MediaMixin
 from tests.factories import image_make, patient_make, user_make
 from tests.factories_grading import grade_give, model_version_active_make, prediction_make
@@ -63,7 +64,12 @@ PARAMS_BY_ROUTE: dict[str, tuple[str, ...]] = {
     "model_compare": ("a", "b"),
     "jobs": ("x",),
     "workbench_settings": ("x",),
-    "api_images": ("grading_state", "confirmed_grade", "patient", "page", "page_size"),
+    "api_root": ("x",),
+    "api_images": ("grading_state", "confirmed_grade", "patient", "version", "page", "page_size"),
+    "api_image": ("version",),
+    "audit_trail": ("page",),
+    "job_detail": ("x",),
+    "model_version_detail": ("x",),
     "api_model_versions": ("page", "page_size"),
     "api_model_version_predictions": ("predicted_grade", "page", "page_size"),
     "grade_image": ("x",),
@@ -85,12 +91,16 @@ class NoServerErrorTests(MediaMixin, HypothesisTestCase):
         prediction_make(
             image=cls.image, version=cls.version, probabilities=[0.1, 0.1, 0.6, 0.1, 0.1]
         )
+        cls.job = Job.objects.create(kind=Job.Kind.FEATURES_EXTRACT, state=Job.State.SUCCEEDED)
         pending = image_make(patient=cls.patient)
         grade_give(pending, cls.alice, 1)
 
     def _url(self, route: str) -> str:
         args = {
             "api_model_version_predictions": [self.version.name],
+            "api_image": [self.image.pk],
+            "job_detail": [self.job.pk],
+            "model_version_detail": [self.version.pk],
             "grade_image": [self.image.pk],
             "image_detail": [self.image.pk],
             "patient_detail": [self.patient.pk],

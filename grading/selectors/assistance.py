@@ -46,7 +46,8 @@ def images_read_independently_by(*, user: AbstractBaseUser) -> QuerySet[Image]:
 def images_blind_for(*, user: AbstractBaseUser) -> QuerySet[Image]:
     """The images whose predictions this user may not see yet (blind mode): pending images they
     may grade and have not graded. Empty when blind mode is off or the user does not grade."""
-    if not workbench_settings_get().blind_first_grader:
+    # The permission first: it is cached on the user, the settings row is a query.
+    if not user.has_perm("grading.grade_image") or not workbench_settings_get().blind_first_grader:
         return Image.objects.none()
     return images_read_independently_by(user=user)
 
