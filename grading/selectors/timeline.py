@@ -60,7 +60,7 @@ class Timeline:
     events: list[TimelineEvent]
     confirmation: str  # how the confirmed grade was reached, in words
     grades_withheld: bool  # other graders' grades withheld from this viewer (independent grading)
-    predictions_hidden: bool  # the model's predictions withheld (blind first read)
+    predictions_hidden: bool  # the model's predictions withheld (blind reading)
     grade_count: int
     prediction_count: int
 
