@@ -118,6 +118,9 @@ class NoServerErrorTests(MediaMixin, HypothesisTestCase):
                 for value in PROBE_INPUTS:
                     response = self.client.get(url, {name: value})
                     self.assertNoServerError(response, f"{url}?{name}={value!r}")
+        for value in ("\x00", "v1\x00", "%00"):
+            url = reverse("api_model_version_predictions", args=[value])
+            self.assertNoServerError(self.client.get(url), repr(url))
         self.client.force_login(self.alice)
         for value in PROBE_INPUTS:
             response = self.client.post(reverse("worklist_next"), {"from": value})

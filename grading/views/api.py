@@ -9,6 +9,7 @@ redirecting to the login page. Reading needs the same ``view_*`` permissions as 
 from __future__ import annotations
 
 from django.db.models import Prefetch, QuerySet
+from django.http import Http404
 from django.shortcuts import get_object_or_404
 from django.urls import path
 from rest_framework import generics, serializers
@@ -102,8 +103,18 @@ class ApiRoot(APIRootView):
         return response
 
 
+class ModelVersionNameField(serializers.SlugRelatedField):
+    """A model version by name. A NUL byte is no version's name (and PostgreSQL refuses to
+    compare text with one, which would be a 500)."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, str) and "\x00" in data:
+            self.fail("does_not_exist", slug_name=self.slug_field, value=data.replace("\x00", ""))
+        return super().to_internal_value(data)
+
+
 class PredictionVersionQuery(serializers.Serializer):
-    version = serializers.SlugRelatedField(
+    version = ModelVersionNameField(
         slug_field="name",
         queryset=ModelVersion.objects.all(),
         required=False,
@@ -189,7 +200,10 @@ class ModelVersionPredictions(ReadOnlyApiView, generics.ListAPIView):
     required_permissions = READ_PREDICTIONS
 
     def get_queryset(self) -> QuerySet[Prediction]:
-        version = get_object_or_404(ModelVersion, name=self.kwargs["name"])
+        name = self.kwargs["name"]
+        if "\x00" in name:  # no version has one, and PostgreSQL cannot compare it
+            raise Http404("No such model version.")
+        version = get_object_or_404(ModelVersion, name=name)
         queryset = (
             Prediction.objects.filter(model_version=version)
             .exclude(image__in=_blind_images(self.request))
