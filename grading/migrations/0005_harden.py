@@ -77,6 +77,7 @@ class Migration(migrations.Migration):
                     ("features_extract", "Feature extraction"),
                     ("images_augment", "Augmentation"),
                     ("model_train", "Retraining"),
+                    ("model_evaluate", "Cross-validation of a new version"),
                     ("predictions_refresh", "Batch prediction"),
                     ("images_predict", "Prediction of new uploads"),
                     ("images_import", "Import of a large upload"),

@@ -23,7 +23,12 @@ from rest_framework.routers import APIRootView
 from grading.models import GradeLevel, Image, ModelVersion, Prediction
 from grading.selectors.assistance import images_blind_for
 from grading.selectors.model_versions import model_version_active
-from grading.serializers import ImageSerializer, ModelVersionSerializer, PredictionSerializer
+from grading.serializers import (
+    ImageSerializer,
+    ModelVersionSerializer,
+    PredictionListParams,
+    PredictionSerializer,
+)
 
 # Predictions next to confirmed grades are a reviewer's view: a clinician reading them through the
 # API would defeat blind grading, so the API needs the review permission as well.
@@ -194,16 +199,27 @@ class ModelVersionList(ReadOnlyApiView, generics.ListAPIView):
 
 
 class ModelVersionPredictions(ReadOnlyApiView, generics.ListAPIView):
-    """Predictions of one model version (by name), oldest first; ``predicted_grade`` filters."""
+    """Predictions of one model version (by name), oldest first; ``predicted_grade`` filters.
+
+    Images the version was trained on are left out unless ``include_training=true`` (their
+    agreement with the confirmed grade is optimistic); the response says how many were left
+    out (``training_images_excluded``)."""
 
     serializer_class = PredictionSerializer
     required_permissions = READ_PREDICTIONS
 
-    def get_queryset(self) -> QuerySet[Prediction]:
-        name = self.kwargs["name"]
-        if "\x00" in name:  # no version has one, and PostgreSQL cannot compare it
-            raise Http404("No such model version.")
-        version = get_object_or_404(ModelVersion, name=name)
+    def _params(self) -> dict:
+        params = PredictionListParams(data=self.request.query_params)
+        params.is_valid(raise_exception=True)
+        return params.validated_data
+
+    def _all_predictions(self) -> QuerySet[Prediction]:
+        if not hasattr(self, "_version"):
+            name = self.kwargs["name"]
+            if "\x00" in name:  # no version has one, and PostgreSQL cannot compare it
+                raise Http404("No such model version.")
+            self._version = get_object_or_404(ModelVersion, name=name)
+        version = self._version
         queryset = (
             Prediction.objects.filter(model_version=version)
             .exclude(image__in=_blind_images(self.request))
@@ -214,6 +230,22 @@ class ModelVersionPredictions(ReadOnlyApiView, generics.ListAPIView):
         if grade is not None:
             queryset = queryset.filter(predicted_grade_id=grade)
         return queryset
+
+    def get_queryset(self) -> QuerySet[Prediction]:
+        queryset = self._all_predictions()
+        if not self._params()["include_training"]:
+            queryset = queryset.filter(in_training=False)
+        return queryset
+
+    def list(self, request, *args, **kwargs):
+        response = super().list(request, *args, **kwargs)
+        excluded = (
+            0
+            if self._params()["include_training"]
+            else self._all_predictions().filter(in_training=True).count()
+        )
+        response.data["training_images_excluded"] = excluded
+        return response
 
 
 urlpatterns = [

@@ -123,6 +123,10 @@ class ReviewFilterForm(DateRangeCheckMixin, forms.Form):
         required=False,
         label="Model vs confirmed",
     )
+    include_training = forms.BooleanField(
+        required=False,
+        label="Include training images (optimistic)",
+    )
     sort = forms.ChoiceField(required=False, widget=forms.HiddenInput)
 
     def __init__(self, *args: Any, scale: Scale, **kwargs: Any) -> None:
@@ -157,6 +161,7 @@ class ReviewFilterForm(DateRangeCheckMixin, forms.Form):
             predicted_grade=data["predicted"],
             min_disagreement=data["disagreement"] or 0,
             sort=data["sort"] or REVIEW_DEFAULT_SORT,
+            include_training=bool(data["include_training"]),
         )
 
 
@@ -378,7 +383,13 @@ def export_grades_csv(request: HttpRequest) -> StreamingHttpResponse:
 
 
 class PredictionExportForm(forms.Form):
-    version = forms.IntegerField(required=False, min_value=1, max_value=2**63 - 1)
+    version = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=2**63 - 1,  # a larger id would overflow the database's integer
+        error_messages={"invalid": "version must be a model version id."},
+    )
+    include_training = forms.BooleanField(required=False)
 
 
 @require_GET
@@ -386,18 +397,28 @@ class PredictionExportForm(forms.Form):
 def export_predictions_csv(request: HttpRequest) -> HttpResponse:
     form = PredictionExportForm(request.GET)
     if not form.is_valid():
-        return HttpResponse(
-            "version must be the id of a model version.", status=400, content_type="text/plain"
-        )
+        errors = "; ".join(error for errors in form.errors.values() for error in errors)
+        return HttpResponse(errors, status=400, content_type="text/plain")
     version_id = form.cleaned_data["version"]
     version = get_object_or_404(ModelVersion, pk=version_id) if version_id else None
+    include_training = form.cleaned_data["include_training"]
     suffix = f"-{version.name}" if version else ""
-    return _csv_response(
+    suffix += "-with-training-images" if include_training else ""
+    response = _csv_response(
         export_selectors.predictions_export_rows(
-            model_version=version, hidden_images=images_blind_for(user=request.user)
+            model_version=version,
+            include_training=include_training,
+            hidden_images=images_blind_for(user=request.user),
         ),
         get_valid_filename(f"funduscope-predictions{suffix}-{_stamp()}.csv"),
     )
+    # Predictions of images their version was trained on are left out by default; say how many.
+    response["X-Training-Images-Excluded"] = (
+        0
+        if include_training
+        else export_selectors.predictions_export_training_excluded(model_version=version)
+    )
+    return response
 
 
 urlpatterns = [
