@@ -59,7 +59,23 @@ class ImageAdmin(admin.ModelAdmin):
     ]
     list_filter = ["grading_state", "eye", "confirmed_grade", "confirmation_method"]
     search_fields = ["sha256", "patient__pseudonym", "original_filename"]
-    readonly_fields = ["sha256", "width", "height", "uploaded_at", "uploaded_by"]
+    # The confirmed grade and how it was reached change only through grading and adjudication,
+    # which keep a Grade row for every decision; an edit here would leave the history crediting
+    # the wrong source.
+    readonly_fields = [
+        "sha256",
+        "width",
+        "height",
+        "uploaded_at",
+        "uploaded_by",
+        "grading_state",
+        "confirmed_grade",
+        "confirmed_ungradable",
+        "confirmed_macular_oedema",
+        "confirmation_method",
+        "confirmed_by",
+        "confirmed_at",
+    ]
     raw_id_fields = ["patient"]
     inlines = [GradeInline]
 
@@ -79,8 +95,10 @@ class GradeAdmin(admin.ModelAdmin):
 
 @admin.register(ModelVersion)
 class ModelVersionAdmin(admin.ModelAdmin):
-    list_display = ["name", "state", "created_at", "activated_at", "created_by"]
+    list_display = ["name", "state", "created_at", "activated_at", "activated_by", "created_by"]
     list_filter = ["state"]
+    # Activation and rollback go through the registry page (one active version, audit note).
+    readonly_fields = ["state", "activated_at", "activated_by"]
 
 
 @admin.register(Prediction)
@@ -104,3 +122,8 @@ class GradingClaimAdmin(admin.ModelAdmin):
 @admin.register(WorkbenchSettings)
 class WorkbenchSettingsAdmin(admin.ModelAdmin):
     list_display = ["grades_required", "blind_first_grader", "queue_order", "auto_retrain_after"]
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        # Settings change on the grading settings page, which validates them together (blind
+        # reading and queue order) and settles images when fewer grades are required.
+        return False

@@ -9,5 +9,8 @@ class GradingConfig(AppConfig):
     verbose_name = "Funduscope grading"
 
     def ready(self) -> None:
+        from grading.services.audit import audit_registry_setup
+
+        audit_registry_setup()
         # Connects the receivers that renew the review cache when grades or predictions change.
         from grading.selectors import review_cache  # noqa: F401

@@ -14,4 +14,5 @@ def workbench(request: HttpRequest) -> dict:
         "can_review": user.has_perm("grading.review_agreement"),
         "can_retrain": user.has_perm("grading.retrain_model"),
         "can_change_settings": user.has_perm("grading.change_workbenchsettings"),
+        "can_view_audit": user.has_perm("auditlog.view_logentry"),
     }

@@ -199,6 +199,10 @@ class Grade(models.Model):
     supersedes = models.OneToOneField(
         "self", null=True, blank=True, on_delete=models.PROTECT, related_name="superseded_by"
     )
+    adjudicator_graded = models.BooleanField(
+        default=False,
+        help_text="An adjudication by one of the image's own graders (allowed by the settings).",
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
@@ -261,6 +265,9 @@ class ModelVersion(models.Model):
         null=True, blank=True, help_text="When training finished (started: created_at)."
     )
     activated_at = models.DateTimeField(null=True, blank=True)
+    activated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -274,8 +281,15 @@ class ModelVersion(models.Model):
             ("activate_model", "Can activate or roll back model versions"),
         ]
 
+    # Set by the activation service for its audit entry ("activation", "rollback"); not stored.
+    audit_note = ""
+
     def __str__(self) -> str:
         return self.name
+
+    def get_additional_data(self) -> dict[str, str] | None:
+        """What django-auditlog stores beside the change (the kind of activation)."""
+        return {"note": self.audit_note} if self.audit_note else None
 
     @property
     def training_duration(self):
@@ -341,6 +355,7 @@ class Job(models.Model):
         MODEL_EVALUATE = "model_evaluate", "Cross-validation of a new version"
         PREDICTIONS_REFRESH = "predictions_refresh", "Batch prediction"
         IMAGES_PREDICT = "images_predict", "Prediction of new uploads"
+        IMAGES_IMPORT = "images_import", "Import of a large upload"
 
     class State(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -376,10 +391,12 @@ class Job(models.Model):
         indexes = [models.Index(fields=["state", "kind"])]
         constraints = [
             models.CheckConstraint(condition=Q(progress__lte=100), name="job_progress_max_100"),
-            # Two retrain requests at once must produce one job, whatever the race.
+            # Two retrain requests at once must produce one job, whatever the race. Per-upload
+            # jobs (predictions, imports) run side by side.
             models.UniqueConstraint(
                 fields=["kind"],
-                condition=Q(state__in=["queued", "running"]) & ~Q(kind="images_predict"),
+                condition=Q(state__in=["queued", "running"])
+                & ~Q(kind__in=["images_predict", "images_import"]),
                 name="one_open_job_per_kind",
             ),
         ]
@@ -437,6 +454,20 @@ class WorkbenchSettings(models.Model):
         max_length=16, choices=QueueOrder.choices, default=QueueOrder.OLDEST
     )
     claim_minutes = models.PositiveSmallIntegerField(default=10)
+    allow_uncertain_order_when_blind = models.BooleanField(
+        default=False,
+        help_text=(
+            "Let blind readers order their queue by the model's uncertainty. This reveals the "
+            "model's confidence (an image near the top is one the model cannot decide)."
+        ),
+    )
+    allow_self_adjudication = models.BooleanField(
+        default=False,
+        help_text=(
+            "Let a reviewer adjudicate a disagreement they graded themselves (small clinics); "
+            "the adjudication records it."
+        ),
+    )
     auto_retrain_after = models.PositiveIntegerField(
         default=0,
         help_text="Start a candidate retrain after this many new confirmed grades (0: off).",

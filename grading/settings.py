@@ -8,6 +8,7 @@ Bad values fail loudly with ``ImproperlyConfigured`` instead of being silently i
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from pathlib import Path
 
@@ -97,21 +98,33 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "django_htmx",
+    "axes",
+    "auditlog",
+    "csp",
     "grading",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "grading.middleware.SecurityHeadersMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # Before CSRF, which reads the body first: too many files or too large a body is answered
+    # with the product's own page and limits rather than a bare "Bad Request (400)".
+    "grading.middleware.UploadLimitsMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "grading.middleware.SessionIdleTimeoutMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
-    # Last, so the page it may substitute still passes through messages, CSRF and sessions.
+    # After the middleware whose work the page it may substitute needs (messages, CSRF, sessions).
     "grading.views.errors.ProductNotFoundPageMiddleware",
+    "auditlog.middleware.AuditlogMiddleware",
+    # Last, as django-axes documents: it turns a lockout raised by the backend into its page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 if PRODUCTION:
@@ -161,6 +174,12 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# django-axes first: it counts failed logins and refuses locked accounts and addresses before
+# the password is even checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
@@ -195,6 +214,21 @@ FUNDUS_MAX_IMAGE_PIXELS = env_int("FUNDUS_MAX_IMAGE_PIXELS", 50_000_000, minimum
 DATA_UPLOAD_MAX_MEMORY_SIZE = FUNDUS_MAX_UPLOAD_BYTES
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 DATA_UPLOAD_MAX_NUMBER_FILES = env_int("DATA_UPLOAD_MAX_NUMBER_FILES", 500, minimum=1)
+FUNDUS_MAX_FILENAME_LENGTH = 255  # Image.original_filename's length
+# An upload with more files or bytes than these is stored as it is by the request and imported
+# by a background job with progress (decoding 500 photographs takes longer than gunicorn waits).
+FUNDUS_UPLOAD_INLINE_MAX_FILES = env_int("FUNDUS_UPLOAD_INLINE_MAX_FILES", 10, minimum=1)
+FUNDUS_UPLOAD_INLINE_MAX_BYTES = env_int(
+    "FUNDUS_UPLOAD_INLINE_MAX_BYTES", 20 * 1024 * 1024, minimum=1024
+)
+FUNDUS_UPLOAD_STAGING_DIR = env_path("FUNDUS_UPLOAD_STAGING_DIR", BASE_DIR / "var" / "staging")
+# Django streams large request files to temporary files here; a web process killed mid-upload
+# leaves them behind, and the periodic housekeeping removes them (an hour after).
+FILE_UPLOAD_TEMP_DIR = str(env_path("FILE_UPLOAD_TEMP_DIR", BASE_DIR / "var" / "upload-tmp"))
+Path(FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)
+FUNDUS_UPLOAD_LEFTOVER_SECONDS = env_int("FUNDUS_UPLOAD_LEFTOVER_SECONDS", 3600, minimum=60)
+# Photographs smaller than this on their short side cannot be graded (a thumbnail, an icon).
+FUNDUS_MIN_IMAGE_SIDE = env_int("FUNDUS_MIN_IMAGE_SIDE", 128, minimum=1)
 
 # ML core.
 FUNDUS_WEIGHTS_DIR = env_path("FUNDUS_WEIGHTS_DIR", BASE_DIR / "var" / "weights")
@@ -289,6 +323,51 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
 }
 
+# Login throttling (django-axes): FUNDUS_LOGIN_FAILURE_LIMIT failed logins within the cool-off
+# period lock that account (whatever the address) and, separately, that client address (whatever
+# the account) for FUNDUS_LOGIN_COOLOFF_MINUTES. A successful login clears the account's count.
+AXES_FAILURE_LIMIT = env_int("FUNDUS_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = dt.timedelta(minutes=env_int("FUNDUS_LOGIN_COOLOFF_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_VERBOSE = False
+
+# Sessions: 14 days at most, and closed after FUNDUS_SESSION_IDLE_MINUTES without a request
+# (clinical data on a shared ward computer).
+SESSION_COOKIE_AGE = env_int("SESSION_COOKIE_AGE", 14 * 24 * 3600, minimum=60)
+FUNDUS_SESSION_IDLE_MINUTES = env_int("FUNDUS_SESSION_IDLE_MINUTES", 60, minimum=1)
+
+# Audit trail (django-auditlog). The client address comes from X-Forwarded-For only behind a
+# proxy that sets it; otherwise a client could write any address into the record.
+FUNDUS_BEHIND_PROXY = env_bool("FUNDUS_BEHIND_PROXY", False)
+AUDITLOG_DISABLE_REMOTE_ADDR = not FUNDUS_BEHIND_PROXY
+# Raw saves are fixture and test-database loads, not changes anyone made (and logging them would
+# create content types in the middle of loading them).
+AUDITLOG_DISABLE_ON_RAW_SAVE = True
+
+# Content-Security-Policy (django-csp): scripts and styles from this site only, no inline script.
+# Inline style attributes stay allowed for the bars' widths (data, not code); htmx's own indicator
+# styles are turned off in base.html's htmx config.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'", "'unsafe-inline'"],
+        "img-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],
+        "font-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
+# Browser features a grading workbench never uses.
+FUNDUS_PERMISSIONS_POLICY = (
+    "camera=(), microphone=(), geolocation=(), payment=(), usb=(), serial=(), bluetooth=()"
+)
+
 # Security. Production turns on every HTTPS protection; `manage.py check --deploy` stays clean.
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False  # htmx reads the token from the page, not the cookie.
@@ -302,12 +381,21 @@ if PRODUCTION:
     SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000, minimum=0)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)
+if FUNDUS_BEHIND_PROXY:
+    # Only a proxy that overwrites X-Forwarded-Proto may vouch for HTTPS; without one, any client
+    # could send the header and pass for a secure request.
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"forbidden_one_line": {"()": "grading.log_filters.ForbiddenOneLineFilter"}},
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # A refused request is routine: one line with user and path, no traceback.
+        "django.request": {"filters": ["forbidden_one_line"]},
+        "django.security": {"filters": ["forbidden_one_line"]},
+    },
 }

@@ -22,7 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from grading.models import Image, Job
-from grading.services import features, model_versions, predictions, renderings
+from grading.services import features, model_versions, predictions, renderings, uploads
 from grading.services import jobs as job_services
 
 logger = logging.getLogger(__name__)
@@ -142,6 +142,11 @@ def images_predict(self: JobTask, job_id: int) -> dict[str, Any]:
     return self.run_job(job_id, predictions.images_predict_job)
 
 
+@shared_task(bind=True, base=JobTask, name="grading.tasks.images_import")
+def images_import(self: JobTask, job_id: int) -> dict[str, Any]:
+    return self.run_job(job_id, uploads.upload_staged_import_job)
+
+
 @shared_task(
     name=renderings.RENDER_TASK,
     autoretry_for=TRANSIENT_ERRORS,
@@ -170,8 +175,10 @@ def image_views_render(image_id: int) -> dict[str, Any]:
 
 @shared_task(name="grading.tasks.jobs_housekeeping", ignore_result=True)
 def jobs_housekeeping() -> dict[str, Any]:
-    """Periodic (beat): fail jobs whose worker died, and start an automatic retrain when due."""
+    """Periodic (beat): fail jobs whose worker died, remove what interrupted uploads left, and
+    start an automatic retrain when due."""
     marked = job_services.jobs_mark_stale()
+    uploads.uploads_leftovers_remove()
     auto_job = None
     try:
         auto_job = model_versions.model_auto_retrain_check()
@@ -190,6 +197,7 @@ __all__ = [
     "features_extract",
     "image_views_render",
     "images_augment",
+    "images_import",
     "images_predict",
     "jobs_housekeeping",
     "model_evaluate",

@@ -11,11 +11,18 @@ from grading.views import errors
 urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("accounts/password/", auth_views.PasswordChangeView.as_view(), name="password_change"),
+    path(
+        "accounts/password/done/",
+        auth_views.PasswordChangeDoneView.as_view(),
+        name="password_change_done",
+    ),
     path("admin/", admin.site.urls),
     path("", include("grading.views.core")),
     path("", include("grading.views.grading")),
     path("", include("grading.views.models")),
     path("", include("grading.views.review")),
+    path("", include("grading.views.audit")),
     path("api/", include("grading.views.api")),
     path("favicon.ico", errors.favicon, name="favicon"),
 ]

@@ -26,7 +26,7 @@ def user_make(username: str, role: str | None, *, password: str = "secret-pass-1
 
 def fundus_jpeg_bytes(
     *,
-    size: int = 64,
+    size: int = 128,
     seed: int | None = None,
     lesion: tuple[int, int] | None = None,
     fmt: str = "JPEG",

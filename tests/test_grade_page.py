@@ -196,7 +196,7 @@ class BlindModeTests(GradingTestCase):
         for marker in PREDICTION_MARKERS:
             self.assertNotIn(marker, html)
         self.assertNotIn(reverse("image_cam", args=[self.image.pk]), html)
-        self.assertIn("Blind first read", html)
+        self.assertIn("Blind reading", html)
 
     def assertPredictionShown(self, response) -> None:
         html = response.content.decode()
@@ -236,12 +236,12 @@ class BlindModeTests(GradingTestCase):
         response = self.client.get(grade_url(self.image))
         self.assertContains(response, "was trained on this photograph's confirmed grade")
 
-    def test_the_second_grader_is_assisted_but_never_sees_the_first_grade(self):
+    def test_the_second_grader_is_blind_too_and_never_sees_the_first_grade(self):
         workbench_set(grades_required=2)
         grade_give(self.image, self.alice, 1, notes="alice-note-xyz")
         self.login(self.bob)
         response = self.client.get(grade_url(self.image))
-        self.assertPredictionShown(response)
+        self.assertPredictionHidden(response)
         html = response.content.decode()
         self.assertNotIn("alice-note-xyz", html)
         self.assertNotIn("1 – Mild NPDR", html)

@@ -25,7 +25,13 @@ PAGES = [
     ("worklist", "grader", "GET", lambda d: "/worklist/", 14),
     ("worklist page 2", "grader", "GET", lambda d: "/worklist/?page=2", 14),
     ("next image", "grader", "POST", lambda d: "/worklist/next/", 27),
-    ("grading page", "grader", "GET", lambda d: f"/grade/{d['pending']}/", 25),
+    (
+        "grading page",
+        "grader",
+        "GET",
+        lambda d: f"/grade/{d['pending']}/",
+        24,
+    ),  # one blind check: own grade only
     ("image history", "reviewer", "GET", lambda d: f"/images/{d['confirmed']}/", 10),
     ("patients", "grader", "GET", lambda d: "/patients/", 9),
     ("a patient", "grader", "GET", lambda d: f"/patients/{d['patient']}/", 9),

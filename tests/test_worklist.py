@@ -71,6 +71,7 @@ class WorklistContentTests(GradingTestCase):
         self.assertContains(self.client.get(URL), "Nothing left to grade")
 
     def test_the_user_can_override_the_queue_order_for_their_session(self):
+        workbench_set(allow_uncertain_order_when_blind=True)
         self.login(self.alice)
         response = self.client.get(URL, {"order": "uncertain"})
         self.assertRedirects(response, URL)

@@ -16,6 +16,8 @@ VALID = {
     "queue_order": "uncertain",
     "claim_minutes": "15",
     "auto_retrain_after": "0",
+    # Uncertainty order reveals the model to blind readers: allowed explicitly.
+    "allow_uncertain_order_when_blind": "on",
 }
 
 

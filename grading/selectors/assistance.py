@@ -1,5 +1,5 @@
 """Reads for model assistance beside a grade: the active model's view of one image, and whether a
-clinician may see it yet (blind first read)."""
+clinician may see it yet (blind reading)."""
 
 from __future__ import annotations
 
@@ -7,25 +7,49 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import QuerySet
 
 from grading.models import Grade, GradeLevel, Image, ModelVersion, Prediction
 from grading.selectors.worklist import workbench_settings_get
 
 
-def prediction_hidden(*, image: Image, user: AbstractBaseUser) -> bool:
-    """Blind mode: the first clinician to grade an image does not see the model's opinion until
-    their own grade is saved, so one grade per image is free of anchoring on the model."""
-    if not workbench_settings_get().blind_first_grader:
-        return False
+def reader_is_independent(*, image: Image, user: AbstractBaseUser) -> bool:
+    """Whether this user is (still) an independent reader of the image: the image waits for
+    independent grades, the user may grade it, and has not saved a grade of it yet. Admins and
+    reviewers who also grade are no exception: whoever may grade an image independently reads it
+    without the model and without the other graders until their own grade is saved."""
     if image.grading_state != Image.GradingState.PENDING:
         return False
     if not user.has_perm("grading.grade_image"):
-        return False  # reviewers and viewers are not graders of the image
-    independent = Grade.objects.filter(image=image, kind=Grade.Kind.GRADER)
-    if independent.filter(grader=user).exists():
+        return False  # reviewers and viewers without the grading role never grade the image
+    return not Grade.objects.filter(image=image, kind=Grade.Kind.GRADER, grader=user).exists()
+
+
+def prediction_hidden(*, image: Image, user: AbstractBaseUser) -> bool:
+    """Blind mode: every independent reader (the first, the second, an admin who grades) does not
+    see the model's opinion until their own grade is saved, so every grade is free of anchoring
+    on the model."""
+    if not workbench_settings_get().blind_first_grader:
         return False
-    # Someone else graded first: this clinician is a second reader, who is assisted.
-    return not independent.exists()
+    return reader_is_independent(image=image, user=user)
+
+
+def images_read_independently_by(*, user: AbstractBaseUser) -> QuerySet[Image]:
+    """The pending images this user may grade and has not graded: they see no other grader's
+    grade of them (whatever the blind-mode setting, which is about the model)."""
+    if not user.has_perm("grading.grade_image"):
+        return Image.objects.none()
+    graded = Grade.objects.filter(kind=Grade.Kind.GRADER, grader=user).values("image_id")
+    return Image.objects.filter(grading_state=Image.GradingState.PENDING).exclude(pk__in=graded)
+
+
+def images_blind_for(*, user: AbstractBaseUser) -> QuerySet[Image]:
+    """The images whose predictions this user may not see yet (blind mode): pending images they
+    may grade and have not graded. Empty when blind mode is off or the user does not grade."""
+    # The permission first: it is cached on the user, the settings row is a query.
+    if not user.has_perm("grading.grade_image") or not workbench_settings_get().blind_first_grader:
+        return Image.objects.none()
+    return images_read_independently_by(user=user)
 
 
 @dataclass(frozen=True)

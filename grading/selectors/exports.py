@@ -90,14 +90,15 @@ def csv_cell(value: Any) -> str | int | float:
     return value
 
 
-def grades_export_rows() -> Iterator[Sequence[Any]]:
-    """The header, then every grade ever recorded (corrections and superseded grades included)."""
+def grades_export_rows(*, hidden_images: QuerySet | None = None) -> Iterator[Sequence[Any]]:
+    """The header, then every grade ever recorded (corrections and superseded grades included);
+    the grades of ``hidden_images`` (images the reader may still grade independently) are left
+    out."""
     yield GRADE_COLUMNS
-    rows = (
-        Grade.objects.order_by("id")
-        .values_list(*_lookups(_GRADE_EXPORT))
-        .iterator(chunk_size=EXPORT_CHUNK_SIZE)
-    )
+    grades = Grade.objects.order_by("id")
+    if hidden_images is not None:
+        grades = grades.exclude(image__in=hidden_images.values("pk"))
+    rows = grades.values_list(*_lookups(_GRADE_EXPORT)).iterator(chunk_size=EXPORT_CHUNK_SIZE)
     for row in rows:
         yield [csv_cell(value) for value in row]
 
@@ -111,13 +112,18 @@ def prediction_columns(classes: Sequence[int]) -> tuple[str, ...]:
 
 
 def _predictions_exported(
-    *, model_version: ModelVersion | None, include_training: bool
+    *,
+    model_version: ModelVersion | None,
+    include_training: bool,
+    hidden_images: QuerySet | None = None,
 ) -> QuerySet[Prediction]:
     queryset = Prediction.objects.order_by("id")
     if model_version is not None:
         queryset = queryset.filter(model_version=model_version)
     if not include_training:
         queryset = queryset.filter(in_training=False)
+    if hidden_images is not None:  # the reader's blind images
+        queryset = queryset.exclude(image__in=hidden_images.values("pk"))
     return queryset
 
 
@@ -131,14 +137,20 @@ def predictions_export_training_excluded(*, model_version: ModelVersion | None =
 
 
 def predictions_export_rows(
-    *, model_version: ModelVersion | None = None, include_training: bool = False
+    *,
+    model_version: ModelVersion | None = None,
+    include_training: bool = False,
+    hidden_images: QuerySet | None = None,
 ) -> Iterator[Sequence[Any]]:
     """The header, then every prediction (of one version, or of all), one probability column per
     grade of the scale. Predictions of images their version was trained on are left out unless
-    ``include_training`` (their ``in_training`` column then says which they are)."""
+    ``include_training`` (their ``in_training`` column then says which they are); the
+    ``hidden_images`` (the reader's blind images) are left out."""
     classes = scale_get().classes
     yield prediction_columns(classes)
-    queryset = _predictions_exported(model_version=model_version, include_training=include_training)
+    queryset = _predictions_exported(
+        model_version=model_version, include_training=include_training, hidden_images=hidden_images
+    )
     rows = queryset.values_list(
         *_lookups(_PREDICTION_HEAD), "probabilities", *_lookups(_PREDICTION_TAIL)
     ).iterator(chunk_size=EXPORT_CHUNK_SIZE)

@@ -23,7 +23,9 @@ def model_version_active() -> ModelVersion | None:
 
 
 def model_versions_list() -> QuerySet[ModelVersion]:
-    return ModelVersion.objects.select_related("created_by").order_by("-created_at", "-id")
+    return ModelVersion.objects.select_related("created_by", "activated_by").order_by(
+        "-created_at", "-id"
+    )
 
 
 def model_version_rollback_target() -> ModelVersion | None:

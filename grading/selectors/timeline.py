@@ -12,7 +12,7 @@ from typing import Any, Literal
 from django.db.models import Prefetch
 
 from grading.models import Grade, Image, Prediction
-from grading.selectors.assistance import prediction_hidden
+from grading.selectors.assistance import prediction_hidden, reader_is_independent
 from grading.selectors.review import (
     BASIS_AGREEMENT,
     BASIS_OWN_SINGLE,
@@ -60,7 +60,7 @@ class Timeline:
     events: list[TimelineEvent]
     confirmation: str  # how the confirmed grade was reached, in words
     grades_withheld: bool  # other graders' grades withheld from this viewer (independent grading)
-    predictions_hidden: bool  # the model's predictions withheld (blind first read)
+    predictions_hidden: bool  # the model's predictions withheld (blind reading)
     grade_count: int
     prediction_count: int
 
@@ -156,6 +156,8 @@ def timeline_hides_others(*, image: Image, viewer: Any) -> bool:
     model's predictions are shown is decided as on the grading page: ``prediction_hidden``.)"""
     if image.grading_state == Image.GradingState.CONFIRMED:
         return False
+    if reader_is_independent(image=image, user=viewer):
+        return True  # an admin who may still grade it reads it blind, like any clinician
     return not (
         viewer.has_perm("grading.adjudicate_image") or viewer.has_perm("grading.review_agreement")
     )

@@ -89,6 +89,16 @@ def _grade_current(
     return grades.order_by("-created_at", "-id").first()
 
 
+def _grade_repeats(grade: Grade, *, level: GradeLevel | None, choice: GradeInput) -> bool:
+    """Whether ``choice`` says exactly what ``grade`` already says."""
+    return (
+        grade.grade_id == (level.pk if level is not None else None)
+        and grade.ungradable == choice.ungradable
+        and grade.macular_oedema == choice.macular_oedema
+        and grade.notes == choice.notes.strip()
+    )
+
+
 def _grade_append(
     *,
     image: Image,
@@ -97,6 +107,7 @@ def _grade_append(
     level: GradeLevel | None,
     choice: GradeInput,
     supersedes: Grade | None,
+    adjudicator_graded: bool = False,
 ) -> Grade:
     grade = Grade(
         image=image,
@@ -107,6 +118,7 @@ def _grade_append(
         macular_oedema=choice.macular_oedema,
         notes=choice.notes.strip(),
         supersedes=supersedes,
+        adjudicator_graded=adjudicator_graded,
     )
     grade.full_clean()
     grade.save()
@@ -178,7 +190,9 @@ def image_confirmation_refresh(
 
 
 def grade_submit(*, image: Image, grader: AbstractBaseUser, choice: GradeInput) -> Grade:
-    """Record a clinician's independent grade (or their correction of it) and update the image."""
+    """Record a clinician's independent grade (or their correction of it) and update the image.
+    Idempotent: submitting what the grader's current grade already says returns that grade and
+    writes nothing."""
     level = _grade_level_resolve(choice)
     with transaction.atomic():
         # Lock the image so two grades arriving together are counted one after the other.
@@ -195,6 +209,9 @@ def grade_submit(*, image: Image, grader: AbstractBaseUser, choice: GradeInput) 
                 raise GradeRejected(
                     "Other clinicians have already graded this image; your grade was not recorded."
                 )
+        if previous is not None and _grade_repeats(previous, level=level, choice=choice):
+            # A double submit (or "save" pressed again) changes nothing: no second row.
+            return previous
         grade = _grade_append(
             image=locked,
             kind=Grade.Kind.GRADER,
@@ -224,6 +241,16 @@ def grade_adjudicate(*, image: Image, reviewer: AbstractBaseUser, choice: GradeI
                 "This image is still waiting for its independent grades; adjudicate it once "
                 "the graders have finished."
             )
+        # Nobody settles a disagreement they are part of, unless the clinic allows it (too few
+        # reviewers); then the adjudication says so.
+        was_grader = Grade.objects.filter(
+            image=locked, kind=Grade.Kind.GRADER, grader=reviewer
+        ).exists()
+        if was_grader and not workbench_settings_get().allow_self_adjudication:
+            raise GradeRejected(
+                "You graded this image yourself, so another reviewer must adjudicate it "
+                "(an admin can allow self-adjudication in the grading settings)."
+            )
         # A later adjudication (by any reviewer) corrects the previous one.
         grade = _grade_append(
             image=locked,
@@ -232,6 +259,7 @@ def grade_adjudicate(*, image: Image, reviewer: AbstractBaseUser, choice: GradeI
             level=level,
             choice=choice,
             supersedes=_grade_current(image=locked, kind=Grade.Kind.ADJUDICATION),
+            adjudicator_graded=was_grader,
         )
         _image_confirm(
             image=locked,

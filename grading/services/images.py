@@ -96,6 +96,16 @@ def image_validate(*, data: bytes, name: str = "file") -> ValidatedImage:
     )
 
 
+def image_size_check(*, validated: ValidatedImage, name: str = "file") -> None:
+    """Refuse a photograph too small to grade (a thumbnail, an icon, a 1x1 tracking pixel)."""
+    minimum = settings.FUNDUS_MIN_IMAGE_SIDE
+    if min(validated.width, validated.height) < minimum:
+        raise ImageRejected(
+            f"{name}: {validated.width}x{validated.height} pixels is too small to grade; "
+            f"a photograph needs at least {minimum} pixels on its short side."
+        )
+
+
 def _storage_name(validated: ValidatedImage) -> str:
     return f"images/{validated.sha256[:2]}/{validated.sha256}.{validated.extension}"
 

@@ -123,7 +123,7 @@ def job_enqueue(
     """
     if kind not in TASK_NAMES:
         raise ValueError(f"unknown job kind {kind!r}; known: {', '.join(TASK_NAMES)}")
-    if kind != Job.Kind.IMAGES_PREDICT:
+    if kind not in (Job.Kind.IMAGES_PREDICT, Job.Kind.IMAGES_IMPORT):
         existing = job_open_for_kind(kind=kind)
         if existing is not None:
             return existing, False

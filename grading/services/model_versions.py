@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from grading.models import GradeLevel, Image, Job, ModelVersion, WorkbenchSettings
 from grading.selectors.model_versions import model_version_ever_activated
+from grading.services.audit import audit_actor
 from grading.services.jobs import Progress, QueueUnavailable, job_enqueue, progress_span
 
 if TYPE_CHECKING:
@@ -167,7 +168,7 @@ class Activation:
 
 
 def model_version_activate(
-    *, version: ModelVersion, user: AbstractBaseUser | None = None
+    *, version: ModelVersion, user: AbstractBaseUser | None = None, audit_note: str = "activation"
 ) -> Activation:
     """Make ``version`` the one that grades new images; the current active one is retired.
 
@@ -188,7 +189,7 @@ def model_version_activate(
             "it cannot be activated."
         )
     try:
-        with transaction.atomic():
+        with audit_actor(user), transaction.atomic():
             locked = (
                 ModelVersion.objects.select_for_update()
                 .filter(pk=version.pk, state=version.state)
@@ -201,11 +202,17 @@ def model_version_activate(
                 .filter(state=ModelVersion.State.ACTIVE)
                 .first()
             )
+            # save() rather than update(): the audit trail records each state change, who made
+            # it and whether it was a rollback.
             if previous is not None:
-                ModelVersion.objects.filter(pk=previous.pk).update(state=ModelVersion.State.RETIRED)
-            ModelVersion.objects.filter(pk=version.pk).update(
-                state=ModelVersion.State.ACTIVE, activated_at=timezone.now()
-            )
+                previous.state = ModelVersion.State.RETIRED
+                previous.audit_note = f"replaced by {version.name}"
+                previous.save(update_fields=["state"])
+            locked.state = ModelVersion.State.ACTIVE
+            locked.activated_at = timezone.now()
+            locked.activated_by = user
+            locked.audit_note = audit_note
+            locked.save(update_fields=["state", "activated_at", "activated_by"])
     except IntegrityError:
         raise ModelVersionError(
             "Another version was activated at the same moment; reload the page."
@@ -233,7 +240,7 @@ def model_version_rollback(*, user: AbstractBaseUser | None = None) -> Activatio
     target = model_version_rollback_target()
     if target is None:
         raise ModelVersionError("There is no previously active version to roll back to.")
-    return model_version_activate(version=target, user=user)
+    return model_version_activate(version=target, user=user, audit_note="rollback")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,17 +13,28 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import shutil
+import time
+import uuid
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Protocol
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.files import File
 from django.db import transaction
 
-from grading.models import Image, Patient
-from grading.services.images import DuplicateImage, ImageRejected, image_create, image_validate
+from grading.models import Image, Job, Patient
+from grading.services.images import (
+    DuplicateImage,
+    ImageRejected,
+    image_create,
+    image_size_check,
+    image_validate,
+)
 
 ZIP_MAX_MEMBERS = 500
 ZIP_MAX_UNCOMPRESSED_BYTES = 2 * 1024**3
@@ -192,67 +203,236 @@ def _files_expand(
         yield name, upload.read(), ""
 
 
+class PatientHolder:
+    """The visit's patient, created at the first photograph actually stored (never for an upload
+    of duplicates or rejected files only)."""
+
+    def __init__(self, visit: UploadVisit) -> None:
+        self.visit = visit
+        self.patient: Patient | None = None
+
+    def get(self) -> Patient:
+        if self.patient is None:
+            with transaction.atomic():
+                self.patient, _ = Patient.objects.get_or_create(
+                    pseudonym=self.visit.patient_pseudonym
+                )
+        return self.patient
+
+
+def upload_item_import(
+    *,
+    name: str,
+    data: bytes | None,
+    problem: str,
+    patient: PatientHolder,
+    uploaded_by: AbstractBaseUser | None,
+) -> UploadOutcome:
+    """Validate and store one uploaded photograph (or archive member): the per-image work that
+    the request (small uploads) and the background import job (large ones) share. Per-image
+    additions (quality score, renderings) belong in ``image_create``, which this calls."""
+    if problem == "ignored":
+        return UploadOutcome(name, "ignored", "System file in the archive; ignored.")
+    if data is None:
+        return UploadOutcome(name, "rejected", problem)
+    try:
+        validated = image_validate(data=data, name=name)
+        image_size_check(validated=validated, name=name)
+    except ImageRejected as error:
+        return UploadOutcome(name, "rejected", str(error).removeprefix(f"{name}: "))
+    existing = Image.objects.filter(sha256=validated.sha256).select_related("patient").first()
+    if existing is None:
+        try:
+            image = image_create(
+                validated=validated,
+                patient=patient.get(),
+                eye=patient.visit.eye,
+                acquired_on=patient.visit.acquired_on,
+                uploaded_by=uploaded_by,
+                source=UPLOAD_SOURCE,
+                original_filename=name,
+            )
+        except DuplicateImage as duplicate:  # a concurrent upload stored it first
+            existing = duplicate.existing
+        else:
+            return UploadOutcome(
+                name,
+                "accepted",
+                f"Stored as image #{image.pk} ({validated.width}x{validated.height}).",
+                image_id=image.pk,
+            )
+    return UploadOutcome(
+        name,
+        "duplicate",
+        f"Already stored as image #{existing.pk} (patient {existing.patient}); not stored again.",
+        image_id=existing.pk,
+    )
+
+
 def upload_files_process(
     *,
     files: Iterable[UploadedFileLike],
     visit: UploadVisit,
     uploaded_by: AbstractBaseUser | None,
+    progress: Callable[[int, str], None] | None = None,
+    total: int | None = None,
 ) -> UploadReport:
     """Validate and store each photograph of one visit; report per file; queue predictions."""
     report = UploadReport()
-    patient: Patient | None = None
-    for name, data, problem in _files_expand(files):
-        display_name = name
-        if problem == "ignored":
-            report.outcomes.append(
-                UploadOutcome(display_name, "ignored", "System file in the archive; ignored.")
-            )
-            continue
-        if data is None:
-            report.outcomes.append(UploadOutcome(display_name, "rejected", problem))
-            continue
-        try:
-            validated = image_validate(data=data, name=display_name)
-        except ImageRejected as error:
-            message = str(error).removeprefix(f"{display_name}: ")
-            report.outcomes.append(UploadOutcome(display_name, "rejected", message))
-            continue
-        if patient is None:
-            with transaction.atomic():
-                patient, _ = Patient.objects.get_or_create(pseudonym=visit.patient_pseudonym)
-        try:
-            image = image_create(
-                validated=validated,
-                patient=patient,
-                eye=visit.eye,
-                acquired_on=visit.acquired_on,
-                uploaded_by=uploaded_by,
-                source=UPLOAD_SOURCE,
-                original_filename=display_name,
-            )
-        except DuplicateImage as duplicate:
-            existing = duplicate.existing
-            report.outcomes.append(
-                UploadOutcome(
-                    display_name,
-                    "duplicate",
-                    f"Already stored as image #{existing.pk} (patient {existing.patient}); "
-                    "not stored again.",
-                    image_id=existing.pk,
-                )
-            )
-            continue
+    patient = PatientHolder(visit)
+    for index, (name, data, problem) in enumerate(_files_expand(files), start=1):
         report.outcomes.append(
-            UploadOutcome(
-                display_name,
-                "accepted",
-                f"Stored as image #{image.pk} ({validated.width}x{validated.height}).",
-                image_id=image.pk,
+            upload_item_import(
+                name=name, data=data, problem=problem, patient=patient, uploaded_by=uploaded_by
             )
         )
+        if progress is not None and total:
+            # An archive counts as one uploaded file but yields many photographs.
+            progress(min(99, int(100 * index / total)), f"{index} photograph(s) checked")
     if report.accepted_ids:
         report.prediction_queued = _predictions_enqueue(report.accepted_ids)
     return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Large uploads: the request only stores the files; a background job validates and imports them
+
+
+def upload_is_large(files: list[UploadedFileLike]) -> bool:
+    """More files or bytes than a request should decode (gunicorn answers in 30 s or kills it)."""
+    return (
+        len(files) > settings.FUNDUS_UPLOAD_INLINE_MAX_FILES
+        or sum(upload.size or 0 for upload in files) > settings.FUNDUS_UPLOAD_INLINE_MAX_BYTES
+    )
+
+
+def upload_stage(
+    *, files: list[UploadedFileLike], visit: UploadVisit, uploaded_by: AbstractBaseUser | None
+) -> Job:
+    """Store the uploaded files as they are (no decoding) in a staging folder of their own and
+    queue the import job. Raises QueueUnavailable (after removing the folder) when Redis is down:
+    the user is told at once and nothing is half-imported."""
+    from grading.services.jobs import QueueUnavailable, job_enqueue
+
+    folder = Path(settings.FUNDUS_UPLOAD_STAGING_DIR) / uuid.uuid4().hex
+    folder.mkdir(parents=True)
+    names = []
+    try:
+        for index, upload in enumerate(files):
+            upload.seek(0)
+            target = folder / f"{index:05d}"
+            with open(target, "wb") as handle:
+                shutil.copyfileobj(upload, handle, 1024 * 1024)
+            names.append(upload.name or "file")
+        job, _ = job_enqueue(
+            kind=Job.Kind.IMAGES_IMPORT,
+            params={
+                "folder": str(folder),
+                "names": names,
+                "patient_id": visit.patient_pseudonym,
+                "eye": visit.eye,
+                "acquired_on": visit.acquired_on.isoformat() if visit.acquired_on else None,
+            },
+            created_by=uploaded_by,
+        )
+    except (QueueUnavailable, OSError):
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return job
+
+
+@dataclass(frozen=True)
+class _StagedFile:
+    name: str  # the name the user's file had
+    path: Path
+
+
+def _staged_files_open(staged: list[_StagedFile]) -> Iterator[File]:
+    """Each staged file, open only while it is being read, like the uploaded file it was."""
+    for item in staged:
+        with item.path.open("rb") as handle:
+            yield File(handle, name=item.name)
+
+
+def upload_staged_import_job(*, job: Job, progress: Callable[[int, str], None]) -> dict:
+    """The ``images_import`` task's work: import the staged files of one upload, reporting
+    progress, then remove the staging folder. A retry after a crash imports the rest; photographs
+    stored by the first run are reported as duplicates of themselves."""
+    params = job.params
+    folder = Path(params["folder"])
+    visit = UploadVisit(
+        patient_pseudonym=params["patient_id"],
+        eye=params["eye"],
+        acquired_on=dt.date.fromisoformat(params["acquired_on"]) if params["acquired_on"] else None,
+    )
+    staged = [
+        _StagedFile(name=name, path=folder / f"{index:05d}")
+        for index, name in enumerate(params["names"])
+    ]
+    missing = [item.name for item in staged if not item.path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"staged files are missing: {', '.join(missing[:5])}")
+    progress(1, f"Checking {len(staged)} files")
+    report = upload_files_process(
+        files=_staged_files_open(staged),
+        visit=visit,
+        uploaded_by=job.created_by,
+        progress=progress,
+        total=len(staged),
+    )
+    shutil.rmtree(folder, ignore_errors=True)
+    return {
+        "outcomes": [
+            {
+                "name": o.name,
+                "status": o.status,
+                "message": o.message,
+                "image_id": o.image_id,
+            }
+            for o in report.outcomes
+        ],
+        "accepted": report.accepted,
+        "duplicates": report.duplicates,
+        "rejected": report.rejected,
+        "prediction_queued": report.prediction_queued,
+        "message": (
+            f"{report.accepted} stored, {report.duplicates} duplicate(s), "
+            f"{report.rejected} rejected"
+        ),
+    }
+
+
+def uploads_leftovers_remove(*, older_than_seconds: float | None = None) -> int:
+    """Remove what an interrupted upload left behind: the temporary files of a web process killed
+    while receiving a request, and staging folders that no import job will read (the request
+    died before queueing its job, or the job finished). Folders of failed jobs stay, so the job
+    can be retried. Returns how many entries were removed."""
+    age = (
+        settings.FUNDUS_UPLOAD_LEFTOVER_SECONDS
+        if older_than_seconds is None
+        else older_than_seconds
+    )
+    cutoff = time.time() - age
+    removed = 0
+    temp_dir = Path(settings.FILE_UPLOAD_TEMP_DIR)
+    for path in temp_dir.glob("*.upload*") if temp_dir.is_dir() else []:
+        if path.is_file() and path.stat().st_mtime <= cutoff:
+            path.unlink(missing_ok=True)
+            removed += 1
+    staging = Path(settings.FUNDUS_UPLOAD_STAGING_DIR)
+    if staging.is_dir():
+        kept = {
+            params.get("folder")
+            for params in Job.objects.filter(
+                kind=Job.Kind.IMAGES_IMPORT,
+                state__in=[Job.State.QUEUED, Job.State.RUNNING, Job.State.FAILED],
+            ).values_list("params", flat=True)
+        }
+        for folder in staging.iterdir():
+            if str(folder) not in kept and folder.stat().st_mtime <= cutoff:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+    return removed
 
 
 def _predictions_enqueue(image_ids: list[int]) -> bool:

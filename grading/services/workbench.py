@@ -14,6 +14,8 @@ EDITABLE_FIELDS = (
     "queue_order",
     "claim_minutes",
     "auto_retrain_after",
+    "allow_uncertain_order_when_blind",
+    "allow_self_adjudication",
 )
 
 

@@ -9,6 +9,7 @@ redirecting to the login page. Reading needs the same ``view_*`` permissions as 
 from __future__ import annotations
 
 from django.db.models import Prefetch, QuerySet
+from django.http import Http404
 from django.shortcuts import get_object_or_404
 from django.urls import path
 from rest_framework import generics, serializers
@@ -20,6 +21,7 @@ from rest_framework.reverse import reverse
 from rest_framework.routers import APIRootView
 
 from grading.models import GradeLevel, Image, ModelVersion, Prediction
+from grading.selectors.assistance import images_blind_for
 from grading.selectors.model_versions import model_version_active
 from grading.serializers import (
     ImageSerializer,
@@ -50,13 +52,35 @@ class HasViewPermissions(BasePermission):
 
 
 def _grade_param(request, name: str) -> int | None:
+    """A grade value of the scale from the query string, parsed by a serializer field (400 with
+    the known grades otherwise)."""
     raw = request.query_params.get(name)
     if raw in (None, ""):
         return None
-    if not raw.isdigit() or not GradeLevel.objects.filter(value=int(raw)).exists():
-        known = ", ".join(str(v) for v in GradeLevel.objects.values_list("value", flat=True))
-        raise ValidationError({name: f"{raw!r} is not a grade of the scale ({known})."})
-    return int(raw)
+    known = list(GradeLevel.objects.values_list("value", flat=True))
+    field = serializers.ChoiceField(choices=[(str(value), str(value)) for value in known])
+    try:
+        return int(field.run_validation(raw))
+    except ValidationError:
+        listed = ", ".join(str(value) for value in known)
+        raise ValidationError(
+            {name: f"{raw[:40]!r} is not a grade of the scale ({listed})."}
+        ) from None
+
+
+def _blind_images(request):
+    """Images whose predictions this reader may not see yet (blind reading)."""
+    return images_blind_for(user=request.user).values("pk")
+
+
+class ImageFilterSerializer(serializers.Serializer):
+    """The image list's filters (``confirmed_grade`` is checked against the scale separately)."""
+
+    grading_state = serializers.ChoiceField(
+        choices=Image.GradingState.values, required=False, allow_blank=True
+    )
+    # A pseudonym is at most 64 characters; a NUL byte is refused (PostgreSQL cannot store it).
+    patient = serializers.CharField(required=False, allow_blank=True, max_length=64)
 
 
 class ReadOnlyApiView(generics.GenericAPIView):
@@ -84,8 +108,18 @@ class ApiRoot(APIRootView):
         return response
 
 
+class ModelVersionNameField(serializers.SlugRelatedField):
+    """A model version by name. A NUL byte is no version's name (and PostgreSQL refuses to
+    compare text with one, which would be a 500)."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, str) and "\x00" in data:
+            self.fail("does_not_exist", slug_name=self.slug_field, value=data.replace("\x00", ""))
+        return super().to_internal_value(data)
+
+
 class PredictionVersionQuery(serializers.Serializer):
-    version = serializers.SlugRelatedField(
+    version = ModelVersionNameField(
         slug_field="name",
         queryset=ModelVersion.objects.all(),
         required=False,
@@ -106,8 +140,11 @@ class ImagePredictionMixin:
 
     def images_with_prediction(self) -> QuerySet[Image]:
         version = self.prediction_version()
-        predictions = Prediction.objects.filter(model_version=version).select_related(
-            "model_version"
+        # A pending image the reader may still grade has no prediction for them (blind reading).
+        predictions = (
+            Prediction.objects.filter(model_version=version)
+            .exclude(image__in=_blind_images(self.request))
+            .select_related("model_version")
         )
         return Image.objects.select_related("patient").prefetch_related(
             Prefetch("predictions", queryset=predictions, to_attr="predictions_of_version")
@@ -130,17 +167,15 @@ class ImageList(ImagePredictionMixin, ReadOnlyApiView, generics.ListAPIView):
 
     def get_queryset(self) -> QuerySet[Image]:
         queryset = self.images_with_prediction().order_by("id")
-        state = self.request.query_params.get("grading_state")
+        filters = ImageFilterSerializer(data=self.request.query_params)
+        filters.is_valid(raise_exception=True)
+        state = filters.validated_data.get("grading_state")
         if state:
-            if state not in Image.GradingState.values:
-                raise ValidationError(
-                    {"grading_state": f"must be one of {', '.join(Image.GradingState.values)}."}
-                )
             queryset = queryset.filter(grading_state=state)
         grade = _grade_param(self.request, "confirmed_grade")
         if grade is not None:
             queryset = queryset.filter(confirmed_grade_id=grade)
-        patient = self.request.query_params.get("patient")
+        patient = filters.validated_data.get("patient")
         if patient:
             queryset = queryset.filter(patient__pseudonym=patient)
         return queryset
@@ -157,7 +192,9 @@ class ImageDetail(ImagePredictionMixin, ReadOnlyApiView, generics.RetrieveAPIVie
 
 class ModelVersionList(ReadOnlyApiView, generics.ListAPIView):
     serializer_class = ModelVersionSerializer
-    required_permissions = ("grading.view_modelversion",)
+    # Versions carry hold-out metrics: a reviewer's view, like predictions (README: 403 for
+    # clinicians).
+    required_permissions = ("grading.view_modelversion", "grading.review_agreement")
     queryset = ModelVersion.objects.order_by("-created_at", "-id")
 
 
@@ -178,10 +215,14 @@ class ModelVersionPredictions(ReadOnlyApiView, generics.ListAPIView):
 
     def _all_predictions(self) -> QuerySet[Prediction]:
         if not hasattr(self, "_version"):
-            self._version = get_object_or_404(ModelVersion, name=self.kwargs["name"])
+            name = self.kwargs["name"]
+            if "\x00" in name:  # no version has one, and PostgreSQL cannot compare it
+                raise Http404("No such model version.")
+            self._version = get_object_or_404(ModelVersion, name=name)
         version = self._version
         queryset = (
             Prediction.objects.filter(model_version=version)
+            .exclude(image__in=_blind_images(self.request))
             .select_related("model_version", "image")
             .order_by("id")
         )

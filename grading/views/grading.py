@@ -6,6 +6,7 @@ import datetime as dt
 import secrets
 
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
@@ -17,15 +18,27 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from grading import keyboard
-from grading.models import Grade, GradeLevel, Image, Patient, WorkbenchSettings
+from grading.models import Grade, GradeLevel, Image, Job, Patient, WorkbenchSettings
 from grading.selectors import patients as patient_selectors
 from grading.selectors import worklist as worklist_selectors
-from grading.selectors.assistance import model_view_for, prediction_cam_file, prediction_hidden
+from grading.selectors.assistance import (
+    model_view_for,
+    prediction_cam_file,
+    prediction_hidden,
+    reader_is_independent,
+)
 from grading.selectors.model_versions import model_version_active
 from grading.services import claims as claim_services
 from grading.services import grades as grade_services
 from grading.services import renderings
-from grading.services.uploads import ZIP_MAX_MEMBERS, UploadVisit, upload_files_process
+from grading.services.jobs import QueueUnavailable
+from grading.services.uploads import (
+    ZIP_MAX_MEMBERS,
+    UploadVisit,
+    upload_files_process,
+    upload_is_large,
+    upload_stage,
+)
 from grading.services.workbench import EDITABLE_FIELDS, workbench_settings_update
 from grading.views.access import permission_required
 
@@ -50,12 +63,27 @@ PATIENTS_PAGE_SIZE = 25
 # Session helpers: the user's queue order, the images they skipped, where they have been.
 
 
+def _queue_orders_allowed(settings_row: WorkbenchSettings) -> tuple[str, ...]:
+    """Ordering by the model's uncertainty tells a blind reader how sure the model is; in blind
+    mode it is offered only when the admin allowed it on the settings page."""
+    if settings_row.blind_first_grader and not settings_row.allow_uncertain_order_when_blind:
+        return tuple(
+            order
+            for order in worklist_selectors.QUEUE_ORDERS
+            if order != WorkbenchSettings.QueueOrder.UNCERTAIN
+        )
+    return tuple(worklist_selectors.QUEUE_ORDERS)
+
+
 def _queue_order(request: HttpRequest) -> tuple[str, bool]:
     """The queue order in force and whether it is the user's own choice (else the admin's)."""
+    settings_row = worklist_selectors.workbench_settings_get()
+    allowed = _queue_orders_allowed(settings_row)
     chosen = request.session.get(SESSION_ORDER)
-    if chosen in worklist_selectors.QUEUE_ORDERS:
+    if chosen in allowed:
         return chosen, True
-    return worklist_selectors.workbench_settings_get().queue_order, False
+    default = settings_row.queue_order
+    return (default if default in allowed else WorkbenchSettings.QueueOrder.OLDEST), False
 
 
 def _queue_seed(request: HttpRequest) -> str:
@@ -129,14 +157,22 @@ def _page_number(request: HttpRequest) -> str:
 @require_GET
 @permission_required(GRADE_PERMISSION, raise_exception=True)
 def worklist(request: HttpRequest) -> HttpResponse:
+    settings_row = worklist_selectors.workbench_settings_get()
+    allowed_orders = _queue_orders_allowed(settings_row)
     if "order" in request.GET:
         choice = request.GET["order"]
         if choice == "default":
             request.session.pop(SESSION_ORDER, None)
-        elif choice in worklist_selectors.QUEUE_ORDERS:
+        elif choice in allowed_orders:
             request.session[SESSION_ORDER] = choice
+        elif choice in worklist_selectors.QUEUE_ORDERS:
+            messages.error(
+                request,
+                "Ordering by the model's uncertainty would reveal the model's confidence during "
+                "blind reading; an admin can allow it in the grading settings.",
+            )
         else:
-            messages.error(request, f"Unknown queue order {choice!r}.")
+            messages.error(request, f"Unknown queue order {choice[:40]!r}.")
         return redirect("worklist")
     if request.GET.get("skipped") == "clear":
         request.session.pop(SESSION_SKIPPED, None)
@@ -152,7 +188,6 @@ def worklist(request: HttpRequest) -> HttpResponse:
     )
     page = Paginator(queue, WORKLIST_PAGE_SIZE).get_page(_page_number(request))
     held = set(worklist_selectors.claim_held(grader=request.user))
-    settings_row = worklist_selectors.workbench_settings_get()
     rows = [
         {
             "image": image,
@@ -170,8 +205,16 @@ def worklist(request: HttpRequest) -> HttpResponse:
         "order": order,
         "order_label": WorkbenchSettings.QueueOrder(order).label,
         "own_choice": own_choice,
-        "default_order_label": WorkbenchSettings.QueueOrder(settings_row.queue_order).label,
-        "orders": WorkbenchSettings.QueueOrder.choices,
+        "default_order_label": WorkbenchSettings.QueueOrder(
+            settings_row.queue_order
+            if settings_row.queue_order in allowed_orders
+            else WorkbenchSettings.QueueOrder.OLDEST
+        ).label,
+        "orders": [
+            (value, label)
+            for value, label in WorkbenchSettings.QueueOrder.choices
+            if value in allowed_orders
+        ],
         "counts": worklist_selectors.worklist_counts(grader=request.user, mine=queue.count()),
         "mine_capped": queue.capped,
         "skipped_count": worklist_selectors.images_needing_grade(grader=request.user)
@@ -185,13 +228,22 @@ def worklist(request: HttpRequest) -> HttpResponse:
     return render(request, "grading/grading/worklist.html", ctx)
 
 
+class WorklistNextForm(forms.Form):
+    """``from``: the image the grader leaves; anything that is not an image id is ignored."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # "from" is a Python keyword, so the field is added by name.
+        self.fields["from"] = forms.IntegerField(required=False, min_value=1, max_value=2**63 - 1)
+
+
 @require_POST
 @permission_required(GRADE_PERMISSION, raise_exception=True)
 def worklist_next(request: HttpRequest) -> HttpResponse:
     """Claim the next image and go to it. Leaving an image without grading it counts as a skip."""
-    came_from = request.POST.get("from", "")
-    if came_from.isdigit():
-        image = Image.objects.filter(pk=int(came_from)).first()
+    form = WorklistNextForm(request.POST)
+    if form.is_valid() and form.cleaned_data["from"] is not None:
+        image = Image.objects.filter(pk=form.cleaned_data["from"]).first()
         if image is not None:
             _leave_ungraded(request, image)
     return _serve_next(request)
@@ -328,9 +380,7 @@ def grade_image(request: HttpRequest, image_id: int) -> HttpResponse:
     form = GradeForm(request.POST, levels=_grade_levels())
     if not form.is_valid():
         return _grade_page(request, image, form=form, status=400)
-    was_correction = (
-        worklist_selectors.grade_current_for(image=image, grader=request.user) is not None
-    )
+    before = worklist_selectors.grade_current_for(image=image, grader=request.user)
     try:
         grade = grade_services.grade_submit(
             image=image, grader=request.user, choice=form.grade_input()
@@ -338,7 +388,10 @@ def grade_image(request: HttpRequest, image_id: int) -> HttpResponse:
     except grade_services.GradeRejected as error:
         messages.error(request, str(error))
         return redirect("grade_image", image_id=image.pk)
-    verb = "Correction saved" if was_correction else "Grade saved"
+    if before is not None and grade.pk == before.pk:
+        messages.info(request, f"Your grade was already saved ({_saved_text(grade)}); no change.")
+        return redirect("grade_image", image_id=image.pk)
+    verb = "Correction saved" if before is not None else "Grade saved"
     messages.success(request, f"{verb}: {_saved_text(grade)}.")
     return redirect("grade_image", image_id=image.pk)
 
@@ -375,6 +428,15 @@ def adjudicate(request: HttpRequest, image_id: int) -> HttpResponse:
     image = get_object_or_404(
         Image.objects.select_related("patient", "confirmed_grade"), pk=image_id
     )
+    if reader_is_independent(image=image, user=request.user):
+        # This page shows the model and every grade: whoever may still grade the image
+        # independently (an admin too) reads it blind on the grading page instead.
+        messages.info(
+            request,
+            "This image is still waiting for its independent grades, and you may grade it: "
+            "grade it here first; the other grades and the model are hidden until you save.",
+        )
+        return redirect("grade_image", image_id=image.pk)
     levels = _grade_levels()
     form = GradeForm(request.POST or None, levels=levels)
     status = 200
@@ -417,6 +479,7 @@ def adjudicate(request: HttpRequest, image_id: int) -> HttpResponse:
         "i_graded_it": any(
             g.grader_id == request.user.pk and g.kind == Grade.Kind.GRADER for g in grades
         ),
+        "self_adjudication_allowed": worklist_selectors.workbench_settings_get().allow_self_adjudication,
         **_viewer_ctx(image, model_view),
         **keyboard.keyboard_ctx(
             page=keyboard.ADJUDICATE_PAGE, grade_values=[level.value for level in levels]
@@ -455,6 +518,33 @@ class UploadForm(forms.Form):
         return value
 
 
+def _upload_limits() -> dict[str, int]:
+    return {
+        "min_side": settings.FUNDUS_MIN_IMAGE_SIDE,
+        "inline_max_files": settings.FUNDUS_UPLOAD_INLINE_MAX_FILES,
+    }
+
+
+def _upload_visit(form: UploadForm) -> UploadVisit:
+    return UploadVisit(
+        patient_pseudonym=form.cleaned_data["patient_id"],
+        eye=form.cleaned_data["eye"],
+        acquired_on=form.cleaned_data["acquired_on"],
+    )
+
+
+@require_GET
+@permission_required(UPLOAD_PERMISSION, raise_exception=True)
+def upload_job(request: HttpRequest, job_id: int) -> HttpResponse:
+    """Progress and result of a large upload's background import (polled by htmx)."""
+    job = get_object_or_404(Job, pk=job_id, kind=Job.Kind.IMAGES_IMPORT)
+    if job.created_by_id != request.user.pk and not request.user.has_perm("grading.manage_jobs"):
+        raise Http404("No such upload.")
+    if request.htmx:
+        return render(request, "grading/grading/_upload_job.html", {"job": job})
+    return render(request, "grading/grading/upload_job.html", {"job": job})
+
+
 @require_http_methods(["GET", "POST"])
 @permission_required(UPLOAD_PERMISSION, raise_exception=True)
 def upload(request: HttpRequest) -> HttpResponse:
@@ -465,15 +555,21 @@ def upload(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         if not files:
             form.add_error(None, "Choose at least one photograph or a .zip of photographs.")
+        if form.is_valid() and upload_is_large(files):
+            try:
+                job = upload_stage(files=files, visit=_upload_visit(form), uploaded_by=request.user)
+            except (QueueUnavailable, OSError) as error:
+                form.add_error(
+                    None,
+                    f"{error} Large uploads are imported in the background; until it is back, "
+                    f"upload at most {settings.FUNDUS_UPLOAD_INLINE_MAX_FILES} photographs at "
+                    "once. Nothing was stored.",
+                )
+            else:
+                return redirect("upload_job", job_id=job.pk)
         if form.is_valid():
             report = upload_files_process(
-                files=files,
-                visit=UploadVisit(
-                    patient_pseudonym=form.cleaned_data["patient_id"],
-                    eye=form.cleaned_data["eye"],
-                    acquired_on=form.cleaned_data["acquired_on"],
-                ),
-                uploaded_by=request.user,
+                files=files, visit=_upload_visit(form), uploaded_by=request.user
             )
             patient = Patient.objects.filter(pseudonym=form.cleaned_data["patient_id"]).first()
             ctx = {
@@ -482,10 +578,16 @@ def upload(request: HttpRequest) -> HttpResponse:
                 "patient": patient,
                 "zip_max_members": ZIP_MAX_MEMBERS,
                 "active_model": model_version_active(),
+                **_upload_limits(),
             }
             return render(request, "grading/grading/upload.html", ctx)
         status = 400
-    ctx = {"form": form, "report": report, "zip_max_members": ZIP_MAX_MEMBERS}
+    ctx = {
+        "form": form,
+        "report": report,
+        "zip_max_members": ZIP_MAX_MEMBERS,
+        **_upload_limits(),
+    }
     return render(request, "grading/grading/upload.html", ctx, status=status)
 
 
@@ -493,10 +595,16 @@ def upload(request: HttpRequest) -> HttpResponse:
 # Patients
 
 
+class PatientSearchForm(forms.Form):
+    # Longer input cannot match a pseudonym (64 characters at most); a NUL byte is refused.
+    q = forms.CharField(required=False, max_length=64, strip=True)
+
+
 @require_GET
 @permission_required(VIEW_PATIENT_PERMISSION, raise_exception=True)
 def patients(request: HttpRequest) -> HttpResponse:
-    query = request.GET.get("q", "").strip()[:64]
+    search = PatientSearchForm(request.GET)
+    query = search.cleaned_data["q"].strip() if search.is_valid() else ""
     page = Paginator(patient_selectors.patients_search(query=query), PATIENTS_PAGE_SIZE).get_page(
         _page_number(request)
     )
@@ -586,10 +694,12 @@ class WorkbenchSettingsForm(forms.ModelForm):
         model = WorkbenchSettings
         fields = list(EDITABLE_FIELDS)
         labels = {
-            "blind_first_grader": "Blind first read (hide the model until the first grade is saved)",
+            "blind_first_grader": "Blind reading (hide the model until each reader's grade is saved)",
             "queue_order": "Default queue order",
             "claim_minutes": "Claim lease (minutes)",
             "auto_retrain_after": "Retrain automatically after this many new confirmed grades (0: off)",
+            "allow_uncertain_order_when_blind": "Allow “Most uncertain first” during blind reading",
+            "allow_self_adjudication": "Allow self-adjudication",
         }
 
     # Declared fields ignore Meta.help_texts: every field gets its help here.
@@ -600,14 +710,16 @@ class WorkbenchSettingsForm(forms.ModelForm):
             "Going back to one settles the pending images that already have a grade."
         ),
         "blind_first_grader": (
-            "The first clinician to grade an image sees neither the model's grade nor its "
+            "Every clinician who grades an image independently (the first, the second, an "
+            "admin who grades) sees neither the model's grade, its probabilities nor its "
             "activation map until their own grade is saved, so the model cannot anchor it. "
-            "Second graders and reviewers see the model."
+            "Reviewers who do not grade see the model."
         ),
         "queue_order": (
             "The order of the worklist and of Next image. Most uncertain first serves the "
             "images the active model is least sure about (its grades then teach it the "
-            "most); each clinician can choose another order for themselves on the worklist."
+            "most); each clinician can choose another order for themselves on the worklist. "
+            "During blind reading it is refused unless allowed below."
         ),
         "claim_minutes": (
             "Opening an image reserves it for that clinician this long (1-240 minutes), so "
@@ -623,6 +735,20 @@ class WorkbenchSettingsForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         for name, text in self.setting_help.items():
             self.fields[name].help_text = text
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        if (
+            cleaned.get("queue_order") == WorkbenchSettings.QueueOrder.UNCERTAIN
+            and cleaned.get("blind_first_grader")
+            and not cleaned.get("allow_uncertain_order_when_blind")
+        ):
+            self.add_error(
+                "queue_order",
+                "“Most uncertain first” reveals the model's confidence to blind readers: allow "
+                "it explicitly below, or choose another order.",
+            )
+        return cleaned
 
 
 @require_http_methods(["GET", "POST"])
@@ -654,6 +780,7 @@ urlpatterns = [
     path("adjudication/", adjudication_queue, name="adjudication_queue"),
     path("adjudicate/<int:image_id>/", adjudicate, name="adjudicate"),
     path("upload/", upload, name="upload"),
+    path("upload/jobs/<int:job_id>/", upload_job, name="upload_job"),
     path("patients/", patients, name="patients"),
     path("patients/<int:patient_id>/", patient_detail, name="patient_detail"),
     path("images/<int:image_id>/view/<str:mode>.png", image_view, name="image_view"),

@@ -136,8 +136,10 @@ def _confusion_rows(report: dict, scale: list) -> list[tuple]:
 def model_compare(request: HttpRequest) -> HttpResponse:
     versions = [v for v in version_selectors.model_versions_list() if _comparable(v)]
     by_id = {v.pk: v for v in versions}
-    first = by_id.get(_int_or_none(request.GET.get("a")))
-    second = by_id.get(_int_or_none(request.GET.get("b")))
+    chosen = ModelCompareForm(request.GET)
+    chosen.is_valid()  # an invalid choice is left empty: the page asks for two versions
+    first = by_id.get(chosen.cleaned_data.get("a"))
+    second = by_id.get(chosen.cleaned_data.get("b"))
     ctx: dict = {"versions": versions, "first": first, "second": second, "comparison": None}
     if first is not None and second is not None:
         if first.pk == second.pk:
@@ -159,16 +161,14 @@ def model_compare(request: HttpRequest) -> HttpResponse:
     return render(request, "grading/models/compare.html", ctx)
 
 
+class ModelCompareForm(forms.Form):
+    a = forms.IntegerField(required=False, min_value=1)
+    b = forms.IntegerField(required=False, min_value=1)
+
+
 def _comparable(version: ModelVersion) -> bool:
     """Versions with predictions of images they never trained on (hold-out or cross-validation)."""
     return bool(version.holdout_sha256) or version.metrics.get("evaluation") == "done"
-
-
-def _int_or_none(value: str | None) -> int | None:
-    try:
-        return int(value) if value else None
-    except ValueError:
-        return None
 
 
 @require_GET

@@ -4,11 +4,13 @@ and CSV exports."""
 from __future__ import annotations
 
 import csv
+import datetime as dt
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from django import forms
 from django.core.paginator import Paginator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import path
@@ -21,6 +23,7 @@ from grading.models import Image, ModelVersion
 from grading.review_charts import confusion_png, qwk_by_month_png
 from grading.selectors import exports as export_selectors
 from grading.selectors import review as review_selectors
+from grading.selectors.assistance import images_blind_for, images_read_independently_by
 from grading.selectors.review import REVIEW_DEFAULT_SORT, REVIEW_SORTS, ReviewFilters, Scale
 from grading.selectors.review_cache import review_cached
 from grading.selectors.timeline import image_timeline
@@ -49,10 +52,28 @@ def _grade_choices(scale: Scale, empty: str) -> list[tuple[str, str]]:
     return [("", empty)] + [(str(level.value), str(level)) for level in scale.levels]
 
 
+# Filter dates outside these bounds mean nothing here, and the day after 9999-12-31 (the end of
+# an inclusive range) does not exist: refused with a message instead of overflowing.
+EARLIEST_FILTER_DATE = dt.date(1900, 1, 1)
+LATEST_FILTER_DATE = dt.date(2999, 12, 31)
+
+
 def _date_field(label: str) -> forms.DateField:
-    """An optional date with the browser's date picker."""
+    """An optional date with the browser's date picker, between 1900 and 2999."""
     return forms.DateField(
-        required=False, label=label, widget=forms.DateInput(attrs={"type": "date"})
+        required=False,
+        label=label,
+        widget=forms.DateInput(
+            attrs={
+                "type": "date",
+                "min": EARLIEST_FILTER_DATE.isoformat(),
+                "max": LATEST_FILTER_DATE.isoformat(),
+            }
+        ),
+        validators=[
+            MinValueValidator(EARLIEST_FILTER_DATE, "Choose a date from 1900 on."),
+            MaxValueValidator(LATEST_FILTER_DATE, "Choose a date before the year 3000."),
+        ],
     )
 
 
@@ -355,13 +376,17 @@ def _stamp() -> str:
 @require_GET
 @permission_required("grading.export_data", raise_exception=True)
 def export_grades_csv(request: HttpRequest) -> StreamingHttpResponse:
-    return _csv_response(export_selectors.grades_export_rows(), f"funduscope-grades-{_stamp()}.csv")
+    rows = export_selectors.grades_export_rows(
+        hidden_images=images_read_independently_by(user=request.user)
+    )
+    return _csv_response(rows, f"funduscope-grades-{_stamp()}.csv")
 
 
 class PredictionExportForm(forms.Form):
     version = forms.IntegerField(
         required=False,
         min_value=1,
+        max_value=2**63 - 1,  # a larger id would overflow the database's integer
         error_messages={"invalid": "version must be a model version id."},
     )
     include_training = forms.BooleanField(required=False)
@@ -381,7 +406,9 @@ def export_predictions_csv(request: HttpRequest) -> HttpResponse:
     suffix += "-with-training-images" if include_training else ""
     response = _csv_response(
         export_selectors.predictions_export_rows(
-            model_version=version, include_training=include_training
+            model_version=version,
+            include_training=include_training,
+            hidden_images=images_blind_for(user=request.user),
         ),
         get_valid_filename(f"funduscope-predictions{suffix}-{_stamp()}.csv"),
     )

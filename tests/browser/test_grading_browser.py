@@ -94,7 +94,7 @@ class GradingBrowserTests(MigrationDataKeptMixin, BrowserTestCase):
         expected = [(images[0], "2", True), (images[1], "0", False), (images[2], "u", False)]
         for index, (image, key, oedema) in enumerate(expected):
             self.wait_for_page(f"/grade/{image.pk}/", "[data-grade-form]")
-            self.assertIn("Blind first read", self.driver.page_source)
+            self.assertIn("Blind reading", self.driver.page_source)
             self.assertNotIn("Predicts", self.driver.page_source)
             if index == 0:
                 self.zoom_with_wheel_and_keys()
