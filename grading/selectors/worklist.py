@@ -30,8 +30,15 @@ def workbench_settings_get() -> WorkbenchSettings:
 
 def grades_current(*, image: Image) -> list[Grade]:
     """The latest independent grade of each clinician for this image (corrections replace the old)."""
+    # A grade that does not count (an uncertified clinician's, when the admin gates on
+    # certification) is kept in the history but neither confirms nor takes a grading slot.
     return list(
-        Grade.objects.filter(image=image, kind=Grade.Kind.GRADER, superseded_by__isnull=True)
+        Grade.objects.filter(
+            image=image,
+            kind=Grade.Kind.GRADER,
+            superseded_by__isnull=True,
+            counts_towards_confirmation=True,
+        )
         .select_related("grader", "grade")
         .order_by("created_at", "id")
     )
@@ -60,7 +67,10 @@ def images_needing_grade(
     graded_by_me = Grade.objects.filter(image=OuterRef("pk"), grader=grader, kind=Grade.Kind.GRADER)
     grader_count = (
         Grade.objects.filter(
-            image=OuterRef("pk"), kind=Grade.Kind.GRADER, superseded_by__isnull=True
+            image=OuterRef("pk"),
+            kind=Grade.Kind.GRADER,
+            superseded_by__isnull=True,
+            counts_towards_confirmation=True,
         )
         .order_by()
         .values("image")
@@ -77,6 +87,8 @@ def images_needing_grade(
     )
     return (
         Image.objects.filter(grading_state=Image.GradingState.PENDING)
+        # Photographs waiting for a quality check are not graded until a clinician passes them.
+        .exclude(quality_review=Image.QualityReview.CHECK)
         .filter(~Exists(graded_by_me))
         .alias(
             slots_taken=Coalesce(Subquery(grader_count), 0)
