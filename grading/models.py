@@ -251,6 +251,12 @@ class Grade(models.Model):
         value = "ungradable" if self.ungradable else self.grade_id
         return f"{self.image_id}: {value} by {self.grader or self.source}"
 
+    @property
+    def findings_text(self) -> str:
+        from mlcore.rubric import Findings, findings_describe
+
+        return findings_describe(Findings.from_dict(self.findings))
+
     def save(self, *args, **kwargs) -> None:
         # History is the point of this table: a correction is a new row that supersedes this one.
         if self.pk is not None and not self._state.adding:
@@ -484,17 +490,17 @@ class WorkbenchSettings(models.Model):
         default=True, help_text="Send photographs below the gradability threshold to a check."
     )
     quality_min_focus = models.FloatField(
-        default=20.0,
+        default=3.0,
         validators=[MinValueValidator(0.0)],
         help_text="Variance of the Laplacian at 512 px (sharpness).",
     )
     quality_max_clipped = models.FloatField(
-        default=0.25,
+        default=0.3,
         validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
         help_text="Largest share of the fundus that may be clipped dark or bright.",
     )
     quality_min_coverage = models.FloatField(
-        default=0.4,
+        default=0.5,
         validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
         help_text="Smallest share of the frame inside the fundus disc.",
     )

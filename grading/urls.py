@@ -14,5 +14,6 @@ urlpatterns = [
     path("", include("grading.views.grading")),
     path("", include("grading.views.models")),
     path("", include("grading.views.review")),
+    path("", include("grading.views.protocol")),
     path("api/", include("grading.views.api")),
 ]

@@ -26,141 +26,275 @@ def admin_role_certification(apps, schema_editor):
     Permission = apps.get_model("auth", "Permission")
     admin, _ = Group.objects.get_or_create(name="admin")
     admin.permissions.add(
-        *Permission.objects.filter(content_type__app_label="grading", codename__in=ADMIN_PERMISSIONS)
+        *Permission.objects.filter(
+            content_type__app_label="grading", codename__in=ADMIN_PERMISSIONS
+        )
     )
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('grading', '0002_roles_scale_settings'),
+        ("grading", "0002_roles_scale_settings"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='grade',
-            name='counts_towards_confirmation',
-            field=models.BooleanField(default=True, help_text='False for a grade from a clinician not yet certified when the gate is on.'),
+            model_name="grade",
+            name="counts_towards_confirmation",
+            field=models.BooleanField(
+                default=True,
+                help_text="False for a grade from a clinician not yet certified when the gate is on.",
+            ),
         ),
         migrations.AddField(
-            model_name='grade',
-            name='derived_grade',
-            field=models.ForeignKey(blank=True, help_text='The ICDR grade the findings imply (4-2-1 rule); kept beside an override.', null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='grading.gradelevel'),
+            model_name="grade",
+            name="derived_grade",
+            field=models.ForeignKey(
+                blank=True,
+                help_text="The ICDR grade the findings imply (4-2-1 rule); kept beside an override.",
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="+",
+                to="grading.gradelevel",
+            ),
         ),
         migrations.AddField(
-            model_name='grade',
-            name='findings',
-            field=models.JSONField(blank=True, default=dict, help_text='Lesion rubric (mlcore.rubric.Findings.to_dict); empty when the rubric was not used.'),
+            model_name="grade",
+            name="findings",
+            field=models.JSONField(
+                blank=True,
+                default=dict,
+                help_text="Lesion rubric (mlcore.rubric.Findings.to_dict); empty when the rubric was not used.",
+            ),
         ),
         migrations.AddField(
-            model_name='grade',
-            name='override_reason',
-            field=models.TextField(blank=True, default=''),
+            model_name="grade",
+            name="override_reason",
+            field=models.TextField(blank=True, default=""),
         ),
         migrations.AddField(
-            model_name='grade',
-            name='rubric_used',
+            model_name="grade",
+            name="rubric_used",
             field=models.BooleanField(default=False),
         ),
         migrations.AddField(
-            model_name='image',
-            name='quality_measures',
-            field=models.JSONField(blank=True, default=dict, help_text='mlcore.quality measures, computed at upload.'),
+            model_name="image",
+            name="quality_measures",
+            field=models.JSONField(
+                blank=True, default=dict, help_text="mlcore.quality measures, computed at upload."
+            ),
         ),
         migrations.AddField(
-            model_name='image',
-            name='quality_review',
-            field=models.CharField(blank=True, choices=[('', 'Not needed'), ('check', 'Check quality'), ('passed', 'Passed on by a clinician'), ('ungradable', 'Confirmed ungradable')], default='', max_length=16),
+            model_name="image",
+            name="quality_review",
+            field=models.CharField(
+                blank=True,
+                choices=[
+                    ("", "Not needed"),
+                    ("check", "Check quality"),
+                    ("passed", "Passed on by a clinician"),
+                    ("ungradable", "Confirmed ungradable"),
+                ],
+                default="",
+                max_length=16,
+            ),
         ),
         migrations.AddField(
-            model_name='image',
-            name='quality_reviewed_by',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL),
+            model_name="image",
+            name="quality_reviewed_by",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="+",
+                to=settings.AUTH_USER_MODEL,
+            ),
         ),
         migrations.AddField(
-            model_name='image',
-            name='quality_score',
-            field=models.FloatField(blank=True, help_text='Gradability 0-1; below 0.5 a measure misses its threshold.', null=True),
+            model_name="image",
+            name="quality_score",
+            field=models.FloatField(
+                blank=True,
+                help_text="Gradability 0-1; below 0.5 a measure misses its threshold.",
+                null=True,
+            ),
         ),
         migrations.AddField(
-            model_name='workbenchsettings',
-            name='certification_gates_confirmation',
-            field=models.BooleanField(default=True, help_text='Grades of clinicians who have not passed certification do not confirm images.'),
+            model_name="workbenchsettings",
+            name="certification_gates_confirmation",
+            field=models.BooleanField(
+                default=True,
+                help_text="Grades of clinicians who have not passed certification do not confirm images.",
+            ),
         ),
         migrations.AddField(
-            model_name='workbenchsettings',
-            name='certification_min_exact',
-            field=models.FloatField(default=0.6, validators=[django.core.validators.MinValueValidator(0.0), django.core.validators.MaxValueValidator(1.0)]),
+            model_name="workbenchsettings",
+            name="certification_min_exact",
+            field=models.FloatField(
+                default=0.6,
+                validators=[
+                    django.core.validators.MinValueValidator(0.0),
+                    django.core.validators.MaxValueValidator(1.0),
+                ],
+            ),
         ),
         migrations.AddField(
-            model_name='workbenchsettings',
-            name='certification_min_qwk',
-            field=models.FloatField(default=0.7, validators=[django.core.validators.MinValueValidator(0.0), django.core.validators.MaxValueValidator(1.0)]),
+            model_name="workbenchsettings",
+            name="certification_min_qwk",
+            field=models.FloatField(
+                default=0.7,
+                validators=[
+                    django.core.validators.MinValueValidator(0.0),
+                    django.core.validators.MaxValueValidator(1.0),
+                ],
+            ),
         ),
         migrations.AddField(
-            model_name='workbenchsettings',
-            name='certification_min_sensitivity',
-            field=models.FloatField(default=0.8, validators=[django.core.validators.MinValueValidator(0.0), django.core.validators.MaxValueValidator(1.0)]),
+            model_name="workbenchsettings",
+            name="certification_min_sensitivity",
+            field=models.FloatField(
+                default=0.8,
+                validators=[
+                    django.core.validators.MinValueValidator(0.0),
+                    django.core.validators.MaxValueValidator(1.0),
+                ],
+            ),
         ),
         migrations.AddField(
-            model_name='workbenchsettings',
-            name='certification_min_specificity',
-            field=models.FloatField(default=0.8, validators=[django.core.validators.MinValueValidator(0.0), django.core.validators.MaxValueValidator(1.0)]),
+            model_name="workbenchsettings",
+            name="certification_min_specificity",
+            field=models.FloatField(
+                default=0.8,
+                validators=[
+                    django.core.validators.MinValueValidator(0.0),
+                    django.core.validators.MaxValueValidator(1.0),
+                ],
+            ),
         ),
         migrations.AddField(
-            model_name='workbenchsettings',
-            name='certification_mode',
-            field=models.CharField(choices=[('session', 'A dedicated certification session first'), ('mixed', 'Mixed into the grading queue')], default='session', max_length=16),
+            model_name="workbenchsettings",
+            name="certification_mode",
+            field=models.CharField(
+                choices=[
+                    ("session", "A dedicated certification session first"),
+                    ("mixed", "Mixed into the grading queue"),
+                ],
+                default="session",
+                max_length=16,
+            ),
         ),
         migrations.AddField(
-            model_name='workbenchsettings',
-            name='quality_gate_enabled',
-            field=models.BooleanField(default=True, help_text='Send photographs below the gradability threshold to a check.'),
+            model_name="workbenchsettings",
+            name="quality_gate_enabled",
+            field=models.BooleanField(
+                default=True,
+                help_text="Send photographs below the gradability threshold to a check.",
+            ),
         ),
         migrations.AddField(
-            model_name='workbenchsettings',
-            name='quality_max_clipped',
-            field=models.FloatField(default=0.25, help_text='Largest share of the fundus that may be clipped dark or bright.', validators=[django.core.validators.MinValueValidator(0.0), django.core.validators.MaxValueValidator(1.0)]),
+            model_name="workbenchsettings",
+            name="quality_max_clipped",
+            field=models.FloatField(
+                default=0.3,
+                help_text="Largest share of the fundus that may be clipped dark or bright.",
+                validators=[
+                    django.core.validators.MinValueValidator(0.0),
+                    django.core.validators.MaxValueValidator(1.0),
+                ],
+            ),
         ),
         migrations.AddField(
-            model_name='workbenchsettings',
-            name='quality_min_coverage',
-            field=models.FloatField(default=0.4, help_text='Smallest share of the frame inside the fundus disc.', validators=[django.core.validators.MinValueValidator(0.0), django.core.validators.MaxValueValidator(1.0)]),
+            model_name="workbenchsettings",
+            name="quality_min_coverage",
+            field=models.FloatField(
+                default=0.5,
+                help_text="Smallest share of the frame inside the fundus disc.",
+                validators=[
+                    django.core.validators.MinValueValidator(0.0),
+                    django.core.validators.MaxValueValidator(1.0),
+                ],
+            ),
         ),
         migrations.AddField(
-            model_name='workbenchsettings',
-            name='quality_min_focus',
-            field=models.FloatField(default=20.0, help_text='Variance of the Laplacian at 512 px (sharpness).', validators=[django.core.validators.MinValueValidator(0.0)]),
+            model_name="workbenchsettings",
+            name="quality_min_focus",
+            field=models.FloatField(
+                default=3.0,
+                help_text="Variance of the Laplacian at 512 px (sharpness).",
+                validators=[django.core.validators.MinValueValidator(0.0)],
+            ),
         ),
         migrations.AddField(
-            model_name='workbenchsettings',
-            name='quality_min_resolution',
-            field=models.PositiveIntegerField(default=224, help_text='Smallest short side in pixels.'),
+            model_name="workbenchsettings",
+            name="quality_min_resolution",
+            field=models.PositiveIntegerField(
+                default=224, help_text="Smallest short side in pixels."
+            ),
         ),
         migrations.AddField(
-            model_name='workbenchsettings',
-            name='rubric_enabled',
-            field=models.BooleanField(default=True, help_text='Record lesion findings; the ICDR grade is derived from them (4-2-1 rule).'),
+            model_name="workbenchsettings",
+            name="rubric_enabled",
+            field=models.BooleanField(
+                default=True,
+                help_text="Record lesion findings; the ICDR grade is derived from them (4-2-1 rule).",
+            ),
         ),
         migrations.AlterField(
-            model_name='grade',
-            name='kind',
-            field=models.CharField(choices=[('grader', 'Independent grade'), ('adjudication', 'Adjudication'), ('import', 'Imported'), ('certification', 'Certification (graded against a reference)')], default='grader', max_length=16),
+            model_name="grade",
+            name="kind",
+            field=models.CharField(
+                choices=[
+                    ("grader", "Independent grade"),
+                    ("adjudication", "Adjudication"),
+                    ("import", "Imported"),
+                    ("certification", "Certification (graded against a reference)"),
+                ],
+                default="grader",
+                max_length=16,
+            ),
         ),
         migrations.CreateModel(
-            name='CertificationItem',
+            name="CertificationItem",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('reference_macular_oedema', models.BooleanField(default=False)),
-                ('added_at', models.DateTimeField(auto_now_add=True)),
-                ('added_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('image', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='certification_item', to='grading.image')),
-                ('reference_grade', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='grading.gradelevel')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("reference_macular_oedema", models.BooleanField(default=False)),
+                ("added_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "added_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "image",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="certification_item",
+                        to="grading.image",
+                    ),
+                ),
+                (
+                    "reference_grade",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="grading.gradelevel",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['id'],
-                'permissions': [('manage_certification', 'Can manage the certification set')],
+                "ordering": ["id"],
+                "permissions": [("manage_certification", "Can manage the certification set")],
             },
         ),
         migrations.RunPython(admin_role_certification, migrations.RunPython.noop),

@@ -14,7 +14,14 @@ from grading.selectors.worklist import workbench_settings_get
 
 def prediction_hidden(*, image: Image, user: AbstractBaseUser) -> bool:
     """Blind mode: the first clinician to grade an image does not see the model's opinion until
-    their own grade is saved, so one grade per image is free of anchoring on the model."""
+    their own grade is saved, so one grade per image is free of anchoring on the model.
+
+    Always hidden on a certification image the clinician has not graded yet: a model trained on
+    its reference grade would give the answer away."""
+    from grading.selectors.certification import reference_hidden
+
+    if reference_hidden(image=image, user=user):
+        return True
     if not workbench_settings_get().blind_first_grader:
         return False
     if image.grading_state != Image.GradingState.PENDING:
