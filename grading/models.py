@@ -251,12 +251,6 @@ class Grade(models.Model):
         value = "ungradable" if self.ungradable else self.grade_id
         return f"{self.image_id}: {value} by {self.grader or self.source}"
 
-    @property
-    def findings_text(self) -> str:
-        from mlcore.rubric import Findings, findings_describe
-
-        return findings_describe(Findings.from_dict(self.findings))
-
     def save(self, *args, **kwargs) -> None:
         # History is the point of this table: a correction is a new row that supersedes this one.
         if self.pk is not None and not self._state.adding:
@@ -268,6 +262,12 @@ class Grade(models.Model):
             raise ValidationError("An ungradable image has no grade value.")
         if not self.ungradable and self.grade_id is None:
             raise ValidationError("Choose a grade or mark the image ungradable.")
+
+    @property
+    def findings_text(self) -> str:
+        from mlcore.rubric import Findings, findings_describe
+
+        return findings_describe(Findings.from_dict(self.findings))
 
 
 class ModelVersion(models.Model):

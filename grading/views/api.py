@@ -16,8 +16,13 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import BasePermission, IsAuthenticated
 
-from grading.models import GradeLevel, Image, ModelVersion, Prediction
-from grading.serializers import ImageSerializer, ModelVersionSerializer, PredictionSerializer
+from grading.models import Grade, GradeLevel, Image, ModelVersion, Prediction
+from grading.serializers import (
+    GradeSerializer,
+    ImageSerializer,
+    ModelVersionSerializer,
+    PredictionSerializer,
+)
 
 # Predictions next to confirmed grades are a reviewer's view: a clinician reading them through the
 # API would defeat blind grading, so the API needs the review permission as well.
@@ -104,6 +109,20 @@ class ImageDetail(ReadOnlyApiView, generics.RetrieveAPIView):
         return Image.objects.select_related("patient")
 
 
+class ImageGrades(ReadOnlyApiView, generics.ListAPIView):
+    """Every grade of one image, oldest first, with its lesion findings (reviewers and admins
+    only, like the rest of the API: reference grades never reach a clinician this way)."""
+
+    serializer_class = GradeSerializer
+    required_permissions = READ_PREDICTIONS
+
+    def get_queryset(self) -> QuerySet[Grade]:
+        image = get_object_or_404(Image, pk=self.kwargs["image_id"])
+        return (
+            Grade.objects.filter(image=image).select_related("grader").order_by("created_at", "id")
+        )
+
+
 class ModelVersionList(ReadOnlyApiView, generics.ListAPIView):
     serializer_class = ModelVersionSerializer
     required_permissions = ("grading.view_modelversion",)
@@ -132,6 +151,7 @@ class ModelVersionPredictions(ReadOnlyApiView, generics.ListAPIView):
 urlpatterns = [
     path("images/", ImageList.as_view(), name="api_images"),
     path("images/<int:image_id>/", ImageDetail.as_view(), name="api_image"),
+    path("images/<int:image_id>/grades/", ImageGrades.as_view(), name="api_image_grades"),
     path("model-versions/", ModelVersionList.as_view(), name="api_model_versions"),
     path(
         "model-versions/<str:name>/predictions/",
