@@ -240,7 +240,7 @@ def worklist_next(request: HttpRequest) -> HttpResponse:
 # Grading
 
 
-HAEMORRHAGE_LEVELS = [(0, "none"), (1, "present"), (2, "20+")]
+HAEMORRHAGE_LEVELS = [(0, "–"), (1, "+"), (2, "20+")]  # none, present, 20 or more
 
 
 class GradeForm(forms.Form):
@@ -387,11 +387,11 @@ def _grade_initial(grade: Grade | None) -> dict:
 # S, V, C, F, Enter, arrows); H, B and I take a quadrant 1-4 next.
 RUBRIC_FLAGS = (
     ("f_microaneurysms", "A", "Microaneurysms"),
-    ("f_nv_disc", "D", "New vessels at the disc (NVD)"),
-    ("f_nv_elsewhere", "N", "New vessels elsewhere (NVE)"),
-    ("f_vitreous", "P", "Vitreous / pre-retinal haemorrhage"),
+    ("f_nv_disc", "D", "NVD (new vessels, disc)"),
+    ("f_nv_elsewhere", "N", "NVE (new vessels elsewhere)"),
+    ("f_vitreous", "P", "Vitreous / pre-retinal haem."),
     ("f_exudates", "E", "Hard exudates"),
-    ("f_exudates_fovea", "O", "Exudates within 1 disc diameter of the fovea"),
+    ("f_exudates_fovea", "O", "Exudates ≤ 1 DD of fovea"),
     ("f_cws", "W", "Cotton-wool spots"),
     ("f_laser", "L", "Laser scars"),
 )
