@@ -7,7 +7,9 @@ not pay for it.
 
 from __future__ import annotations
 
+import datetime as dt
 import io
+import math
 from collections.abc import Sequence
 
 from grading.selectors.review import MONTH_MIN_IMAGES, VersionSeries
@@ -57,6 +59,10 @@ def confusion_png(*, matrix: Sequence[Sequence[int]], labels: Sequence[str]) -> 
 def qwk_by_month_png(*, series: Sequence[VersionSeries]) -> bytes:
     """One line per model version: QWK against the confirmed grades, month by month. Months with
     fewer than MONTH_MIN_IMAGES images are drawn hollow (too few to trust)."""
+    return _png(qwk_by_month_figure(series=series))
+
+
+def qwk_by_month_figure(*, series: Sequence[VersionSeries]):
     from matplotlib.dates import DateFormatter, MonthLocator
     from matplotlib.figure import Figure
 
@@ -77,8 +83,17 @@ def qwk_by_month_png(*, series: Sequence[VersionSeries]) -> bytes:
             )
     axes.set_ylim(min([-0.05, *(p.qwk for s in series for p in s.points)]), 1.02)
     axes.set_ylabel("QWK vs confirmed")
-    # One tick per month: the data are monthly, so day ticks would repeat the same label.
-    axes.xaxis.set_major_locator(MonthLocator())
+    # The axis spans the months that have data (half a month either side): left to itself,
+    # matplotlib widens a single month to five years of overlapping month labels. One tick per
+    # month, thinned to at most about twelve labels.
+    months = sorted({point.month for entry in series for point in entry.points})
+    if months:
+        first, last = months[0], months[-1]
+        axes.set_xlim(first - dt.timedelta(days=16), last + dt.timedelta(days=16))
+        span = (last.year - first.year) * 12 + last.month - first.month + 1
+        axes.xaxis.set_major_locator(MonthLocator(interval=max(1, math.ceil(span / 12))))
+    else:
+        axes.xaxis.set_major_locator(MonthLocator())
     axes.xaxis.set_major_formatter(DateFormatter("%Y-%m"))
     axes.grid(alpha=0.3)
     if series:
@@ -90,4 +105,4 @@ def qwk_by_month_png(*, series: Sequence[VersionSeries]) -> bytes:
         fontsize=9,
     )
     figure.autofmt_xdate()
-    return _png(figure)
+    return figure

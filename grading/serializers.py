@@ -68,11 +68,15 @@ class ImageSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
     def get_latest_prediction(self, image: Image) -> dict[str, Any] | None:
-        # Filled by the view's Prefetch(to_attr=...), newest first.
-        predictions = getattr(image, "predictions_newest_first", None)
+        """The prediction of the version the view chose (the active one unless ``?version=``
+        named another); None when that version has not predicted the image or none is active."""
+        predictions = getattr(image, "predictions_of_version", None)  # the view's Prefetch
         if predictions is None:
+            version = self.context.get("prediction_version")
+            if version is None:
+                return None
             predictions = list(
-                image.predictions.select_related("model_version").order_by("-created_at", "-id")[:1]
+                image.predictions.filter(model_version=version).select_related("model_version")
             )
         return LatestPredictionSerializer(predictions[0]).data if predictions else None
 

@@ -110,6 +110,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
+    # Last, so the page it may substitute still passes through messages, CSRF and sessions.
+    "grading.views.errors.ProductNotFoundPageMiddleware",
 ]
 
 if PRODUCTION:

@@ -21,8 +21,8 @@ from django.db import InterfaceError, OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from grading.models import Job
-from grading.services import features, model_versions, predictions
+from grading.models import Image, Job
+from grading.services import features, model_versions, predictions, renderings
 from grading.services import jobs as job_services
 
 logger = logging.getLogger(__name__)
@@ -137,6 +137,32 @@ def images_predict(self: JobTask, job_id: int) -> dict[str, Any]:
     return self.run_job(job_id, predictions.images_predict_job)
 
 
+@shared_task(
+    name=renderings.RENDER_TASK,
+    autoretry_for=TRANSIENT_ERRORS,
+    retry_backoff=5,
+    max_retries=3,
+    acks_late=True,
+    ignore_result=True,
+)
+def image_views_render(image_id: int) -> dict[str, Any]:
+    """Render a new photograph's viewer views (cropped, red-free, Ben Graham, thumbnail).
+
+    Deliberately not a Job: a cache fill of a second or two per upload that nobody waits for,
+    cancels or retries by hand would bury the Jobs page. Idempotent: cached views are skipped,
+    and a view requested before this ran is rendered by the request itself.
+    """
+    image = Image.objects.filter(pk=image_id).first()
+    if image is None:
+        return {"rendered": [], "message": "The image no longer exists"}
+    try:
+        rendered = renderings.image_views_render(image=image)
+    except renderings.RenderingFailed as error:
+        logger.warning("Views of image %s not rendered: %s", image_id, error)
+        return {"rendered": [], "message": str(error)}
+    return {"rendered": rendered}
+
+
 @shared_task(name="grading.tasks.jobs_housekeeping", ignore_result=True)
 def jobs_housekeeping() -> dict[str, Any]:
     """Periodic (beat): fail jobs whose worker died, and start an automatic retrain when due."""
@@ -153,6 +179,7 @@ __all__ = [
     "JobTask",
     "Job",
     "features_extract",
+    "image_views_render",
     "images_augment",
     "images_predict",
     "jobs_housekeeping",

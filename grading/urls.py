@@ -6,6 +6,8 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from grading.views import errors
+
 urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
@@ -16,4 +18,10 @@ urlpatterns = [
     path("", include("grading.views.review")),
     path("", include("grading.views.protocol")),
     path("api/", include("grading.views.api")),
+    path("favicon.ico", errors.favicon, name="favicon"),
 ]
+
+handler403 = "grading.views.errors.permission_denied"
+handler404 = "grading.views.errors.page_not_found"
+# handler500 stays Django's: it renders templates/500.html without a context (no database, no
+# user), which is what a page shown after an unexpected error should depend on.

@@ -6,7 +6,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 
 from tests.base import BaseTestCase
 
-PUBLIC_NAMES = {"login", "healthz"}
+PUBLIC_NAMES = {"login", "healthz", "favicon"}
 
 
 def concrete_paths() -> list[tuple[str, str]]:

@@ -80,8 +80,29 @@ class ApiAuthTests(ApiTestCase):
         self.assertIn(key, out.getvalue())
 
 
+class ApiRootTests(ApiTestCase):
+    def test_it_lists_the_endpoints_as_json_to_a_reviewer(self):
+        self.client.force_login(self.rita)
+        response = self.client.get("/api/")
+        self.assertEqual(response.status_code, 200)
+        self.assertEqual(response["Content-Type"], "application/json")
+        body = response.json()
+        self.assertEqual(body["images"], "http://testserver/api/images/")
+        self.assertEqual(body["model_versions"], "http://testserver/api/model-versions/")
+        self.assertEqual(
+            body["model_version_predictions"],
+            "http://testserver/api/model-versions/{name}/predictions/",
+        )
+        self.assertIn("version", body["parameters"]["images"])
+
+    def test_it_answers_401_and_403_like_the_endpoints(self):
+        self.assertEqual(self.api.get("/api/").status_code, 401)
+        self.assertEqual(self.as_user(self.alice).get("/api/").status_code, 403)
+        self.assertEqual(self.as_user(self.adam).get("/api/").status_code, 200)
+
+
 class ApiImageTests(ApiTestCase):
-    def test_images_carry_the_confirmed_grade_and_latest_prediction(self):
+    def test_images_carry_the_confirmed_grade_and_the_active_versions_prediction(self):
         body = self.as_user(self.rita).get("/api/images/").json()
         self.assertEqual(body["count"], 3)
         first, second, third = body["results"]
@@ -93,7 +114,8 @@ class ApiImageTests(ApiTestCase):
         latest = first["latest_prediction"]
         self.assertEqual((latest["model_version"], latest["predicted_grade"]), ("v2", 0))
         self.assertEqual(len(latest["probabilities"]), 5)
-        self.assertEqual(second["latest_prediction"]["model_version"], "v1")
+        # Only the retired v1 predicted the second image: the active version has no prediction.
+        self.assertIsNone(second["latest_prediction"])
         self.assertIsNone(third["confirmed_grade"])
         self.assertIsNone(third["latest_prediction"])
 
@@ -121,10 +143,37 @@ class ApiImageTests(ApiTestCase):
         # Permissions (user, groups), count, images with patients, their predictions.
         self.assertLessEqual(len(queries), 6, [q["sql"][:80] for q in queries])
 
+    def test_a_query_parameter_asks_for_another_versions_prediction(self):
+        api = self.as_user(self.rita)
+        body = api.get("/api/images/", {"version": "v1"}).json()
+        first, second, third = body["results"]
+        self.assertEqual(
+            (
+                first["latest_prediction"]["model_version"],
+                first["latest_prediction"]["predicted_grade"],
+            ),
+            ("v1", 1),
+        )
+        self.assertEqual(second["latest_prediction"]["predicted_grade"], 3)
+        self.assertIsNone(third["latest_prediction"])
+        response = api.get("/api/images/", {"version": "v9"})
+        self.assertEqual(response.status_code, 400)
+        self.assertIn("There is no model version named v9", response.json()["version"][0])
+
+    def test_no_active_version_means_no_prediction_unless_one_is_asked_for(self):
+        ModelVersion.objects.filter(name="v2").update(state=ModelVersion.State.RETIRED)
+        api = self.as_user(self.rita)
+        body = api.get("/api/images/").json()
+        self.assertTrue(all(row["latest_prediction"] is None for row in body["results"]))
+        one = api.get(f"/api/images/{self.images[0].pk}/", {"version": "v2"}).json()
+        self.assertEqual(one["latest_prediction"]["model_version"], "v2")
+
     def test_one_image(self):
         api = self.as_user(self.rita)
         body = api.get(f"/api/images/{self.images[1].pk}/").json()
         self.assertEqual(body["confirmed_grade"], 2)
+        self.assertIsNone(body["latest_prediction"])  # only the retired v1 predicted it
+        body = api.get(f"/api/images/{self.images[1].pk}/", {"version": "v1"}).json()
         self.assertEqual(body["latest_prediction"]["predicted_grade"], 3)
         self.assertEqual(api.get("/api/images/999999/").status_code, 404)
 

@@ -148,6 +148,38 @@ class GradePageTests(GradingTestCase):
         self.assertContains(response, "1 – Mild NPDR")
         self.assertContains(response, "Referable")
 
+    def test_patient_context_groups_the_photographs_by_visit_date(self):
+        from grading.selectors.patients import patient_context_for
+
+        patient = patient_make("P-VISITS")
+        day, earlier = dt.date(2026, 11, 2), dt.date(2025, 6, 30)
+        image = image_make(patient=patient, eye=Image.Eye.RIGHT, acquired_on=day)
+        retake = image_make(patient=patient, eye=Image.Eye.RIGHT, acquired_on=day)
+        left = image_make(patient=patient, eye=Image.Eye.LEFT, acquired_on=day, confirmed_grade=0)
+        old_left = image_make(patient=patient, eye=Image.Eye.LEFT, acquired_on=earlier)
+        old_right = image_make(patient=patient, eye=Image.Eye.RIGHT, acquired_on=earlier)
+        undated = image_make(patient=patient, eye=Image.Eye.RIGHT, acquired_on=None)
+        context = patient_context_for(image=image)
+        # The same-day retake of the same eye belongs to this visit, not to "Other visits".
+        self.assertEqual(context.this_visit, [retake, left])
+        visits = {visit.day: visit.images for visit in context.other_visits}
+        self.assertEqual(visits[earlier], [old_right, old_left])
+        self.assertEqual(visits[None], [undated])
+        html = self.client.get(grade_url(image)).content.decode()
+        self.assertIn('data-visit="2025-06-30"', html)
+        self.assertIn('data-visit="unknown"', html)
+
+    def test_an_undated_photograph_has_no_same_visit(self):
+        from grading.selectors.patients import patient_context_for
+
+        patient = patient_make("P-UNDATED")
+        image = image_make(patient=patient, eye=Image.Eye.RIGHT, acquired_on=None)
+        image_make(patient=patient, eye=Image.Eye.LEFT, acquired_on=None)
+        context = patient_context_for(image=image)
+        self.assertEqual(context.this_visit, [])
+        self.assertEqual([visit.day for visit in context.other_visits], [None])
+        self.assertContains(self.client.get(grade_url(image)), "This photograph has no date")
+
 
 class BlindModeTests(GradingTestCase):
     """The model's prediction is not in the HTML for the first grader until their grade is saved."""

@@ -110,6 +110,77 @@ class ImportImagesTests(BaseTestCase):
             run_import("--labels", str(labels), str(self.tmp))
 
 
+class ImportUngradedTests(BaseTestCase):
+    def setUp(self):
+        self.tmp = Path(tempfile.mkdtemp(prefix="import-ungraded-"))
+
+    def test_it_stores_every_photograph_under_the_folder_as_pending(self):
+        (self.tmp / "clinic-a" / "2026-11").mkdir(parents=True)
+        (self.tmp / "top.jpg").write_bytes(fundus_jpeg_bytes(seed=1))
+        (self.tmp / "clinic-a" / "2026-11" / "deep.JPG").write_bytes(fundus_jpeg_bytes(seed=2))
+        (self.tmp / "clinic-a" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+        (self.tmp / "clinic-a" / "notes.txt").write_text("camera 2")
+        (self.tmp / ".cache").mkdir()
+        (self.tmp / ".cache" / "hidden.jpg").write_bytes(fundus_jpeg_bytes(seed=3))
+        out, err = run_import("--ungraded", str(self.tmp))
+        self.assertIn("Imported 2 image(s)", out)
+        self.assertIn("2 pending, to grade in the worklist", out)
+        self.assertIn("1 file(s) rejected", out)
+        self.assertIn("1 file(s) not named like a photograph left alone", out)
+        self.assertIn("broken.jpg", err)
+        self.assertIn("No prediction queued (no active model", out)
+        self.assertEqual(Image.objects.filter(grading_state="pending").count(), 2)
+        self.assertFalse(Grade.objects.exists())
+        self.assertTrue(Image.objects.filter(confirmed_grade__isnull=False).count() == 0)
+
+    def test_the_pending_images_wait_in_a_clinicians_worklist(self):
+        from grading.selectors.worklist import images_needing_grade
+
+        (self.tmp / "a.jpg").write_bytes(fundus_jpeg_bytes(seed=4))
+        run_import("--ungraded", str(self.tmp))
+        self.assertEqual(images_needing_grade(grader=self.alice).count(), 1)
+        self.assertEqual(Image.objects.get().source, f"import:{self.tmp.name}")
+
+    def test_a_rerun_skips_the_duplicates(self):
+        (self.tmp / "a.jpg").write_bytes(fundus_jpeg_bytes(seed=5))
+        run_import("--ungraded", str(self.tmp))
+        out, _ = run_import("--ungraded", str(self.tmp))
+        self.assertIn("Imported 0 image(s)", out)
+        self.assertIn("1 duplicate(s) skipped", out)
+
+    def test_it_imports_a_csv_without_grades_with_patients_eyes_and_dates(self):
+        (self.tmp / "a.jpg").write_bytes(fundus_jpeg_bytes(seed=6))
+        (self.tmp / "b.jpg").write_bytes(fundus_jpeg_bytes(seed=7))
+        labels = self.tmp / "visits.csv"
+        labels.write_text("filename,patient_id,eye,date\na.jpg,P-7,left,2026-11-02\nb.jpg,P-7,R,\n")
+        out, _ = run_import("--ungraded", "--labels", str(labels), str(self.tmp))
+        self.assertIn("Imported 2 image(s)", out)
+        patient = Patient.objects.get(pseudonym="P-7")
+        self.assertEqual(
+            sorted(patient.images.values_list("eye", "grading_state")),
+            [("L", "pending"), ("R", "pending")],
+        )
+        self.assertEqual(str(patient.images.get(eye="L").acquired_on), "2026-11-02")
+
+    def test_a_csv_with_grades_is_refused_rather_than_dropping_them(self):
+        labels = self.tmp / "labels.csv"
+        labels.write_text("filename,grade\nx.jpg,2\n")
+        with self.assertRaisesMessage(CommandError, "has a grade column, but --ungraded"):
+            run_import("--ungraded", "--labels", str(labels), str(self.tmp))
+        self.assertFalse(Image.objects.exists())
+
+    def test_a_graded_import_of_a_csv_without_grades_points_to_the_option(self):
+        labels = self.tmp / "labels.csv"
+        labels.write_text("filename\nx.jpg\n")
+        with self.assertRaisesMessage(CommandError, "or use --ungraded"):
+            run_import("--labels", str(labels), str(self.tmp))
+
+    def test_a_folder_without_photographs_is_an_error(self):
+        (self.tmp / "readme.txt").write_text("nothing here")
+        with self.assertRaisesMessage(CommandError, "holds no photographs"):
+            run_import("--ungraded", str(self.tmp))
+
+
 @pytest.mark.slow
 class SharedDatasetImportTests(BaseTestCase):
     def test_the_shared_fundus_dataset_imports_cleanly(self):

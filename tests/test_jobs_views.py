@@ -122,3 +122,34 @@ class RedisDownTests(BaseTestCase):
             response = self.client.post(reverse("job_retry", args=[job.pk]), follow=True)
         self.assertEqual(response.status_code, 200)
         self.assertContains(response, "The job queue is unavailable")
+
+
+class JobDetailTableTests(BaseTestCase):
+    def test_parameters_and_results_read_as_a_table_not_a_python_dict(self):
+        job = Job.objects.create(
+            kind=Job.Kind.FEATURES_EXTRACT,
+            state=Job.State.SUCCEEDED,
+            params={"image_ids": list(range(1, 16)), "activate_if_first": True},
+            result={
+                "computed": {"mobilenet_v2": 20},
+                "seconds": 125.3,
+                "reused": 0,
+                "brand_new_key": "kept",
+                "message": "20 image(s) computed",
+            },
+        )
+        self.login(self.adam)
+        response = self.client.get(reverse("job_detail", args=[job.pk]))
+        html = response.content.decode()
+        self.assertNotIn("{&#x27;", html)
+        self.assertNotIn("{'", html)
+        rows = {
+            "Images": "15: #1, #2, #3, #4, #5, #6, #7, #8, #9, #10 and 5 more",
+            "Activate if it is the first model": "yes",
+            "Features computed now": "mobilenet_v2: 20",
+            "Time": "2 min 05 s",
+            "Features reused from the store": "0",
+            "Brand new key": "kept",
+        }
+        for label, text in rows.items():
+            self.assertInHTML(f'<tr><th scope="row">{label}</th><td>{text}</td></tr>', html)

@@ -117,12 +117,19 @@ class RubricPageTests(GradingTestCase):
         self.assertContains(response, "keep me", status_code=400)
         self.assertFalse(Grade.objects.filter(image=self.image).exists())
 
-    def test_a_plain_grade_without_the_rubric_is_still_accepted(self):
+    def test_a_grade_with_nothing_ticked_is_recorded_as_a_plain_grade(self):
         self.login(self.alice)
-        self.client.post(self.url, {"grade": 2})
+        self.client.post(self.url, {"rubric": "on", "grade": 2})
         grade = Grade.objects.get(image=self.image)
         self.assertFalse(grade.rubric_used)
         self.assertIsNone(grade.derived_grade_id)
+
+    def test_no_findings_and_no_dr_is_a_rubric_grade(self):
+        self.login(self.alice)
+        self.client.post(self.url, {"rubric": "on", "grade": 0})
+        grade = Grade.objects.get(image=self.image)
+        self.assertTrue(grade.rubric_used)
+        self.assertEqual(grade.derived_grade_id, 0)
 
     def test_the_image_history_shows_findings_and_the_override(self):
         grade_submit(

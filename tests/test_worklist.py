@@ -30,11 +30,15 @@ class WorklistPermissionTests(GradingTestCase):
                 self.assertEqual(self.client.get(URL).status_code, 403)
                 self.assertEqual(self.client.post(NEXT_URL).status_code, 403)
 
-    def test_clinicians_land_on_the_worklist_after_login(self):
-        self.login(self.alice)
-        self.assertRedirects(self.client.get("/"), URL)
-        self.login(self.adam)
-        self.assertEqual(self.client.get("/").status_code, 200)
+    def test_the_home_page_of_clinicians_and_admins_leads_to_the_worklist(self):
+        image_make()
+        for user in (self.alice, self.adam):
+            with self.subTest(user=user.username):
+                self.login(user)
+                response = self.client.get("/")
+                self.assertEqual(response.status_code, 200)
+                self.assertContains(response, f'href="{URL}"')
+                self.assertContains(response, "Start grading")
 
 
 class WorklistContentTests(GradingTestCase):

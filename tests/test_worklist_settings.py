@@ -66,3 +66,17 @@ class WorkbenchSettingsTests(GradingTestCase):
         self.assertContains(response, "1 pending image(s) now have enough grades")
         image.refresh_from_db()
         self.assertEqual(image.grading_state, Image.GradingState.CONFIRMED)
+
+
+class SettingsHelpTests(GradingTestCase):
+    def test_every_field_has_help_text_tied_to_it(self):
+        self.login(self.adam)
+        response = self.client.get(URL)
+        form = response.context["form"]
+        html = response.content.decode()
+        for field in form:
+            with self.subTest(field=field.name):
+                self.assertTrue(field.help_text, f"{field.name} has no help text")
+                self.assertIn(f'id="{field.auto_id}_helptext"', html)
+        self.assertIn('aria-describedby="id_claim_minutes_helptext"', html)
+        self.assertIn('class="form-actions"', html)

@@ -8,6 +8,7 @@ nothing yet.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
@@ -167,19 +168,29 @@ def patient_eyes_timeline(
 
 
 @dataclass(frozen=True)
+class Visit:
+    """The photographs of one patient taken on one day (both eyes); ``day`` None: date unknown."""
+
+    day: dt.date | None
+    images: list[Image]
+
+
+@dataclass(frozen=True)
 class PatientContext:
     patient: Patient
-    other_eye: list[Image]
-    other_visits: list[Image]
+    this_visit: list[Image]  # the patient's other photographs of the same day, either eye
+    other_visits: list[Visit]  # the other days, most recent first
     status: ReferableStatus
 
 
 def patient_context_for(
     *, image: Image, limit: int = 8, hidden_image_ids: Collection[int] = ()
 ) -> PatientContext:
-    """What a grader sees beside the photograph: the other eye and earlier visits, with their
+    """What a grader sees beside the photograph: the rest of this visit (same day, either eye:
+    the other eye, or a retake of this one) and the other visits grouped by day, with their
     confirmed grades only (never another clinician's grade of a photograph still being graded,
-    nor the reference grade of a certification image they have still to grade)."""
+    nor the reference grade of a certification image they have still to grade).
+    A photograph without a date is never assumed to belong to this visit."""
     others = _latest_first(
         images_reference_mask(
             list(
@@ -190,15 +201,23 @@ def patient_context_for(
             hidden_image_ids,
         )
     )
-    same_visit_other_eye = [
+    this_visit = [
         other
         for other in others
-        if other.eye != image.eye and other.acquired_on == image.acquired_on
+        if image.acquired_on is not None and other.acquired_on == image.acquired_on
     ]
-    other_visits = [other for other in others if other not in same_visit_other_eye]
+    by_day: dict[dt.date | None, list[Image]] = {}
+    for other in others:
+        if other not in this_visit and sum(map(len, by_day.values())) < limit:
+            by_day.setdefault(other.acquired_on, []).append(other)
+    # Eyes in a fixed order within a day: right (OD) before left (OS), as on the patient page.
+    eye_rank = {eye: rank for rank, eye in enumerate(EYE_ORDER)}
     return PatientContext(
         patient=image.patient,
-        other_eye=same_visit_other_eye[:2],
-        other_visits=other_visits[:limit],
+        this_visit=sorted(this_visit, key=lambda other: eye_rank.get(other.eye, 9)),
+        other_visits=[
+            Visit(day=day, images=sorted(images, key=lambda other: eye_rank.get(other.eye, 9)))
+            for day, images in by_day.items()
+        ],
         status=patient_referable_status(patient=image.patient, hidden_image_ids=hidden_image_ids),
     )

@@ -176,6 +176,12 @@ def image_create(
         if wrote_file:
             default_storage.delete(name)
         raise
+    if confirmed_grade is None:
+        # It is going to be graded: render the viewer's views now, in the background, rather
+        # than make the clinician wait seconds for each on a raw camera photograph.
+        from grading.services.renderings import image_views_render_enqueue
+
+        image_views_render_enqueue(image_id=image.pk)
     return image
 
 
@@ -185,8 +191,10 @@ def image_create(
 
 @dataclass
 class ImportItem:
+    """One file to import; ``grade_label`` None imports it ungraded (a pending image)."""
+
     path: Path
-    grade_label: str
+    grade_label: str | None
     patient_id: str = ""
     eye: str = ""
     date: str = ""
@@ -198,6 +206,8 @@ class ImportSummary:
     duplicates: int = 0
     rejected: list[tuple[str, str]] = field(default_factory=list)
     per_grade: dict[int, int] = field(default_factory=dict)
+    ungraded: int = 0
+    imported_ids: list[int] = field(default_factory=list)
 
     @property
     def seen(self) -> int:
@@ -237,15 +247,55 @@ def import_items_from_folders(root: Path) -> list[ImportItem]:
     return items
 
 
-def import_items_from_csv(labels: Path, root: Path) -> list[ImportItem]:
+def import_items_ungraded_from_folder(root: Path) -> tuple[list[ImportItem], int]:
+    """Every photograph under ``root`` (any depth), to import as pending images; returns the
+    items and how many other files (not named like an image) were left alone."""
+    items, others = [], 0
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root)
+        if not path.is_file() or any(part.startswith(".") for part in relative.parts):
+            continue
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            items.append(ImportItem(path=path, grade_label=None))
+        else:
+            others += 1
+    if not items:
+        raise ImportRejected(
+            f"{root} holds no photographs (files ending in {', '.join(sorted(IMAGE_SUFFIXES))})."
+        )
+    return items, others
+
+
+def import_items_from_csv(labels: Path, root: Path, *, ungraded: bool = False) -> list[ImportItem]:
+    """``filename,grade[,patient_id,eye,date]``; with ``ungraded`` the grade column must be absent
+    (``filename[,patient_id,eye,date]``) so no grade is ever dropped silently."""
     with labels.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         columns = set(reader.fieldnames or [])
-        if not {"filename", "grade"} <= columns:
+        if ungraded and "grade" in columns:
             raise ImportRejected(
-                f"{labels} must have at least the columns filename,grade (found: {sorted(columns)})."
+                f"{labels} has a grade column, but --ungraded imports photographs without grades. "
+                "Drop --ungraded to import the grades, or remove the column."
+            )
+        required = {"filename"} if ungraded else {"filename", "grade"}
+        if not required <= columns:
+            hint = "" if ungraded else " (or use --ungraded for photographs without grades)"
+            raise ImportRejected(
+                f"{labels} must have at least the columns {','.join(sorted(required))}{hint} "
+                f"(found: {sorted(columns)})."
             )
         rows = list(reader)
+    if ungraded:
+        return [
+            ImportItem(
+                path=root / row["filename"],
+                grade_label=None,
+                patient_id=(row.get("patient_id") or "").strip(),
+                eye=(row.get("eye") or "").strip(),
+                date=(row.get("date") or "").strip(),
+            )
+            for row in rows
+        ]
     lookup = grade_level_lookup()
     unknown = sorted({row["grade"] for row in rows if lookup(row["grade"] or "") is None})
     if unknown:
@@ -284,14 +334,15 @@ def images_import(
     source: str,
     progress: Callable[[ImportItem], None] | None = None,
 ) -> ImportSummary:
-    """Import photographs with their grades as confirmed grades from the named import source."""
+    """Import photographs with their grades as confirmed grades from the named import source;
+    items without a grade become pending images, waiting in the worklist."""
     lookup = grade_level_lookup()
     summary = ImportSummary()
     known_sha = set(Image.objects.values_list("sha256", flat=True))
     for item in items:
         try:
-            level = lookup(item.grade_label)
-            if level is None:
+            level = lookup(item.grade_label) if item.grade_label is not None else None
+            if level is None and item.grade_label is not None:
                 raise ImageRejected(f"{item.path}: grade {item.grade_label!r} is not in the scale.")
             eye = _parse_eye(item.eye, item.path)
             acquired_on = _parse_date(item.date, item.path)
@@ -306,7 +357,7 @@ def images_import(
             pseudonym = item.patient_id or f"img-{validated.sha256[:16]}"
             with transaction.atomic():
                 patient, _ = Patient.objects.get_or_create(pseudonym=pseudonym)
-                image_create(
+                image = image_create(
                     validated=validated,
                     patient=patient,
                     eye=eye,
@@ -318,7 +369,11 @@ def images_import(
                 )
             known_sha.add(validated.sha256)
             summary.imported += 1
-            summary.per_grade[level.value] = summary.per_grade.get(level.value, 0) + 1
+            summary.imported_ids.append(image.pk)
+            if level is None:
+                summary.ungraded += 1
+            else:
+                summary.per_grade[level.value] = summary.per_grade.get(level.value, 0) + 1
         except DuplicateImage:
             summary.duplicates += 1
         except ImageRejected as error:

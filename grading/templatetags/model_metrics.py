@@ -54,3 +54,62 @@ def lookup(mapping: dict, key: object) -> object:
     if not mapping:
         return None
     return mapping.get(key, mapping.get(str(key)))
+
+
+# Job parameters and results: a readable table instead of a printed Python dict. Known keys get a
+# label; a key added later still shows, with its name made readable.
+JOB_FIELD_LABELS = {
+    "images": "Images",
+    "image_ids": "Images",
+    "computed": "Features computed now",
+    "reused": "Features reused from the store",
+    "seconds": "Time",
+    "model_version": "Model version",
+    "model_versions": "Model versions",
+    "model_version_id": "Model version id",
+    "auto_activated": "Activated automatically",
+    "holdout": "Hold-out images",
+    "trigger": "Started",
+    "new_confirmed": "New confirmed grades since the last model",
+    "activate_if_first": "Activate if it is the first model",
+    "variants": "Augmented copies per image",
+    "predicted": "Images predicted",
+    "skipped": "Skipped",
+}
+# Shown elsewhere on the page (the message line, the model version link).
+JOB_FIELDS_HIDDEN = {"message"}
+LIST_PREVIEW = 10
+
+
+def _job_value_text(key: str, value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None or value == "":
+        return MISSING
+    if key == "seconds" and _number(value) is not None:
+        return duration(dt.timedelta(seconds=float(value)))  # type: ignore[arg-type]
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_job_value_text(str(k), v)}" for k, v in value.items()) or MISSING
+    if isinstance(value, list | tuple):
+        items = [str(item) for item in value]
+        shown = ", ".join(
+            ("#" + item if key == "image_ids" else item) for item in items[:LIST_PREVIEW]
+        )
+        more = len(items) - LIST_PREVIEW
+        prefix = f"{len(items)}: " if key == "image_ids" and len(items) > 1 else ""
+        return prefix + (f"{shown} and {more} more" if more > 0 else shown or MISSING)
+    return str(value)
+
+
+@register.filter
+def job_fields(data: dict | None) -> list[tuple[str, str]]:
+    """``(label, text)`` rows of a job's parameters or result, for a two-column table."""
+    if not isinstance(data, dict):
+        return []
+    rows = []
+    for key, value in data.items():
+        if key in JOB_FIELDS_HIDDEN:
+            continue
+        label = JOB_FIELD_LABELS.get(key) or key.replace("_", " ").capitalize()
+        rows.append((label, _job_value_text(key, value)))
+    return rows

@@ -11,12 +11,16 @@ from __future__ import annotations
 from django.db.models import Prefetch, QuerySet
 from django.shortcuts import get_object_or_404
 from django.urls import path
-from rest_framework import generics
+from rest_framework import generics, serializers
 from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import BasePermission, IsAuthenticated
+from rest_framework.response import Response
+from rest_framework.reverse import reverse
+from rest_framework.routers import APIRootView
 
 from grading.models import Grade, GradeLevel, Image, ModelVersion, Prediction
+from grading.selectors.model_versions import model_version_active
 from grading.serializers import (
     GradeSerializer,
     ImageSerializer,
@@ -60,8 +64,62 @@ class ReadOnlyApiView(generics.GenericAPIView):
     pagination_class = ApiPagination
 
 
-class ImageList(ReadOnlyApiView, generics.ListAPIView):
-    """Images with their confirmed grade and latest prediction (of any model version).
+class ApiRoot(APIRootView):
+    """The endpoints of this read-only API. Authenticate with a token (``Authorization: Token
+    <key>``) or a browser session; reading needs the reviewer or admin role."""
+
+    permission_classes = [IsAuthenticated, HasViewPermissions]
+    required_permissions = READ_PREDICTIONS
+    api_root_dict = {"images": "api_images", "model_versions": "api_model_versions"}
+
+    def get(self, request, *args, **kwargs) -> Response:
+        response = super().get(request, *args, **kwargs)
+        versions = reverse("api_model_versions", request=request)
+        response.data["model_version_predictions"] = f"{versions}{{name}}/predictions/"
+        response.data["parameters"] = {
+            "images": "grading_state, confirmed_grade, patient, version (the model version whose"
+            " prediction is shown; default: the active one), page, page_size",
+            "model_version_predictions": "predicted_grade, page, page_size",
+        }
+        return response
+
+
+class PredictionVersionQuery(serializers.Serializer):
+    version = serializers.SlugRelatedField(
+        slug_field="name",
+        queryset=ModelVersion.objects.all(),
+        required=False,
+        error_messages={"does_not_exist": "There is no model version named {value}."},
+    )
+
+
+class ImagePredictionMixin:
+    """An image's prediction comes from the active model version, or from ``?version=<name>``:
+    the newest prediction of any version may come from a retired model."""
+
+    def prediction_version(self) -> ModelVersion | None:
+        if not hasattr(self, "_prediction_version"):
+            query = PredictionVersionQuery(data=self.request.query_params)
+            query.is_valid(raise_exception=True)
+            self._prediction_version = query.validated_data.get("version") or model_version_active()
+        return self._prediction_version
+
+    def images_with_prediction(self) -> QuerySet[Image]:
+        version = self.prediction_version()
+        predictions = Prediction.objects.filter(model_version=version).select_related(
+            "model_version"
+        )
+        return Image.objects.select_related("patient").prefetch_related(
+            Prefetch("predictions", queryset=predictions, to_attr="predictions_of_version")
+        )
+
+    def get_serializer_context(self) -> dict:
+        return super().get_serializer_context() | {"prediction_version": self.prediction_version()}
+
+
+class ImageList(ImagePredictionMixin, ReadOnlyApiView, generics.ListAPIView):
+    """Images with their confirmed grade and the active model version's prediction
+    (``latest_prediction``; ``?version=<name>`` asks for another version's).
 
     Filters: ``grading_state`` (pending | adjudication | confirmed), ``confirmed_grade`` (a grade
     value), ``patient`` (pseudonym).
@@ -71,19 +129,7 @@ class ImageList(ReadOnlyApiView, generics.ListAPIView):
     required_permissions = READ_PREDICTIONS
 
     def get_queryset(self) -> QuerySet[Image]:
-        queryset = (
-            Image.objects.select_related("patient")
-            .prefetch_related(
-                Prefetch(
-                    "predictions",
-                    queryset=Prediction.objects.select_related("model_version").order_by(
-                        "-created_at", "-id"
-                    ),
-                    to_attr="predictions_newest_first",
-                )
-            )
-            .order_by("id")
-        )
+        queryset = self.images_with_prediction().order_by("id")
         state = self.request.query_params.get("grading_state")
         if state:
             if state not in Image.GradingState.values:
@@ -100,13 +146,13 @@ class ImageList(ReadOnlyApiView, generics.ListAPIView):
         return queryset
 
 
-class ImageDetail(ReadOnlyApiView, generics.RetrieveAPIView):
+class ImageDetail(ImagePredictionMixin, ReadOnlyApiView, generics.RetrieveAPIView):
     serializer_class = ImageSerializer
     required_permissions = READ_PREDICTIONS
     lookup_url_kwarg = "image_id"
 
     def get_queryset(self) -> QuerySet[Image]:
-        return Image.objects.select_related("patient")
+        return self.images_with_prediction()
 
 
 class ImageGrades(ReadOnlyApiView, generics.ListAPIView):
@@ -149,6 +195,7 @@ class ModelVersionPredictions(ReadOnlyApiView, generics.ListAPIView):
 
 
 urlpatterns = [
+    path("", ApiRoot.as_view(), name="api_root"),
     path("images/", ImageList.as_view(), name="api_images"),
     path("images/<int:image_id>/", ImageDetail.as_view(), name="api_image"),
     path("images/<int:image_id>/grades/", ImageGrades.as_view(), name="api_image_grades"),

@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
-from django.contrib.auth.decorators import login_not_required, permission_required
+from django.contrib.auth.decorators import login_not_required
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import get_object_or_404, render
 from django.urls import path
 from django.views.decorators.http import require_GET
 
 from grading.models import Image
+from grading.selectors import home as home_selectors
 from grading.selectors import images as image_selectors
+from grading.views.access import permission_required
 
 
 @require_GET
 def home(request: HttpRequest) -> HttpResponse:
-    # Clinicians spend their day in the worklist; admins (who may also grade) keep the overview.
+    # Each role's starting point; a user with several roles (an admin grades too) sees each part.
     user = request.user
-    if user.has_perm("grading.grade_image") and not user.has_perm("grading.retrain_model"):
-        return redirect("worklist")
-    ctx = {"counts": image_selectors.image_counts()}
+    ctx = {
+        "counts": image_selectors.image_counts(),
+        "admin_home": home_selectors.home_admin()
+        if user.has_perm("grading.retrain_model")
+        else None,
+        "reviewer_home": home_selectors.home_reviewer()
+        if user.has_perm("grading.adjudicate_image")
+        else None,
+        "clinician_home": home_selectors.home_clinician(user=user)
+        if user.has_perm("grading.grade_image")
+        else None,
+    }
     return render(request, "grading/home.html", ctx)
 
 

@@ -7,7 +7,6 @@ import secrets
 
 from django import forms
 from django.contrib import messages
-from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.core.validators import RegexValidator
@@ -17,6 +16,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from grading import keyboard
 from grading.models import Grade, GradeLevel, Image, Patient, WorkbenchSettings
 from grading.selectors import certification as certification_selectors
 from grading.selectors import patients as patient_selectors
@@ -28,6 +28,7 @@ from grading.services import grades as grade_services
 from grading.services import renderings
 from grading.services.uploads import ZIP_MAX_MEMBERS, UploadVisit, upload_files_process
 from grading.services.workbench import EDITABLE_FIELDS, workbench_settings_update
+from grading.views.access import permission_required
 from mlcore.rubric import ICDR_VALUES as RUBRIC_ICDR_VALUES
 from mlcore.rubric import QUADRANT_NAMES, QUADRANTS, Findings, icdr_grade_derive
 
@@ -278,7 +279,7 @@ class GradeForm(forms.Form):
         data = self.cleaned_data
         if not data.get("rubric"):
             return None
-        return Findings(
+        findings = Findings(
             microaneurysms=bool(data.get("f_microaneurysms")),
             haemorrhages=frozenset(q for q in QUADRANTS if (data.get(f"f_haem_{q}") or 0) >= 1),
             haemorrhages_severe=frozenset(
@@ -294,6 +295,11 @@ class GradeForm(forms.Form):
             cotton_wool_spots=bool(data.get("f_cws")),
             laser_scars=bool(data.get("f_laser")),
         )
+        # Nothing ticked and a grade above "no DR": a plain grade (the rubric was not used), so a
+        # grader can still grade by impression; the record says which it was (rubric_used).
+        if findings.is_empty and data.get("grade") not in (None, 0):
+            return None
+        return findings
 
     def clean(self) -> dict:
         cleaned = super().clean()
@@ -525,6 +531,11 @@ def _grade_page(
         ),
         "previous_id": _history_previous(request, image.pk),
         **_viewer_ctx(image, model_view),
+        **keyboard.keyboard_ctx(
+            page=keyboard.GRADE_PAGE,
+            grade_values=[level.value for level in levels],
+            extra=keyboard.RUBRIC_KEY_BINDINGS if rubric_on else (),
+        ),
     }
     return render(request, "grading/grading/grade.html", ctx, status=status)
 
@@ -632,6 +643,9 @@ def adjudicate(request: HttpRequest, image_id: int) -> HttpResponse:
             g.grader_id == request.user.pk and g.kind == Grade.Kind.GRADER for g in grades
         ),
         **_viewer_ctx(image, model_view),
+        **keyboard.keyboard_ctx(
+            page=keyboard.ADJUDICATE_PAGE, grade_values=[level.value for level in levels]
+        ),
     }
     return render(request, "grading/grading/adjudicate.html", ctx, status=status)
 
@@ -807,6 +821,38 @@ class WorkbenchSettingsForm(forms.ModelForm):
             "claim_minutes": "Claim lease (minutes)",
             "auto_retrain_after": "Retrain automatically after this many new confirmed grades (0: off)",
         }
+
+    # Declared fields ignore Meta.help_texts: every field gets its help here.
+    setting_help = {
+        "grades_required": (
+            "With two, two clinicians grade each image without seeing each other's grade: "
+            "agreement confirms it, disagreement sends it to a reviewer's adjudication queue. "
+            "Going back to one settles the pending images that already have a grade."
+        ),
+        "blind_first_grader": (
+            "The first clinician to grade an image sees neither the model's grade nor its "
+            "activation map until their own grade is saved, so the model cannot anchor it. "
+            "Second graders and reviewers see the model."
+        ),
+        "queue_order": (
+            "The order of the worklist and of Next image. Most uncertain first serves the "
+            "images the active model is least sure about (its grades then teach it the "
+            "most); each clinician can choose another order for themselves on the worklist."
+        ),
+        "claim_minutes": (
+            "Opening an image reserves it for that clinician this long (1-240 minutes), so "
+            "two clinicians are not served the same image when only one grade is missing."
+        ),
+        "auto_retrain_after": (
+            "Counted since the last model was trained. An automatic retrain makes a "
+            "candidate version; an admin still compares and activates it."
+        ),
+    }
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name, text in self.setting_help.items():
+            self.fields[name].help_text = text
 
 
 @require_http_methods(["GET", "POST"])

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from django.contrib import messages
-from django.contrib.auth.decorators import permission_required
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path, reverse
@@ -23,6 +22,7 @@ from grading.selectors import model_versions as version_selectors
 from grading.selectors.predictions import predictions_missing_count
 from grading.services import jobs as job_services
 from grading.services import model_versions as version_services
+from grading.views.access import permission_required
 
 
 def _back(request: HttpRequest, default: str) -> HttpResponse:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import messages
-from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
@@ -18,6 +17,7 @@ from grading.selectors.worklist import workbench_settings_get
 from grading.services import certification as certification_services
 from grading.services import quality as quality_services
 from grading.services.workbench import PROTOCOL_FIELDS, workbench_settings_update
+from grading.views.access import permission_required
 
 GRADE_PERMISSION = "grading.grade_image"
 MANAGE_PERMISSION = "grading.manage_certification"

@@ -8,7 +8,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from django import forms
-from django.contrib.auth.decorators import permission_required
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
@@ -24,6 +23,7 @@ from grading.selectors import exports as export_selectors
 from grading.selectors import review as review_selectors
 from grading.selectors.review import REVIEW_DEFAULT_SORT, REVIEW_SORTS, ReviewFilters, Scale
 from grading.selectors.timeline import image_timeline
+from grading.views.access import permission_required
 
 REVIEW_PAGE_SIZE = 50
 
@@ -108,9 +108,12 @@ class ReviewFilterForm(DateRangeCheckMixin, forms.Form):
         versions = review_selectors.model_versions_with_predictions()
         self.fields["version"].queryset = versions
         default = review_selectors.model_version_default()
-        self.fields["version"].empty_label = (
-            f"{default.name} (default)" if default else "No model version yet"
-        )
+        # No "(default)" entry beside the same version's own entry: the default version is
+        # simply the one selected when the request names none.
+        self.fields["version"].empty_label = None if default else "No model version yet"
+        if default is not None and self.is_bound and not self.data.get("version"):
+            self.data = self.data.copy()
+            self.data["version"] = str(default.pk)
         self.fields["version"].label_from_instance = lambda version: (
             f"{version.name} ({version.get_state_display().lower()})"
         )

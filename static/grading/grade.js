@@ -1,5 +1,6 @@
-// Keyboard grading: 0-9 grade, U ungradable, M macular oedema, Enter save (or, after saving, next
-// image), S skip, arrows previous/next, +/-/F zoom, V view, C activation map, Esc leaves notes.
+// Keyboard grading. The keys and what they do come from the page's key table
+// (grading/keyboard.py, in the #keyboard-bindings JSON), the same table that writes the
+// "Keyboard shortcuts" help: a key is bound here exactly when the help lists it.
 (function () {
   "use strict";
   const form = document.querySelector("[data-grade-form]");
@@ -10,6 +11,10 @@
   const oedema = form ? form.querySelector("[data-oedema]") : null;
   const savedAlready = form ? form.dataset.saved === "true" : false;
   const correction = form ? form.querySelector("[data-correction]") : null;
+  const tableElement = document.getElementById("keyboard-bindings");
+  const bindings = tableElement ? JSON.parse(tableElement.textContent) : [];
+  const byKey = new Map();
+  bindings.forEach((binding) => binding.keys.forEach((key) => byKey.set(key, binding)));
   let dirty = false;
   let submitting = false;
 
@@ -17,7 +22,6 @@
   // mlcore.rubric.icdr_grade_derive; the server derives the grade again when saving.
   const rubric = form ? form.querySelector("[data-rubric]") : null;
   const QUADRANTS = ["ST", "SN", "IT", "IN"];
-  const ROW_KEYS = { h: "haem", b: "vb", i: "irma" };
   const ROW_NAMES = { haem: "Haemorrhages", vb: "Venous beading", irma: "IRMA" };
   let gradeManual = false;  // the grader chose a grade themselves (kept over the derived one)
   let pendingRow = null;    // H, B or I was pressed: the next 1-4 picks the quadrant
@@ -59,8 +63,13 @@
       if (input.tagName === "SELECT") input.value = "0"; else input.checked = false;
     });
   }
+  function anyFinding() {
+    return Array.from(rubric.querySelectorAll("[data-finding]")).some(
+      (input) => (input.tagName === "SELECT" ? input.value !== "0" : input.checked));
+  }
+  // With nothing ticked a grade is a plain grade (the server records the rubric as unused).
   function overriding() {
-    if (!rubric) return false;
+    if (!rubric || !anyFinding()) return false;
     const radio = radios().find((r) => r.checked);
     return Boolean(radio) && Number(radio.dataset.gradeKey) !== derive()[0];
   }
@@ -84,12 +93,6 @@
     input.dispatchEvent(new Event("change", { bubbles: true }));
     const shown = input.tagName === "SELECT" ? input.selectedOptions[0].textContent : (input.checked ? "yes" : "no");
     say(`${ROW_NAMES[row]} ${quadrant}: ${shown}`);
-  }
-  function rowPending(row) {
-    pendingRow = row;
-    clearTimeout(pendingTimer);
-    pendingTimer = setTimeout(() => { pendingRow = null; say(""); }, 3000);
-    say(`${ROW_NAMES[row]}: press 1-4 for quadrant ST, SN, IT, IN (Esc cancels).`);
   }
 
   function radios() { return form ? Array.from(form.querySelectorAll("[data-grade-key]")) : []; }
@@ -165,9 +168,83 @@
   }
 
   function typing(target) {
-    return target && (target.tagName === "TEXTAREA" || target.tagName === "SELECT" ||
-      (target.tagName === "INPUT" && !["radio", "checkbox", "range", "hidden"].includes(target.type)));
+    return target && (target.tagName === "TEXTAREA" || target.tagName === "SELECT" || target.isContentEditable ||
+      (target.tagName === "INPUT" && !["radio", "checkbox", "range", "hidden", "button", "submit"].includes(target.type)));
   }
+
+  // Enter keeps its own meaning only where the user chose it with the keyboard: on a link and on a
+  // submit button (Save, Skip, Next image). Everywhere else it saves: a view button, the zoom
+  // buttons, a checkbox or the "Correct your grade" summary keep the focus after a mouse click,
+  // and Enter used to click them again while the grade went unsaved.
+  function enterActsNatively(target) {
+    if (!target) return false;
+    if (target.tagName === "A") return true;
+    return (target.tagName === "BUTTON" || target.tagName === "INPUT") && target.type === "submit";
+  }
+
+  function toggle(selector) {
+    const box = document.querySelector(selector);
+    if (!box || box.disabled) return false;
+    openCorrection();
+    box.checked = !box.checked;
+    box.dispatchEvent(new Event("change", { bubbles: true }));
+    return true;
+  }
+
+  const actions = {
+    grade(key) {
+      if (!form) return false;
+      const radio = radios().find((r) => r.dataset.gradeKey === key);
+      if (!radio) { say(`There is no grade ${key} on this scale.`); return true; }
+      openCorrection();
+      radio.checked = true;
+      radio.dispatchEvent(new Event("change", { bubbles: true }));
+      return true;
+    },
+    toggle(key, binding) { return toggle(binding.target); },
+    click(key, binding) {
+      const element = document.querySelector(binding.target);
+      if (!element || element.disabled) return false;
+      if (form && form.contains(element)) openCorrection();
+      element.click();
+      return true;
+    },
+    save(key, binding, target) {
+      if (enterActsNatively(target)) return false;
+      if (!form) { goNext(); return true; }
+      if (savedAlready && !dirty) { goNext(); return true; }
+      if (!chosen()) { say("Choose a grade (0-4) or U for ungradable first."); return true; }
+      submit("submit");
+      return true;
+    },
+    skip() {
+      if (!form || !form.querySelector("[data-skip]")) return false;
+      submit("skip");
+      return true;
+    },
+    next() { goNext(); return true; },
+    previous() {
+      if (!previousLink) return false;
+      window.location.assign(previousLink.href);
+      return true;
+    },
+    viewer(key, binding) {
+      const viewer = window.funduscopeViewer;
+      if (!viewer || typeof viewer[binding.target] !== "function") return false;
+      viewer[binding.target]();
+      return true;
+    },
+    leave() { return false; },  // handled before the table: Esc only matters inside a text field
+    finding_row(key, binding) {
+      if (!rubric) return false;
+      openCorrection();
+      pendingRow = binding.target;
+      clearTimeout(pendingTimer);
+      pendingTimer = setTimeout(() => { pendingRow = null; say(""); }, 3000);
+      say(`${ROW_NAMES[pendingRow]}: press 1-4 for quadrant ST, SN, IT, IN (Esc cancels).`);
+      return true;
+    },
+  };
 
   document.addEventListener("keydown", (event) => {
     if (event.ctrlKey || event.metaKey || event.altKey) return;
@@ -178,94 +255,26 @@
     }
     // A focused slider (brightness, contrast) keeps its own arrow keys.
     if (target && target.type === "range" && /^(Arrow|Page|Home|End)/.test(event.key)) return;
-    const key = event.key;
-    const viewer = window.funduscopeViewer;
+    const key = event.key.toLowerCase();
     if (pendingRow) {
+      // After H, B or I, the digits 1-4 name a quadrant instead of a grade.
       const row = pendingRow;
       pendingRow = null;
       clearTimeout(pendingTimer);
+      say("");
       if (/^[1-4]$/.test(key)) {
-        openCorrection();
         rowStep(row, QUADRANTS[Number(key) - 1]);
         event.preventDefault();
         return;
       }
-      say("");
-      if (key === "Escape") { event.preventDefault(); return; }
+      if (key === "escape") { event.preventDefault(); return; }
     }
-    if (rubric && ROW_KEYS[key.toLowerCase()]) {
-      openCorrection();
-      rowPending(ROW_KEYS[key.toLowerCase()]);
-      event.preventDefault();
+    const binding = byKey.get(key);
+    if (!binding) {
+      if (/^[0-9]$/.test(key) && form) say(`There is no grade ${key} on this scale.`);
       return;
     }
-    const findingInput = rubric && key.length === 1
-      ? rubric.querySelector(`[data-finding-key="${key.toUpperCase()}"]`) : null;
-    if (findingInput) {
-      openCorrection();
-      findingInput.checked = !findingInput.checked;
-      findingInput.dispatchEvent(new Event("change", { bubbles: true }));
-      event.preventDefault();
-      return;
-    }
-    if (/^[0-9]$/.test(key) && form) {
-      const radio = radios().find((r) => r.dataset.gradeKey === key);
-      if (!radio) { say(`There is no grade ${key} on this scale.`); return; }
-      openCorrection();
-      radio.checked = true;
-      radio.dispatchEvent(new Event("change", { bubbles: true }));
-      event.preventDefault();
-      return;
-    }
-    switch (key.toLowerCase()) {
-      case "u":
-        if (!ungradable) return;
-        openCorrection();
-        ungradable.checked = !ungradable.checked;
-        ungradable.dispatchEvent(new Event("change", { bubbles: true }));
-        break;
-      case "m":
-        if (!oedema) return;
-        openCorrection();
-        oedema.checked = !oedema.checked;
-        oedema.dispatchEvent(new Event("change", { bubbles: true }));
-        break;
-      case "s":
-        if (!form || !form.querySelector("[data-skip]")) return;
-        submit("skip");
-        break;
-      case "enter":
-        // A focused button or link does its own thing on Enter.
-        if (target && (target.tagName === "BUTTON" || target.tagName === "A" || target.tagName === "SUMMARY")) return;
-        if (!form) { goNext(); break; }
-        if (savedAlready && !dirty) { goNext(); break; }
-        if (!chosen()) { say("Choose a grade (0-4) or U for ungradable first."); break; }
-        submit("submit");
-        break;
-      case "arrowright":
-        goNext();
-        break;
-      case "arrowleft":
-        if (previousLink) window.location.assign(previousLink.href);
-        break;
-      case "+": case "=":
-        viewer?.zoomIn();
-        break;
-      case "-": case "_":
-        viewer?.zoomOut();
-        break;
-      case "f":
-        viewer?.reset();
-        break;
-      case "v":
-        viewer?.nextMode();
-        break;
-      case "c":
-        viewer?.toggleCam();
-        break;
-      default:
-        return;
-    }
-    event.preventDefault();
+    const handler = actions[binding.action];
+    if (handler && handler(key, binding, target)) event.preventDefault();
   });
 })();

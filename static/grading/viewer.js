@@ -92,27 +92,53 @@
     status.hidden = !text;
   }
 
-  function load(src) {
+  // A view not rendered yet takes seconds on a raw photograph: say so over the picture (the old
+  // view dimmed beneath), instead of leaving the previous view looking like the new one.
+  let loadingTimer = null;
+  function setLoading(label) {
+    clearTimeout(loadingTimer);
+    if (!label) {
+      stage.classList.remove("loading");
+      stage.removeAttribute("aria-busy");
+      showStatus("");
+      return;
+    }
+    // Cached views arrive within a frame or two: no flash of the overlay for those.
+    loadingTimer = setTimeout(() => {
+      stage.classList.add("loading");
+      stage.setAttribute("aria-busy", "true");
+      showStatus(`Loading the ${label}…`);
+    }, 120);
+  }
+
+  function load(src, label) {
     if (src === img.getAttribute("src")) return;
-    showStatus("Loading…");
+    setLoading(label || "view");
     img.setAttribute("src", src);
   }
-  img.addEventListener("load", () => showStatus(""));
-  img.addEventListener("error", () => showStatus("This view is not available for this photograph."));
+  img.addEventListener("load", () => setLoading(""));
+  img.addEventListener("error", () => {
+    setLoading("");
+    showStatus("This view is not available for this photograph.");
+  });
+
+  function modeLabel(button) { return `${button.textContent.trim()} view`; }
 
   function selectMode(button) {
     modeButtons.forEach((other) => other.setAttribute("aria-pressed", String(other === button)));
     currentSrc = button.dataset.src;
+    currentLabel = modeLabel(button);
     if (camToggle) camToggle.checked = false;
-    load(currentSrc);
+    load(currentSrc, currentLabel);
   }
+  let currentLabel = modeButtons.length ? modeLabel(modeButtons[0]) : "view";
   modeButtons.forEach((button) => button.addEventListener("click", () => selectMode(button)));
 
   function setCam(on) {
     if (!camToggle) return;
     camToggle.checked = on;
     // The worker's map is already blended over the photograph, so it replaces the picture.
-    load(on ? camToggle.dataset.camSrc : currentSrc);
+    load(on ? camToggle.dataset.camSrc : currentSrc, on ? "activation map" : currentLabel);
   }
   camToggle?.addEventListener("change", () => setCam(camToggle.checked));
 

@@ -11,36 +11,58 @@ from grading.services.images import (
     images_import,
     import_items_from_csv,
     import_items_from_folders,
+    import_items_ungraded_from_folder,
 )
 
 
 class Command(BaseCommand):
     help = (
-        "Import graded fundus photographs: DIR/<grade>/*.jpg, or --labels CSV (filename,grade"
-        "[,patient_id,eye,date]) with file names relative to DIR. Grades become confirmed grades "
-        "from the named import source. Safe to re-run: duplicates are skipped."
+        "Import fundus photographs. Graded: DIR/<grade>/*.jpg, or --labels CSV (filename,grade"
+        "[,patient_id,eye,date]) with file names relative to DIR; grades become confirmed grades "
+        "from the named import source. Ungraded (--ungraded): every photograph under DIR, or "
+        "--labels CSV (filename[,patient_id,eye,date]), stored as pending images for the "
+        "clinicians' worklist. Safe to re-run: duplicates are skipped."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("directory", type=Path)
-        parser.add_argument("--labels", type=Path, help="CSV with at least filename,grade")
+        parser.add_argument(
+            "--labels",
+            type=Path,
+            help="CSV with at least filename,grade (with --ungraded: filename, and no grade column)",
+        )
+        parser.add_argument(
+            "--ungraded",
+            action="store_true",
+            help="store the photographs as pending images (no grade) for the clinicians to grade",
+        )
         parser.add_argument(
             "--source", help="name of the import source (default: import:<DIR name>)"
         )
         parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
 
-    def handle(self, *args, directory: Path, labels: Path | None, source: str | None, **options):
+    def handle(
+        self,
+        *args,
+        directory: Path,
+        labels: Path | None,
+        ungraded: bool,
+        source: str | None,
+        **options,
+    ):
         directory = directory.expanduser().resolve()
         if not directory.is_dir():
             raise CommandError(f"{directory} is not a directory")
         if labels is not None and not labels.is_file():
             raise CommandError(f"{labels} does not exist")
+        others = 0
         try:
-            items = (
-                import_items_from_csv(labels, directory)
-                if labels
-                else import_items_from_folders(directory)
-            )
+            if labels:
+                items = import_items_from_csv(labels, directory, ungraded=ungraded)
+            elif ungraded:
+                items, others = import_items_ungraded_from_folder(directory)
+            else:
+                items = import_items_from_folders(directory)
         except ImportRejected as error:
             raise CommandError(str(error)) from None
         source = source or f"import:{directory.name}"
@@ -52,9 +74,28 @@ class Command(BaseCommand):
 
         for path, reason in summary.rejected:
             self.stderr.write(f"skipped {path}: {reason}")
-        per_grade = ", ".join(f"grade {g}: {n}" for g, n in sorted(summary.per_grade.items()))
+        if ungraded:
+            what = f"{summary.ungraded} pending, to grade in the worklist"
+        else:
+            what = ", ".join(f"grade {g}: {n}" for g, n in sorted(summary.per_grade.items()))
         self.stdout.write(
             f"Imported {summary.imported} image(s) from {directory} in {elapsed:.1f} s "
-            f"({per_grade or 'none'}); {summary.duplicates} duplicate(s) skipped; "
+            f"({what or 'none'}); {summary.duplicates} duplicate(s) skipped; "
             f"{len(summary.rejected)} file(s) rejected."
+            + (f" {others} file(s) not named like a photograph left alone." if others else "")
         )
+        if ungraded and summary.imported_ids:
+            self._predictions_queue(summary.imported_ids)
+
+    def _predictions_queue(self, image_ids: list[int]) -> None:
+        # The model's proposal (and the "most uncertain first" order) needs a prediction; uploads
+        # queue one the same way. Never fatal: the images are stored whatever happens here.
+        from grading.services.predictions import images_predict_enqueue
+
+        if images_predict_enqueue(image_ids=image_ids):
+            self.stdout.write("Prediction by the active model queued (see Jobs).")
+        else:
+            self.stdout.write(
+                "No prediction queued (no active model, or the job queue is unavailable); "
+                "the next prediction refresh will catch these images up."
+            )
