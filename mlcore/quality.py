@@ -75,7 +75,9 @@ def _working_copy(image: PIL.Image.Image) -> np.ndarray:
 
 def _box_mean(values: np.ndarray, radius: int) -> np.ndarray:
     """Mean over a (2r+1)^2 window via an integral image (edges padded by reflection)."""
-    padded = np.pad(values, radius + 1, mode="reflect")
+    # float64: an integral image of squared 8-bit values over 512 x 512 pixels reaches 1e10,
+    # beyond float32's exact range (the variance came out as noise).
+    padded = np.pad(values.astype(np.float64), radius + 1, mode="reflect")
     integral = padded.cumsum(axis=0).cumsum(axis=1)
     k = 2 * radius + 1
     total = integral[k:, k:] - integral[:-k, k:] - integral[k:, :-k] + integral[:-k, :-k]
@@ -83,8 +85,7 @@ def _box_mean(values: np.ndarray, radius: int) -> np.ndarray:
 
 
 def fundus_mask(rgb: np.ndarray) -> np.ndarray:
-    """The fundus disc: pixels unlike the frame's border colour, or textured, cleaned with a
-    median filter and filled row by row (the disc is convex)."""
+    """The fundus disc: pixels unlike the frame's border colour, or textured."""
     height, width, _ = rgb.shape
     border = max(2, min(height, width) // 50)
     edge = np.concatenate(
@@ -100,16 +101,15 @@ def fundus_mask(rgb: np.ndarray) -> np.ndarray:
     luma = rgb @ np.asarray([0.299, 0.587, 0.114], dtype=np.float32)
     local_var = _box_mean(luma * luma, 3) - _box_mean(luma, 3) ** 2
     raw = (distance > BACKGROUND_DISTANCE) | (np.sqrt(np.maximum(local_var, 0)) > TEXTURE_LEVEL)
-    cleaned = PIL.Image.fromarray((raw * 255).astype(np.uint8)).filter(
-        PIL.ImageFilter.MedianFilter(7)
+    # Median filter: drops speckle in the background; closing (max then min): fills vessels and
+    # dark lesions inside the disc.
+    cleaned = (
+        PIL.Image.fromarray((raw * 255).astype(np.uint8))
+        .filter(PIL.ImageFilter.MedianFilter(7))
+        .filter(PIL.ImageFilter.MaxFilter(15))
+        .filter(PIL.ImageFilter.MinFilter(15))
     )
-    mask = np.asarray(cleaned) > 127
-    filled = np.zeros_like(mask)
-    for row in range(height):
-        columns = np.flatnonzero(mask[row])
-        if columns.size:
-            filled[row, columns[0] : columns[-1] + 1] = True
-    return filled
+    return np.asarray(cleaned) > 127
 
 
 def _erode(mask: np.ndarray, pixels: int) -> np.ndarray:
@@ -170,7 +170,8 @@ def gradability_components(
     measures: QualityMeasures, thresholds: QualityThresholds = QualityThresholds()
 ) -> dict[str, float]:
     """Each measure on 0-1, 0.5 at its threshold: focus on a log scale (0.5 per doubling),
-    the others linearly (1 at twice the threshold, or at no clipping)."""
+    exposure and coverage linearly (1 at no clipping, at twice the coverage threshold);
+    resolution is 1 once met, below it the share of the threshold reached, halved."""
     focus = (
         0.5 + 0.5 * math.log2(max(measures.focus, 1e-9) / thresholds.min_focus)
         if thresholds.min_focus > 0
@@ -185,8 +186,11 @@ def gradability_components(
         0.5 * measures.coverage / thresholds.min_coverage if thresholds.min_coverage > 0 else 1.0
     )
     short_side = min(measures.width, measures.height)
+    # Enough pixels is a yes/no requirement: meeting it counts fully, not as a borderline 0.5.
     resolution = (
-        0.5 * short_side / thresholds.min_resolution if thresholds.min_resolution > 0 else 1.0
+        0.5 * short_side / thresholds.min_resolution
+        if short_side < thresholds.min_resolution
+        else 1.0
     )
     return {
         "focus": _clip01(focus),
@@ -201,3 +205,37 @@ def gradability_score(
 ) -> float:
     """0-1; below 0.5 at least one measure misses its threshold."""
     return min(gradability_components(measures, thresholds).values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Degraded copies, to evaluate the score (tests and bench/quality.py): what makes a screening
+# photograph ungradable, applied to a good one.
+
+DEGRADATIONS = ("blurred", "darkened", "cropped")
+
+
+def degraded_copy(image: PIL.Image.Image, kind: str) -> PIL.Image.Image:
+    """``blurred``: Gaussian blur of 1 % of the long side (lesions the size of a microaneurysm
+    vanish); ``darkened``: a quarter of the exposure; ``cropped``: the fundus shifted 70 % of the
+    frame's width out of the picture (a misaligned camera), the frame size kept."""
+    rgb = image.convert("RGB")
+    width, height = rgb.size
+    if kind == "blurred":
+        return rgb.filter(PIL.ImageFilter.GaussianBlur(radius=0.01 * max(width, height)))
+    if kind == "darkened":
+        return PIL.Image.eval(rgb, lambda value: int(value * 0.25))
+    if kind == "cropped":
+        background = tuple(int(v) for v in np.median(np.asarray(rgb)[:2].reshape(-1, 3), axis=0))
+        canvas = PIL.Image.new("RGB", rgb.size, background)
+        canvas.paste(rgb, (int(0.7 * width), 0))
+        return canvas
+    raise ValueError(f"unknown degradation {kind!r}; known: {', '.join(DEGRADATIONS)}")
+
+
+def separation_auc(good: list[float], degraded: list[float]) -> float:
+    """Probability that a good photograph scores above a degraded one (ROC AUC, ties half)."""
+    if not good or not degraded:
+        raise ValueError("need scores of both good and degraded photographs")
+    good_scores = np.asarray(good, dtype=np.float64)[:, None]
+    bad_scores = np.asarray(degraded, dtype=np.float64)[None, :]
+    return float((good_scores > bad_scores).mean() + 0.5 * (good_scores == bad_scores).mean())
