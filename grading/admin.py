@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 
 from grading.models import (
+    CertificationItem,
     Grade,
     GradeLevel,
     GradingClaim,
@@ -104,3 +105,19 @@ class GradingClaimAdmin(admin.ModelAdmin):
 @admin.register(WorkbenchSettings)
 class WorkbenchSettingsAdmin(admin.ModelAdmin):
     list_display = ["grades_required", "blind_first_grader", "queue_order", "auto_retrain_after"]
+
+
+@admin.register(CertificationItem)
+class CertificationItemAdmin(admin.ModelAdmin):
+    """Mark single images as certification images (the reference is their confirmed grade when
+    added through the certification page; here an admin may set it explicitly)."""
+
+    list_display = ("image", "reference_grade", "reference_macular_oedema", "added_by", "added_at")
+    list_filter = ("reference_grade",)
+    raw_id_fields = ("image",)
+    readonly_fields = ("added_by", "added_at")
+
+    def save_model(self, request, obj, form, change) -> None:
+        if not change:
+            obj.added_by = request.user
+        super().save_model(request, obj, form, change)

@@ -92,3 +92,47 @@ class ProtocolBrowserTests(MigrationDataKeptMixin, BrowserTestCase):
         self.press("0", Keys.ENTER)
         self.wait_for(EC.presence_of_element_located((By.CSS_SELECTOR, "[data-reference-grade]")))
         self.screenshot("protocol-certification-grade")
+        for _ in range(2):
+            self.press(Keys.ENTER)  # on to the next certification image
+            self.wait_for(EC.presence_of_element_located((By.CSS_SELECTOR, "[data-certification]")))
+            self.wait_for(lambda d: "data-reference-grade" not in d.page_source)
+            self.press("2", Keys.ENTER)
+            self.wait_for(
+                EC.presence_of_element_located((By.CSS_SELECTOR, "[data-reference-grade]"))
+            )
+        self.login(self.adam)
+        self.driver.get(self.live_server_url + "/certification/")
+        self.wait_for(
+            EC.presence_of_element_located((By.CSS_SELECTOR, "[data-certification-results]"))
+        )
+        self.assertIn("alice", self.driver.page_source)
+        self.screenshot("protocol-certification-results")
+
+    def test_the_quality_queue_lists_a_blurred_upload(self):
+        import io
+
+        import PIL.Image
+        from django.test import override_settings
+
+        from grading.services.images import image_create, image_validate
+        from mlcore.quality import degraded_copy
+        from tests.browser.test_grading_browser import photograph_bytes
+
+        photo = PIL.Image.open(io.BytesIO(photograph_bytes(3)))
+        buffer = io.BytesIO()
+        degraded_copy(photo, "blurred").save(buffer, format="JPEG", quality=90)
+        with override_settings(FUNDUS_QUALITY_GATE=True):
+            image_create(
+                validated=image_validate(data=buffer.getvalue()), patient=patient_make("P-00321")
+            )
+        self.login(self.alice)
+        self.driver.get(self.live_server_url + "/quality/")
+        self.wait_for(EC.presence_of_element_located((By.CSS_SELECTOR, "[data-quality-queue]")))
+        self.wait_for(
+            lambda d: d.execute_script(
+                "const img = document.querySelector('[data-quality-queue] img');"
+                "return img.complete && img.naturalWidth > 0;"
+            ),
+            timeout=30,
+        )
+        self.screenshot("protocol-quality-queue")
