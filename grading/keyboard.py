@@ -2,7 +2,9 @@
 writes the "Keyboard shortcuts" help, so the help can never miss a key the page answers to.
 
 To add a key, append a ``KeyBinding``. Most keys need no JavaScript: ``toggle`` flips the checkbox
-matched by ``target`` (a CSS selector) and ``viewer`` calls ``window.funduscopeViewer[target]()``.
+matched by ``target`` (a CSS selector), ``click`` clicks the element it matches (a radio button, a
+button) and ``viewer`` calls ``window.funduscopeViewer[target]()``. A binding whose target is not on
+the page does nothing (and is still listed: the help describes the page's keys, not its state).
 The other actions (``grade``, ``save``, ``skip``, ``next``, ``previous``, ``leave``) are handled by
 name in grade.js.
 """
@@ -18,7 +20,18 @@ ALL_PAGES = frozenset({GRADE_PAGE, ADJUDICATE_PAGE})
 
 # What grade.js knows how to do; a binding naming anything else is a programming error.
 ACTIONS = frozenset(
-    {"grade", "toggle", "save", "skip", "next", "previous", "viewer", "leave", "finding_row"}
+    {
+        "grade",
+        "toggle",
+        "click",
+        "save",
+        "skip",
+        "next",
+        "previous",
+        "viewer",
+        "leave",
+        "finding_row",
+    }
 )
 
 
@@ -37,7 +50,7 @@ class KeyBinding:
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
             raise ValueError(f"Unknown key action {self.action!r}; known: {sorted(ACTIONS)}")
-        if self.action in ("toggle", "viewer", "finding_row") and not self.target:
+        if self.action in ("toggle", "click", "viewer", "finding_row") and not self.target:
             raise ValueError(f"The {self.action!r} key {self.keys} needs a target.")
 
     def for_script(self) -> dict:

@@ -124,6 +124,14 @@ class AdminHomeTests(GradingTestCase):
         self.assertContains(response, reverse("job_detail", args=[job.pk]))
         self.assertContains(response, 'aria-valuenow="40"')
         self.assertContains(response, "Extracting")
+        self.assertContains(response, 'hx-trigger="every 3s"')  # the card follows the job
+
+    def test_the_jobs_card_stops_polling_when_nothing_runs(self):
+        Job.objects.create(kind=Job.Kind.MODEL_TRAIN, state=Job.State.SUCCEEDED)
+        self.login(self.adam)
+        response = self.client.get(HOME)
+        self.assertContains(response, "No job is running.")
+        self.assertNotContains(response, "data-polling")
 
 
 class NoRoleHomeTests(GradingTestCase):

@@ -111,3 +111,28 @@ class GradingKeysBrowserTests(MigrationDataKeptMixin, BrowserTestCase):
         self.screenshot("grading-view-loading")
         self.wait_for(lambda d: "loading" not in stage.get_attribute("class"), timeout=15)
         self.assertFalse(status.is_displayed())
+
+    def test_a_key_added_to_the_table_works_and_is_listed_without_new_javascript(self):
+        from grading import keyboard
+
+        added = keyboard.KeyBinding(
+            ("q",),
+            "click",
+            "choose grade 3 (test key)",
+            target='[data-grade-key="3"]',
+            labels=("Q",),
+        )
+        keyboard.KEY_BINDINGS.append(added)
+        self.addCleanup(keyboard.KEY_BINDINGS.remove, added)
+        self.open_grade_page()
+        labels = [
+            row.get_attribute("textContent")
+            for row in self.driver.find_elements(By.CSS_SELECTOR, "[data-keyboard-help] dt")
+        ]
+        self.assertIn("Q", labels)
+        self.press("q")
+        self.assertTrue(
+            self.driver.execute_script(
+                "return document.querySelector('[data-grade-key=\"3\"]').checked"
+            )
+        )

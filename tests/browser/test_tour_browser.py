@@ -77,6 +77,15 @@ class TourBrowserTests(MigrationDataKeptMixin, BrowserTestCase):
         self.assertIn("No space left on device", page)
         self.assertIn('aria-valuenow="46"', page)
         self.screenshot("tour-home-admin")
+        # The running job's card follows its progress without a reload.
+        Job.objects.filter(state=Job.State.RUNNING).update(progress=80, message="Head: epoch 12")
+        self.wait_for(
+            lambda d: (
+                'aria-valuenow="80"'
+                in d.find_element(By.ID, "home-jobs").get_attribute("innerHTML")
+            ),
+            timeout=10,
+        )
         self.driver.find_element(By.LINK_TEXT, "Model registry").click()
         self.wait_for(lambda d: d.current_url.endswith("/models/"))
 
