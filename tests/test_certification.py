@@ -82,6 +82,12 @@ class CertificationGradingTests(CertificationTestCase):
         self.assertContains(page, "data-certification")
         self.assertContains(page, "Certification image 1 of 5")
 
+    def test_the_home_page_offers_certification_to_a_new_clinician(self):
+        self.login(self.alice)
+        page = self.client.get(reverse("home"))
+        self.assertContains(page, "data-certification-left")
+        self.assertContains(page, "data-start-grading")
+
     def test_the_worklist_offers_certification_when_nothing_else_is_pending(self):
         self.login(self.alice)
         page = self.client.get(reverse("worklist"))
