@@ -32,6 +32,7 @@ DARK_LEVEL = 45
 BRIGHT_LEVEL = 250
 BACKGROUND_DISTANCE = 12  # colour distance from the border colour that counts as fundus
 TEXTURE_LEVEL = 2.0  # local standard deviation that counts as fundus (filtered, grey sets)
+MASK_SCALE = 4  # the fundus mask is cleaned at 1/4 of the working size
 
 
 @dataclass(frozen=True)
@@ -101,20 +102,33 @@ def fundus_mask(rgb: np.ndarray) -> np.ndarray:
     luma = rgb @ np.asarray([0.299, 0.587, 0.114], dtype=np.float32)
     local_var = _box_mean(luma * luma, 3) - _box_mean(luma, 3) ** 2
     raw = (distance > BACKGROUND_DISTANCE) | (np.sqrt(np.maximum(local_var, 0)) > TEXTURE_LEVEL)
-    # Median filter: drops speckle in the background; closing (max then min): fills vessels and
-    # dark lesions inside the disc.
-    cleaned = (
+    # Cleaned at a quarter of the working size (rank filters cost the square of their size):
+    # a median drops speckle in the background, a closing (max then min) fills vessels and dark
+    # lesions inside the disc.
+    small = (
         PIL.Image.fromarray((raw * 255).astype(np.uint8))
-        .filter(PIL.ImageFilter.MedianFilter(7))
-        .filter(PIL.ImageFilter.MaxFilter(15))
-        .filter(PIL.ImageFilter.MinFilter(15))
+        .resize(
+            (max(1, width // MASK_SCALE), max(1, height // MASK_SCALE)), PIL.Image.Resampling.BOX
+        )
+        .point(lambda value: 255 if value > 127 else 0)
+        .filter(PIL.ImageFilter.MedianFilter(3))
+        .filter(PIL.ImageFilter.MaxFilter(5))
+        .filter(PIL.ImageFilter.MinFilter(5))
     )
-    return np.asarray(cleaned) > 127
+    return np.asarray(small.resize((width, height), PIL.Image.Resampling.NEAREST)) > 127
 
 
 def _erode(mask: np.ndarray, pixels: int) -> np.ndarray:
-    image = PIL.Image.fromarray((mask * 255).astype(np.uint8))
-    return np.asarray(image.filter(PIL.ImageFilter.MinFilter(2 * pixels + 1))) > 127
+    """Shrink the mask by about ``pixels`` (at a quarter of the size, for speed)."""
+    height, width = mask.shape
+    small = PIL.Image.fromarray((mask * 255).astype(np.uint8)).resize(
+        (max(1, width // MASK_SCALE), max(1, height // MASK_SCALE)), PIL.Image.Resampling.BOX
+    )
+    size = 2 * max(1, round(pixels / MASK_SCALE)) + 1
+    eroded = small.point(lambda value: 255 if value > 254 else 0).filter(
+        PIL.ImageFilter.MinFilter(size)
+    )
+    return np.asarray(eroded.resize((width, height), PIL.Image.Resampling.NEAREST)) > 127
 
 
 def _laplacian(gray: np.ndarray) -> np.ndarray:
