@@ -7,6 +7,8 @@ image (``confirmed_*`` fields) together with how it was reached.
 
 from __future__ import annotations
 
+import math
+
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
@@ -152,6 +154,14 @@ class Image(models.Model):
             models.Index(fields=["patient", "eye", "acquired_on"]),
             models.Index(fields=["grading_state", "uploaded_at"]),
             models.Index(fields=["confirmed_grade"]),
+            # The review's cache stamp reads the latest confirmation (see selectors/review_cache).
+            models.Index(fields=["confirmed_at"], name="image_confirmed_at"),
+            # The "random" queue order walks this index from a point chosen by the user's seed.
+            models.Index(
+                fields=["sha256"],
+                condition=Q(grading_state="pending"),
+                name="image_pending_sha256",
+            ),
         ]
         constraints = [
             models.CheckConstraint(
@@ -234,7 +244,10 @@ class Grade(models.Model):
 
     class Meta:
         ordering = ["created_at", "id"]
-        indexes = [models.Index(fields=["image", "grader", "created_at"])]
+        indexes = [
+            models.Index(fields=["image", "grader", "created_at"]),
+            models.Index(fields=["grader", "created_at"], name="grade_grader_created"),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=Q(grade__isnull=False, ungradable=False)
@@ -316,11 +329,18 @@ class Prediction(models.Model):
     )
     probabilities = models.JSONField(help_text="One probability per grade, in scale order.")
     predicted_grade = models.ForeignKey(GradeLevel, on_delete=models.PROTECT, related_name="+")
+    # Stored so "most uncertain first" walks an index instead of reading every prediction's JSON.
+    entropy = models.FloatField(
+        null=True, blank=True, help_text="Shannon entropy (nats) of the probabilities."
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["model_version", "predicted_grade"])]
+        indexes = [
+            models.Index(fields=["model_version", "predicted_grade"]),
+            models.Index(fields=["model_version", "-entropy"], name="prediction_version_entropy"),
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["image", "model_version"], name="one_prediction_per_image_and_version"
@@ -329,6 +349,20 @@ class Prediction(models.Model):
 
     def __str__(self) -> str:
         return f"{self.image_id} -> {self.predicted_grade_id} ({self.model_version})"
+
+    def save(self, *args, **kwargs) -> None:
+        if self.entropy is None and self.probabilities:
+            self.entropy = probabilities_entropy(self.probabilities)
+        super().save(*args, **kwargs)
+
+
+def probabilities_entropy(probabilities) -> float:
+    """Shannon entropy (nats) of one prediction: highest when the model cannot decide."""
+    values = [float(p) for p in probabilities]
+    total = sum(values)
+    if total <= 0:
+        return 0.0
+    return -sum((p / total) * math.log(p / total) for p in values if p > 0)
 
 
 class Job(models.Model):

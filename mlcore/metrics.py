@@ -260,3 +260,102 @@ def summarize(reports: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | 
             "n": int(array.size),
         }
     return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# The same report from aggregates: a database can count a confusion matrix and a histogram of
+# scores in SQL, so a page never has to read every prediction to show these numbers.
+
+
+def qwk_from_confusion(matrix: np.ndarray | Sequence[Sequence[int]]) -> float:
+    """Quadratic weighted kappa of a confusion matrix (rows true, columns predicted, scale order);
+    exactly what ``quadratic_weighted_kappa`` computes from the pairs."""
+    observed = np.asarray(matrix, dtype=np.float64)
+    k = observed.shape[0]
+    if k < 2 or observed.shape != (k, k):
+        raise ValueError(
+            f"a square confusion matrix of two or more grades is needed, got {observed.shape}"
+        )
+    positions = np.arange(k, dtype=np.float64)
+    weights = (positions[:, None] - positions[None, :]) ** 2 / (k - 1) ** 2
+    total = observed.sum()
+    if total == 0:
+        raise ValueError("an empty confusion matrix has no kappa")
+    expected = np.outer(observed.sum(axis=1), observed.sum(axis=0)) / total
+    expected_disagreement = float((weights * expected).sum())
+    observed_disagreement = float((weights * observed).sum())
+    if expected_disagreement == 0.0:
+        return 1.0 if observed_disagreement == 0.0 else 0.0
+    return 1.0 - observed_disagreement / expected_disagreement
+
+
+def auc_from_histogram(positives: Sequence[int], negatives: Sequence[int]) -> float | None:
+    """ROC AUC from counts of positives and negatives per score bin (bins in ascending score order).
+
+    Pairs in the same bin count as ties (one half), as scikit-learn counts equal scores: with bins
+    of width 1/1000 the result differs from the exact AUC by at most half the share of pairs that
+    share a bin. ``None`` when one class is absent.
+    """
+    pos = np.asarray(positives, dtype=np.float64)
+    neg = np.asarray(negatives, dtype=np.float64)
+    n_pos, n_neg = pos.sum(), neg.sum()
+    if n_pos == 0 or n_neg == 0:
+        return None
+    negatives_below = np.cumsum(neg) - neg
+    wins = float((pos * negatives_below).sum() + 0.5 * (pos * neg).sum())
+    return wins / float(n_pos * n_neg)
+
+
+def metrics_report_from_confusion(
+    matrix: np.ndarray | Sequence[Sequence[int]],
+    *,
+    classes: Sequence[int] = ICDR_GRADES,
+    referable_from: int = REFERABLE_FROM,
+    referable_auc: float | None = None,
+) -> dict[str, Any]:
+    """``metrics_report`` from a confusion matrix (counted elsewhere, e.g. in SQL), with the AUC
+    given separately (e.g. ``auc_from_histogram``). The calibration error needs every probability
+    and is ``None`` here."""
+    observed = np.asarray(matrix, dtype=np.int64)
+    k = len(classes)
+    if observed.shape != (k, k):
+        raise ValueError(
+            f"confusion must be {k}x{k} for classes {list(classes)}, got {observed.shape}"
+        )
+    if not any(g >= referable_from for g in classes) or all(g >= referable_from for g in classes):
+        raise ValueError(f"referable_from={referable_from} must split the scale {list(classes)}")
+    total = int(observed.sum())
+    if total == 0:
+        raise ValueError("an empty confusion matrix has no metrics")
+    per_grade: dict[str, dict[str, float | int | None]] = {}
+    for i, grade in enumerate(classes):
+        true_positive = int(observed[i, i])
+        predicted = int(observed[:, i].sum())
+        actual = int(observed[i, :].sum())
+        per_grade[str(int(grade))] = {
+            "precision": true_positive / predicted if predicted else None,
+            "recall": true_positive / actual if actual else None,
+            "support": actual,
+        }
+    referable = np.asarray([grade >= referable_from for grade in classes])
+    positives = int(observed[referable, :].sum())
+    negatives = total - positives
+    true_positive = int(observed[np.ix_(referable, referable)].sum())
+    true_negative = int(observed[np.ix_(~referable, ~referable)].sum())
+    return {
+        "n": total,
+        "classes": [int(c) for c in classes],
+        "accuracy": float(np.trace(observed) / total),
+        "qwk": qwk_from_confusion(observed),
+        "confusion": observed.tolist(),
+        "per_grade": per_grade,
+        "referable": {
+            "referable_from": int(referable_from),
+            "positives": positives,
+            "negatives": negatives,
+            "sensitivity": true_positive / positives if positives else None,
+            "specificity": true_negative / negatives if negatives else None,
+            "auc": referable_auc if positives and negatives else None,
+        },
+        "ece": None,
+    }

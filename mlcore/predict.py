@@ -283,3 +283,103 @@ def predict_images(
         )
         for i, path in enumerate(paths)
     ]
+
+
+def predict_from_store(
+    model: ModelArtifact | str | Path,
+    keys: Sequence[str],
+    *,
+    paths: Sequence[str | Path],
+    store_dir: str | Path,
+) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """Predict, in one batch, the images whose features the model needs are already in the store.
+
+    Each image is still checked for its domain (a small decode, as :func:`predict_images` does), and
+    only those the model reads with its training preprocessing are taken, so the result is exactly
+    what :func:`predict_images` gives them; nothing is hashed or extracted.
+
+    Returns (positions in ``keys`` that were predicted, probabilities (n, classes), grades). Images
+    whose features are missing, that need another preprocessing, that cannot be read (or every
+    image, for a model that averages over augmented copies) are left to :func:`predict_images`.
+    """
+    from mlcore.backbones import get_backbone
+    from mlcore.extraction import load_features
+    from mlcore.store import FeatureStore, store_path
+    from mlcore.training import predict_with_tta
+
+    artifact = _as_artifact(model)
+    config = artifact.feature_config
+    empty = ([], np.zeros((0, len(artifact.classes))), np.zeros(0, dtype=int))
+    if not keys or artifact.tta_augment is not None:
+        return empty
+    present = set(keys)
+    for name in config.backbones:
+        path = store_path(Path(store_dir), name, config.preprocessing)
+        if not path.exists():
+            return empty
+        store = FeatureStore(
+            path,
+            backbone=name,
+            preprocessing=config.preprocessing,
+            feature_dim=get_backbone(name).feature_dim,
+            dtype=config.dtype,
+            mode="r",
+        )
+        present -= set(store.missing(list(present)))
+    eligible = [i for i, key in enumerate(keys) if key in present]
+    methods = _methods_cached(
+        artifact, [keys[i] for i in eligible], [paths[i] for i in eligible], Path(store_dir)
+    )
+    rows = [
+        i for i, method in zip(eligible, methods, strict=True) if method == config.preprocessing
+    ]
+    if not rows:
+        return empty
+    features = load_features([keys[i] for i in rows], config=config, store_dir=store_dir)
+    proba = predict_with_tta(artifact.classifier, features, None)
+    return rows, proba, np.asarray(artifact.classifier.decode(proba))
+
+
+# Which preprocessing brings an image into a model's domain is a pure function of the image and of
+# the model's training domain; the check decodes the photograph and scans its pixels (~10 ms), which
+# for a retrain's thousands of images costs more than the rest of the prediction. Kept beside the
+# features, like them keyed by content.
+DOMAIN_CHECKS_FILE = "domain_checks.json"
+
+
+def _methods_cached(
+    artifact: ModelArtifact, keys: Sequence[str], paths: Sequence[str | Path], store_dir: Path
+) -> list[str | None]:
+    """``preprocessing_for`` of each image (``None``: unreadable or outside the model's domain;
+    the pipeline reports those), remembered in ``store_dir/DOMAIN_CHECKS_FILE``."""
+    import json
+    import os
+
+    domain = (
+        f"{artifact.training_domain}|{artifact.feature_config.preprocessing}|"
+        f"{artifact.raw_photo_preprocessing}"
+    )
+    cache_file = store_dir / DOMAIN_CHECKS_FILE
+    try:
+        known: dict[str, str] = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    except (OSError, ValueError):
+        known = {}
+    methods: list[str | None] = []
+    changed = False
+    for key, image_path in zip(keys, paths, strict=True):
+        cache_key = f"{key}|{domain}"
+        if cache_key not in known:
+            try:
+                image = load_rgb(Path(image_path), min_size=_DOMAIN_CHECK_SIZE)
+                known[cache_key] = preprocessing_for(artifact, image, name=str(image_path))
+            except (DomainMismatchError, OSError, ValueError):
+                methods.append(None)  # not remembered: the file may be replaced or fixed
+                continue
+            changed = True
+        methods.append(known[cache_key])
+    if changed:
+        store_dir.mkdir(parents=True, exist_ok=True)
+        partial = cache_file.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps(known))
+        partial.replace(cache_file)
+    return methods

@@ -71,3 +71,28 @@ class ClaimNextTests(GradingTestCase):
         grade_give(self.second, self.alice, 0)
         image_make(confirmed_grade=2)
         self.assertIsNone(claim_next(grader=self.bob, order="oldest"))
+
+
+class ClaimNextOrderTests(GradingTestCase):
+    def test_uncertain_serves_the_highest_entropy_then_the_unpredicted(self):
+        from tests.factories_grading import model_version_active_make, prediction_make
+
+        version = model_version_active_make()
+        sure, unsure, unpredicted = image_make(), image_make(), image_make()
+        prediction_make(image=sure, version=version, probabilities=[0.96, 0.01, 0.01, 0.01, 0.01])
+        prediction_make(image=unsure, version=version, probabilities=[0.2] * 5)
+        served = [claim_next(grader=user, order="uncertain") for user in (self.alice, self.bob)]
+        self.assertEqual(served, [unsure, sure])
+        self.assertEqual(claim_next(grader=self.adam, order="uncertain"), unpredicted)
+
+    def test_random_serves_every_image_once_in_a_seeded_order(self):
+        images = {image_make().pk for _ in range(6)}
+        served = []
+        for _ in range(6):
+            image = claim_next(grader=self.alice, order="random", seed="s", exclude_ids=served)
+            claim_release(image=image, grader=self.alice)
+            served.append(image.pk)
+        self.assertEqual(set(served), images)
+        self.assertIsNone(
+            claim_next(grader=self.alice, order="random", seed="s", exclude_ids=served)
+        )

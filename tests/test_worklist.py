@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from django.urls import reverse
 
-from grading.models import GradingClaim
-from grading.selectors.worklist import probabilities_entropy, worklist_ordered_ids
+from grading.models import GradingClaim, probabilities_entropy
+from grading.selectors.worklist import worklist_ordered_ids
 from tests.factories import image_make, patient_make
 from tests.factories_grading import (
     GradingTestCase,

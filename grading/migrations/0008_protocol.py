@@ -34,7 +34,7 @@ def admin_role_certification(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("grading", "0002_roles_scale_settings"),
+        ("grading", "0006_scale"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

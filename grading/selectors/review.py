@@ -11,14 +11,31 @@ import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from typing import Any, Literal
 
+import numpy as np
 from django.contrib.auth import get_user_model
-from django.db.models import Case, Exists, F, IntegerField, OuterRef, QuerySet, Value, When
-from django.db.models.functions import Abs, TruncMonth
+from django.db.models import (
+    Case,
+    CharField,
+    Count,
+    Exists,
+    F,
+    FloatField,
+    IntegerField,
+    OuterRef,
+    Q,
+    QuerySet,
+    Value,
+    When,
+)
+from django.db.models.fields.json import KT
+from django.db.models.functions import Abs, Cast, Floor, TruncMonth
 from django.utils import timezone
 
 from grading.models import Grade, GradeLevel, Image, ModelVersion, Prediction
+from grading.selectors.review_cache import review_cached
 from mlcore import metrics as mlmetrics
 
 DateField = Literal["uploaded", "predicted"]
@@ -134,6 +151,17 @@ class ReviewFilters:
         )
 
 
+def review_filters_key(filters: ReviewFilters, scale: Scale) -> tuple[Any, ...]:
+    """What the aggregates depend on: every filter (any added later too) except the table's sort
+    order, with model instances by primary key, and the scale."""
+    values = tuple(
+        (item.name, getattr(getattr(filters, item.name), "pk", getattr(filters, item.name)))
+        for item in dataclass_fields(filters)
+        if item.name != "sort"
+    )
+    return (*values, tuple((level.value, level.is_referable) for level in scale.levels))
+
+
 def _day_start(day: dt.date) -> dt.datetime:
     return timezone.make_aware(dt.datetime.combine(day, dt.time.min))
 
@@ -197,6 +225,72 @@ def review_predictions(*, filters: ReviewFilters, scale: Scale | None = None) ->
     ).order_by(f"-{order}" if descending else order, tiebreak)
 
 
+# The review table's first rows (20 pages of 50) are cached per filter set and sort order.
+CACHED_ROWS = 1000
+
+
+class ReviewRows:
+    """The review table's rows as a sequence for ``Paginator``: its length comes from the confusion
+    matrix already counted for the metrics, and a page is read in two steps (the ids of the page in
+    sort order, then those rows with their image and patient), so the database sorts narrow rows.
+    Sorted by disagreement (the default), the counts per disagreement level tell which levels a page
+    can come from, and only those are sorted."""
+
+    def __init__(self, *, filters: ReviewFilters, scale: Scale, report: dict[str, Any] | None):
+        self.filters = filters
+        self.scale = scale
+        self.report = report
+
+    def count(self) -> int:
+        return int(self.report["n"]) if self.report else 0
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def _lowest_level_needed(self, stop: int) -> int:
+        """The lowest disagreement level a page ending at row ``stop`` reaches (sorted desc)."""
+        matrix = np.asarray(self.report["confusion"]) if self.report else np.zeros((1, 1))
+        k = matrix.shape[0]
+        per_level = [
+            int(sum(matrix[i, j] for i in range(k) for j in range(k) if abs(i - j) == level))
+            for level in range(k)
+        ]
+        seen = 0
+        for level in range(k - 1, -1, -1):
+            seen += per_level[level]
+            if seen >= stop:
+                return level
+        return 0
+
+    def __getitem__(self, item: slice) -> list[Prediction]:
+        if not isinstance(item, slice):
+            raise TypeError("ReviewRows supports slices only")
+        start, stop = item.start or 0, item.stop if item.stop is not None else self.count()
+        if stop <= start or not self.report:
+            return []
+        if stop <= CACHED_ROWS:
+            # The first pages are what people read: their ids are sorted once per filter set and
+            # kept with the aggregates (same stamp), so paging and re-sorting back are cheap.
+            ids = review_cached(
+                "rows",
+                (*review_filters_key(self.filters, self.scale), self.filters.sort),
+                lambda: self._ids(0, CACHED_ROWS),
+            )[start:stop]
+        else:
+            ids = self._ids(start, stop)
+        by_id = review_predictions(filters=self.filters, scale=self.scale).in_bulk(ids)
+        return [by_id[pk] for pk in ids if pk in by_id]
+
+    def _ids(self, start: int, stop: int) -> list[int]:
+        """Prediction ids of rows ``start:stop`` in the table's sort order."""
+        queryset = review_predictions(filters=self.filters, scale=self.scale)
+        if self.filters.sort == "-disagreement":
+            level = self._lowest_level_needed(stop)
+            if level > self.filters.min_disagreement:
+                queryset = queryset.filter(disagreement__gte=level)
+        return list(queryset.values_list("pk", flat=True)[start:stop])
+
+
 def review_not_compared_counts(*, filters: ReviewFilters) -> dict[str, int]:
     """Predictions of this version the table leaves out, and why (shown beside the metrics)."""
     if filters.model_version is None:
@@ -204,12 +298,11 @@ def review_not_compared_counts(*, filters: ReviewFilters) -> dict[str, int]:
     queryset = _population_filter(
         Prediction.objects.filter(model_version=filters.model_version), filters
     )
-    return {
-        "ungradable": queryset.filter(
-            image__grading_state=Image.GradingState.CONFIRMED, image__confirmed_ungradable=True
-        ).count(),
-        "unconfirmed": queryset.exclude(image__grading_state=Image.GradingState.CONFIRMED).count(),
-    }
+    confirmed = Q(image__grading_state=Image.GradingState.CONFIRMED)
+    return queryset.aggregate(
+        ungradable=Count("pk", filter=confirmed & Q(image__confirmed_ungradable=True)),
+        unconfirmed=Count("pk", filter=~confirmed),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,21 +331,102 @@ def agreement_report(
     )
 
 
+# Width of the score bins the referable AUC is counted in (see ``mlcore.metrics.auc_from_histogram``).
+AUC_BINS = 1000
+
+
+def _confusion_counts(rows: Iterable[tuple[int, int, int]], scale: Scale) -> np.ndarray:
+    """A confusion matrix in scale order from (true grade, predicted grade, count) rows."""
+    position = {value: i for i, value in enumerate(scale.classes)}
+    matrix = np.zeros((len(scale.classes), len(scale.classes)), dtype=np.int64)
+    for true, predicted, count in rows:
+        matrix[position[true], position[predicted]] += count
+    return matrix
+
+
+def _referable_score(scale: Scale) -> Any:
+    """P(referable) of a prediction in SQL: the sum of its referable grades' probabilities."""
+    terms = [
+        Cast(KT(f"probabilities__{i}"), FloatField())
+        for i, value in enumerate(scale.classes)
+        if value >= scale.referable_from
+    ]
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total
+
+
+def review_referable_auc(*, predictions: QuerySet, scale: Scale) -> float | None:
+    """Referable-DR ROC AUC of the filtered predictions, from a histogram counted in SQL."""
+    if not any(v >= scale.referable_from for v in scale.classes) or all(
+        v >= scale.referable_from for v in scale.classes
+    ):
+        return None
+    referable_values = [v for v in scale.classes if v >= scale.referable_from]
+    rows = (
+        predictions.order_by()
+        .annotate(
+            score_bin=Floor(_referable_score(scale) * AUC_BINS),
+            truly_referable=Case(
+                When(image__confirmed_grade_id__in=referable_values, then=Value(1)),
+                default=Value(0),
+                output_field=IntegerField(),
+            ),
+        )
+        .filter(score_bin__isnull=False)
+        .values("truly_referable", "score_bin")
+        .annotate(n=Count("pk"))
+        .values_list("truly_referable", "score_bin", "n")
+    )
+    positives = np.zeros(AUC_BINS + 1, dtype=np.int64)
+    negatives = np.zeros(AUC_BINS + 1, dtype=np.int64)
+    for referable, score_bin, count in rows:
+        target = positives if referable else negatives
+        target[min(max(int(score_bin), 0), AUC_BINS)] += count
+    return mlmetrics.auc_from_histogram(positives, negatives)
+
+
 def review_metrics(*, predictions: QuerySet, scale: Scale | None = None) -> dict[str, Any] | None:
     """Accuracy, QWK, confusion matrix, referable sensitivity/specificity (and AUC from the
-    probabilities) of the model against the confirmed grades, for the filtered set."""
+    probabilities) of the model against the confirmed grades, for the filtered set.
+
+    Counted in the database (a confusion matrix and a histogram of referable scores), so the cost
+    does not grow in Python with the number of images; the numbers come from the same
+    ``mlcore.metrics`` formulas as the registry's.
+    """
     scale = scale or scale_get()
-    y_true: list[int] = []
-    y_pred: list[int] = []
-    probabilities: list[list[float]] = []
-    rows = predictions.order_by().values_list(
-        "image__confirmed_grade_id", "predicted_grade_id", "probabilities"
+    rows = (
+        predictions.order_by()
+        .values("image__confirmed_grade_id", "predicted_grade_id")
+        .annotate(n=Count("pk"))
+        .values_list("image__confirmed_grade_id", "predicted_grade_id", "n")
     )
-    for confirmed, predicted, proba in rows.iterator(chunk_size=2000):
-        y_true.append(confirmed)
-        y_pred.append(predicted)
-        probabilities.append(proba)
-    return agreement_report(y_true=y_true, y_pred=y_pred, probabilities=probabilities, scale=scale)
+    matrix = _confusion_counts(rows, scale)
+    if matrix.sum() == 0:
+        return None
+    return mlmetrics.metrics_report_from_confusion(
+        matrix,
+        classes=scale.classes,
+        referable_from=scale.referable_from,
+        referable_auc=review_referable_auc(predictions=predictions, scale=scale),
+    )
+
+
+def review_summary(*, filters: ReviewFilters, scale: Scale | None = None) -> dict[str, Any]:
+    """The review page's aggregates for these filters (cached until the data changes): the
+    metrics ``report``, the monthly QWK ``series`` and the ``not_compared`` counts."""
+    scale = scale or scale_get()
+
+    def compute() -> dict[str, Any]:
+        predictions = review_predictions(filters=filters, scale=scale)
+        return {
+            "report": review_metrics(predictions=predictions, scale=scale),
+            "series": review_qwk_by_month(filters=filters, scale=scale),
+            "not_compared": review_not_compared_counts(filters=filters),
+        }
+
+    return review_cached("summary", review_filters_key(filters, scale), compute)
 
 
 @dataclass
@@ -289,29 +463,32 @@ def review_qwk_by_month(
     month = TruncMonth(_date_path(filters.date_field))
     rows = (
         _population_filter(_compared_predictions(), filters)
-        .annotate(month=month)
         .order_by()
-        .values_list("model_version_id", "month", "image__confirmed_grade_id", "predicted_grade_id")
+        .annotate(month=month)
+        .values("model_version_id", "month", "image__confirmed_grade_id", "predicted_grade_id")
+        .annotate(n=Count("pk"))
+        .values_list(
+            "model_version_id", "month", "image__confirmed_grade_id", "predicted_grade_id", "n"
+        )
     )
-    pairs: dict[tuple[int, dt.date], tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
-    for version_id, month_start, confirmed, predicted in rows.iterator(chunk_size=2000):
+    cells: dict[tuple[int, dt.date], list[tuple[int, int, int]]] = defaultdict(list)
+    for version_id, month_start, confirmed, predicted, count in rows:
         month_date = month_start.date() if isinstance(month_start, dt.datetime) else month_start
-        y_true, y_pred = pairs[(version_id, month_date)]
-        y_true.append(confirmed)
-        y_pred.append(predicted)
+        cells[(version_id, month_date)].append((confirmed, predicted, count))
     versions = {
         version.pk: version
-        for version in ModelVersion.objects.filter(pk__in={key[0] for key in pairs})
+        for version in ModelVersion.objects.filter(pk__in={key[0] for key in cells})
     }
     series: dict[int, VersionSeries] = {}
-    for (version_id, month_date), (y_true, y_pred) in sorted(pairs.items(), key=lambda kv: kv[0]):
+    for (version_id, month_date), counts in sorted(cells.items(), key=lambda kv: kv[0]):
+        matrix = _confusion_counts(counts, scale)
         entry = series.setdefault(version_id, VersionSeries(model_version=versions[version_id]))
         entry.points.append(
             MonthPoint(
                 month=month_date,
-                n=len(y_true),
-                qwk=mlmetrics.quadratic_weighted_kappa(y_true, y_pred, classes=scale.classes),
-                accuracy=mlmetrics.accuracy(y_true, y_pred, classes=scale.classes),
+                n=int(matrix.sum()),
+                qwk=mlmetrics.qwk_from_confusion(matrix),
+                accuracy=float(np.trace(matrix) / matrix.sum()),
             )
         )
     return sorted(series.values(), key=lambda s: (s.model_version.created_at, s.model_version.pk))
@@ -319,17 +496,6 @@ def review_qwk_by_month(
 
 # ---------------------------------------------------------------------------------------------
 # Grader agreement
-
-
-@dataclass(frozen=True)
-class _GraderPair:
-    grader_id: int
-    image_id: int
-    grade: int | None
-    ungradable: bool
-    confirmed_grade: int | None
-    confirmed_ungradable: bool
-    basis: str  # how the reference grade was reached, relative to this grader (see below)
 
 
 # How the confirmed grade relates to one grader's grade of the same image.
@@ -407,10 +573,31 @@ class GraderAgreement:
         return [(BASIS_LABELS[key], n) for key, n in sorted(self.basis_counts.items()) if n]
 
 
-def _latest_grader_grades(
-    *, date_from: dt.date | None, date_to: dt.date | None
-) -> Iterable[_GraderPair]:
-    """Each grader's latest non-superseded independent grade of each confirmed image."""
+def _basis_case() -> Case:
+    """``grade_basis`` in SQL, for a grade row joined to its image (same rules, same order)."""
+    method = Image.ConfirmationMethod
+    return Case(
+        When(image__confirmation_method=method.IMPORT, then=Value(BASIS_IMPORT)),
+        When(
+            image__confirmation_method=method.ADJUDICATION,
+            image__confirmed_by_id=F("grader_id"),
+            then=Value(BASIS_OWN_ADJUDICATION),
+        ),
+        When(image__confirmation_method=method.ADJUDICATION, then=Value(BASIS_ADJUDICATION)),
+        When(
+            image__confirmed_at__isnull=False,
+            created_at__gt=F("image__confirmed_at"),
+            then=Value(BASIS_AFTER),
+        ),
+        When(image__confirmation_method=method.AGREEMENT, then=Value(BASIS_AGREEMENT)),
+        default=Value(BASIS_OWN_SINGLE),
+        output_field=CharField(),
+    )
+
+
+def _grader_grade_counts(*, date_from: dt.date | None, date_to: dt.date | None) -> QuerySet:
+    """Each grader's latest non-superseded independent grade of each confirmed image, counted by
+    (grader, basis, grade, confirmed grade, ungradable flags) in the database."""
     queryset = Grade.objects.filter(
         kind=Grade.Kind.GRADER,
         grader__isnull=False,
@@ -421,40 +608,35 @@ def _latest_grader_grades(
         queryset = queryset.filter(created_at__gte=_day_start(date_from))
     if date_to is not None:
         queryset = queryset.filter(created_at__lt=_day_start(date_to + dt.timedelta(days=1)))
-    rows = queryset.order_by("grader_id", "image_id", "-created_at", "-id").values_list(
+    newer_by_same_grader = Grade.objects.filter(
+        image=OuterRef("image_id"),
+        grader=OuterRef("grader_id"),
+        kind=Grade.Kind.GRADER,
+        superseded_by__isnull=True,
+    ).filter(
+        Q(created_at__gt=OuterRef("created_at"))
+        | Q(created_at=OuterRef("created_at"), pk__gt=OuterRef("pk"))
+    )
+    if date_to is not None:
+        newer_by_same_grader = newer_by_same_grader.filter(
+            created_at__lt=_day_start(date_to + dt.timedelta(days=1))
+        )
+    fields = (
         "grader_id",
-        "image_id",
+        "basis",
         "grade_id",
         "ungradable",
-        "created_at",
         "image__confirmed_grade_id",
         "image__confirmed_ungradable",
-        "image__confirmation_method",
-        "image__confirmed_by_id",
-        "image__confirmed_at",
     )
-    last_key: tuple[int, int] | None = None
-    for row in rows.iterator(chunk_size=2000):
-        grader_id, image_id, grade, ungradable, created_at = row[:5]
-        confirmed_grade, confirmed_ungradable, method, confirmed_by_id, confirmed_at = row[5:]
-        if (grader_id, image_id) == last_key:
-            continue  # an older grade of the same grader and image
-        last_key = (grader_id, image_id)
-        yield _GraderPair(
-            grader_id=grader_id,
-            image_id=image_id,
-            grade=grade,
-            ungradable=ungradable,
-            confirmed_grade=confirmed_grade,
-            confirmed_ungradable=confirmed_ungradable,
-            basis=grade_basis(
-                grader_id=grader_id,
-                graded_at=created_at,
-                confirmation_method=method,
-                confirmed_by_id=confirmed_by_id,
-                confirmed_at=confirmed_at,
-            ),
-        )
+    return (
+        queryset.filter(~Exists(newer_by_same_grader))
+        .order_by()
+        .annotate(basis=_basis_case())
+        .values(*fields)
+        .annotate(n=Count("pk"))
+        .values_list(*fields, "n")
+    )
 
 
 def grader_agreement(
@@ -476,31 +658,61 @@ def grader_agreement(
     if reference not in REFERENCE_BASES:
         raise ValueError(f"reference must be one of {sorted(REFERENCE_BASES)}, got {reference!r}")
     scale = scale or scale_get()
+    key = (reference, date_from, date_to, tuple((v.value, v.is_referable) for v in scale.levels))
+    return review_cached(
+        "graders",
+        key,
+        lambda: _grader_agreement(
+            reference=reference, date_from=date_from, date_to=date_to, scale=scale
+        ),
+    )
+
+
+def _grader_agreement(
+    *, reference: Reference, date_from: dt.date | None, date_to: dt.date | None, scale: Scale
+) -> list[GraderAgreement]:
     accepted = REFERENCE_BASES[reference]
+    position = {value: i for i, value in enumerate(scale.classes)}
     per_grader: dict[int, dict[str, Any]] = {}
-    for pair in _latest_grader_grades(date_from=date_from, date_to=date_to):
+    for (
+        grader_id,
+        basis,
+        grade,
+        ungradable,
+        confirmed,
+        confirmed_ungradable,
+        count,
+    ) in _grader_grade_counts(date_from=date_from, date_to=date_to):
         entry = per_grader.setdefault(
-            pair.grader_id,
-            {"true": [], "pred": [], "basis": defaultdict(int), "excluded": 0, "ungradable": 0},
+            grader_id,
+            {
+                "matrix": np.zeros((len(scale.classes),) * 2, dtype=np.int64),
+                "basis": defaultdict(int),
+                "excluded": 0,
+                "ungradable": 0,
+            },
         )
-        if pair.basis not in accepted:
-            entry["excluded"] += 1
+        if basis not in accepted:
+            entry["excluded"] += count
             continue
-        if pair.ungradable or pair.confirmed_ungradable:
+        if ungradable or confirmed_ungradable:
             # Not on the ordinal scale: counted, but outside QWK and sensitivity.
-            if pair.ungradable != pair.confirmed_ungradable:
-                entry["ungradable"] += 1
+            if ungradable != confirmed_ungradable:
+                entry["ungradable"] += count
             continue
-        entry["true"].append(pair.confirmed_grade)
-        entry["pred"].append(pair.grade)
-        entry["basis"][pair.basis] += 1
+        entry["matrix"][position[confirmed], position[grade]] += count
+        entry["basis"][basis] += count
     names = dict(get_user_model().objects.filter(pk__in=per_grader).values_list("pk", "username"))
     results = [
         GraderAgreement(
             grader_id=grader_id,
             grader_name=names.get(grader_id, f"user #{grader_id}"),
-            n=len(entry["true"]),
-            report=agreement_report(y_true=entry["true"], y_pred=entry["pred"], scale=scale),
+            n=int(entry["matrix"].sum()),
+            report=mlmetrics.metrics_report_from_confusion(
+                entry["matrix"], classes=scale.classes, referable_from=scale.referable_from
+            )
+            if entry["matrix"].sum()
+            else None,
             basis_counts=dict(entry["basis"]),
             excluded=entry["excluded"],
             ungradable_mismatches=entry["ungradable"],

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import math
 from collections.abc import Collection, Sequence
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -17,7 +16,13 @@ from django.db.models import Count, Exists, F, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Abs, Coalesce
 from django.utils import timezone
 
-from grading.models import Grade, GradingClaim, Image, Prediction, WorkbenchSettings
+from grading.models import (
+    Grade,
+    GradingClaim,
+    Image,
+    Prediction,
+    WorkbenchSettings,
+)
 
 QUEUE_ORDERS = tuple(WorkbenchSettings.QueueOrder.values)
 
@@ -55,19 +60,23 @@ def grade_current_for(*, image: Image, grader: AbstractBaseUser) -> Grade | None
     )
 
 
-def images_needing_grade(
+def _needing_grade(
+    queryset: QuerySet,
     *,
+    image: str,
     grader: AbstractBaseUser,
-    grades_required: int | None = None,
-    now: dt.datetime | None = None,
-) -> QuerySet[Image]:
-    """Pending images this clinician has not graded, with a free slot for them (unordered)."""
-    required = grades_required or workbench_settings_get().grades_required
-    now = now or timezone.now()
-    graded_by_me = Grade.objects.filter(image=OuterRef("pk"), grader=grader, kind=Grade.Kind.GRADER)
+    required: int,
+    now: dt.datetime,
+) -> QuerySet:
+    """``queryset`` narrowed to rows whose image (the field ``image``: ``pk`` on images,
+    ``image_id`` on predictions) this clinician has not graded and has a free slot for them."""
+    graded_by_me = Grade.objects.filter(
+        image=OuterRef(image), grader=grader, kind=Grade.Kind.GRADER
+    )
+    quality_review = "quality_review" if image == "pk" else "image__quality_review"
     grader_count = (
         Grade.objects.filter(
-            image=OuterRef("pk"),
+            image=OuterRef(image),
             kind=Grade.Kind.GRADER,
             superseded_by__isnull=True,
             counts_towards_confirmation=True,
@@ -78,7 +87,7 @@ def images_needing_grade(
         .values("count")
     )
     claims_by_others = (
-        GradingClaim.objects.filter(image=OuterRef("pk"), expires_at__gt=now)
+        GradingClaim.objects.filter(image=OuterRef(image), expires_at__gt=now)
         .exclude(grader=grader)
         .order_by()
         .values("image")
@@ -86,10 +95,9 @@ def images_needing_grade(
         .values("count")
     )
     return (
-        Image.objects.filter(grading_state=Image.GradingState.PENDING)
+        queryset.filter(~Exists(graded_by_me))
         # Photographs waiting for a quality check are not graded until a clinician passes them.
-        .exclude(quality_review=Image.QualityReview.CHECK)
-        .filter(~Exists(graded_by_me))
+        .exclude(**{quality_review: Image.QualityReview.CHECK})
         .alias(
             slots_taken=Coalesce(Subquery(grader_count), 0)
             + Coalesce(Subquery(claims_by_others), 0)
@@ -98,18 +106,140 @@ def images_needing_grade(
     )
 
 
-def probabilities_entropy(probabilities: Sequence[float]) -> float:
-    """Shannon entropy (nats) of one prediction: highest when the model cannot decide."""
-    total = float(sum(probabilities))
-    if total <= 0:
-        return 0.0
-    return -sum((p / total) * math.log(p / total) for p in probabilities if p > 0)
+def images_needing_grade(
+    *,
+    grader: AbstractBaseUser,
+    grades_required: int | None = None,
+    now: dt.datetime | None = None,
+) -> QuerySet[Image]:
+    """Pending images this clinician has not graded, with a free slot for them (unordered)."""
+    return _needing_grade(
+        Image.objects.filter(grading_state=Image.GradingState.PENDING),
+        image="pk",
+        grader=grader,
+        required=grades_required or workbench_settings_get().grades_required,
+        now=now or timezone.now(),
+    )
 
 
-def _random_key(seed: str, image_id: int) -> str:
-    # Stable per seed (the user's session) so the list does not reshuffle on every page load,
-    # but different between clinicians, so two of them rarely start on the same image.
-    return hashlib.sha256(f"{seed}:{image_id}".encode()).hexdigest()
+def _random_pivot(seed: str) -> str:
+    # Stable per seed (the user's session) so the list does not reshuffle on every page load, but
+    # different between clinicians, so two of them rarely start on the same image. Content hashes
+    # are uniformly random, so walking the sha256 index from a point set by the seed is a shuffled
+    # order that the database reads from an index instead of sorting the whole queue.
+    return hashlib.sha256(seed.encode()).hexdigest()
+
+
+def worklist_sources(
+    *,
+    grader: AbstractBaseUser,
+    order: str,
+    seed: str = "",
+    exclude_ids: Collection[int] = (),
+    now: dt.datetime | None = None,
+) -> list[QuerySet]:
+    """The clinician's queue as image-id querysets to read in turn, best first. Each walks an index
+    in queue order and stops as soon as it has the rows asked for, so "Next image" (LIMIT 1) and a
+    worklist page read a few rows whatever the length of the queue."""
+    if order not in QUEUE_ORDERS:
+        raise ValueError(f"unknown queue order {order!r}; known: {', '.join(QUEUE_ORDERS)}")
+    now = now or timezone.now()
+    required = workbench_settings_get().grades_required
+    excluded = list(exclude_ids)
+    candidates = images_needing_grade(grader=grader, grades_required=required, now=now)
+    if excluded:
+        candidates = candidates.exclude(pk__in=excluded)
+    if order == WorkbenchSettings.QueueOrder.OLDEST:
+        ordered = [candidates.order_by("uploaded_at", "id")]
+    elif order == WorkbenchSettings.QueueOrder.RANDOM:
+        pivot = _random_pivot(seed)
+        ordered = [
+            candidates.filter(sha256__gte=pivot).order_by("sha256"),
+            candidates.filter(sha256__lt=pivot).order_by("sha256"),
+        ]
+    else:
+        from grading.selectors.model_versions import model_version_active
+
+        active = model_version_active()
+        if active is None:
+            ordered = [candidates.order_by("uploaded_at", "id")]
+        else:
+            # Walk the active version's predictions by entropy (index), highest first...
+            predictions = _needing_grade(
+                Prediction.objects.filter(
+                    model_version=active,
+                    entropy__isnull=False,
+                    image__grading_state=Image.GradingState.PENDING,
+                ),
+                image="image_id",
+                grader=grader,
+                required=required,
+                now=now,
+            )
+            if excluded:
+                predictions = predictions.exclude(image_id__in=excluded)
+            has_prediction = Prediction.objects.filter(
+                model_version=active, image=OuterRef("pk"), entropy__isnull=False
+            )
+            # ...then the images it has not predicted yet, oldest first.
+            return [
+                predictions.order_by("-entropy", "id").values_list("image_id", flat=True),
+                candidates.filter(~Exists(has_prediction))
+                .order_by("uploaded_at", "id")
+                .values_list("id", flat=True),
+            ]
+    return [queryset.values_list("id", flat=True) for queryset in ordered]
+
+
+# The worklist counts and pages the queue up to this many images ("250+" beyond): counting a queue
+# of 100,000 exactly would check every pending image against every clinician's grades and claims.
+WORKLIST_COUNT_CAP = 250
+
+
+class QueueIds:
+    """The queue's image ids as a sequence for ``Paginator``, read from ``worklist_sources`` one
+    page at a time; its length is capped at ``cap`` (see ``capped``)."""
+
+    def __init__(self, sources: list[QuerySet], *, cap: int = WORKLIST_COUNT_CAP):
+        self.sources = sources
+        self.cap = cap
+        self._counts: list[int] | None = None
+
+    def _source_counts(self) -> list[int]:
+        if self._counts is None:
+            counts, total = [], 0
+            for source in self.sources:
+                found = source[: self.cap - total].count() if total < self.cap else 0
+                counts.append(found)
+                total += found
+            self._counts = counts
+        return self._counts
+
+    def count(self) -> int:
+        return sum(self._source_counts())
+
+    def __len__(self) -> int:
+        return self.count()
+
+    @property
+    def capped(self) -> bool:
+        return self.count() >= self.cap
+
+    def __getitem__(self, item: slice) -> list[int]:
+        if not isinstance(item, slice):
+            raise TypeError("QueueIds supports slices only")
+        start = item.start or 0
+        stop = min(item.stop if item.stop is not None else self.cap, self.cap)
+        ids: list[int] = []
+        offset = 0
+        for source, count in zip(self.sources, self._source_counts(), strict=True):
+            if stop <= offset:
+                break
+            low, high = max(start - offset, 0), min(stop - offset, count)
+            if low < high:
+                ids += list(source[low:high])
+            offset += count
+        return ids
 
 
 def worklist_ordered_ids(
@@ -119,42 +249,14 @@ def worklist_ordered_ids(
     seed: str = "",
     exclude_ids: Collection[int] = (),
     now: dt.datetime | None = None,
+    limit: int | None = None,
 ) -> list[int]:
-    """IDs of the images this clinician may be served next, best first."""
-    if order not in QUEUE_ORDERS:
-        raise ValueError(f"unknown queue order {order!r}; known: {', '.join(QUEUE_ORDERS)}")
-    candidates = images_needing_grade(grader=grader, now=now).exclude(pk__in=list(exclude_ids))
-    oldest = list(candidates.order_by("uploaded_at", "id").values_list("id", flat=True))
-    if order == WorkbenchSettings.QueueOrder.OLDEST:
-        return oldest
-    if order == WorkbenchSettings.QueueOrder.RANDOM:
-        return sorted(oldest, key=lambda image_id: _random_key(seed, image_id))
-    # Most uncertain first (active learning): images the active model is least sure about teach it
-    # the most once graded. Images without a prediction yet follow, oldest first.
-    entropy = image_prediction_entropies(image_ids=oldest)
-    position = {image_id: index for index, image_id in enumerate(oldest)}
-    return sorted(
-        oldest,
-        key=lambda image_id: (
-            image_id not in entropy,
-            -entropy.get(image_id, 0.0),
-            position[image_id],
-        ),
+    """IDs of the images this clinician may be served next, best first (the first ``limit``)."""
+    cap = limit or WORKLIST_COUNT_CAP
+    sources = worklist_sources(
+        grader=grader, order=order, seed=seed, exclude_ids=exclude_ids, now=now
     )
-
-
-def image_prediction_entropies(*, image_ids: Collection[int]) -> dict[int, float]:
-    """Entropy of the active model's prediction for each image that has one."""
-    from grading.selectors.model_versions import model_version_active
-
-    active = model_version_active()
-    if active is None or not image_ids:
-        return {}
-    rows = Prediction.objects.filter(model_version=active, image_id__in=list(image_ids))
-    return {
-        image_id: probabilities_entropy(probabilities)
-        for image_id, probabilities in rows.values_list("image_id", "probabilities")
-    }
+    return list(QueueIds(sources, cap=cap)[0:cap])
 
 
 def claim_held(*, grader: AbstractBaseUser, now: dt.datetime | None = None) -> list[int]:
@@ -176,17 +278,29 @@ def claim_held(*, grader: AbstractBaseUser, now: dt.datetime | None = None) -> l
     )
 
 
-def worklist_counts(*, grader: AbstractBaseUser) -> dict[str, int]:
-    """Headline numbers for the worklist."""
-    pending = Image.objects.filter(grading_state=Image.GradingState.PENDING)
+def worklist_counts(*, grader: AbstractBaseUser, mine: int | None = None) -> dict[str, int]:
+    """Headline numbers for the worklist (``mine`` when the caller has already counted it)."""
+    today = timezone.localdate()
+    start = timezone.make_aware(dt.datetime.combine(today, dt.time.min))
+    by_state = dict(
+        Image.objects.filter(
+            grading_state__in=[Image.GradingState.PENDING, Image.GradingState.ADJUDICATION]
+        )
+        .order_by()
+        .values("grading_state")
+        .annotate(n=Count("id"))
+        .values_list("grading_state", "n")
+    )
     return {
-        "mine": images_needing_grade(grader=grader).count(),
-        "pending": pending.count(),
-        "adjudication": Image.objects.filter(grading_state=Image.GradingState.ADJUDICATION).count(),
+        "mine": images_needing_grade(grader=grader).count() if mine is None else mine,
+        "pending": by_state.get(Image.GradingState.PENDING, 0),
+        "adjudication": by_state.get(Image.GradingState.ADJUDICATION, 0),
+        # A range on created_at (not __date) so the (grader, created_at) index answers it.
         "graded_today": Grade.objects.filter(
             grader=grader,
             kind=Grade.Kind.GRADER,
-            created_at__date=timezone.localdate(),
+            created_at__gte=start,
+            created_at__lt=start + dt.timedelta(days=1),
         ).count(),
     }
 
@@ -198,11 +312,10 @@ def images_for_list(*, image_ids: Sequence[int]) -> list[Image]:
 
 
 def adjudication_pending() -> QuerySet[Image]:
-    """Images whose independent grades disagree, oldest first, with the number of grades."""
+    """Images whose independent grades disagree, oldest first (the (state, uploaded_at) index)."""
     return (
         Image.objects.filter(grading_state=Image.GradingState.ADJUDICATION)
         .select_related("patient")
-        .annotate(grader_count=Count("grades", distinct=True))
         .order_by("uploaded_at", "id")
     )
 
@@ -228,4 +341,16 @@ def model_disagreements(*, min_difference: int = 2) -> QuerySet[Prediction]:
         .filter(difference__gte=min_difference)
         .select_related("image", "image__patient", "predicted_grade", "image__confirmed_grade")
         .order_by("-created_at", "-id")
+    )
+
+
+def model_disagreements_count(*, min_difference: int = 2) -> int:
+    """How many ``model_disagreements`` there are: a count over every confirmed image's prediction,
+    kept in the review cache until a grade or a prediction changes."""
+    from grading.selectors.review_cache import review_cached
+
+    return review_cached(
+        "model_disagreements",
+        (min_difference,),
+        lambda: model_disagreements(min_difference=min_difference).count(),
     )

@@ -13,6 +13,7 @@ from collections.abc import Collection
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from grading.models import GradingClaim, Image
@@ -20,7 +21,7 @@ from grading.selectors.worklist import (
     claim_held,
     images_needing_grade,
     workbench_settings_get,
-    worklist_ordered_ids,
+    worklist_sources,
 )
 
 # How many candidates one "next image" tries before concluding that everything left is taken.
@@ -58,6 +59,29 @@ def _claim_try(
         return image
 
 
+def _claim_first(
+    *, source: QuerySet, grader: AbstractBaseUser, now: dt.datetime
+) -> tuple[Image | None, int | None]:
+    """Lock and claim the first image of ``source`` that nobody is claiming at this moment.
+
+    Returns (image, None) when claimed, (None, image_id) when the image was taken in the instant
+    between our snapshot and our lock (try again without it), (None, None) when the source is empty.
+    """
+    with transaction.atomic():
+        # Locks the row the walk stopped on (the image, or its prediction for "uncertain"): a
+        # clinician claiming the same image right now holds it, and we move on to the next one.
+        image_id = source.select_for_update(skip_locked=True, of=("self",)).first()
+        if image_id is None:
+            return None, None
+        # Re-check in a new statement: under READ COMMITTED it sees claims committed by whoever
+        # held the lock before us.
+        if not images_needing_grade(grader=grader, now=now).filter(pk=image_id).exists():
+            return None, image_id
+        image = Image.objects.get(pk=image_id)
+        _claim_write(image=image, grader=grader, now=now)
+        return image, None
+
+
 def claim_next(
     *,
     grader: AbstractBaseUser,
@@ -68,25 +92,34 @@ def claim_next(
     """Claim the next image for this clinician and return it, or None when nothing is left.
 
     An image the clinician already holds (opened but not graded) comes first, so reloading or
-    coming back after a break does not leave claims behind that block other graders.
+    coming back after a break does not leave claims behind that block other graders. Otherwise the
+    first free image in queue order is locked with ``FOR UPDATE SKIP LOCKED`` in the query that
+    finds it (an index walk that stops at the first match), so fifty clinicians pressing "Next" at
+    once each get a different image without scanning the queue.
     """
     now = timezone.now()
     claims_expired_delete(now=now)
     excluded = set(exclude_ids)
-    held = [image_id for image_id in claim_held(grader=grader, now=now) if image_id not in excluded]
-    ordered = worklist_ordered_ids(
-        grader=grader, order=order, seed=seed, exclude_ids=excluded, now=now
-    )
-    tried: set[int] = set()
-    for image_id in [*held, *ordered]:
-        if image_id in tried:
+    for image_id in claim_held(grader=grader, now=now):
+        if image_id in excluded:
             continue
-        tried.add(image_id)
-        if len(tried) > MAX_CANDIDATES_TRIED:
-            break
         image = _claim_try(image_id=image_id, grader=grader, skip_locked=True, now=now)
         if image is not None:
             return image
+    raced: set[int] = set()
+    while len(raced) < MAX_CANDIDATES_TRIED:
+        sources = worklist_sources(
+            grader=grader, order=order, seed=seed, exclude_ids=excluded | raced, now=now
+        )
+        for source in sources:
+            image, lost = _claim_first(source=source, grader=grader, now=now)
+            if image is not None:
+                return image
+            if lost is not None:
+                raced.add(lost)
+                break
+        else:
+            return None  # every source is empty (or locked by clinicians claiming right now)
     return None
 
 

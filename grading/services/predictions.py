@@ -15,7 +15,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 
-from grading.models import GradeLevel, Image, Job, ModelVersion, Prediction
+from grading.models import GradeLevel, Image, Job, ModelVersion, Prediction, probabilities_entropy
 from grading.selectors.model_versions import model_version_active
 from grading.selectors.predictions import cam_path
 from grading.services.jobs import Progress, QueueUnavailable, job_enqueue, progress_span
@@ -171,15 +171,22 @@ def images_predict(
         return 0
     artifact = model_artifact_load(model_version=model_version)
     predicting = progress_span(progress, 0, 50) if cams else progress
-    written = 0
     failures: list[str] = []
-    predicted: list[Image] = []
-    for start in range(0, len(images), PREDICT_BATCH):
-        batch = list(images[start : start + PREDICT_BATCH])
+    # Images whose features are cached (after a retrain: every training image) are predicted in
+    # one batch from the store, without opening their files; the rest go through the pipeline.
+    predicted, rest = _predict_from_store(model_version, artifact, list(images))
+    written = len(predicted)
+    if predicted:
+        predicting(
+            100 * len(predicted) // len(images),
+            f"Predicted {len(predicted)} of {len(images)} images from cached features",
+        )
+    for start in range(0, len(rest), PREDICT_BATCH):
+        batch = rest[start : start + PREDICT_BATCH]
         results = _predict_batch(artifact, batch, failures)
         written += _prediction_rows_from(model_version, artifact, results)
         predicted.extend(image for image, _ in results)
-        done = start + len(batch)
+        done = len(images) - len(rest) + start + len(batch)
         predicting(
             100 * done // len(images),
             f"Predicted {done} of {len(images)} images with {model_version.name}",
@@ -257,6 +264,46 @@ def _predict_batch(
     return results
 
 
+def _predict_from_store(
+    model_version: ModelVersion, artifact: Any, images: list[Image]
+) -> tuple[list[Image], list[Image]]:
+    """(images predicted from cached features and written, images left to predict from files)."""
+    from grading.services.features import feature_store_dir
+    from mlcore.predict import predict_from_store
+    from mlcore.store import feature_key
+
+    if not images:
+        return [], []
+    rows, proba, grades = predict_from_store(
+        artifact,
+        [feature_key(image.sha256) for image in images],
+        paths=[_image_file(image) for image in images],
+        store_dir=feature_store_dir(),
+    )
+    if not rows:
+        return [], images
+    done = [images[i] for i in rows]
+    _probabilities_write(model_version, artifact, done, proba, grades)
+    found = set(rows)
+    return done, [image for i, image in enumerate(images) if i not in found]
+
+
+def _probabilities_write(
+    model_version: ModelVersion, artifact: Any, images: list[Image], proba: Any, grades: Any
+) -> int:
+    scale = list(GradeLevel.objects.order_by("value").values_list("value", flat=True))
+    columns = {grade: position for position, grade in enumerate(artifact.classes)}
+    return prediction_rows_write(
+        model_version=model_version,
+        image_ids=[image.pk for image in images],
+        # Stored in scale order; a grade the model does not know gets probability 0.
+        probabilities=[
+            [row[columns[grade]] if grade in columns else 0.0 for grade in scale] for row in proba
+        ],
+        predicted_grades=[int(grade) for grade in grades],
+    )
+
+
 def _prediction_rows_from(model_version: ModelVersion, artifact: Any, results: list) -> int:
     if not results:
         return 0
@@ -307,12 +354,13 @@ def prediction_rows_write(
             image_id=image_id,
             model_version=model_version,
             probabilities=[float(p) for p in proba],
+            entropy=probabilities_entropy(proba),
             predicted_grade=levels[int(grade)],
         )
         for image_id, proba, grade in zip(image_ids, probabilities, predicted_grades, strict=True)
     ]
     with transaction.atomic():
-        Prediction.objects.bulk_create(rows, ignore_conflicts=True, batch_size=500)
+        Prediction.objects.bulk_create(rows, ignore_conflicts=True, batch_size=2000)
     return len(rows)
 
 

@@ -180,10 +180,12 @@ def worklist(request: HttpRequest) -> HttpResponse:
 
     order, own_choice = _queue_order(request)
     skipped = _skipped(request)
-    ordered_ids = worklist_selectors.worklist_ordered_ids(
-        grader=request.user, order=order, seed=_queue_seed(request)
+    queue = worklist_selectors.QueueIds(
+        worklist_selectors.worklist_sources(
+            grader=request.user, order=order, seed=_queue_seed(request)
+        )
     )
-    page = Paginator(ordered_ids, WORKLIST_PAGE_SIZE).get_page(_page_number(request))
+    page = Paginator(queue, WORKLIST_PAGE_SIZE).get_page(_page_number(request))
     held = set(worklist_selectors.claim_held(grader=request.user))
     settings_row = worklist_selectors.workbench_settings_get()
     rows = [
@@ -194,7 +196,7 @@ def worklist(request: HttpRequest) -> HttpResponse:
             "skipped": image.pk in skipped,
         }
         for index, image in enumerate(
-            worklist_selectors.images_for_list(image_ids=page.object_list)
+            worklist_selectors.images_for_list(image_ids=list(page.object_list))
         )
     ]
     ctx = {
@@ -205,8 +207,13 @@ def worklist(request: HttpRequest) -> HttpResponse:
         "own_choice": own_choice,
         "default_order_label": WorkbenchSettings.QueueOrder(settings_row.queue_order).label,
         "orders": WorkbenchSettings.QueueOrder.choices,
-        "counts": worklist_selectors.worklist_counts(grader=request.user),
-        "skipped_count": len([pk for pk in skipped if pk in set(ordered_ids)]),
+        "counts": worklist_selectors.worklist_counts(grader=request.user, mine=queue.count()),
+        "mine_capped": queue.capped,
+        "skipped_count": worklist_selectors.images_needing_grade(grader=request.user)
+        .filter(pk__in=skipped)
+        .count()
+        if skipped
+        else 0,
         "settings_row": settings_row,
         "can_change_settings": request.user.has_perm(SETTINGS_PERMISSION),
         "certification_left": bool(
@@ -584,7 +591,9 @@ def adjudication_queue(request: HttpRequest) -> HttpResponse:
     ).select_related("grade", "grader"):
         current.setdefault(grade.image_id, []).append(grade)
     flagged = worklist_selectors.model_disagreements()
-    flagged_page = Paginator(flagged, 50).get_page(_page_number(request))
+    flagged_paginator = Paginator(flagged, 50)
+    flagged_paginator.count = worklist_selectors.model_disagreements_count()
+    flagged_page = flagged_paginator.get_page(_page_number(request))
     ctx = {
         "pending": [(image, current.get(image.pk, [])) for image in pending],
         "pending_total": worklist_selectors.adjudication_pending().count(),
@@ -729,10 +738,11 @@ def patients(request: HttpRequest) -> HttpResponse:
         patient_ids=[patient.pk for patient in page.object_list],
         hidden_image_ids=certification_selectors.reference_hidden_ids(user=request.user),
     )
+    patients_counted = patient_selectors.patients_with_counts(patients=page.object_list)
     ctx = {
         "query": query,
         "page": page,
-        "rows": [(patient, statuses[patient.pk]) for patient in page.object_list],
+        "rows": [(patient, statuses[patient.pk]) for patient in patients_counted],
     }
     return render(request, "grading/grading/patients.html", ctx)
 

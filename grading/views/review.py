@@ -22,6 +22,7 @@ from grading.review_charts import confusion_png, qwk_by_month_png
 from grading.selectors import exports as export_selectors
 from grading.selectors import review as review_selectors
 from grading.selectors.review import REVIEW_DEFAULT_SORT, REVIEW_SORTS, ReviewFilters, Scale
+from grading.selectors.review_cache import review_cached
 from grading.selectors.timeline import image_timeline
 from grading.views.access import permission_required
 
@@ -208,9 +209,10 @@ def review(request: HttpRequest) -> HttpResponse:
         patch_vary_headers(response, ("HX-Request",))
         return response
     filters = form.filters()
-    predictions = review_selectors.review_predictions(filters=filters, scale=scale)
-    page = Paginator(predictions, REVIEW_PAGE_SIZE).get_page(request.GET.get("page"))
-    report = review_selectors.review_metrics(predictions=predictions, scale=scale)
+    summary = review_selectors.review_summary(filters=filters, scale=scale)
+    report = summary["report"]
+    rows = review_selectors.ReviewRows(filters=filters, scale=scale, report=report)
+    page = Paginator(rows, REVIEW_PAGE_SIZE).get_page(request.GET.get("page"))
     chart_query = request.GET.copy()
     for key in ("page", "sort"):
         chart_query.pop(key, None)
@@ -222,8 +224,8 @@ def review(request: HttpRequest) -> HttpResponse:
         "confusion_rows": _confusion_rows(report, scale) if report else [],
         "scale": scale,
         "sort_headers": _sort_headers(request, filters.sort),
-        "not_compared": review_selectors.review_not_compared_counts(filters=filters),
-        "series": review_selectors.review_qwk_by_month(filters=filters, scale=scale),
+        "not_compared": summary["not_compared"],
+        "series": summary["series"],
         "chart_query": chart_query.urlencode(),
         "can_export": request.user.has_perm("grading.export_data"),
     }
@@ -255,12 +257,17 @@ def review_confusion_png(request: HttpRequest) -> HttpResponse:
     scale, filters = _chart_filters(request)
     if filters is None:
         return _invalid_filters()
-    predictions = review_selectors.review_predictions(filters=filters, scale=scale)
-    report = review_selectors.review_metrics(predictions=predictions, scale=scale)
+    report = review_selectors.review_summary(filters=filters, scale=scale)["report"]
     if report is None:
         raise Http404("No compared predictions for these filters.")
     labels = [f"{level.value} {level.name}" for level in scale.levels]
-    return _png_response(confusion_png(matrix=report["confusion"], labels=labels))
+    # Drawing takes longer than counting: the picture is cached with the numbers it shows.
+    png = review_cached(
+        "confusion_png",
+        review_selectors.review_filters_key(filters, scale),
+        lambda: confusion_png(matrix=report["confusion"], labels=labels),
+    )
+    return _png_response(png)
 
 
 @require_GET
@@ -269,8 +276,13 @@ def review_qwk_chart_png(request: HttpRequest) -> HttpResponse:
     scale, filters = _chart_filters(request)
     if filters is None:
         return _invalid_filters()
-    series = review_selectors.review_qwk_by_month(filters=filters, scale=scale)
-    return _png_response(qwk_by_month_png(series=series))
+    series = review_selectors.review_summary(filters=filters, scale=scale)["series"]
+    png = review_cached(
+        "qwk_png",
+        review_selectors.review_filters_key(filters, scale),
+        lambda: qwk_by_month_png(series=series),
+    )
+    return _png_response(png)
 
 
 class GraderAgreementForm(DateRangeCheckMixin, forms.Form):

@@ -152,3 +152,35 @@ def test_metrics_and_reports_import_without_tensorflow():
         "sys.exit(1 if 'tensorflow' in sys.modules or 'keras' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_it_gives_the_same_report_from_a_confusion_matrix_as_from_the_pairs():
+    from mlcore.metrics import confusion, metrics_report, metrics_report_from_confusion
+
+    rng = np.random.default_rng(7)
+    y_true = rng.integers(0, 5, 400)
+    y_pred = np.clip(y_true + rng.integers(-1, 2, 400), 0, 4)
+    from_pairs = metrics_report(y_true, y_pred)
+    from_matrix = metrics_report_from_confusion(confusion(y_true, y_pred))
+    for key in ("n", "accuracy", "confusion", "per_grade", "classes"):
+        assert from_matrix[key] == from_pairs[key], key
+    assert from_matrix["qwk"] == pytest.approx(from_pairs["qwk"], abs=1e-12)
+    for key in ("positives", "negatives", "sensitivity", "specificity"):
+        assert from_matrix["referable"][key] == pytest.approx(from_pairs["referable"][key]), key
+
+
+def test_it_computes_the_auc_from_a_score_histogram_like_scikit_learn():
+    from sklearn.metrics import roc_auc_score
+
+    from mlcore.metrics import auc_from_histogram
+
+    rng = np.random.default_rng(3)
+    truth = rng.random(3000) < 0.3
+    scores = np.clip(rng.normal(0.35 + 0.3 * truth, 0.2), 0, 0.9999)
+    bins = np.floor(scores * 1000).astype(int)
+    positives = np.bincount(bins[truth], minlength=1000)
+    negatives = np.bincount(bins[~truth], minlength=1000)
+    assert auc_from_histogram(positives, negatives) == pytest.approx(
+        roc_auc_score(truth, scores), abs=1e-3
+    )
+    assert auc_from_histogram([0, 0], [3, 4]) is None
