@@ -109,7 +109,7 @@ def main() -> int:
         print(
             f"{label}: {total:.1f} s ("
             + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in phases.items())
-            + f"); {result['model_version']} hold-out {result['holdout']} images"
+            + f"); {result['model_version']} trained on {result['n_train']} images"
         )
         return {"seconds": round(total, 1), "phases": {k: round(v, 1) for k, v in phases.items()}}
 

@@ -304,6 +304,9 @@ class ModelVersion(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    trained_at = models.DateTimeField(
+        null=True, blank=True, help_text="When training finished (started: created_at)."
+    )
     activated_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -321,6 +324,11 @@ class ModelVersion(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    @property
+    def training_duration(self):
+        """How long training took (None for versions that did not record when it finished)."""
+        return self.trained_at - self.created_at if self.trained_at else None
+
 
 class Prediction(models.Model):
     image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="predictions")
@@ -329,6 +337,13 @@ class Prediction(models.Model):
     )
     probabilities = models.JSONField(help_text="One probability per grade, in scale order.")
     predicted_grade = models.ForeignKey(GradeLevel, on_delete=models.PROTECT, related_name="+")
+    # The version was trained on this image (its confirmed grade was in the training set): its
+    # prediction there is optimistic, so agreement figures leave these rows out by default.
+    in_training = models.BooleanField(
+        default=False,
+        db_index=True,
+        help_text="The model version was trained on this image.",
+    )
     # Stored so "most uncertain first" walks an index instead of reading every prediction's JSON.
     entropy = models.FloatField(
         null=True, blank=True, help_text="Shannon entropy (nats) of the probabilities."
@@ -370,6 +385,7 @@ class Job(models.Model):
         FEATURES_EXTRACT = "features_extract", "Feature extraction"
         IMAGES_AUGMENT = "images_augment", "Augmentation"
         MODEL_TRAIN = "model_train", "Retraining"
+        MODEL_EVALUATE = "model_evaluate", "Cross-validation of a new version"
         PREDICTIONS_REFRESH = "predictions_refresh", "Batch prediction"
         IMAGES_PREDICT = "images_predict", "Prediction of new uploads"
 

@@ -25,6 +25,7 @@ class PredictionSerializer(serializers.ModelSerializer):
             "model_version",
             "predicted_grade",
             "probabilities",
+            "in_training",
             "confirmed_grade",
             "created_at",
         ]
@@ -37,7 +38,14 @@ class LatestPredictionSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Prediction
-        fields = ["id", "model_version", "predicted_grade", "probabilities", "created_at"]
+        fields = [
+            "id",
+            "model_version",
+            "predicted_grade",
+            "probabilities",
+            "in_training",
+            "created_at",
+        ]
         read_only_fields = fields
 
 
@@ -81,6 +89,16 @@ class ImageSerializer(serializers.ModelSerializer):
         return LatestPredictionSerializer(predictions[0]).data if predictions else None
 
 
+class PredictionListParams(serializers.Serializer):
+    """Query parameters of a version's prediction list."""
+
+    include_training = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Also list images the version was trained on (their agreement is optimistic).",
+    )
+
+
 class ModelVersionSerializer(serializers.ModelSerializer):
     class Meta:
         model = ModelVersion
@@ -93,6 +111,7 @@ class ModelVersionSerializer(serializers.ModelSerializer):
             "class_values",
             "metrics",
             "created_at",
+            "trained_at",
             "activated_at",
         ]
         read_only_fields = fields

@@ -246,12 +246,13 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 FUNDUS_JOB_HEARTBEAT_SECONDS = env_int("FUNDUS_JOB_HEARTBEAT_SECONDS", 10, minimum=1)
 FUNDUS_JOB_STALE_SECONDS = env_int("FUNDUS_JOB_STALE_SECONDS", 120, minimum=2)
 # Retraining (the `model_train` job): maximum head epochs (0: mlcore's default, early stopping
-# decides), the share of patients held out for the version's metrics, and augmented copies per
-# training image (the recipe's augmentation; each copy costs one more feature extraction).
+# decides), the folds of the cross-validation that scores a new version (the `model_evaluate`
+# job: out-of-fold predictions over every confirmed image, grouped by patient; the released
+# model itself is trained on all of them), bootstrap resamples of its 95 % intervals, and
+# augmented copies per training image (each copy costs one more feature extraction).
 FUNDUS_TRAIN_EPOCHS = env_int("FUNDUS_TRAIN_EPOCHS", 0, minimum=0)
-FUNDUS_TRAIN_HOLDOUT_PERCENT = env_int("FUNDUS_TRAIN_HOLDOUT_PERCENT", 10, minimum=1)
-if FUNDUS_TRAIN_HOLDOUT_PERCENT >= 50:
-    raise ImproperlyConfigured("FUNDUS_TRAIN_HOLDOUT_PERCENT must be below 50")
+FUNDUS_CV_FOLDS = env_int("FUNDUS_CV_FOLDS", 5, minimum=2)
+FUNDUS_BOOTSTRAP_RESAMPLES = env_int("FUNDUS_BOOTSTRAP_RESAMPLES", 1000, minimum=100)
 FUNDUS_AUGMENT_VARIANTS = env_int("FUNDUS_AUGMENT_VARIANTS", 0, minimum=0)
 
 REST_FRAMEWORK = {

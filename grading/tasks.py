@@ -127,6 +127,11 @@ def model_train(self: JobTask, job_id: int) -> dict[str, Any]:
     return self.run_job(job_id, model_versions.model_train_job)
 
 
+@shared_task(bind=True, base=JobTask, name="grading.tasks.model_evaluate")
+def model_evaluate(self: JobTask, job_id: int) -> dict[str, Any]:
+    return self.run_job(job_id, model_versions.model_evaluate_job)
+
+
 @shared_task(bind=True, base=JobTask, name="grading.tasks.predictions_refresh")
 def predictions_refresh(self: JobTask, job_id: int) -> dict[str, Any]:
     return self.run_job(job_id, predictions.predictions_refresh_job)
@@ -172,6 +177,10 @@ def jobs_housekeeping() -> dict[str, Any]:
         auto_job = model_versions.model_auto_retrain_check()
     except job_services.QueueUnavailable:
         logger.warning("Automatic retraining is due but the queue is unavailable")
+    try:
+        model_versions.model_evaluation_catch_up()
+    except job_services.QueueUnavailable:
+        logger.warning("A version waits for its cross-validation but the queue is unavailable")
     return {"stale_marked": marked, "auto_retrain_job": auto_job.pk if auto_job else None}
 
 
@@ -183,6 +192,7 @@ __all__ = [
     "images_augment",
     "images_predict",
     "jobs_housekeeping",
+    "model_evaluate",
     "model_train",
     "predictions_refresh",
 ]

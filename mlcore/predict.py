@@ -65,23 +65,7 @@ class Prediction:
 
 def preprocessing_for(artifact: ModelArtifact, image: np.ndarray, *, name: str = "image") -> str:
     """The preprocessing that brings ``image`` into ``artifact``'s training domain."""
-    filtered = looks_gaussian_filtered(image)
-    trained_with = artifact.feature_config.preprocessing
-    if artifact.training_domain == DOMAIN_FILTERED:
-        if filtered:
-            return trained_with
-        if artifact.raw_photo_preprocessing is None:
-            raise DomainMismatchError(
-                f"{name} looks like a raw photograph but the model was trained on "
-                f"Gaussian-filtered images and records no preprocessing to filter it"
-            )
-        return artifact.raw_photo_preprocessing
-    if filtered:
-        raise DomainMismatchError(
-            f"{name} looks already Gaussian (Ben Graham) filtered, but the model was trained on "
-            f"raw photographs (preprocessing {trained_with!r}); upload the original photograph"
-        )
-    return trained_with
+    return _preprocessing_for_domain(artifact, looks_gaussian_filtered(image), name)
 
 
 def expand_image_paths(sources: Sequence[str | Path]) -> list[Path]:
@@ -167,18 +151,86 @@ def _features_outside_pipeline(
     return np.concatenate(blocks, axis=2)
 
 
-def predict_features(
-    artifact: ModelArtifact,
+@dataclass(frozen=True)
+class DomainSpec:
+    """What decides how an image reaches a model: its features, the domain it was trained in and
+    the mapping of raw photographs into it. A loaded :class:`ModelArtifact` has the same
+    attributes, so training (before any artifact exists) and prediction share one code path."""
+
+    feature_config: FeatureConfig
+    training_domain: str
+    raw_photo_preprocessing: str | None
+    tta_augment: tuple[Any, int] | None = None
+
+
+# One line per file content ("<sha256>\t<1 if Gaussian filtered else 0>") in the feature store:
+# telling a raw photo from a filtered one decodes the image (about 7 ms), and the answer never
+# changes for the same bytes, so retraining on cached features does not pay it again.
+DOMAIN_CACHE_FILE = "image-domains.tsv"
+
+
+def images_look_filtered(
+    paths: Sequence[Path], keys: Sequence[str], *, store_dir: Path
+) -> list[bool]:
+    """Whether each image looks already Gaussian filtered, cached by content in ``store_dir``."""
+    from mlcore.store import parse_feature_key
+
+    cache_path = Path(store_dir) / DOMAIN_CACHE_FILE
+    known: dict[str, bool] = {}
+    if cache_path.is_file():
+        for line in cache_path.read_text().splitlines():
+            sha, _, flag = line.partition("\t")
+            if flag in ("0", "1"):
+                known[sha] = flag == "1"
+    shas = [parse_feature_key(key)[0] for key in keys]
+    new_lines = []
+    for path, sha in zip(paths, shas, strict=True):
+        if sha not in known:
+            known[sha] = looks_gaussian_filtered(load_rgb(path, min_size=_DOMAIN_CHECK_SIZE))
+            new_lines.append(f"{sha}\t{int(known[sha])}\n")
+    if new_lines:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        # Appends of whole lines: two processes writing at once only repeat an answer.
+        with cache_path.open("a") as file:
+            file.write("".join(new_lines))
+    return [known[sha] for sha in shas]
+
+
+def _preprocessing_for_domain(spec: Any, filtered: bool, name: str) -> str:
+    trained_with = spec.feature_config.preprocessing
+    if spec.training_domain == DOMAIN_FILTERED:
+        if filtered:
+            return trained_with
+        if spec.raw_photo_preprocessing is None:
+            raise DomainMismatchError(
+                f"{name} looks like a raw photograph but the model was trained on "
+                f"Gaussian-filtered images and records no preprocessing to filter it"
+            )
+        return spec.raw_photo_preprocessing
+    if filtered:
+        raise DomainMismatchError(
+            f"{name} looks already Gaussian (Ben Graham) filtered, but the model was trained on "
+            f"raw photographs (preprocessing {trained_with!r}); upload the original photograph"
+        )
+    return trained_with
+
+
+def domain_features(
+    spec: DomainSpec | ModelArtifact,
     paths: Sequence[str | Path],
     *,
+    n_features: int | None = None,
     store_dir: str | Path | None = None,
     weights_dir: str | Path | None = None,
     weights: str | Path | None = "imagenet",
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, list[str], list[str], list[bool]]:
-    """(features, features of augmented copies (n, v, d) when the model averages over them,
-    keys, preprocessing per image, raw-photo flag per image), in ``paths`` order."""
+    """(features, features of augmented copies (n, v, d) when ``spec.tta_augment``, keys,
+    preprocessing per image, raw-photo flag per image), in ``paths`` order: each image brought
+    into ``spec``'s training domain first (raw photographs through
+    ``spec.raw_photo_preprocessing``). Training and prediction both call this."""
     from mlcore.augment import make_augment_transform
+    from mlcore.backbones import get_backbone
     from mlcore.extraction import extract_features, image_items, load_features
     from mlcore.training import augment_store_dir, variant_features
 
@@ -186,20 +238,22 @@ def predict_features(
     weights_folder = Path(weights_dir) if weights_dir is not None else default_weights_dir()
     paths = [Path(p) for p in paths]
     items = image_items(paths)
+    filtered = images_look_filtered(paths, [item.key for item in items], store_dir=store)
     methods = [
-        preprocessing_for(artifact, load_rgb(p, min_size=_DOMAIN_CHECK_SIZE), name=str(p))
-        for p in paths
+        _preprocessing_for_domain(spec, flag, str(path))
+        for path, flag in zip(paths, filtered, strict=True)
     ]
-    n_features = artifact.classifier.n_features_in_
+    if n_features is None:
+        n_features = sum(get_backbone(name).feature_dim for name in spec.feature_config.backbones)
     features = np.zeros((len(paths), n_features), np.float32)
-    tta = artifact.tta_augment
+    tta = spec.tta_augment
     variants = None if tta is None else np.zeros((len(paths), tta[0].variants, n_features))
     for method in sorted(set(methods)):
         rows = [i for i, m in enumerate(methods) if m == method]
         subset = [items[i] for i in rows]
         common = {"weights_dir": weights_folder, "weights": weights}
         if method == RAW_TO_FILTERED:
-            outside = {"config": artifact.feature_config, "method": method, **common}
+            outside = {"config": spec.feature_config, "method": method, **common}
             features[rows] = _features_outside_pipeline(subset, store_dir=store, **outside)[:, 0]
             if tta is not None:
                 augment, seed = tta
@@ -211,7 +265,7 @@ def predict_features(
                     **outside,
                 )
             continue
-        config = replace(artifact.feature_config, preprocessing=method)
+        config = replace(spec.feature_config, preprocessing=method)
         extract_features(subset, config=config, store_dir=store, progress=progress, **common)
         keys = [item.key for item in subset]
         features[rows] = load_features(keys, config=config, store_dir=store)
@@ -227,9 +281,30 @@ def predict_features(
                 store_dir=store,
                 **common,
             )
-    trained_with = artifact.feature_config.preprocessing
+    trained_with = spec.feature_config.preprocessing
     raw = [m != trained_with for m in methods]
     return features, variants, [item.key for item in items], methods, raw
+
+
+def predict_features(
+    artifact: ModelArtifact,
+    paths: Sequence[str | Path],
+    *,
+    store_dir: str | Path | None = None,
+    weights_dir: str | Path | None = None,
+    weights: str | Path | None = "imagenet",
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, list[str], list[str], list[bool]]:
+    """:func:`domain_features` of ``paths`` for ``artifact``."""
+    return domain_features(
+        artifact,
+        paths,
+        n_features=artifact.classifier.n_features_in_,
+        store_dir=store_dir,
+        weights_dir=weights_dir,
+        weights=weights,
+        progress=progress,
+    )
 
 
 def predict_images(

@@ -430,14 +430,52 @@ def _resolve_dirs(
     return store, weights
 
 
+def _domain_spec(
+    config: TrainingConfig, feature_config: FeatureConfig, *, with_variants: bool = False
+) -> Any:
+    from mlcore.predict import DomainSpec
+
+    return DomainSpec(
+        feature_config=feature_config,
+        training_domain=config.training_domain,
+        raw_photo_preprocessing=config.raw_photo_preprocessing,
+        tta_augment=(config.augment, config.seed) if with_variants else None,
+    )
+
+
+def _domain_variants(
+    paths: Sequence[Path],
+    config: TrainingConfig,
+    feature_config: FeatureConfig,
+    store: Path,
+    weights: Path | None,
+    progress: Callable[[int, int], None] | None,
+) -> np.ndarray:
+    """Augmented copies (n, variants, d) of ``paths``, each image in the training domain."""
+    from mlcore.predict import domain_features
+
+    _, variants, _, _, _ = domain_features(
+        _domain_spec(config, feature_config, with_variants=True),
+        paths,
+        store_dir=store,
+        weights_dir=weights,
+        progress=progress,
+    )
+    return variants
+
+
 def _source_dataset(paths, grades, groups, config, feature_config, store, weights, progress):
     """Checked inputs, the source images' features (first 40 % of progress) and merged groups
     (identical files share a group, so they never sit on both sides of a split)."""
+    from mlcore.predict import domain_features
+
     paths, y = _check_inputs(paths, grades, groups, config.classes)
     progress(0, f"features of {len(paths)} images")
-    keys, X = source_features(
+    # The same domain mapping as prediction: a raw photograph among the training images reaches
+    # the head through ``raw_photo_preprocessing``, exactly as it will when it is predicted.
+    X, _, keys, _, _ = domain_features(
+        _domain_spec(config, feature_config),
         paths,
-        feature_config=feature_config,
         store_dir=store,
         weights_dir=weights,
         progress=_sub_progress(progress, 0, 40, "features"),
@@ -484,16 +522,13 @@ def train_model(
     train_variants = test_variants = None
     if n_variants:
         needed = np.concatenate([train_idx, test_idx]) if config.tta else train_idx
-        all_variants = variant_features(
+        all_variants = _domain_variants(
             [paths[i] for i in needed],
-            [keys[i] for i in needed],
-            n_variants=n_variants,
-            augment=config.augment,
-            seed=config.seed,
-            feature_config=feature_config,
-            store_dir=store,
-            weights_dir=weights,
-            progress=_sub_progress(progress, 40, 70, "augmented copies"),
+            config,
+            feature_config,
+            store,
+            weights,
+            _sub_progress(progress, 40, 70, "augmented copies"),
         )
         train_variants = all_variants[: train_idx.size]
         if config.tta:
@@ -592,16 +627,13 @@ def evaluate_cv(
     X_variants = None
     if config.augment.variants:
         # Every image is in some training fold, so every image needs its copies.
-        X_variants = variant_features(
+        X_variants = _domain_variants(
             paths,
-            keys,
-            n_variants=config.augment.variants,
-            augment=config.augment,
-            seed=config.seed,
-            feature_config=feature_config,
-            store_dir=store,
-            weights_dir=weights,
-            progress=_sub_progress(progress, 40, 70, "augmented copies"),
+            config,
+            feature_config,
+            store,
+            weights,
+            _sub_progress(progress, 40, 70, "augmented copies"),
         )
 
     def cv_progress(percent: int, message: str) -> None:

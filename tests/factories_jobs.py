@@ -116,13 +116,30 @@ class TrainingMixin:
             FUNDUS_WEIGHTS_DIR=WEIGHTS_DIR,
             FUNDUS_BACKBONES=["mobilenet_v2"],
             FUNDUS_TRAIN_EPOCHS=cls.train_epochs,
-            FUNDUS_TRAIN_HOLDOUT_PERCENT=20,
+            FUNDUS_CV_FOLDS=3,
+            FUNDUS_BOOTSTRAP_RESAMPLES=200,
         )
         cls._settings.enable()
         super().setUpClass()
         if cls.embedded_worker:
             cls._worker = thread_worker()
             cls._worker.__enter__()
+
+    def tearDown(self):
+        # A retrain queues its version's cross-validation: let the embedded worker finish what
+        # is open before the test database is flushed under it.
+        if self.embedded_worker:
+            wait_until(
+                lambda: (
+                    not Job.objects.filter(
+                        state__in=(Job.State.QUEUED, Job.State.RUNNING),
+                        kind__in=(Job.Kind.MODEL_EVALUATE, Job.Kind.MODEL_TRAIN),
+                    ).exists()
+                ),
+                timeout=300,
+                what="open training and evaluation jobs",
+            )
+        super().tearDown()
 
     @classmethod
     def tearDownClass(cls):

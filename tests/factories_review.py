@@ -54,12 +54,14 @@ def prediction_make(
     grade: int,
     probabilities: list[float] | None = None,
     created: dt.datetime | None = None,
+    in_training: bool = False,
 ) -> Prediction:
     prediction = Prediction.objects.create(
         image=image,
         model_version=model_version,
         predicted_grade_id=grade,
         probabilities=probabilities or probabilities_for(grade),
+        in_training=in_training,
     )
     return _backdate(prediction, created)
 

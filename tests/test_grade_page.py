@@ -228,6 +228,14 @@ class BlindModeTests(GradingTestCase):
         self.login(self.alice)
         self.assertPredictionShown(self.client.get(grade_url(self.image)))
 
+    def test_the_panel_says_when_the_version_was_trained_on_this_photograph(self):
+        workbench_set(blind_first_grader=False)
+        self.login(self.alice)
+        self.assertNotContains(self.client.get(grade_url(self.image)), "was trained on")
+        self.image.predictions.update(in_training=True)
+        response = self.client.get(grade_url(self.image))
+        self.assertContains(response, "was trained on this photograph's confirmed grade")
+
     def test_the_second_grader_is_assisted_but_never_sees_the_first_grade(self):
         workbench_set(grades_required=2)
         grade_give(self.image, self.alice, 1, notes="alice-note-xyz")

@@ -155,9 +155,55 @@ class TrainingConfigTests(BaseTestCase):
         self.assertTrue(config.tta)
 
     def test_no_copies_means_plain_prediction(self):
-        with self.settings(FUNDUS_AUGMENT_VARIANTS=0, FUNDUS_TRAIN_HOLDOUT_PERCENT=20):
+        with self.settings(FUNDUS_AUGMENT_VARIANTS=0):
             config = services.training_config_from_settings(
                 classes=(0, 1, 2, 3, 4), referable_from=2
             )
         self.assertFalse(config.tta)
-        self.assertAlmostEqual(config.holdout_fraction, 0.2)
+
+    def test_the_released_model_trains_on_every_image_and_cross_validation_scores_it(self):
+        with self.settings(FUNDUS_CV_FOLDS=4):
+            config = services.training_config_from_settings(
+                classes=(0, 1, 2, 3, 4), referable_from=2
+            )
+        self.assertEqual(config.holdout_fraction, 0.0)
+        self.assertEqual(config.n_splits, 4)
+
+
+class EvaluationCatchUpTests(BrokerMixin, BaseTestCase):
+    def setUp(self):
+        redis_flush()
+
+    def test_a_version_still_waiting_for_its_figures_gets_an_evaluation_job(self):
+        self.assertIsNone(services.model_evaluation_catch_up())
+        waiting = model_version_make("v1", metrics={"evaluation": "pending"})
+        model_version_make("v0", state=ModelVersion.State.FAILED, metrics={"evaluation": "pending"})
+        job = services.model_evaluation_catch_up()
+        self.assertEqual((job.kind, job.model_version), (Job.Kind.MODEL_EVALUATE, waiting))
+        self.assertIsNone(services.model_evaluation_catch_up(), "one open evaluation at a time")
+
+
+class LegacyVersionFlagsTests(BaseTestCase):
+    def test_the_migration_flags_what_an_older_hold_out_version_trained_on(self):
+        import datetime as dt
+        import importlib
+
+        from django.apps import apps
+        from django.utils import timezone
+
+        from grading.models import Prediction
+
+        migration = importlib.import_module("grading.migrations.0004_honest")
+        held_out, trained, later = (image_make(confirmed_grade=g) for g in (0, 2, 3))
+        pending = image_make()
+        version = model_version_make("v1", holdout_sha256=[held_out.sha256])
+        Image.objects.filter(pk=later.pk).update(confirmed_at=timezone.now() + dt.timedelta(days=1))
+        for image in (held_out, trained, later, pending):
+            Prediction.objects.create(
+                image=image, model_version=version, probabilities=[0.2] * 5, predicted_grade_id=0
+            )
+        migration.flag_training_predictions(apps, None)
+        flags = dict(version.predictions.values_list("image_id", "in_training"))
+        self.assertEqual(
+            flags, {held_out.pk: False, trained.pk: True, later.pk: False, pending.pk: False}
+        )

@@ -58,7 +58,7 @@ class ModelRegistryPageTests(BrokerMixin, BaseTestCase):
         self.assertContains(page, "0.947")  # AUC
         self.assertContains(page, "0: 10")  # training images per grade
         self.assertContains(page, "Candidate")
-        self.assertContains(page, 'class="activate" data-version="v2"')
+        self.assertContains(page, 'class="button activate" data-version="v2"')
 
     def test_before_any_activation_the_page_says_the_first_model_is_activated_automatically(self):
         page = self.client.get(reverse("model_versions"))
@@ -91,7 +91,7 @@ class ModelRegistryPageTests(BrokerMixin, BaseTestCase):
         ModelVersion.objects.filter(pk=v1.pk).update(activated_at="2024-01-01T00:00:00Z")
         response = self.client.post(reverse("model_version_activate", args=[v2.pk]), follow=True)
         self.assertContains(response, "v2 is now the active model (it replaces v1")
-        self.assertContains(response, "Roll back to v1")
+        self.assertContains(response, "Re-activate the previously active version, v1")
         response = self.client.post(reverse("model_rollback"), follow=True)
         self.assertContains(response, "v1 is now the active model")
         v1.refresh_from_db()

@@ -113,7 +113,10 @@ class ReviewPageTests(BaseTestCase):
     def test_it_leaves_out_and_counts_unconfirmed_and_ungradable_images(self):
         response = self.get()
         self.assertEqual(response.context["page"].paginator.count, 10)
-        self.assertEqual(response.context["not_compared"], {"ungradable": 1, "unconfirmed": 1})
+        self.assertEqual(
+            response.context["not_compared"],
+            {"ungradable": 1, "unconfirmed": 1, "training": 0, "training_included": 0},
+        )
 
     def test_a_chosen_version_is_measured_instead_of_the_active_one(self):
         report = self.get(version=self.other.pk).context["report"]

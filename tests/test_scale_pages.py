@@ -40,8 +40,9 @@ PAGES = [
     ),
     ("review by grader", "reviewer", "GET", lambda d: f"/review/?grader={d['grader_id']}", 21),
     ("grader agreement", "reviewer", "GET", lambda d: "/review/graders/", 10),
-    ("registry", "admin", "GET", lambda d: "/models/", 13),
-    ("a model version", "admin", "GET", lambda d: f"/models/{d['v2']}/", 10),
+    # Registry and version page: + the open cross-validation job(s), for "evaluating… n %".
+    ("registry", "admin", "GET", lambda d: "/models/", 14),
+    ("a model version", "admin", "GET", lambda d: f"/models/{d['v2']}/", 11),
     ("jobs", "admin", "GET", lambda d: "/jobs/", 7),
     ("a job", "admin", "GET", lambda d: f"/jobs/{d['job']}/", 6),
     ("api images", "reviewer", "GET", lambda d: "/api/images/", 8),
@@ -50,7 +51,7 @@ PAGES = [
         "reviewer",
         "GET",
         lambda d: "/api/model-versions/scale-v2/predictions/",
-        7,
+        8,  # + the count of training images left out (training_images_excluded)
     ),
 ]
 

@@ -82,28 +82,18 @@ class WorkerTaskTests(TrainingMixin, BrokerMixin, TransactionTestCase):
         self.assertEqual(version.created_by, self.adam)
         self.assertEqual(version.backbones, ["mobilenet_v2"])
         folder = Path(version.artifact_path)
-        for name in ("head.keras", "metadata.json", "confusion.png", "curves.png"):
+        for name in ("head.keras", "metadata.json", "curves.png", "training_set.csv"):
             self.assertTrue((folder / name).is_file(), name)
         self.assertEqual(folder.parent, Path(self._tmp / "models"))
 
-        holdout = version.metrics["holdout"]
-        self.assertEqual(holdout["n"], len(version.holdout_sha256))
-        self.assertGreater(holdout["n"], 0)
-        self.assertIn("qwk", holdout)
-        self.assertEqual(
-            sum(version.train_counts.values()) + holdout["n"], len(images), "every confirmed image"
+        # The released model learns from every confirmed image (its figures come from the
+        # cross-validation job, tests/test_model_evaluation.py).
+        self.assertEqual(version.metrics["n_train"], len(images))
+        self.assertEqual(sum(version.train_counts.values()), len(images), "every confirmed image")
+        self.assertEqual(version.metrics["evaluation"], "pending")
+        self.assertTrue(
+            Job.objects.filter(kind=Job.Kind.MODEL_EVALUATE, model_version=version).exists()
         )
-        held_out_patients = set(
-            Image.objects.filter(sha256__in=version.holdout_sha256).values_list(
-                "patient", flat=True
-            )
-        )
-        trained_patients = set(
-            Image.objects.exclude(sha256__in=version.holdout_sha256)
-            .exclude(pk=pending.pk)
-            .values_list("patient", flat=True)
-        )
-        self.assertFalse(held_out_patients & trained_patients, "grouped by patient")
 
         # Every image, the pending one included, has a prediction from the new version.
         self.assertEqual(version.predictions.count(), Image.objects.count())
@@ -114,9 +104,7 @@ class WorkerTaskTests(TrainingMixin, BrokerMixin, TransactionTestCase):
         # The registry page shows it with its hold-out figures and plots.
         self.client.force_login(self.adam)
         page = self.client.get(reverse("model_version_detail", args=[version.pk]))
-        self.assertContains(
-            page, reverse("model_artifact_file", args=[version.pk, "confusion.png"])
-        )
+        self.assertContains(page, reverse("model_artifact_file", args=[version.pk, "curves.png"]))
 
     def test_a_failing_retrain_ends_failed_with_its_error_on_the_jobs_page(self):
         for index in range(3):

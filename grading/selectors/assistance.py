@@ -46,19 +46,80 @@ class ProbabilityBar:
 
 
 @dataclass(frozen=True)
+class OrdinalView:
+    """What ordinal decoding really uses: the expected grade (probability-weighted mean of the
+    scale positions) and, per grade k above the lowest, P(grade >= k) with the threshold the
+    expected grade must pass for grade k (when the version recorded its thresholds)."""
+
+    expected: float
+    expected_label: str
+    at_least: list[ProbabilityBar]
+    thresholds: list[float] | None
+
+
+@dataclass(frozen=True)
 class ModelView:
     """What the template shows in the model panel; ``state`` is one of hidden, no_model, pending,
-    ready."""
+    ready. ``ordinal``: set when the stored grade is not the most probable one (ordinal
+    decoding), so the panel shows the quantities that chose it instead of per-grade bars that
+    would contradict it."""
 
     state: str
     model_version: ModelVersion | None = None
     prediction: Prediction | None = None
     bars: list[ProbabilityBar] = field(default_factory=list)
     cam_available: bool = False
+    ordinal: OrdinalView | None = None
 
     @property
     def predicted_grade(self) -> GradeLevel | None:
         return self.prediction.predicted_grade if self.prediction is not None else None
+
+
+def _version_thresholds(version: ModelVersion) -> list[float] | None:
+    """The ordinal thresholds (in scale positions) the version's head decodes with, from the
+    version's record or its folder's metadata; None when it decodes by argmax or kept none."""
+    import json
+
+    thresholds = (version.metrics or {}).get("thresholds")
+    if thresholds is None and version.artifact_path:
+        path = Path(version.artifact_path) / "metadata.json"
+        try:
+            head = json.loads(path.read_text()).get("head") or {}
+        except (OSError, ValueError):
+            head = {}
+        thresholds = head.get("thresholds") if head.get("decoding") == "ordinal" else None
+    return [float(t) for t in thresholds] if thresholds else None
+
+
+def _ordinal_view(bars: list[ProbabilityBar], version: ModelVersion) -> OrdinalView:
+    expected = sum(position * bar.probability for position, bar in enumerate(bars))
+    nearest = bars[min(len(bars) - 1, max(0, round(expected)))].level
+    at_least = [
+        ProbabilityBar(level=bar.level, probability=sum(b.probability for b in bars[k:]))
+        for k, bar in enumerate(bars)
+        if k > 0
+    ]
+    thresholds = _version_thresholds(version)
+    if thresholds is not None and len(thresholds) != len(at_least):
+        thresholds = None
+    return OrdinalView(
+        expected=expected,
+        expected_label=str(nearest),
+        at_least=at_least,
+        thresholds=thresholds,
+    )
+
+
+def _predicted_is_most_probable(prediction: Prediction, bars: list[ProbabilityBar]) -> bool:
+    if not bars:
+        return True
+    top = max(bar.probability for bar in bars)
+    # Ties: any of the most probable grades is coherent with the bars.
+    return any(
+        bar.level.value == prediction.predicted_grade_id and bar.probability >= top - 1e-9
+        for bar in bars
+    )
 
 
 def _probability_bars(prediction: Prediction) -> list[ProbabilityBar]:
@@ -94,12 +155,15 @@ def model_view_for(
     prediction = prediction_for_image(image=image, model_version=active)
     if prediction is None:
         return ModelView(state="pending", model_version=active)
+    bars = _probability_bars(prediction)
+    ordinal = None if _predicted_is_most_probable(prediction, bars) else _ordinal_view(bars, active)
     return ModelView(
         state="ready",
         model_version=active,
         prediction=prediction,
-        bars=_probability_bars(prediction),
+        bars=bars,
         cam_available=prediction_cam_file(prediction=prediction) is not None,
+        ordinal=ordinal,
     )
 
 

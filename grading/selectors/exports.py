@@ -11,6 +11,8 @@ import datetime as dt
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from django.db.models import QuerySet
+
 from grading.models import Grade, ModelVersion, Prediction
 from grading.selectors.review import scale_get
 from mlcore.rubric import QUADRANTS, Findings
@@ -80,6 +82,7 @@ _PREDICTION_HEAD: tuple[Column, ...] = (
     ("predicted_grade", "predicted_grade_id"),
 )
 _PREDICTION_TAIL: tuple[Column, ...] = (
+    ("in_training", "in_training"),
     ("image_confirmed_grade", "image__confirmed_grade_id"),
     ("image_confirmed_ungradable", "image__confirmed_ungradable"),
     ("image_confirmation_method", "image__confirmation_method"),
@@ -151,16 +154,35 @@ def prediction_columns(classes: Sequence[int]) -> tuple[str, ...]:
     )
 
 
-def predictions_export_rows(
-    *, model_version: ModelVersion | None = None
-) -> Iterator[Sequence[Any]]:
-    """The header, then every prediction (of one version, or of all), one probability column per
-    grade of the scale."""
-    classes = scale_get().classes
-    yield prediction_columns(classes)
+def _predictions_exported(
+    *, model_version: ModelVersion | None, include_training: bool
+) -> QuerySet[Prediction]:
     queryset = Prediction.objects.order_by("id")
     if model_version is not None:
         queryset = queryset.filter(model_version=model_version)
+    if not include_training:
+        queryset = queryset.filter(in_training=False)
+    return queryset
+
+
+def predictions_export_training_excluded(*, model_version: ModelVersion | None = None) -> int:
+    """How many predictions the default export leaves out because their version was trained on
+    the image."""
+    queryset = Prediction.objects.filter(in_training=True)
+    if model_version is not None:
+        queryset = queryset.filter(model_version=model_version)
+    return queryset.count()
+
+
+def predictions_export_rows(
+    *, model_version: ModelVersion | None = None, include_training: bool = False
+) -> Iterator[Sequence[Any]]:
+    """The header, then every prediction (of one version, or of all), one probability column per
+    grade of the scale. Predictions of images their version was trained on are left out unless
+    ``include_training`` (their ``in_training`` column then says which they are)."""
+    classes = scale_get().classes
+    yield prediction_columns(classes)
+    queryset = _predictions_exported(model_version=model_version, include_training=include_training)
     rows = queryset.values_list(
         *_lookups(_PREDICTION_HEAD), "probabilities", *_lookups(_PREDICTION_TAIL)
     ).iterator(chunk_size=EXPORT_CHUNK_SIZE)

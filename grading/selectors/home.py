@@ -114,8 +114,11 @@ def jobs_failed_recently(*, days: int = FAILED_JOB_ALERT_DAYS) -> list[Job]:
 def candidates_better_than_active(
     *, active: ModelVersion | None
 ) -> list[tuple[ModelVersion, dict]]:
-    """Candidates whose registry QWK beats the active version's (the registry's own figures; the
-    paired comparison on shared images is one click away)."""
+    """Candidates whose registry QWK beats the active version's, unless the paired comparison on
+    the same images (when the two have images in common) finds them no better: a higher figure
+    inside the noise is not an alert."""
+    from grading.selectors.model_versions import model_versions_compare
+
     if active is None:
         return []
     active_qwk = model_version_headline(version=active).get("qwk")
@@ -126,7 +129,10 @@ def candidates_better_than_active(
         "-created_at"
     )[:20]:
         headline = model_version_headline(version=candidate)
-        if headline.get("qwk") is not None and headline["qwk"] > active_qwk:
+        if headline.get("qwk") is None or headline["qwk"] <= active_qwk:
+            continue
+        paired = model_versions_compare(first=active, second=candidate).paired
+        if paired is None or paired["verdict"] == "better":
             better.append((candidate, headline))
     return better
 

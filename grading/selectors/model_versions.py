@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +12,10 @@ from grading.models import GradeLevel, Image, Job, ModelVersion, Prediction
 
 # Plot files a training run writes into the version's folder, in the order the page shows them.
 PLOT_FILES = ("confusion.png", "curves.png")
+# Every image a version was trained on (sha256, grade, patient_id), a CSV in the version's folder.
+TRAINING_SET_FILE = "training_set.csv"
+# Out-of-fold predictions of the version's cross-validation (numpy ``.npz``), in its folder.
+OOF_FILE = "cv_predictions.npz"
 
 
 def model_version_active() -> ModelVersion | None:
@@ -30,6 +35,46 @@ def model_version_rollback_target() -> ModelVersion | None:
         .order_by("-activated_at", "-id")
         .first()
     )
+
+
+@dataclass(frozen=True)
+class TrainingRow:
+    sha256: str
+    grade: int
+    patient_id: str
+
+
+def model_version_training_set(*, version: ModelVersion) -> list[TrainingRow]:
+    """The images ``version`` was trained on, with the grade it learnt; empty when it recorded
+    none (versions made before this was recorded: the 0004 migration flagged their predictions
+    from their hold-out list)."""
+    from pathlib import Path
+
+    if not version.artifact_path:
+        return []
+    path = Path(version.artifact_path) / TRAINING_SET_FILE
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        return []
+    return list(_training_set_read(str(path), stamp))
+
+
+@functools.lru_cache(maxsize=4)
+def _training_set_read(path: str, stamp: int) -> tuple[TrainingRow, ...]:
+    """Parsed once per file version: prediction writes ask for it once per batch."""
+    import csv
+
+    with open(path, newline="") as file:
+        return tuple(
+            TrainingRow(sha256=row["sha256"], grade=int(row["grade"]), patient_id=row["patient_id"])
+            for row in csv.DictReader(file)
+        )
+
+
+def model_version_training_sha256(*, version: ModelVersion) -> frozenset[str]:
+    """The sha256 of the images ``version`` was trained on (see ``model_version_training_set``)."""
+    return frozenset(row.sha256 for row in model_version_training_set(version=version))
 
 
 def model_version_ever_activated() -> bool:
@@ -56,12 +101,55 @@ def model_version_plots(*, version: ModelVersion) -> list[str]:
     return [name for name in PLOT_FILES if (folder / name).is_file()]
 
 
-def model_version_headline(*, version: ModelVersion) -> dict[str, float | int | None]:
-    """Hold-out figures for the registry table (None where not available)."""
-    return metrics_headline(version.metrics.get("holdout") or {})
+def model_version_headline(*, version: ModelVersion) -> dict[str, Any]:
+    """The version's figures for the registry: from its out-of-fold cross-validation (with 95 %
+    intervals) when it has one, else from the single hold-out split older versions recorded.
+
+    ``source``: "cv", "holdout" or None; ``evaluation``: "pending", "done" or "failed" (the
+    cross-validation job's state for this version)."""
+    metrics = version.metrics or {}
+    cv = metrics.get("cv") or {}
+    if cv.get("pooled"):
+        headline = metrics_headline(cv["pooled"])
+        headline.update(
+            source="cv",
+            folds=cv.get("folds"),
+            intervals=cv.get("intervals") or {},
+            ece=cv["pooled"].get("ece"),
+        )
+    else:
+        holdout = metrics.get("holdout") or {}
+        headline = metrics_headline(holdout)
+        headline.update(
+            source="holdout" if holdout else None,
+            folds=None,
+            intervals={},
+            ece=holdout.get("ece"),
+        )
+    headline["evaluation"] = metrics.get("evaluation") or ("done" if headline["source"] else "")
+    return headline
 
 
-def metrics_headline(report: dict[str, Any]) -> dict[str, float | int | None]:
+def model_version_evaluation_job(*, version: ModelVersion) -> Job | None:
+    """The open cross-validation job working on ``version`` (for its progress), if any."""
+    return (
+        Job.objects.filter(
+            kind=Job.Kind.MODEL_EVALUATE, model_version=version, state__in=["queued", "running"]
+        )
+        .order_by("-created_at")
+        .first()
+    )
+
+
+def model_version_evaluation_jobs() -> dict[int, Job]:
+    """Open cross-validation jobs by the version they work on (one query for the registry)."""
+    jobs = Job.objects.filter(
+        kind=Job.Kind.MODEL_EVALUATE, state__in=["queued", "running"], model_version__isnull=False
+    ).order_by("created_at")
+    return {job.model_version_id: job for job in jobs}
+
+
+def metrics_headline(report: dict[str, Any]) -> dict[str, Any]:
     referable = report.get("referable") or {}
     return {
         "n": report.get("n"),
@@ -79,7 +167,10 @@ def grade_scale() -> list[GradeLevel]:
 
 @dataclass
 class VersionComparison:
-    """Two versions evaluated on the same images: those on the hold-out side of both."""
+    """Two versions evaluated on the same images, none of which either was trained on: their
+    out-of-fold (cross-validation) predictions, the predictions of images confirmed after they
+    were trained, or (older versions) their hold-out images. ``paired``: QWK of ``second`` minus
+    QWK of ``first`` with a paired bootstrap 95 % interval and a verdict on ``second``."""
 
     first: ModelVersion
     second: ModelVersion
@@ -87,53 +178,120 @@ class VersionComparison:
     reports: dict[int, dict[str, Any]] = field(default_factory=dict)  # version id -> report
     disagreements: int = 0
     note: str = ""
+    paired: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class HonestPrediction:
+    grade: int
+    probabilities: list[float]
+    source: str  # "out-of-fold", "after training" or "hold-out"
+
+
+def model_version_honest_predictions(*, version: ModelVersion) -> dict[str, HonestPrediction]:
+    """sha256 -> a prediction of ``version`` for an image it was not trained on when making it.
+
+    Versions with cross-validation: the out-of-fold prediction of each training image, plus the
+    stored prediction of every image it never trained on. Older versions: the stored
+    predictions of their hold-out images."""
+    from pathlib import Path
+
+    import numpy as np
+
+    honest: dict[str, HonestPrediction] = {}
+    stored = Prediction.objects.filter(model_version=version)
+    legacy = bool(version.holdout_sha256)
+    if legacy:
+        stored = stored.filter(image__sha256__in=list(version.holdout_sha256))
+        source = "hold-out"
+    else:
+        stored = stored.filter(
+            in_training=False,
+            image__grading_state=Image.GradingState.CONFIRMED,
+            image__confirmed_grade__isnull=False,
+        )
+        source = "after training"
+    for sha, grade, probabilities in stored.values_list(
+        "image__sha256", "predicted_grade_id", "probabilities"
+    ).iterator(chunk_size=2000):
+        honest[sha] = HonestPrediction(int(grade), list(probabilities), source)
+    oof_path = Path(version.artifact_path) / OOF_FILE if version.artifact_path else None
+    if oof_path is not None and oof_path.is_file():
+        with np.load(oof_path) as oof:
+            classes = list(version.class_values)
+            scale = [level.value for level in grade_scale()]
+            for sha, grade, row in zip(
+                oof["sha256"].tolist(), oof["predicted"], oof["probabilities"], strict=True
+            ):
+                # Stored in scale order, as the Prediction rows are.
+                by_grade = dict(zip(classes, row.tolist(), strict=True))
+                honest[sha] = HonestPrediction(
+                    int(grade), [by_grade.get(g, 0.0) for g in scale], "out-of-fold"
+                )
+    return honest
 
 
 def model_versions_compare(*, first: ModelVersion, second: ModelVersion) -> VersionComparison:
-    """Metrics of both versions on the images neither was trained on, against today's confirmed
-    grades. Uses the stored predictions: every version predicts every image when it is trained."""
+    """Both versions on the same images neither was trained on (see
+    ``model_version_honest_predictions``), against today's confirmed grades, paired."""
+    from django.conf import settings
+
+    from mlcore.intervals import paired_qwk_difference
     from mlcore.metrics import metrics_report
 
     comparison = VersionComparison(first=first, second=second, n_images=0)
-    shared = set(first.holdout_sha256) & set(second.holdout_sha256)
+    predictions = {
+        first.pk: model_version_honest_predictions(version=first),
+        second.pk: model_version_honest_predictions(version=second),
+    }
+    shared = set(predictions[first.pk]) & set(predictions[second.pk])
     if not shared:
         comparison.note = (
-            "These versions have no hold-out image in common, so they cannot be compared fairly."
+            "These versions have no image in common that neither was trained on (no "
+            "out-of-fold or hold-out predictions of the same images yet), so they cannot be "
+            "compared fairly."
         )
         return comparison
-    images = Image.objects.filter(
+    confirmed = Image.objects.filter(
         sha256__in=shared,
         grading_state=Image.GradingState.CONFIRMED,
         confirmed_ungradable=False,
         confirmed_grade__isnull=False,
-    ).values_list("id", "confirmed_grade_id")
-    truth = dict(images)
-    predictions: dict[int, dict[int, Prediction]] = {first.pk: {}, second.pk: {}}
-    for prediction in Prediction.objects.filter(
-        model_version__in=[first, second], image_id__in=truth
-    ):
-        predictions[prediction.model_version_id][prediction.image_id] = prediction
-    common = sorted(set(predictions[first.pk]) & set(predictions[second.pk]))
+    ).values_list("sha256", "confirmed_grade_id", "patient_id")
+    truth, patients = {}, {}
+    for sha, grade, patient_id in confirmed:
+        truth[sha], patients[sha] = grade, patient_id
+    common = sorted(truth)
     if not common:
-        comparison.note = "Neither version has predictions for the shared hold-out images yet."
+        comparison.note = "None of the images both versions were evaluated on is confirmed now."
         return comparison
-    classes = [level.value for level in grade_scale()]
+    levels = grade_scale()
+    classes = [level.value for level in levels]
     referable_from = min(
-        (level.value for level in grade_scale() if level.is_referable), default=classes[-1]
+        (level.value for level in levels if level.is_referable), default=classes[-1]
     )
-    y_true = [truth[image_id] for image_id in common]
+    y_true = [truth[sha] for sha in common]
+    grades: dict[int, list[int]] = {}
     for version in (first, second):
-        rows = [predictions[version.pk][image_id] for image_id in common]
+        rows = [predictions[version.pk][sha] for sha in common]
+        grades[version.pk] = [row.grade for row in rows]
         comparison.reports[version.pk] = metrics_report(
             y_true,
-            [row.predicted_grade_id for row in rows],
+            grades[version.pk],
             [row.probabilities for row in rows],
             classes=classes,
             referable_from=referable_from,
         )
     comparison.n_images = len(common)
     comparison.disagreements = sum(
-        predictions[first.pk][i].predicted_grade_id != predictions[second.pk][i].predicted_grade_id
-        for i in common
+        a != b for a, b in zip(grades[first.pk], grades[second.pk], strict=True)
+    )
+    comparison.paired = paired_qwk_difference(
+        y_true,
+        grades[first.pk],
+        grades[second.pk],
+        classes=classes,
+        n_resamples=settings.FUNDUS_BOOTSTRAP_RESAMPLES,
+        groups=[patients[sha] for sha in common],
     )
     return comparison

@@ -140,6 +140,8 @@ class ReviewFilters:
     predicted_grade: int | None = None
     min_disagreement: int = 0  # in scale steps; 0 = all
     sort: str = REVIEW_DEFAULT_SORT
+    # Also compare images the version was trained on: optimistic, so only when asked.
+    include_training: bool = False
 
     @property
     def selects_on_outcome(self) -> bool:
@@ -187,6 +189,11 @@ def _population_filter(queryset: QuerySet[Prediction], filters: ReviewFilters) -
     return queryset
 
 
+def _honest(queryset: QuerySet[Prediction], filters: ReviewFilters) -> QuerySet[Prediction]:
+    """Leave out the images the version was trained on, unless the filters ask for them."""
+    return queryset if filters.include_training else queryset.filter(in_training=False)
+
+
 def _compared_predictions() -> QuerySet[Prediction]:
     """Predictions of images with a confirmed, gradable grade: the pairs that can be compared."""
     return Prediction.objects.filter(
@@ -205,7 +212,7 @@ def review_predictions(*, filters: ReviewFilters, scale: Scale | None = None) ->
     if filters.model_version is None:
         return Prediction.objects.none()
     queryset = _compared_predictions().filter(model_version=filters.model_version)
-    queryset = _population_filter(queryset, filters)
+    queryset = _honest(_population_filter(queryset, filters), filters)
     if filters.confirmed_grade is not None:
         queryset = queryset.filter(image__confirmed_grade_id=filters.confirmed_grade)
     if filters.predicted_grade is not None:
@@ -292,17 +299,31 @@ class ReviewRows:
 
 
 def review_not_compared_counts(*, filters: ReviewFilters) -> dict[str, int]:
-    """Predictions of this version the table leaves out, and why (shown beside the metrics)."""
+    """Predictions of this version the table leaves out, and why (shown beside the metrics).
+
+    ``training``: confirmed images the version was trained on, left out unless
+    ``filters.include_training`` (then 0 are left out, and ``training_included`` says how many
+    optimistic rows the figures hold)."""
     if filters.model_version is None:
-        return {"ungradable": 0, "unconfirmed": 0}
+        return {"ungradable": 0, "unconfirmed": 0, "training": 0, "training_included": 0}
     queryset = _population_filter(
         Prediction.objects.filter(model_version=filters.model_version), filters
     )
     confirmed = Q(image__grading_state=Image.GradingState.CONFIRMED)
-    return queryset.aggregate(
+    counts = queryset.aggregate(
         ungradable=Count("pk", filter=confirmed & Q(image__confirmed_ungradable=True)),
         unconfirmed=Count("pk", filter=~confirmed),
+        trained_on=Count(
+            "pk",
+            filter=confirmed & Q(image__confirmed_grade__isnull=False, in_training=True),
+        ),
     )
+    trained_on = counts.pop("trained_on")
+    return {
+        **counts,
+        "training": 0 if filters.include_training else trained_on,
+        "training_included": trained_on if filters.include_training else 0,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -462,7 +483,7 @@ def review_qwk_by_month(
     scale = scale or scale_get()
     month = TruncMonth(_date_path(filters.date_field))
     rows = (
-        _population_filter(_compared_predictions(), filters)
+        _honest(_population_filter(_compared_predictions(), filters), filters)
         .order_by()
         .annotate(month=month)
         .values("model_version_id", "month", "image__confirmed_grade_id", "predicted_grade_id")

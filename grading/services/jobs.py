@@ -334,7 +334,7 @@ def jobs_mark_stale(*, restarted_worker: str | None = None, now: dt.datetime | N
 
 
 def _hard_time_limit(kind: str) -> int:
-    if kind == Job.Kind.MODEL_TRAIN:
+    if kind in (Job.Kind.MODEL_TRAIN, Job.Kind.MODEL_EVALUATE):
         return settings.CELERY_TRAINING_TIME_LIMIT
     return settings.CELERY_TASK_TIME_LIMIT
 

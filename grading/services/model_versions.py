@@ -28,7 +28,7 @@ from grading.services.jobs import Progress, QueueUnavailable, job_enqueue, progr
 
 if TYPE_CHECKING:
     from mlcore.config import FeatureConfig
-    from mlcore.training import TrainingConfig, TrainResult
+    from mlcore.training import TrainingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -248,7 +248,7 @@ def model_train_job(*, job: Job, progress: Progress) -> dict[str, Any]:
         "model_version_id": version.pk,
         "model_version": version.name,
         "auto_activated": auto_activated,
-        "holdout": version.metrics.get("holdout", {}).get("n"),
+        "n_train": version.metrics.get("n_train"),
         "message": (
             f"{version.name} trained and activated (first model)"
             if auto_activated
@@ -281,7 +281,10 @@ def training_config_from_settings(
     return TrainingConfig(
         classes=classes,
         referable_from=referable_from,
-        holdout_fraction=settings.FUNDUS_TRAIN_HOLDOUT_PERCENT / 100,
+        # The released model learns from every confirmed image; its figures come from the
+        # cross-validation of the `model_evaluate` job (``n_splits`` folds).
+        holdout_fraction=0.0,
+        n_splits=settings.FUNDUS_CV_FOLDS,
         augment=AugmentConfig(variants=settings.FUNDUS_AUGMENT_VARIANTS),
         # Augmented copies only pay off with test-time averaging over the same copies
         # (bench/README.md: 20 copies without it lowered 5-fold QWK from 0.833 to 0.824).
@@ -291,13 +294,14 @@ def training_config_from_settings(
 
 
 def model_train(*, job: Job, progress: Progress) -> ModelVersion:
-    """Train a new candidate version from the confirmed grades and predict every image with it.
+    """Train a new candidate version on every confirmed grade and predict every image with it.
 
-    The split is a grouped hold-out by patient (all images of a patient, identical files and
-    augmented copies on one side); the version keeps the hold-out images' hashes so that two
-    versions can later be compared on images neither was trained on. The version becomes a
-    *candidate* only once its files and predictions are complete; if anything fails it is left
-    ``failed`` and the active version is never touched.
+    The version records the images it was trained on (``training_set.csv`` in its folder), so
+    each of its predictions knows whether its image was in the training data. Its figures come
+    afterwards from the `model_evaluate` job (grouped k-fold cross-validation on the cached
+    features), queued here: the version is usable at once and says "evaluating" until then.
+    The version becomes a *candidate* only once its files and predictions are complete; if
+    anything fails it is left ``failed`` and the active version is never touched.
     """
     from grading.services.features import feature_store_dir, weights_dir
     from grading.services.predictions import images_predict
@@ -326,7 +330,7 @@ def model_train(*, job: Job, progress: Progress) -> ModelVersion:
         Job.objects.filter(pk=job.pk).update(model_version=version)
     out_dir = _model_dir(version.name)
     try:
-        progress(1, f"Training {version.name} on {len(images)} confirmed images")
+        progress(1, f"Training {version.name} on all {len(images)} confirmed images")
         result = train_model(
             [image.path for image in images],
             [image.grade for image in images],
@@ -338,18 +342,20 @@ def model_train(*, job: Job, progress: Progress) -> ModelVersion:
             weights_dir=weights_dir(),
             progress=progress_span(progress, 1, 80),
         )
+        training_set_write(folder=out_dir, images=images)
         metadata = read_metadata(out_dir)
         ModelVersion.objects.filter(pk=version.pk).update(
             artifact_path=str(out_dir),
             train_counts={str(k): int(v) for k, v in metadata["training_counts"].items()},
-            holdout_sha256=_holdout_sha256(result),
+            trained_at=timezone.now(),
             metrics={
-                "holdout": result.metrics or {},
                 "n_train": result.n_train,
-                "n_holdout": result.n_test,
+                "evaluation": EVALUATION_PENDING,
                 "augmented_copies": result.n_variants,
-                "decoding": metadata["head"]["decoding"],
-                "epochs": metadata["head"]["n_epochs"],
+                "decoding": metadata["head"].get("decoding"),
+                "thresholds": metadata["head"].get("thresholds"),
+                "temperature": metadata["head"].get("temperature"),
+                "epochs": metadata["head"].get("n_epochs"),
                 "extraction_seconds": round(result.extraction_seconds, 1),
                 "fit_seconds": round(result.fit_seconds, 1),
             },
@@ -372,19 +378,200 @@ def model_train(*, job: Job, progress: Progress) -> ModelVersion:
         )
         raise
     version.refresh_from_db()
+    model_evaluate_enqueue(version=version, user=job.created_by)
     return version
 
 
-def _holdout_sha256(result: TrainResult) -> list[str]:
-    """Hashes of the images ``train_model`` held out (its ``test_keys`` are feature keys)."""
-    from mlcore.store import parse_feature_key
+# ---------------------------------------------------------------------------------------------
+# Evaluation (worker side): out-of-fold cross-validation with bootstrap intervals
 
-    shas = [parse_feature_key(key)[0] for key in result.test_keys]
-    if len(shas) != result.n_test:
-        raise RuntimeError(
-            f"training held out {result.n_test} images but named {len(shas)} of them"
+# ``metrics["evaluation"]`` of a version: its figures are being computed, exist, or failed.
+EVALUATION_PENDING = "pending"
+EVALUATION_DONE = "done"
+EVALUATION_FAILED = "failed"
+
+
+def training_set_write(*, folder: Path, images: list[TrainingImage]) -> None:
+    """``training_set.csv`` in the version's folder: sha256, grade and patient of every image the
+    version was trained on (its predictions of them are flagged ``in_training``, and its
+    cross-validation re-uses exactly this set)."""
+    import csv
+
+    from grading.selectors.model_versions import TRAINING_SET_FILE
+
+    with (folder / TRAINING_SET_FILE).open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["sha256", "grade", "patient_id"])
+        writer.writerows((image.sha256, image.grade, image.patient_id) for image in images)
+
+
+def model_evaluate_enqueue(*, version: ModelVersion, user: AbstractBaseUser | None = None) -> None:
+    """Queue the cross-validation of ``version`` (best effort: if an evaluation is already open,
+    it picks this version up when it has finished the one it is on)."""
+    try:
+        job_enqueue(
+            kind=Job.Kind.MODEL_EVALUATE,
+            params={"model_version_id": version.pk},
+            created_by=user,
+            model_version=version,
         )
-    return shas
+    except QueueUnavailable as error:
+        logger.warning("Cross-validation of %s not queued: %s", version.name, error)
+
+
+def model_versions_awaiting_evaluation() -> list[ModelVersion]:
+    return list(
+        ModelVersion.objects.filter(metrics__evaluation=EVALUATION_PENDING)
+        .exclude(state__in=[ModelVersion.State.TRAINING, ModelVersion.State.FAILED])
+        .order_by("-created_at", "-id")
+    )
+
+
+def model_evaluation_catch_up() -> Job | None:
+    """Queue a cross-validation when a version still waits for its figures and no evaluation is
+    open (e.g. its request met an evaluation that had just finished its last check, or Redis was
+    down). Run by the periodic housekeeping task."""
+    if not model_versions_awaiting_evaluation():
+        return None
+    if Job.objects.filter(
+        kind=Job.Kind.MODEL_EVALUATE, state__in=[Job.State.QUEUED, Job.State.RUNNING]
+    ).exists():
+        return None
+    version = model_versions_awaiting_evaluation()[0]
+    job, created = job_enqueue(
+        kind=Job.Kind.MODEL_EVALUATE,
+        params={"model_version_id": version.pk},
+        model_version=version,
+    )
+    return job if created else None
+
+
+def model_evaluate_job(*, job: Job, progress: Progress) -> dict[str, Any]:
+    """The `model_evaluate` task: cross-validate the version it names, then any other version
+    still waiting for its figures (only one evaluation job is open at a time)."""
+    done: list[str] = []
+    first = ModelVersion.objects.filter(pk=job.params.get("model_version_id")).first()
+    queue = [first] if first is not None else []
+    for _round in range(5):
+        for version in queue:
+            if version.name in done:
+                continue
+            Job.objects.filter(pk=job.pk).update(model_version=version)
+            model_evaluate(version=version, progress=progress)
+            done.append(version.name)
+        queue = [v for v in model_versions_awaiting_evaluation() if v.name not in done]
+        if not queue:
+            break
+    return {
+        "model_versions": done,
+        "message": f"Cross-validated {', '.join(done) or 'nothing'}",
+    }
+
+
+def model_evaluate(*, version: ModelVersion, progress: Progress) -> dict[str, Any]:
+    """k-fold cross-validation (grouped by patient, stratified by grade) of the version's recipe
+    over exactly its training set, on the cached features: pooled out-of-fold metrics with
+    bootstrap 95 % intervals and ECE go into ``version.metrics["cv"]``; the out-of-fold
+    predictions go into the version's folder for paired comparisons."""
+    import numpy as np
+
+    from grading.selectors.model_versions import OOF_FILE, model_version_training_set
+    from grading.services.features import feature_store_dir, weights_dir
+    from mlcore.intervals import metric_intervals
+    from mlcore.predict import DomainSpec, domain_features
+    from mlcore.training import cross_validate_features
+
+    try:
+        rows = model_version_training_set(version=version)
+        paths_by_sha = {
+            sha: Path(settings.MEDIA_ROOT) / name
+            for sha, name in Image.objects.filter(sha256__in=[r.sha256 for r in rows]).values_list(
+                "sha256", "file"
+            )
+        }
+        # An image deleted since training cannot be re-read; the figures say how many remain.
+        rows = [row for row in rows if row.sha256 in paths_by_sha]
+        training_config = training_config_from_settings(
+            classes=tuple(version.class_values), referable_from=scale_classes()[1]
+        )
+        from mlcore.config import FeatureConfig
+
+        feature_config = FeatureConfig.from_env(
+            backbones=tuple(version.backbones), preprocessing=version.preprocessing
+        )
+        progress(2, f"{version.name}: features of {len(rows)} training images")
+        features, variants, _, _, _ = domain_features(
+            DomainSpec(
+                feature_config=feature_config,
+                training_domain=training_config.training_domain,
+                raw_photo_preprocessing=training_config.raw_photo_preprocessing,
+                tta_augment=(training_config.augment, training_config.seed)
+                if training_config.augment.variants
+                else None,
+            ),
+            [paths_by_sha[row.sha256] for row in rows],
+            store_dir=feature_store_dir(),
+            weights_dir=weights_dir(),
+        )
+        y = np.asarray([row.grade for row in rows])
+        groups = [f"patient:{row.patient_id}" for row in rows]
+        cv = cross_validate_features(
+            features,
+            y,
+            groups,
+            config=training_config,
+            X_variants=variants,
+            progress=progress_span(progress, 5, 85),
+        )
+        progress(85, f"{version.name}: bootstrap intervals")
+        classes = list(version.class_values)
+        intervals = metric_intervals(
+            y,
+            cv.oof_pred,
+            cv.oof_proba,
+            classes=classes,
+            referable_from=training_config.referable_from,
+            n_resamples=settings.FUNDUS_BOOTSTRAP_RESAMPLES,
+            groups=groups,
+        )
+        np.savez_compressed(
+            Path(version.artifact_path) / OOF_FILE,
+            sha256=np.asarray([row.sha256 for row in rows]),
+            grade=y,
+            predicted=cv.oof_pred,
+            probabilities=cv.oof_proba,
+        )
+        from mlcore.reports import plot_confusion
+
+        plot_confusion(
+            cv.pooled["confusion"],
+            Path(version.artifact_path) / "confusion.png",
+            classes=classes,
+            labels={level.value: level.name for level in GradeLevel.objects.all()},
+            title=f"{training_config.n_splits}-fold CV, out-of-fold ({y.size} images)",
+        )
+        figures = {
+            "n": int(y.size),
+            "folds": training_config.n_splits,
+            "pooled": cv.pooled,
+            "intervals": intervals,
+            "fold_summary": cv.summary,
+            "fit_seconds": [round(seconds, 2) for seconds in cv.fit_seconds],
+            "decodings": cv.decodings,
+            "bootstrap_resamples": settings.FUNDUS_BOOTSTRAP_RESAMPLES,
+            "bootstrap_unit": "patient",
+        }
+        metrics = {**version.metrics, "cv": figures, "evaluation": EVALUATION_DONE}
+        metrics["ece"] = cv.pooled.get("ece")
+        ModelVersion.objects.filter(pk=version.pk).update(metrics=metrics)
+        progress(100, f"{version.name}: cross-validated on {y.size} images")
+        return figures
+    except BaseException:
+        version.refresh_from_db()
+        ModelVersion.objects.filter(pk=version.pk).update(
+            metrics={**version.metrics, "evaluation": EVALUATION_FAILED}
+        )
+        raise
 
 
 def _model_dir(name: str) -> Path:

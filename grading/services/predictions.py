@@ -347,8 +347,19 @@ def prediction_rows_write(
     probabilities: Any,
     predicted_grades: Sequence[int],
 ) -> int:
-    """Store predictions (probabilities in scale order); existing ones are kept as they are."""
+    """Store predictions (probabilities in scale order); existing ones are kept as they are.
+
+    Each row records whether the version was trained on its image (``in_training``), so that
+    agreement figures can leave those optimistic rows out."""
+    from grading.selectors.model_versions import model_version_training_sha256
+
     levels = {level.value: level for level in GradeLevel.objects.all()}
+    trained_on = model_version_training_sha256(version=model_version)
+    shas = (
+        dict(Image.objects.filter(pk__in=list(image_ids)).values_list("pk", "sha256"))
+        if trained_on
+        else {}
+    )
     rows = [
         Prediction(
             image_id=image_id,
@@ -356,6 +367,7 @@ def prediction_rows_write(
             probabilities=[float(p) for p in proba],
             entropy=probabilities_entropy(proba),
             predicted_grade=levels[int(grade)],
+            in_training=shas.get(image_id) in trained_on,
         )
         for image_id, proba, grade in zip(image_ids, probabilities, predicted_grades, strict=True)
     ]

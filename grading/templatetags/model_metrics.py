@@ -56,6 +56,30 @@ def lookup(mapping: dict, key: object) -> object:
     return mapping.get(key, mapping.get(str(key)))
 
 
+@register.filter
+def interval(value: list[float] | None, style: str = "metric") -> str:
+    """A 95 % interval ``[low, high]`` as ``0.801–0.846`` (``style="percent"``: ``80.1–84.6 %``),
+    or an empty string when there is none."""
+    if not value or len(value) != 2:
+        return ""
+    low, high = (_number(bound) for bound in value)
+    if low is None or high is None:
+        return ""
+    if style == "percent":
+        return f"{100 * low:.1f}–{100 * high:.1f} %"
+    return f"{low:.3f}–{high:.3f}"
+
+
+@register.filter
+def signed(value: float | None, digits: int = 3) -> str:
+    """A difference with its sign (``+0.012``, ``−0.030``)."""
+    number = _number(value)
+    if number is None:
+        return MISSING
+    text = f"{abs(number):.{int(digits)}f}"
+    return f"+{text}" if number >= 0 else f"−{text}"
+
+
 # Job parameters and results: a readable table instead of a printed Python dict. Known keys get a
 # label; a key added later still shows, with its name made readable.
 JOB_FIELD_LABELS = {
@@ -69,6 +93,7 @@ JOB_FIELD_LABELS = {
     "model_version_id": "Model version id",
     "auto_activated": "Activated automatically",
     "holdout": "Hold-out images",
+    "n_train": "Training images",
     "trigger": "Started",
     "new_confirmed": "New confirmed grades since the last model",
     "activate_if_first": "Activate if it is the first model",

@@ -25,6 +25,7 @@ from grading.serializers import (
     GradeSerializer,
     ImageSerializer,
     ModelVersionSerializer,
+    PredictionListParams,
     PredictionSerializer,
 )
 
@@ -176,13 +177,24 @@ class ModelVersionList(ReadOnlyApiView, generics.ListAPIView):
 
 
 class ModelVersionPredictions(ReadOnlyApiView, generics.ListAPIView):
-    """Predictions of one model version (by name), oldest first; ``predicted_grade`` filters."""
+    """Predictions of one model version (by name), oldest first; ``predicted_grade`` filters.
+
+    Images the version was trained on are left out unless ``include_training=true`` (their
+    agreement with the confirmed grade is optimistic); the response says how many were left
+    out (``training_images_excluded``)."""
 
     serializer_class = PredictionSerializer
     required_permissions = READ_PREDICTIONS
 
-    def get_queryset(self) -> QuerySet[Prediction]:
-        version = get_object_or_404(ModelVersion, name=self.kwargs["name"])
+    def _params(self) -> dict:
+        params = PredictionListParams(data=self.request.query_params)
+        params.is_valid(raise_exception=True)
+        return params.validated_data
+
+    def _all_predictions(self) -> QuerySet[Prediction]:
+        if not hasattr(self, "_version"):
+            self._version = get_object_or_404(ModelVersion, name=self.kwargs["name"])
+        version = self._version
         queryset = (
             Prediction.objects.filter(model_version=version)
             .select_related("model_version", "image")
@@ -192,6 +204,22 @@ class ModelVersionPredictions(ReadOnlyApiView, generics.ListAPIView):
         if grade is not None:
             queryset = queryset.filter(predicted_grade_id=grade)
         return queryset
+
+    def get_queryset(self) -> QuerySet[Prediction]:
+        queryset = self._all_predictions()
+        if not self._params()["include_training"]:
+            queryset = queryset.filter(in_training=False)
+        return queryset
+
+    def list(self, request, *args, **kwargs):
+        response = super().list(request, *args, **kwargs)
+        excluded = (
+            0
+            if self._params()["include_training"]
+            else self._all_predictions().filter(in_training=True).count()
+        )
+        response.data["training_images_excluded"] = excluded
+        return response
 
 
 urlpatterns = [

@@ -14,7 +14,7 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path, reverse
 from django.utils.http import url_has_allowed_host_and_scheme
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from grading.models import Job, ModelVersion
 from grading.selectors import jobs as job_selectors
@@ -47,7 +47,7 @@ def _queue_context() -> dict:
 def _activation_messages(request: HttpRequest, activation: version_services.Activation) -> None:
     text = f"{activation.version.name} is now the active model"
     if activation.previous is not None:
-        text += f" (it replaces {activation.previous.name}, which you can roll back to)"
+        text += f" (it replaces {activation.previous.name}, which you can re-activate)"
     messages.success(request, text + ".")
     if activation.refresh_error:
         messages.warning(
@@ -66,10 +66,12 @@ def _activation_messages(request: HttpRequest, activation: version_services.Acti
 def model_versions(request: HttpRequest) -> HttpResponse:
     versions = list(version_selectors.model_versions_list())
     active = next((v for v in versions if v.state == ModelVersion.State.ACTIVE), None)
+    evaluation_jobs = version_selectors.model_version_evaluation_jobs()
     rows = [
         {
             "version": version,
             "headline": version_selectors.model_version_headline(version=version),
+            "evaluation_job": evaluation_jobs.get(version.pk),
             "train_counts": sorted(
                 ((int(grade), count) for grade, count in version.train_counts.items()),
                 key=lambda item: item[0],
@@ -85,7 +87,7 @@ def model_versions(request: HttpRequest) -> HttpResponse:
         "missing_predictions": predictions_missing_count(model_version=active) if active else 0,
         "rollback_target": version_selectors.model_version_rollback_target() if active else None,
         "ever_activated": version_selectors.model_version_ever_activated(),
-        "compare_versions": [v for v in versions if v.holdout_sha256],
+        "compare_versions": [v for v in versions if _comparable(v)],
         "compare_default_a": active.pk if active else None,
         "compare_default_b": candidates[0].pk if candidates else None,
         **_queue_context(),
@@ -97,7 +99,8 @@ def model_versions(request: HttpRequest) -> HttpResponse:
 @permission_required("grading.retrain_model", raise_exception=True)
 def model_version_detail(request: HttpRequest, version_id: int) -> HttpResponse:
     version = get_object_or_404(ModelVersion.objects.select_related("created_by"), pk=version_id)
-    holdout = version.metrics.get("holdout") or {}
+    cv = version.metrics.get("cv") or {}
+    holdout = cv.get("pooled") or version.metrics.get("holdout") or {}
     scale = version_selectors.grade_scale()
     per_grade = holdout.get("per_grade") or {}
     ctx = {
@@ -112,6 +115,8 @@ def model_version_detail(request: HttpRequest, version_id: int) -> HttpResponse:
         "train_counts": [(level, version.train_counts.get(str(level.value), 0)) for level in scale],
         "plots": version_selectors.model_version_plots(version=version),
         "training_job": version_selectors.model_version_training_job(version=version),
+        "evaluation_job": version_selectors.model_version_evaluation_job(version=version),
+        "cv": cv,
         "auto_activated": version_selectors.model_version_auto_activated(version=version),
         "predictions": version.predictions.count(),
     }
@@ -128,7 +133,7 @@ def _confusion_rows(report: dict, scale: list) -> list[tuple]:
 @require_GET
 @permission_required("grading.retrain_model", raise_exception=True)
 def model_compare(request: HttpRequest) -> HttpResponse:
-    versions = [v for v in version_selectors.model_versions_list() if v.holdout_sha256]
+    versions = [v for v in version_selectors.model_versions_list() if _comparable(v)]
     by_id = {v.pk: v for v in versions}
     first = by_id.get(_int_or_none(request.GET.get("a")))
     second = by_id.get(_int_or_none(request.GET.get("b")))
@@ -151,6 +156,11 @@ def model_compare(request: HttpRequest) -> HttpResponse:
             ]
             ctx["scale"] = scale
     return render(request, "grading/models/compare.html", ctx)
+
+
+def _comparable(version: ModelVersion) -> bool:
+    """Versions with predictions of images they never trained on (hold-out or cross-validation)."""
+    return bool(version.holdout_sha256) or version.metrics.get("evaluation") == "done"
 
 
 def _int_or_none(value: str | None) -> int | None:
@@ -178,10 +188,42 @@ def model_artifact_file(request: HttpRequest, version_id: int, filename: str) ->
     return response
 
 
-@require_POST
+def _confirmation(
+    request: HttpRequest, *, target: ModelVersion, action: str, action_url: str
+) -> HttpResponse:
+    """The page that asks before a version is switched: what will change, and the paired
+    comparison of the version to activate with the one now active."""
+    active = version_selectors.model_version_active()
+    comparison = None
+    if active is not None and active.pk != target.pk:
+        comparison = version_selectors.model_versions_compare(first=active, second=target)
+    ctx = {
+        "target": target,
+        "active": active,
+        "action": action,
+        "action_url": action_url,
+        "comparison": comparison,
+        "target_headline": version_selectors.model_version_headline(version=target),
+        "active_headline": (
+            version_selectors.model_version_headline(version=active) if active else None
+        ),
+        "next": request.GET.get("next", ""),
+    }
+    return render(request, "grading/models/confirm.html", ctx)
+
+
+@require_http_methods(["GET", "POST"])
 @permission_required("grading.activate_model", raise_exception=True)
 def model_version_activate(request: HttpRequest, version_id: int) -> HttpResponse:
+    """GET: the confirmation page with the paired comparison; POST: activate."""
     version = get_object_or_404(ModelVersion, pk=version_id)
+    if request.method == "GET":
+        return _confirmation(
+            request,
+            target=version,
+            action="activate",
+            action_url=reverse("model_version_activate", args=[version.pk]),
+        )
     try:
         activation = version_services.model_version_activate(version=version, user=request.user)
     except version_services.ModelVersionError as error:
@@ -191,9 +233,19 @@ def model_version_activate(request: HttpRequest, version_id: int) -> HttpRespons
     return _back(request, reverse("model_versions"))
 
 
-@require_POST
+@require_http_methods(["GET", "POST"])
 @permission_required("grading.activate_model", raise_exception=True)
 def model_rollback(request: HttpRequest) -> HttpResponse:
+    """GET: the confirmation page (re-activating the previously active version, compared with
+    the active one); POST: do it."""
+    if request.method == "GET":
+        target = version_selectors.model_version_rollback_target()
+        if target is None:
+            messages.error(request, "There is no previously active version to return to.")
+            return redirect("model_versions")
+        return _confirmation(
+            request, target=target, action="rollback", action_url=reverse("model_rollback")
+        )
     try:
         activation = version_services.model_version_rollback(user=request.user)
     except version_services.ModelVersionError as error:

@@ -102,6 +102,10 @@ class ReviewFilterForm(DateRangeCheckMixin, forms.Form):
         required=False,
         label="Model vs confirmed",
     )
+    include_training = forms.BooleanField(
+        required=False,
+        label="Include training images (optimistic)",
+    )
     sort = forms.ChoiceField(required=False, widget=forms.HiddenInput)
 
     def __init__(self, *args: Any, scale: Scale, **kwargs: Any) -> None:
@@ -136,6 +140,7 @@ class ReviewFilterForm(DateRangeCheckMixin, forms.Form):
             predicted_grade=data["predicted"],
             min_disagreement=data["disagreement"] or 0,
             sort=data["sort"] or REVIEW_DEFAULT_SORT,
+            include_training=bool(data["include_training"]),
         )
 
 
@@ -353,21 +358,40 @@ def export_grades_csv(request: HttpRequest) -> StreamingHttpResponse:
     return _csv_response(export_selectors.grades_export_rows(), f"funduscope-grades-{_stamp()}.csv")
 
 
+class PredictionExportForm(forms.Form):
+    version = forms.IntegerField(
+        required=False,
+        min_value=1,
+        error_messages={"invalid": "version must be a model version id."},
+    )
+    include_training = forms.BooleanField(required=False)
+
+
 @require_GET
 @permission_required("grading.export_data", raise_exception=True)
 def export_predictions_csv(request: HttpRequest) -> HttpResponse:
-    version = None
-    if request.GET.get("version"):
-        if not request.GET["version"].isdigit():
-            return HttpResponse(
-                "version must be a model version id.", status=400, content_type="text/plain"
-            )
-        version = get_object_or_404(ModelVersion, pk=int(request.GET["version"]))
+    form = PredictionExportForm(request.GET)
+    if not form.is_valid():
+        errors = "; ".join(error for errors in form.errors.values() for error in errors)
+        return HttpResponse(errors, status=400, content_type="text/plain")
+    version_id = form.cleaned_data["version"]
+    version = get_object_or_404(ModelVersion, pk=version_id) if version_id else None
+    include_training = form.cleaned_data["include_training"]
     suffix = f"-{version.name}" if version else ""
-    return _csv_response(
-        export_selectors.predictions_export_rows(model_version=version),
+    suffix += "-with-training-images" if include_training else ""
+    response = _csv_response(
+        export_selectors.predictions_export_rows(
+            model_version=version, include_training=include_training
+        ),
         get_valid_filename(f"funduscope-predictions{suffix}-{_stamp()}.csv"),
     )
+    # Predictions of images their version was trained on are left out by default; say how many.
+    response["X-Training-Images-Excluded"] = (
+        0
+        if include_training
+        else export_selectors.predictions_export_training_excluded(model_version=version)
+    )
+    return response
 
 
 urlpatterns = [

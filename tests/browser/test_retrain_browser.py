@@ -77,8 +77,12 @@ class RetrainBrowserTests(TrainingMixin, BrokerMixin, BrowserTestCase):
         version = ModelVersion.objects.get()
         self.assertEqual(version.state, ModelVersion.State.CANDIDATE)
         self.driver.find_element(
-            By.CSS_SELECTOR, f'button.activate[data-version="{version.name}"]'
+            By.CSS_SELECTOR, f'a.activate[data-version="{version.name}"]'
         ).click()
+        # Activation asks first (no version is active yet, so there is nothing to pair with).
+        self.wait_for(lambda d: d.find_elements(By.ID, "confirm-activate"))
+        self.screenshot("models-activate-confirm")
+        self.driver.find_element(By.ID, "confirm-activate").click()
         self.wait_for(lambda d: "is now the active model" in d.page_source)
         version.refresh_from_db()
         self.assertEqual(version.state, ModelVersion.State.ACTIVE)

@@ -191,3 +191,45 @@ def test_bad_training_input_is_rejected(dataset, tmp_path):
         train_model(paths[:3], [0, 1], out_dir=tmp_path / "m", feature_config=FEATURES)
     with pytest.raises(ValueError, match="tta needs"):
         TrainingConfig(tta=True)
+
+
+def test_training_maps_raw_photographs_into_the_training_domain_like_prediction(
+    dataset, raw_fundus_dir, tmp_path
+):
+    from mlcore.domain import RAW_TO_FILTERED
+    from mlcore.extraction import image_items
+    from mlcore.predict import predict_images
+
+    _, paths, grades, _ = dataset
+    photos = sorted(raw_fundus_dir.glob("*.jpg"))[:2]
+    store = tmp_path / "store"
+    weights = write_toy_weights(tmp_path / "weights").parent
+    result = train_model(
+        [*paths, *photos],
+        [*grades, 0, 1],
+        out_dir=tmp_path / "model",
+        feature_config=FEATURES,
+        training_config=replace(CONFIG, holdout_fraction=0.0, augment=AugmentConfig()),
+        store_dir=store,
+        weights_dir=weights,
+    )
+    assert result.n_train == len(paths) + 2
+    photo_keys = [item.key for item in image_items(photos)]
+    # The raw photographs were trained on through the raw-photo filter, never unfiltered...
+    mapped = store_path(store, TOY, RAW_TO_FILTERED)
+    with FeatureStore(
+        mapped, backbone=TOY, preprocessing=RAW_TO_FILTERED, feature_dim=TOY_DIM
+    ) as cached:
+        assert cached.missing(photo_keys) == []
+        trained_on = cached.get(photo_keys)
+    with FeatureStore(
+        store_path(store, TOY, "none"), backbone=TOY, preprocessing="none", feature_dim=TOY_DIM
+    ) as plain:
+        assert plain.missing(photo_keys) == photo_keys
+    # ...which is what prediction applies to them: the same features reach the head.
+    predictions = predict_images(result.artifact_dir, photos, store_dir=store, weights_dir=weights)
+    assert [p.preprocessing for p in predictions] == [RAW_TO_FILTERED] * 2
+    with FeatureStore(
+        mapped, backbone=TOY, preprocessing=RAW_TO_FILTERED, feature_dim=TOY_DIM
+    ) as cached:
+        assert np.array_equal(cached.get(photo_keys), trained_on)

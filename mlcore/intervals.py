@@ -1,0 +1,205 @@
+"""Bootstrap 95 % intervals of the headline metrics, and paired comparison of two models.
+
+Both resample images with replacement, or whole patients when each image's patient is given
+(``scipy.stats.bootstrap``, percentile method, a fixed seed so a page shows the same interval on
+every load). A version's figures come from its
+out-of-fold predictions; two versions are compared on the same images, resampled together
+(paired), so the interval is on the difference itself and not on two independent noises.
+
+Numpy, scipy and scikit-learn only (the web process imports this module).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from mlcore.metrics import (
+    ICDR_GRADES,
+    REFERABLE_FROM,
+    expected_calibration_error,
+    quadratic_weighted_kappa,
+    referable_probability,
+)
+
+CONFIDENCE = 0.95
+DEFAULT_RESAMPLES = 1000
+DEFAULT_SEED = 2017
+
+# Verdicts of a paired comparison: the interval of (candidate - reference) QWK lies above 0,
+# below 0, or contains 0.
+BETTER, WORSE, INDISTINGUISHABLE = "better", "worse", "indistinguishable"
+
+
+def _interval(
+    statistic: Callable[[np.ndarray], float],
+    n: int,
+    *,
+    n_resamples: int,
+    seed: int,
+    groups: Sequence[object] | None = None,
+) -> tuple[float, float] | None:
+    """Percentile interval of ``statistic(indices)`` over bootstrap resamples of ``range(n)``.
+
+    With ``groups`` (a patient per image) whole groups are resampled: the two eyes and the visits
+    of one patient are not independent, and resampling them apart would narrow the interval."""
+    from scipy.stats import bootstrap
+
+    if n < 2:
+        return None
+    if groups is None:
+        units = None
+        data = np.arange(n)
+    else:
+        if len(groups) != n:
+            raise ValueError(f"{n} images but {len(groups)} group entries")
+        _, inverse = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.flatnonzero(np.diff(inverse[order])) + 1
+        units = np.split(order, bounds)
+        if len(units) < 2:
+            return None
+        data = np.arange(len(units))
+
+    def resampled(sample: np.ndarray) -> float:
+        chosen = np.asarray(sample, dtype=np.int64)
+        if units is None:
+            return statistic(chosen)
+        return statistic(np.concatenate([units[g] for g in chosen]))
+
+    result = bootstrap(
+        (data,),
+        resampled,
+        vectorized=False,
+        n_resamples=n_resamples,
+        confidence_level=CONFIDENCE,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    low, high = result.confidence_interval
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return None
+    return float(low), float(high)
+
+
+def _fast_qwk(true_pos: np.ndarray, pred_pos: np.ndarray, k: int) -> float:
+    """QWK on scale positions 0..k-1 (the same formula as ``metrics.quadratic_weighted_kappa``,
+    without its input checks: it runs a thousand times per interval)."""
+    observed = np.bincount(true_pos * k + pred_pos, minlength=k * k).reshape(k, k).astype(float)
+    positions = np.arange(k, dtype=np.float64)
+    weights = (positions[:, None] - positions[None, :]) ** 2
+    expected = np.outer(observed.sum(axis=1), observed.sum(axis=0)) / observed.sum()
+    expected_disagreement = float((weights * expected).sum())
+    observed_disagreement = float((weights * observed).sum())
+    if expected_disagreement == 0.0:
+        return 1.0 if observed_disagreement == 0.0 else 0.0
+    return 1.0 - observed_disagreement / expected_disagreement
+
+
+def _positions(grades: np.ndarray, classes: Sequence[int]) -> np.ndarray:
+    lookup = {grade: i for i, grade in enumerate(classes)}
+    return np.asarray([lookup[int(g)] for g in grades], dtype=np.int64)
+
+
+def _auc(true_referable: np.ndarray, scores: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    if true_referable.all() or not true_referable.any():
+        return float("nan")  # a resample with one class: no AUC (scipy drops NaN resamples)
+    return float(roc_auc_score(true_referable, scores))
+
+
+def metric_intervals(
+    y_true: Sequence[int],
+    y_pred: Sequence[int],
+    proba: np.ndarray | None = None,
+    *,
+    classes: Sequence[int] = ICDR_GRADES,
+    referable_from: int = REFERABLE_FROM,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+    groups: Sequence[object] | None = None,
+) -> dict[str, list[float] | None]:
+    """95 % bootstrap intervals ``[low, high]`` of QWK, accuracy, referable sensitivity,
+    specificity and AUC, and ECE (the last two need ``proba``); ``None`` where undefined.
+    ``groups``: a patient per image, resampled whole."""
+    true = np.asarray(y_true, dtype=np.int64)
+    pred = np.asarray(y_pred, dtype=np.int64)
+    true_ref, pred_ref = true >= referable_from, pred >= referable_from
+    true_pos, pred_pos, k = _positions(true, classes), _positions(pred, classes), len(classes)
+    statistics: dict[str, Callable[[np.ndarray], float]] = {
+        "qwk": lambda i: _fast_qwk(true_pos[i], pred_pos[i], k),
+        "accuracy": lambda i: float(np.mean(true[i] == pred[i])),
+        "referable_sensitivity": lambda i: (
+            float((pred_ref[i] & true_ref[i]).sum() / true_ref[i].sum())
+            if true_ref[i].any()
+            else float("nan")
+        ),
+        "referable_specificity": lambda i: (
+            float((~pred_ref[i] & ~true_ref[i]).sum() / (~true_ref[i]).sum())
+            if (~true_ref[i]).any()
+            else float("nan")
+        ),
+    }
+    if proba is not None:
+        array = np.asarray(proba, dtype=np.float64)
+        scores = referable_probability(array, classes=classes, referable_from=referable_from)
+        statistics["referable_auc"] = lambda i: _auc(true_ref[i], scores[i])
+        statistics["ece"] = lambda i: expected_calibration_error(true[i], array[i], classes=classes)
+    out: dict[str, list[float] | None] = {}
+    for name, statistic in statistics.items():
+        interval = _interval(
+            statistic, true.size, n_resamples=n_resamples, seed=seed, groups=groups
+        )
+        out[name] = None if interval is None else [interval[0], interval[1]]
+    return out
+
+
+def paired_qwk_difference(
+    y_true: Sequence[int],
+    reference_pred: Sequence[int],
+    candidate_pred: Sequence[int],
+    *,
+    classes: Sequence[int] = ICDR_GRADES,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+    groups: Sequence[object] | None = None,
+) -> dict[str, Any]:
+    """QWK of the candidate minus QWK of the reference on the same images, with a paired
+    bootstrap 95 % interval and a verdict: ``better`` / ``worse`` when the interval excludes 0,
+    else ``indistinguishable``. ``groups``: a patient per image, resampled whole."""
+    true = np.asarray(y_true, dtype=np.int64)
+    first = np.asarray(reference_pred, dtype=np.int64)
+    second = np.asarray(candidate_pred, dtype=np.int64)
+    if not (true.size == first.size == second.size):
+        raise ValueError("y_true and both predictions must have one grade per image")
+
+    true_pos, k = _positions(true, classes), len(classes)
+    first_pos, second_pos = _positions(first, classes), _positions(second, classes)
+
+    def difference(i: np.ndarray) -> float:
+        return _fast_qwk(true_pos[i], second_pos[i], k) - _fast_qwk(true_pos[i], first_pos[i], k)
+
+    estimate = (
+        quadratic_weighted_kappa(true, second, classes=classes)
+        - quadratic_weighted_kappa(true, first, classes=classes)
+        if true.size
+        else float("nan")
+    )
+    interval = _interval(difference, true.size, n_resamples=n_resamples, seed=seed, groups=groups)
+    verdict = INDISTINGUISHABLE
+    if interval is not None and interval[0] > 0:
+        verdict = BETTER
+    elif interval is not None and interval[1] < 0:
+        verdict = WORSE
+    return {
+        "n": int(true.size),
+        "difference": float(estimate),
+        "interval": None if interval is None else [interval[0], interval[1]],
+        "verdict": verdict,
+        "confidence": CONFIDENCE,
+        "n_resamples": n_resamples,
+        "resampled": "patients" if groups is not None else "images",
+    }
