@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 
 from grading.models import (
+    CertificationItem,
     Grade,
     GradeLevel,
     GradingClaim,
@@ -127,3 +128,19 @@ class WorkbenchSettingsAdmin(admin.ModelAdmin):
         # Settings change on the grading settings page, which validates them together (blind
         # reading and queue order) and settles images when fewer grades are required.
         return False
+
+
+@admin.register(CertificationItem)
+class CertificationItemAdmin(admin.ModelAdmin):
+    """Mark single images as certification images (the reference is their confirmed grade when
+    added through the certification page; here an admin may set it explicitly)."""
+
+    list_display = ("image", "reference_grade", "reference_macular_oedema", "added_by", "added_at")
+    list_filter = ("reference_grade",)
+    raw_id_fields = ("image",)
+    readonly_fields = ("added_by", "added_at")
+
+    def save_model(self, request, obj, form, change) -> None:
+        if not change:
+            obj.added_by = request.user
+        super().save_model(request, obj, form, change)

@@ -20,7 +20,18 @@ ALL_PAGES = frozenset({GRADE_PAGE, ADJUDICATE_PAGE})
 
 # What grade.js knows how to do; a binding naming anything else is a programming error.
 ACTIONS = frozenset(
-    {"grade", "toggle", "click", "save", "skip", "next", "previous", "viewer", "leave"}
+    {
+        "grade",
+        "toggle",
+        "click",
+        "save",
+        "skip",
+        "next",
+        "previous",
+        "viewer",
+        "leave",
+        "finding_row",
+    }
 )
 
 
@@ -39,7 +50,7 @@ class KeyBinding:
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
             raise ValueError(f"Unknown key action {self.action!r}; known: {sorted(ACTIONS)}")
-        if self.action in ("toggle", "click", "viewer") and not self.target:
+        if self.action in ("toggle", "click", "viewer", "finding_row") and not self.target:
             raise ValueError(f"The {self.action!r} key {self.keys} needs a target.")
 
     def for_script(self) -> dict:
@@ -93,6 +104,53 @@ KEY_BINDINGS: list[KeyBinding] = [
 ]
 
 
+# The lesion rubric's keys (grading page, when the rubric is on): a letter ticks a finding; H, B and
+# I take a quadrant 1-4 next (the digits then name a quadrant, not a grade).
+RUBRIC_KEY_BINDINGS: list[KeyBinding] = [
+    KeyBinding(("a",), "toggle", "microaneurysms", target='[data-finding-key="A"]', labels=("A",)),
+    KeyBinding(
+        ("h",),
+        "finding_row",
+        "haemorrhages in quadrant 1-4 (ST, SN, IT, IN): cycles –, +, 20+",
+        target="haem",
+        labels=("H 1–4",),
+    ),
+    KeyBinding(
+        ("b",),
+        "finding_row",
+        "venous beading in quadrant 1-4",
+        target="vb",
+        labels=("B 1–4",),
+    ),
+    KeyBinding(("i",), "finding_row", "IRMA in quadrant 1-4", target="irma", labels=("I 1–4",)),
+    KeyBinding(
+        ("d",), "toggle", "new vessels at the disc", target='[data-finding-key="D"]', labels=("D",)
+    ),
+    KeyBinding(
+        ("n",), "toggle", "new vessels elsewhere", target='[data-finding-key="N"]', labels=("N",)
+    ),
+    KeyBinding(
+        ("p",),
+        "toggle",
+        "vitreous / pre-retinal haemorrhage",
+        target='[data-finding-key="P"]',
+        labels=("P",),
+    ),
+    KeyBinding(("e",), "toggle", "hard exudates", target='[data-finding-key="E"]', labels=("E",)),
+    KeyBinding(
+        ("o",),
+        "toggle",
+        "exudates within 1 disc diameter of the fovea",
+        target='[data-finding-key="O"]',
+        labels=("O",),
+    ),
+    KeyBinding(
+        ("w",), "toggle", "cotton-wool spots", target='[data-finding-key="W"]', labels=("W",)
+    ),
+    KeyBinding(("l",), "toggle", "laser scars", target='[data-finding-key="L"]', labels=("L",)),
+]
+
+
 def grade_key_binding(*, values: Sequence[int]) -> KeyBinding:
     keys = tuple(str(value) for value in values)
     labels = (f"{keys[0]}–{keys[-1]}",) if len(keys) > 1 else keys
@@ -114,9 +172,11 @@ def key_bindings_for(
     return bindings
 
 
-def keyboard_ctx(*, page: str, grade_values: Sequence[int]) -> dict:
+def keyboard_ctx(
+    *, page: str, grade_values: Sequence[int], extra: Iterable[KeyBinding] = ()
+) -> dict:
     """Template context: the table for grade.js (``json_script``) and the help built from it."""
-    bindings = key_bindings_for(page=page, grade_values=grade_values)
+    bindings = key_bindings_for(page=page, grade_values=grade_values, extra=extra)
     return {
         "keyboard_bindings": [binding.for_script() for binding in bindings],
         "keyboard_help": [binding.for_help() for binding in bindings],

@@ -127,6 +127,27 @@ class Image(models.Model):
     )
     confirmed_at = models.DateTimeField(null=True, blank=True)
 
+    class QualityReview(models.TextChoices):
+        NONE = "", "Not needed"
+        CHECK = "check", "Check quality"
+        PASSED = "passed", "Passed on by a clinician"
+        UNGRADABLE = "ungradable", "Confirmed ungradable"
+
+    quality_measures = models.JSONField(
+        default=dict, blank=True, help_text="mlcore.quality measures, computed at upload."
+    )
+    quality_score = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Gradability 0-1; below 0.5 a measure misses its threshold.",
+    )
+    quality_review = models.CharField(
+        max_length=16, choices=QualityReview.choices, blank=True, default=""
+    )
+    quality_reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
     class Meta:
         ordering = ["-uploaded_at", "-id"]
         indexes = [
@@ -174,6 +195,7 @@ class Grade(models.Model):
         GRADER = "grader", "Independent grade"
         ADJUDICATION = "adjudication", "Adjudication"
         IMPORT = "import", "Imported"
+        CERTIFICATION = "certification", "Certification (graded against a reference)"
 
     image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="grades")
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.GRADER)
@@ -196,6 +218,25 @@ class Grade(models.Model):
     ungradable = models.BooleanField(default=False)
     macular_oedema = models.BooleanField(default=False)
     notes = models.TextField(blank=True, default="")
+    findings = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Lesion rubric (mlcore.rubric.Findings.to_dict); empty when the rubric was not used.",
+    )
+    rubric_used = models.BooleanField(default=False)
+    derived_grade = models.ForeignKey(
+        GradeLevel,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="The ICDR grade the findings imply (4-2-1 rule); kept beside an override.",
+    )
+    override_reason = models.TextField(blank=True, default="")
+    counts_towards_confirmation = models.BooleanField(
+        default=True,
+        help_text="False for a grade from a clinician not yet certified when the gate is on.",
+    )
     supersedes = models.OneToOneField(
         "self", null=True, blank=True, on_delete=models.PROTECT, related_name="superseded_by"
     )
@@ -238,6 +279,12 @@ class Grade(models.Model):
             raise ValidationError("An ungradable image has no grade value.")
         if not self.ungradable and self.grade_id is None:
             raise ValidationError("Choose a grade or mark the image ungradable.")
+
+    @property
+    def findings_text(self) -> str:
+        from mlcore.rubric import Findings, findings_describe
+
+        return findings_describe(Findings.from_dict(self.findings))
 
 
 class ModelVersion(models.Model):
@@ -436,6 +483,26 @@ class GradingClaim(models.Model):
         return f"{self.grader} holds image {self.image_id} until {self.expires_at:%H:%M}"
 
 
+class CertificationItem(models.Model):
+    """One photograph of the certification (gold) set, with its trusted reference grade. Never
+    shown to a clinician before they have saved their own certification grade of it."""
+
+    image = models.OneToOneField(Image, on_delete=models.CASCADE, related_name="certification_item")
+    reference_grade = models.ForeignKey(GradeLevel, on_delete=models.PROTECT, related_name="+")
+    reference_macular_oedema = models.BooleanField(default=False)
+    added_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    added_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        permissions = [("manage_certification", "Can manage the certification set")]
+
+    def __str__(self) -> str:
+        return f"certification image {self.image_id} (reference {self.reference_grade_id})"
+
+
 class WorkbenchSettings(models.Model):
     """Site-wide grading policy an admin changes in the browser (a single row)."""
 
@@ -471,6 +538,55 @@ class WorkbenchSettings(models.Model):
     auto_retrain_after = models.PositiveIntegerField(
         default=0,
         help_text="Start a candidate retrain after this many new confirmed grades (0: off).",
+    )
+
+    class CertificationMode(models.TextChoices):
+        SESSION = "session", "A dedicated certification session first"
+        MIXED = "mixed", "Mixed into the grading queue"
+
+    rubric_enabled = models.BooleanField(
+        default=True,
+        help_text="Record lesion findings; the ICDR grade is derived from them (4-2-1 rule).",
+    )
+    certification_mode = models.CharField(
+        max_length=16, choices=CertificationMode.choices, default=CertificationMode.SESSION
+    )
+    certification_gates_confirmation = models.BooleanField(
+        default=True,
+        help_text="Grades of clinicians who have not passed certification do not confirm images.",
+    )
+    certification_min_qwk = models.FloatField(
+        default=0.7, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)]
+    )
+    certification_min_sensitivity = models.FloatField(
+        default=0.8, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)]
+    )
+    certification_min_specificity = models.FloatField(
+        default=0.8, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)]
+    )
+    certification_min_exact = models.FloatField(
+        default=0.6, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)]
+    )
+    quality_gate_enabled = models.BooleanField(
+        default=True, help_text="Send photographs below the gradability threshold to a check."
+    )
+    quality_min_focus = models.FloatField(
+        default=3.0,
+        validators=[MinValueValidator(0.0)],
+        help_text="Variance of the Laplacian at 512 px (sharpness).",
+    )
+    quality_max_clipped = models.FloatField(
+        default=0.3,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Largest share of the fundus that may be clipped dark or bright.",
+    )
+    quality_min_coverage = models.FloatField(
+        default=0.5,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Smallest share of the frame inside the fundus disc.",
+    )
+    quality_min_resolution = models.PositiveIntegerField(
+        default=224, help_text="Smallest short side in pixels."
     )
 
     class Meta:

@@ -6,7 +6,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from grading.models import Image, ModelVersion, Prediction
+from grading.models import Grade, Image, ModelVersion, Prediction
 
 
 class PredictionSerializer(serializers.ModelSerializer):
@@ -113,5 +113,38 @@ class ModelVersionSerializer(serializers.ModelSerializer):
             "created_at",
             "trained_at",
             "activated_at",
+        ]
+        read_only_fields = fields
+
+
+class GradeSerializer(serializers.ModelSerializer):
+    """One grade with its lesion findings (mlcore.rubric.Findings.to_dict: only what was seen),
+    the grade the findings give and the reason for an override."""
+
+    image = serializers.IntegerField(source="image_id")
+    grader = serializers.CharField(source="grader.username", allow_null=True, default=None)
+    grade = serializers.IntegerField(source="grade_id", allow_null=True)
+    derived_grade = serializers.IntegerField(source="derived_grade_id", allow_null=True)
+    supersedes = serializers.IntegerField(source="supersedes_id", allow_null=True)
+
+    class Meta:
+        model = Grade
+        fields = [
+            "id",
+            "image",
+            "kind",
+            "grader",
+            "source",
+            "grade",
+            "ungradable",
+            "macular_oedema",
+            "notes",
+            "rubric_used",
+            "findings",
+            "derived_grade",
+            "override_reason",
+            "counts_towards_confirmation",
+            "supersedes",
+            "created_at",
         ]
         read_only_fields = fields

@@ -236,6 +236,9 @@ FUNDUS_FEATURE_STORE = env_path("FUNDUS_FEATURE_STORE", BASE_DIR / "var" / "feat
 FUNDUS_MODEL_DIR = env_path("FUNDUS_MODEL_DIR", BASE_DIR / "var" / "models")
 FUNDUS_BACKBONES = env_list("FUNDUS_BACKBONES", ["efficientnet_lite0", "mobilenet_v2"])
 FUNDUS_DEMO_DIR = env_str("FUNDUS_DEMO_DIR")  # the repo never contains the dataset
+# The photo-quality gate at upload (the admin's switch and thresholds are in the database). The test
+# suite turns it off by default: its synthetic photographs are 64 px, far below any threshold.
+FUNDUS_QUALITY_GATE = env_bool("FUNDUS_QUALITY_GATE", True)
 
 # Grading scale: ICDR by default. A lab with another scale sets FUNDUS_GRADE_SCALE to
 # "value:name[:referable],..." before the first migrate, or edits the GradeLevel table in the admin.

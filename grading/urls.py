@@ -23,6 +23,7 @@ urlpatterns = [
     path("", include("grading.views.models")),
     path("", include("grading.views.review")),
     path("", include("grading.views.audit")),
+    path("", include("grading.views.protocol")),
     path("api/", include("grading.views.api")),
     path("favicon.ico", errors.favicon, name="favicon"),
 ]

@@ -195,7 +195,7 @@ class LegacyVersionFlagsTests(BaseTestCase):
 
         from grading.models import Prediction
 
-        migration = importlib.import_module("grading.migrations.0004_honest")
+        migration = importlib.import_module("grading.migrations.0003_honest")
         held_out, trained, later = (image_make(confirmed_grade=g) for g in (0, 2, 3))
         pending = image_make()
         version = model_version_make("v1", holdout_sha256=[held_out.sha256])

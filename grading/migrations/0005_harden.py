@@ -23,8 +23,7 @@ def audit_permission_grant(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        # Chained after main's 0006_scale (both started from 0002; main already holds 0006).
-        ("grading", "0006_scale"),
+        ("grading", "0004_scale"),
         ("auditlog", "0017_add_actor_email"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]

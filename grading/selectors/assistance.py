@@ -28,7 +28,14 @@ def reader_is_independent(*, image: Image, user: AbstractBaseUser) -> bool:
 def prediction_hidden(*, image: Image, user: AbstractBaseUser) -> bool:
     """Blind mode: every independent reader (the first, the second, an admin who grades) does not
     see the model's opinion until their own grade is saved, so every grade is free of anchoring
-    on the model."""
+    on the model.
+
+    Always hidden on a certification image the clinician has not graded yet: a model trained on
+    its reference grade would give the answer away."""
+    from grading.selectors.certification import reference_hidden
+
+    if reference_hidden(image=image, user=user):
+        return True
     if not workbench_settings_get().blind_first_grader:
         return False
     return reader_is_independent(image=image, user=user)

@@ -15,6 +15,7 @@ from django.db.models import QuerySet
 
 from grading.models import Grade, ModelVersion, Prediction
 from grading.selectors.review import scale_get
+from mlcore.rubric import QUADRANTS, Findings
 
 EXPORT_CHUNK_SIZE = 2000
 # Spreadsheet programs run a cell starting with one of these as a formula ("CSV injection"); free
@@ -48,6 +49,27 @@ _GRADE_EXPORT: tuple[Column, ...] = (
     ("superseded_by_grade_id", "superseded_by__id"),
     ("image_confirmed_grade", "image__confirmed_grade_id"),
     ("image_confirmation_method", "image__confirmation_method"),
+    # The lesion rubric: whether it was used, the grade its findings give, the override's reason;
+    # then one column per finding (expanded from the stored findings below).
+    ("rubric_used", "rubric_used"),
+    ("derived_grade", "derived_grade_id"),
+    ("override_reason", "override_reason"),
+    ("counts_towards_confirmation", "counts_towards_confirmation"),
+)
+# Findings columns: (CSV header, Findings attribute); quadrant findings as "ST SN ...".
+_FINDING_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("finding_microaneurysms", "microaneurysms"),
+    ("finding_haemorrhage_quadrants", "haemorrhages"),
+    ("finding_haemorrhage_20plus_quadrants", "haemorrhages_severe"),
+    ("finding_venous_beading_quadrants", "venous_beading"),
+    ("finding_irma_quadrants", "irma"),
+    ("finding_nv_disc", "nv_disc"),
+    ("finding_nv_elsewhere", "nv_elsewhere"),
+    ("finding_vitreous_preretinal_haemorrhage", "vitreous_preretinal_haemorrhage"),
+    ("finding_hard_exudates", "hard_exudates"),
+    ("finding_exudates_within_1dd_fovea", "exudates_near_fovea"),
+    ("finding_cotton_wool_spots", "cotton_wool_spots"),
+    ("finding_laser_scars", "laser_scars"),
 )
 
 # A prediction row: these columns, one probability column per grade of the scale, then the tail.
@@ -75,7 +97,25 @@ def _lookups(columns: Sequence[Column]) -> list[str]:
     return [lookup for _, lookup in columns]
 
 
-GRADE_COLUMNS: tuple[str, ...] = _headers(_GRADE_EXPORT)
+GRADE_COLUMNS: tuple[str, ...] = (
+    *_headers(_GRADE_EXPORT),
+    *(header for header, _ in _FINDING_COLUMNS),
+)
+
+
+def _finding_cells(findings: dict | None, rubric_used: bool) -> list[str | int]:
+    if not rubric_used:
+        return [""] * len(_FINDING_COLUMNS)
+    parsed = Findings.from_dict(findings)
+    cells: list[str | int] = []
+    for _, attribute in _FINDING_COLUMNS:
+        value = getattr(parsed, attribute)
+        cells.append(
+            " ".join(q for q in QUADRANTS if q in value)
+            if isinstance(value, frozenset)
+            else int(value)
+        )
+    return cells
 
 
 def csv_cell(value: Any) -> str | int | float:
@@ -98,9 +138,15 @@ def grades_export_rows(*, hidden_images: QuerySet | None = None) -> Iterator[Seq
     grades = Grade.objects.order_by("id")
     if hidden_images is not None:
         grades = grades.exclude(image__in=hidden_images.values("pk"))
-    rows = grades.values_list(*_lookups(_GRADE_EXPORT)).iterator(chunk_size=EXPORT_CHUNK_SIZE)
+    rows = grades.values_list(*_lookups(_GRADE_EXPORT), "findings").iterator(
+        chunk_size=EXPORT_CHUNK_SIZE
+    )
+    rubric_index = _lookups(_GRADE_EXPORT).index("rubric_used")
     for row in rows:
-        yield [csv_cell(value) for value in row]
+        yield [
+            *(csv_cell(value) for value in row[:-1]),
+            *_finding_cells(row[-1], bool(row[rubric_index])),
+        ]
 
 
 def prediction_columns(classes: Sequence[int]) -> tuple[str, ...]:

@@ -92,18 +92,38 @@ def _status_from(images: list[Image]) -> ReferableStatus:
     )
 
 
-def patients_referable_status(*, patient_ids: Collection[int]) -> dict[int, ReferableStatus]:
-    confirmed = Image.objects.filter(
-        patient_id__in=list(patient_ids), grading_state=Image.GradingState.CONFIRMED
-    ).select_related("confirmed_grade")
+def images_reference_mask(images: list[Image], hidden_image_ids: Collection[int]) -> list[Image]:
+    """Mark the certification images whose reference the viewer may not see yet (the badge
+    template shows "Certification" instead of their confirmed grade)."""
+    hidden = set(hidden_image_ids)
+    for image in images:
+        image.reference_hidden = image.pk in hidden
+    return images
+
+
+def patients_referable_status(
+    *, patient_ids: Collection[int], hidden_image_ids: Collection[int] = ()
+) -> dict[int, ReferableStatus]:
+    """``hidden_image_ids``: certification images left out (their grade is the viewer's test)."""
+    confirmed = (
+        Image.objects.filter(
+            patient_id__in=list(patient_ids), grading_state=Image.GradingState.CONFIRMED
+        )
+        .exclude(pk__in=list(hidden_image_ids))
+        .select_related("confirmed_grade")
+    )
     by_patient: dict[int, list[Image]] = {patient_id: [] for patient_id in patient_ids}
     for image in confirmed:
         by_patient[image.patient_id].append(image)
     return {patient_id: _status_from(images) for patient_id, images in by_patient.items()}
 
 
-def patient_referable_status(*, patient: Patient) -> ReferableStatus:
-    return patients_referable_status(patient_ids=[patient.pk])[patient.pk]
+def patient_referable_status(
+    *, patient: Patient, hidden_image_ids: Collection[int] = ()
+) -> ReferableStatus:
+    return patients_referable_status(patient_ids=[patient.pk], hidden_image_ids=hidden_image_ids)[
+        patient.pk
+    ]
 
 
 def patients_search(*, query: str = "") -> QuerySet[Patient]:
@@ -140,9 +160,14 @@ class EyeTimeline:
     images: list[Image]
 
 
-def patient_eyes_timeline(*, patient: Patient) -> list[EyeTimeline]:
+def patient_eyes_timeline(
+    *, patient: Patient, hidden_image_ids: Collection[int] = ()
+) -> list[EyeTimeline]:
     """Each eye's photographs, most recent first (eyes without photographs left out)."""
-    images = list(patient.images.select_related("confirmed_grade").order_by("-acquired_on", "-id"))
+    images = images_reference_mask(
+        list(patient.images.select_related("confirmed_grade").order_by("-acquired_on", "-id")),
+        hidden_image_ids,
+    )
     timelines = []
     for eye in EYE_ORDER:
         eye_images = _latest_first([image for image in images if image.eye == eye])
@@ -167,16 +192,22 @@ class PatientContext:
     status: ReferableStatus
 
 
-def patient_context_for(*, image: Image, limit: int = 8) -> PatientContext:
+def patient_context_for(
+    *, image: Image, limit: int = 8, hidden_image_ids: Collection[int] = ()
+) -> PatientContext:
     """What a grader sees beside the photograph: the rest of this visit (same day, either eye:
     the other eye, or a retake of this one) and the other visits grouped by day, with their
-    confirmed grades only (never another clinician's grade of a photograph still being graded).
+    confirmed grades only (never another clinician's grade of a photograph still being graded,
+    nor the reference grade of a certification image they have still to grade).
     A photograph without a date is never assumed to belong to this visit."""
     others = _latest_first(
-        list(
-            Image.objects.filter(patient_id=image.patient_id)
-            .exclude(pk=image.pk)
-            .select_related("confirmed_grade")
+        images_reference_mask(
+            list(
+                Image.objects.filter(patient_id=image.patient_id)
+                .exclude(pk=image.pk)
+                .select_related("confirmed_grade")
+            ),
+            hidden_image_ids,
         )
     )
     this_visit = [
@@ -197,5 +228,5 @@ def patient_context_for(*, image: Image, limit: int = 8) -> PatientContext:
             Visit(day=day, images=sorted(images, key=lambda other: eye_rank.get(other.eye, 9)))
             for day, images in by_day.items()
         ],
-        status=patient_referable_status(patient=image.patient),
+        status=patient_referable_status(patient=image.patient, hidden_image_ids=hidden_image_ids),
     )

@@ -13,6 +13,7 @@ from django.db.models import Prefetch
 
 from grading.models import Grade, Image, Prediction
 from grading.selectors.assistance import prediction_hidden, reader_is_independent
+from grading.selectors.certification import reference_hidden
 from grading.selectors.review import (
     BASIS_AGREEMENT,
     BASIS_OWN_SINGLE,
@@ -63,6 +64,9 @@ class Timeline:
     predictions_hidden: bool  # the model's predictions withheld (blind reading)
     grade_count: int
     prediction_count: int
+    # A certification image this clinician has not graded yet: its reference (the confirmed grade
+    # and everything leading to it) is withheld.
+    reference_hidden: bool = False
 
 
 def _probability_bars(prediction: Prediction, scale: Scale) -> list[ProbabilityBar]:
@@ -154,6 +158,8 @@ def timeline_hides_others(*, image: Image, viewer: Any) -> bool:
     """Before an image is confirmed, a clinician sees only their own grades here: showing a colleague's
     grade would break independent grading. Reviewers, who adjudicate, see everything. (Whether the
     model's predictions are shown is decided as on the grading page: ``prediction_hidden``.)"""
+    if reference_hidden(image=image, user=viewer):
+        return True
     if image.grading_state == Image.GradingState.CONFIRMED:
         return False
     if reader_is_independent(image=image, user=viewer):
@@ -198,6 +204,11 @@ def image_timeline(*, image_id: int, viewer: Any, scale: Scale | None = None) ->
     if predictions_withheld:
         predictions = []
 
+    hide_reference = reference_hidden(image=image, user=viewer)
+    if hide_reference:
+        confirmation = (
+            "Certification image: its reference grade is shown once you have saved yours."
+        )
     events = [TimelineEvent(kind="upload", at=image.uploaded_at)]
     events += [
         TimelineEvent(
@@ -214,7 +225,11 @@ def image_timeline(*, image_id: int, viewer: Any, scale: Scale | None = None) ->
         )
         for prediction in predictions
     ]
-    if image.grading_state == Image.GradingState.CONFIRMED and image.confirmed_at is not None:
+    if (
+        image.grading_state == Image.GradingState.CONFIRMED
+        and image.confirmed_at is not None
+        and not hide_reference
+    ):
         events.append(TimelineEvent(kind="confirmation", at=image.confirmed_at))
     for sequence, event in enumerate(events):
         event.sequence = sequence
@@ -227,4 +242,5 @@ def image_timeline(*, image_id: int, viewer: Any, scale: Scale | None = None) ->
         predictions_hidden=predictions_withheld,
         grade_count=len(grades),
         prediction_count=len(predictions),
+        reference_hidden=hide_reference,
     )

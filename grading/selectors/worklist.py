@@ -35,8 +35,15 @@ def workbench_settings_get() -> WorkbenchSettings:
 
 def grades_current(*, image: Image) -> list[Grade]:
     """The latest independent grade of each clinician for this image (corrections replace the old)."""
+    # A grade that does not count (an uncertified clinician's, when the admin gates on
+    # certification) is kept in the history but neither confirms nor takes a grading slot.
     return list(
-        Grade.objects.filter(image=image, kind=Grade.Kind.GRADER, superseded_by__isnull=True)
+        Grade.objects.filter(
+            image=image,
+            kind=Grade.Kind.GRADER,
+            superseded_by__isnull=True,
+            counts_towards_confirmation=True,
+        )
         .select_related("grader", "grade")
         .order_by("created_at", "id")
     )
@@ -66,9 +73,13 @@ def _needing_grade(
     graded_by_me = Grade.objects.filter(
         image=OuterRef(image), grader=grader, kind=Grade.Kind.GRADER
     )
+    quality_review = "quality_review" if image == "pk" else "image__quality_review"
     grader_count = (
         Grade.objects.filter(
-            image=OuterRef(image), kind=Grade.Kind.GRADER, superseded_by__isnull=True
+            image=OuterRef(image),
+            kind=Grade.Kind.GRADER,
+            superseded_by__isnull=True,
+            counts_towards_confirmation=True,
         )
         .order_by()
         .values("image")
@@ -85,6 +96,8 @@ def _needing_grade(
     )
     return (
         queryset.filter(~Exists(graded_by_me))
+        # Photographs waiting for a quality check are not graded until a clinician passes them.
+        .exclude(**{quality_review: Image.QualityReview.CHECK})
         .alias(
             slots_taken=Coalesce(Subquery(grader_count), 0)
             + Coalesce(Subquery(claims_by_others), 0)

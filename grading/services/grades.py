@@ -21,9 +21,14 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
-from grading.models import Grade, GradeLevel, Image
+from grading.models import CertificationItem, Grade, GradeLevel, Image
+from grading.selectors.certification import (
+    certification_subject,
+    grade_counts_towards_confirmation,
+)
 from grading.selectors.worklist import grades_current, workbench_settings_get
 from grading.services.claims import claim_release
+from mlcore.rubric import Findings, icdr_grade_derive
 
 MAX_NOTES_LENGTH = 4000
 # The image fields that say whether and how its grade is confirmed (written together).
@@ -50,6 +55,20 @@ class GradeInput:
     ungradable: bool = False
     macular_oedema: bool = False
     notes: str = ""
+    # The lesion rubric: None when it was not used (rubric off, or an API-style plain grade).
+    findings: Findings | None = None
+    override_reason: str = ""
+
+
+@dataclass(frozen=True)
+class RubricRecord:
+    """What the grade row keeps of the rubric: the findings, the grade they imply, and why the
+    grader recorded another grade (if they did)."""
+
+    used: bool = False
+    findings: dict | None = None
+    derived_grade: GradeLevel | None = None
+    override_reason: str = ""
 
 
 def _grade_level_resolve(choice: GradeInput) -> GradeLevel | None:
@@ -74,6 +93,37 @@ def _grade_level_resolve(choice: GradeInput) -> GradeLevel | None:
     return level
 
 
+def _rubric_resolve(choice: GradeInput, level: GradeLevel | None) -> RubricRecord:
+    """Derive the ICDR grade from the findings; a different recorded grade needs a reason."""
+    if choice.findings is None:
+        return RubricRecord()
+    if len(choice.override_reason) > MAX_NOTES_LENGTH:
+        raise GradeRejected(f"The override reason is limited to {MAX_NOTES_LENGTH} characters.")
+    if choice.ungradable:
+        if not choice.findings.is_empty:
+            raise GradeRejected(
+                "An ungradable image has no findings; clear the findings or the ungradable mark."
+            )
+        return RubricRecord(used=True, findings={})
+    derived = icdr_grade_derive(choice.findings)
+    derived_level = GradeLevel.objects.filter(value=derived.grade).first()
+    reason = choice.override_reason.strip()
+    if level is not None and derived_level is not None and level.value != derived_level.value:
+        if not reason:
+            raise GradeRejected(
+                f"The findings give grade {derived_level} ({derived.reason}). To record grade "
+                f"{level} instead, give a reason for the override."
+            )
+    else:
+        reason = ""  # no override: nothing to explain
+    return RubricRecord(
+        used=True,
+        findings=choice.findings.to_dict(),
+        derived_grade=derived_level,
+        override_reason=reason,
+    )
+
+
 def _grades_agree(grades: list[Grade]) -> bool:
     return len({(grade.grade_id, grade.ungradable) for grade in grades}) == 1
 
@@ -89,13 +139,18 @@ def _grade_current(
     return grades.order_by("-created_at", "-id").first()
 
 
-def _grade_repeats(grade: Grade, *, level: GradeLevel | None, choice: GradeInput) -> bool:
-    """Whether ``choice`` says exactly what ``grade`` already says."""
+def _grade_repeats(
+    grade: Grade, *, level: GradeLevel | None, choice: GradeInput, rubric: RubricRecord
+) -> bool:
+    """Whether ``choice`` (with its rubric findings) says exactly what ``grade`` already says."""
     return (
         grade.grade_id == (level.pk if level is not None else None)
         and grade.ungradable == choice.ungradable
         and grade.macular_oedema == choice.macular_oedema
         and grade.notes == choice.notes.strip()
+        and grade.rubric_used == rubric.used
+        and grade.findings == (rubric.findings or {})
+        and grade.override_reason == rubric.override_reason
     )
 
 
@@ -108,7 +163,10 @@ def _grade_append(
     choice: GradeInput,
     supersedes: Grade | None,
     adjudicator_graded: bool = False,
+    rubric: RubricRecord | None = None,
+    counts: bool = True,
 ) -> Grade:
+    rubric = rubric or RubricRecord()
     grade = Grade(
         image=image,
         kind=kind,
@@ -119,6 +177,11 @@ def _grade_append(
         notes=choice.notes.strip(),
         supersedes=supersedes,
         adjudicator_graded=adjudicator_graded,
+        rubric_used=rubric.used,
+        findings=rubric.findings or {},
+        derived_grade=rubric.derived_grade,
+        override_reason=rubric.override_reason,
+        counts_towards_confirmation=counts,
     )
     grade.full_clean()
     grade.save()
@@ -189,11 +252,49 @@ def image_confirmation_refresh(
     )
 
 
+def certification_grade_submit(
+    *, image: Image, grader: AbstractBaseUser, choice: GradeInput, rubric: RubricRecord
+) -> Grade:
+    """A clinician's grade of a certification image: scored against the reference, never part of
+    the image's confirmation, and not correctable (the reference is shown once it is saved)."""
+    with transaction.atomic():
+        locked = Image.objects.select_for_update().get(pk=image.pk)
+        previous = Grade.objects.filter(
+            image=locked, grader=grader, kind=Grade.Kind.CERTIFICATION
+        ).first()
+        if previous is not None and _grade_repeats(
+            previous, level=_grade_level_resolve(choice), choice=choice, rubric=rubric
+        ):
+            return previous  # a double submit: the first grade stands, no second row
+        if previous is not None:
+            raise GradeRejected(
+                "You have already graded this certification image; certification grades are "
+                "not corrected (the reference was shown after your grade)."
+            )
+        return _grade_append(
+            image=locked,
+            kind=Grade.Kind.CERTIFICATION,
+            grader=grader,
+            level=_grade_level_resolve(choice),
+            choice=choice,
+            supersedes=None,
+            rubric=rubric,
+        )
+
+
 def grade_submit(*, image: Image, grader: AbstractBaseUser, choice: GradeInput) -> Grade:
     """Record a clinician's independent grade (or their correction of it) and update the image.
     Idempotent: submitting what the grader's current grade already says returns that grade and
-    writes nothing."""
+    writes nothing. On a certification image, a clinician's grade is a certification grade
+    instead."""
     level = _grade_level_resolve(choice)
+    rubric = _rubric_resolve(choice, level)
+    if (
+        certification_subject(user=grader)
+        and CertificationItem.objects.filter(image_id=image.pk).exists()
+    ):
+        return certification_grade_submit(image=image, grader=grader, choice=choice, rubric=rubric)
+    counts = grade_counts_towards_confirmation(grader=grader)
     with transaction.atomic():
         # Lock the image so two grades arriving together are counted one after the other.
         locked = Image.objects.select_for_update().get(pk=image.pk)
@@ -209,7 +310,9 @@ def grade_submit(*, image: Image, grader: AbstractBaseUser, choice: GradeInput) 
                 raise GradeRejected(
                     "Other clinicians have already graded this image; your grade was not recorded."
                 )
-        if previous is not None and _grade_repeats(previous, level=level, choice=choice):
+        if previous is not None and _grade_repeats(
+            previous, level=level, choice=choice, rubric=rubric
+        ):
             # A double submit (or "save" pressed again) changes nothing: no second row.
             return previous
         grade = _grade_append(
@@ -219,6 +322,8 @@ def grade_submit(*, image: Image, grader: AbstractBaseUser, choice: GradeInput) 
             level=level,
             choice=choice,
             supersedes=previous,
+            rubric=rubric,
+            counts=counts,
         )
         claim_release(image=locked, grader=grader)
         image_confirmation_refresh(image=locked, grades_required=required, last_grader=grader)

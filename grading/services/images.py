@@ -135,6 +135,13 @@ def image_create(
     existing = Image.objects.filter(sha256=validated.sha256).first()
     if existing is not None:
         raise DuplicateImage(existing)
+    from grading.services.quality import quality_fields_for
+
+    # Measured here so upload, the import command and background imports all get the gate.
+    # An imported photo with a confirmed grade is measured but never sent to the check queue.
+    quality = quality_fields_for(data=validated.data)
+    if confirmed_grade is not None and quality:
+        quality["quality_review"] = Image.QualityReview.NONE
     name, wrote_file = _file_store(validated)
     try:
         with transaction.atomic():
@@ -148,6 +155,7 @@ def image_create(
                 source=source[:255],
                 original_filename=original_filename[:255],
                 uploaded_by=uploaded_by,
+                **quality,
             )
             image.file.name = name
             image.full_clean(exclude=["file"])

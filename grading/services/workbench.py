@@ -17,12 +17,28 @@ EDITABLE_FIELDS = (
     "allow_uncertain_order_when_blind",
     "allow_self_adjudication",
 )
+# The grading protocol's settings (lesion rubric, certification, quality gate): their own page.
+PROTOCOL_FIELDS = (
+    "rubric_enabled",
+    "certification_mode",
+    "certification_gates_confirmation",
+    "certification_min_qwk",
+    "certification_min_sensitivity",
+    "certification_min_specificity",
+    "certification_min_exact",
+    "quality_gate_enabled",
+    "quality_min_focus",
+    "quality_max_clipped",
+    "quality_min_coverage",
+    "quality_min_resolution",
+)
+_QUALITY_FIELDS = {name for name in PROTOCOL_FIELDS if name.startswith("quality_")}
 
 
 def workbench_settings_update(**values: object) -> tuple[WorkbenchSettings, int]:
     """Change the grading policy. Lowering the number of required grades settles pending images
     that already have enough; returns the settings and how many images changed state."""
-    unknown = set(values) - set(EDITABLE_FIELDS)
+    unknown = set(values) - set(EDITABLE_FIELDS) - set(PROTOCOL_FIELDS)
     if unknown:
         raise TypeError(f"not editable: {', '.join(sorted(unknown))}")
     with transaction.atomic():
@@ -33,4 +49,8 @@ def workbench_settings_update(**values: object) -> tuple[WorkbenchSettings, int]
         current.full_clean()
         current.save()
     settled = images_confirmation_refresh_all() if current.grades_required < before else 0
+    if _QUALITY_FIELDS & set(values):
+        from grading.services.quality import images_quality_rescore
+
+        images_quality_rescore()
     return current, settled

@@ -20,10 +20,11 @@ from rest_framework.response import Response
 from rest_framework.reverse import reverse
 from rest_framework.routers import APIRootView
 
-from grading.models import GradeLevel, Image, ModelVersion, Prediction
-from grading.selectors.assistance import images_blind_for
+from grading.models import Grade, GradeLevel, Image, ModelVersion, Prediction
+from grading.selectors.assistance import images_blind_for, images_read_independently_by
 from grading.selectors.model_versions import model_version_active
 from grading.serializers import (
+    GradeSerializer,
     ImageSerializer,
     ModelVersionSerializer,
     PredictionListParams,
@@ -190,6 +191,23 @@ class ImageDetail(ImagePredictionMixin, ReadOnlyApiView, generics.RetrieveAPIVie
         return self.images_with_prediction()
 
 
+class ImageGrades(ReadOnlyApiView, generics.ListAPIView):
+    """Every grade of one image, oldest first, with its lesion findings (reviewers and admins
+    only, like the rest of the API: reference grades never reach a clinician this way)."""
+
+    serializer_class = GradeSerializer
+    required_permissions = READ_PREDICTIONS
+
+    def get_queryset(self) -> QuerySet[Grade]:
+        image = get_object_or_404(Image, pk=self.kwargs["image_id"])
+        if images_read_independently_by(user=self.request.user).filter(pk=image.pk).exists():
+            # An admin who may still grade this image reads it independently: no other grades.
+            return Grade.objects.none()
+        return (
+            Grade.objects.filter(image=image).select_related("grader").order_by("created_at", "id")
+        )
+
+
 class ModelVersionList(ReadOnlyApiView, generics.ListAPIView):
     serializer_class = ModelVersionSerializer
     # Versions carry hold-out metrics: a reviewer's view, like predictions (README: 403 for
@@ -252,6 +270,7 @@ urlpatterns = [
     path("", ApiRoot.as_view(), name="api_root"),
     path("images/", ImageList.as_view(), name="api_images"),
     path("images/<int:image_id>/", ImageDetail.as_view(), name="api_image"),
+    path("images/<int:image_id>/grades/", ImageGrades.as_view(), name="api_image_grades"),
     path("model-versions/", ModelVersionList.as_view(), name="api_model_versions"),
     path(
         "model-versions/<str:name>/predictions/",

@@ -11,6 +11,7 @@ from django.views.decorators.http import require_GET
 from grading.models import Image
 from grading.selectors import home as home_selectors
 from grading.selectors import images as image_selectors
+from grading.selectors.certification import certification_pending_ids
 from grading.views.access import permission_required
 
 
@@ -29,6 +30,8 @@ def home(request: HttpRequest) -> HttpResponse:
         "clinician_home": home_selectors.home_clinician(user=user)
         if user.has_perm("grading.grade_image")
         else None,
+        # A new clinician's certification set: what "Start grading" serves first.
+        "certification_left": len(certification_pending_ids(grader=user)),
     }
     return render(request, "grading/home.html", ctx)
 

@@ -19,6 +19,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from grading import keyboard
 from grading.models import Grade, GradeLevel, Image, Job, Patient, WorkbenchSettings
+from grading.selectors import certification as certification_selectors
 from grading.selectors import patients as patient_selectors
 from grading.selectors import worklist as worklist_selectors
 from grading.selectors.assistance import (
@@ -41,6 +42,8 @@ from grading.services.uploads import (
 )
 from grading.services.workbench import EDITABLE_FIELDS, workbench_settings_update
 from grading.views.access import permission_required
+from mlcore.rubric import ICDR_VALUES as RUBRIC_ICDR_VALUES
+from mlcore.rubric import QUADRANT_NAMES, QUADRANTS, Findings, icdr_grade_derive
 
 GRADE_PERMISSION = "grading.grade_image"
 ADJUDICATE_PERMISSION = "grading.adjudicate_image"
@@ -124,7 +127,39 @@ def _leave_ungraded(request: HttpRequest, image: Image) -> None:
         _skip(request, image.pk)
 
 
+def _certification_next(request: HttpRequest) -> int | None:
+    """The certification image to serve now, if any: in a dedicated session every one comes
+    first; mixed into the queue, one certification image follows each ordinary grade (or comes
+    anyway when the ordinary queue is empty, so a fresh install always has work)."""
+    user = request.user
+    skipped = set(_skipped(request))
+    pending = [
+        image_id
+        for image_id in certification_selectors.certification_pending_ids(
+            grader=user, seed=_queue_seed(request)
+        )
+        if image_id not in skipped
+    ]
+    if not pending:
+        return None
+    settings_row = worklist_selectors.workbench_settings_get()
+    if settings_row.certification_mode == WorkbenchSettings.CertificationMode.SESSION:
+        return pending[0]
+    certification_done = Grade.objects.filter(grader=user, kind=Grade.Kind.CERTIFICATION).count()
+    ordinary_done = Grade.objects.filter(grader=user, kind=Grade.Kind.GRADER).count()
+    if certification_done <= ordinary_done:
+        return pending[0]
+    ordinary_left = (
+        worklist_selectors.images_needing_grade(grader=user).exclude(pk__in=skipped).exists()
+    )
+    return None if ordinary_left else pending[0]
+
+
 def _serve_next(request: HttpRequest) -> HttpResponse:
+    certification_id = _certification_next(request)
+    if certification_id is not None:
+        _history_visit(request, certification_id)
+        return redirect("grade_image", image_id=certification_id)
     order, _ = _queue_order(request)
     image = claim_services.claim_next(
         grader=request.user,
@@ -224,6 +259,18 @@ def worklist(request: HttpRequest) -> HttpResponse:
         else 0,
         "settings_row": settings_row,
         "can_change_settings": request.user.has_perm(SETTINGS_PERMISSION),
+        "certification_left": bool(
+            certification_selectors.certification_pending_ids(grader=request.user)
+        ),
+        "certification": (
+            certification_selectors.certification_result(user=request.user)
+            if certification_selectors.certification_subject(user=request.user)
+            and certification_selectors.certification_set_size()
+            else None
+        ),
+        "quality_check_count": Image.objects.filter(
+            grading_state=Image.GradingState.PENDING, quality_review=Image.QualityReview.CHECK
+        ).count(),
     }
     return render(request, "grading/grading/worklist.html", ctx)
 
@@ -253,6 +300,9 @@ def worklist_next(request: HttpRequest) -> HttpResponse:
 # Grading
 
 
+HAEMORRHAGE_LEVELS = [(0, "–"), (1, "+"), (2, "20+")]  # none, present, 20 or more
+
+
 class GradeForm(forms.Form):
     grade = forms.TypedChoiceField(coerce=int, required=False, empty_value=None)
     ungradable = forms.BooleanField(required=False)
@@ -260,10 +310,55 @@ class GradeForm(forms.Form):
     notes = forms.CharField(
         required=False, max_length=grade_services.MAX_NOTES_LENGTH, widget=forms.Textarea
     )
+    # The lesion rubric (mlcore.rubric): the page sends rubric=on when the grader used it.
+    rubric = forms.BooleanField(required=False, widget=forms.HiddenInput)
+    f_microaneurysms = forms.BooleanField(required=False)
+    f_nv_disc = forms.BooleanField(required=False)
+    f_nv_elsewhere = forms.BooleanField(required=False)
+    f_vitreous = forms.BooleanField(required=False)
+    f_exudates = forms.BooleanField(required=False)
+    f_exudates_fovea = forms.BooleanField(required=False)
+    f_cws = forms.BooleanField(required=False)
+    f_laser = forms.BooleanField(required=False)
+    override_reason = forms.CharField(
+        required=False, max_length=grade_services.MAX_NOTES_LENGTH, widget=forms.Textarea
+    )
 
     def __init__(self, *args, levels: list[GradeLevel], **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["grade"].choices = [("", "—")] + [(level.value, str(level)) for level in levels]
+        for quadrant in QUADRANTS:
+            self.fields[f"f_haem_{quadrant}"] = forms.TypedChoiceField(
+                coerce=int, choices=HAEMORRHAGE_LEVELS, required=False, empty_value=0
+            )
+            self.fields[f"f_vb_{quadrant}"] = forms.BooleanField(required=False)
+            self.fields[f"f_irma_{quadrant}"] = forms.BooleanField(required=False)
+
+    def findings(self) -> Findings | None:
+        data = self.cleaned_data
+        if not data.get("rubric"):
+            return None
+        findings = Findings(
+            microaneurysms=bool(data.get("f_microaneurysms")),
+            haemorrhages=frozenset(q for q in QUADRANTS if (data.get(f"f_haem_{q}") or 0) >= 1),
+            haemorrhages_severe=frozenset(
+                q for q in QUADRANTS if (data.get(f"f_haem_{q}") or 0) >= 2
+            ),
+            venous_beading=frozenset(q for q in QUADRANTS if data.get(f"f_vb_{q}")),
+            irma=frozenset(q for q in QUADRANTS if data.get(f"f_irma_{q}")),
+            nv_disc=bool(data.get("f_nv_disc")),
+            nv_elsewhere=bool(data.get("f_nv_elsewhere")),
+            vitreous_preretinal_haemorrhage=bool(data.get("f_vitreous")),
+            hard_exudates=bool(data.get("f_exudates")),
+            exudates_near_fovea=bool(data.get("f_exudates_fovea")),
+            cotton_wool_spots=bool(data.get("f_cws")),
+            laser_scars=bool(data.get("f_laser")),
+        )
+        # Nothing ticked and a grade above "no DR": a plain grade (the rubric was not used), so a
+        # grader can still grade by impression; the record says which it was (rubric_used).
+        if findings.is_empty and data.get("grade") not in (None, 0):
+            return None
+        return findings
 
     def clean(self) -> dict:
         cleaned = super().clean()
@@ -276,6 +371,23 @@ class GradeForm(forms.Form):
             raise ValidationError(
                 "An ungradable image cannot be assessed for macular oedema; clear one of the two."
             )
+        findings = self.findings() if not self.errors else None
+        if findings is not None:
+            if ungradable and not findings.is_empty:
+                raise ValidationError(
+                    "An ungradable image has no findings; clear the findings or the ungradable mark."
+                )
+            derived = icdr_grade_derive(findings)
+            if (
+                grade is not None
+                and grade != derived.grade
+                and not (cleaned.get("override_reason") or "").strip()
+            ):
+                self.add_error(
+                    "override_reason",
+                    f"The findings give grade {derived.grade} ({derived.reason}); give a reason "
+                    f"to record grade {grade} instead.",
+                )
         return cleaned
 
     def grade_input(self) -> grade_services.GradeInput:
@@ -285,6 +397,8 @@ class GradeForm(forms.Form):
             ungradable=bool(data["ungradable"]),
             macular_oedema=bool(data["macular_oedema"]),
             notes=data["notes"] or "",
+            findings=self.findings(),
+            override_reason=data.get("override_reason") or "",
         )
 
 
@@ -305,11 +419,88 @@ def _saved_text(grade: Grade) -> str:
 def _grade_initial(grade: Grade | None) -> dict:
     if grade is None:
         return {}
-    return {
+    initial = {
         "grade": grade.grade_id,
         "ungradable": grade.ungradable,
         "macular_oedema": grade.macular_oedema,
         "notes": grade.notes,
+        "override_reason": grade.override_reason,
+    }
+    if grade.rubric_used:
+        findings = Findings.from_dict(grade.findings)
+        initial |= {
+            "rubric": True,
+            "f_microaneurysms": findings.microaneurysms,
+            "f_nv_disc": findings.nv_disc,
+            "f_nv_elsewhere": findings.nv_elsewhere,
+            "f_vitreous": findings.vitreous_preretinal_haemorrhage,
+            "f_exudates": findings.hard_exudates,
+            "f_exudates_fovea": findings.exudates_near_fovea,
+            "f_cws": findings.cotton_wool_spots,
+            "f_laser": findings.laser_scars,
+        }
+        for q in QUADRANTS:
+            initial[f"f_haem_{q}"] = (
+                2 if q in findings.haemorrhages_severe else int(q in findings.haemorrhages)
+            )
+            initial[f"f_vb_{q}"] = q in findings.venous_beading
+            initial[f"f_irma_{q}"] = q in findings.irma
+    return initial
+
+
+# The rubric's single findings: (form field, key, label). Keys avoid the grading keys (0-4, U, M,
+# S, V, C, F, Enter, arrows); H, B and I take a quadrant 1-4 next.
+RUBRIC_FLAGS = (
+    ("f_microaneurysms", "A", "Microaneurysms"),
+    ("f_nv_disc", "D", "NVD (new vessels, disc)"),
+    ("f_nv_elsewhere", "N", "NVE (new vessels elsewhere)"),
+    ("f_vitreous", "P", "Vitreous / pre-retinal haem."),
+    ("f_exudates", "E", "Hard exudates"),
+    ("f_exudates_fovea", "O", "Exudates ≤ 1 DD of fovea"),
+    ("f_cws", "W", "Cotton-wool spots"),
+    ("f_laser", "L", "Laser scars"),
+)
+RUBRIC_QUADRANT_ROWS = (
+    ("haem", "H", "Haemorrhages"),
+    ("vb", "B", "Venous beading"),
+    ("irma", "I", "IRMA"),
+)
+
+
+def _rubric_available() -> bool:
+    """The rule grades on ICDR 0-4: on another scale (FUNDUS_GRADE_SCALE) the rubric is off."""
+    values = set(GradeLevel.objects.values_list("value", flat=True))
+    return worklist_selectors.workbench_settings_get().rubric_enabled and values == set(
+        RUBRIC_ICDR_VALUES
+    )
+
+
+def _bound_int(form: GradeForm, name: str) -> int:
+    try:
+        return int(form[name].value() or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _rubric_ctx(form: GradeForm) -> dict:
+    """The rubric's inputs with the values the form holds (typed, saved or initial)."""
+    rows = []
+    for row, key, label in RUBRIC_QUADRANT_ROWS:
+        cells = []
+        for q in QUADRANTS:
+            name = f"f_{row}_{q}"
+            value = _bound_int(form, name) if row == "haem" else bool(form[name].value())
+            cells.append({"name": name, "quadrant": q, "value": value})
+        rows.append({"row": row, "key": key, "label": label, "cells": cells})
+    return {
+        "quadrants": [(q, QUADRANT_NAMES[q]) for q in QUADRANTS],
+        "quadrant_rows": rows,
+        "flags": [
+            {"name": name, "key": key, "label": label, "checked": bool(form[name].value())}
+            for name, key, label in RUBRIC_FLAGS
+        ],
+        "haemorrhage_levels": HAEMORRHAGE_LEVELS,
+        "override_reason": form["override_reason"].value() or "",
     }
 
 
@@ -330,21 +521,59 @@ def _viewer_ctx(image: Image, model_view) -> dict:
     return {"view_modes": modes, "cam_url": cam_url}
 
 
+def _quality_rows(image: Image) -> list[tuple[str, str]]:
+    """The photograph's quality measures in words, for the grading page."""
+    measures = image.quality_measures or {}
+    if not measures:
+        return []
+    return [
+        ("Gradability", f"{image.quality_score:.2f}" if image.quality_score is not None else "–"),
+        ("Focus (Laplacian variance)", f"{measures.get('focus', 0):.1f}"),
+        (
+            "Clipped dark / bright",
+            f"{100 * measures.get('dark_fraction', 0):.0f}% / "
+            f"{100 * measures.get('bright_fraction', 0):.0f}%",
+        ),
+        ("Fundus share of frame", f"{100 * measures.get('coverage', 0):.0f}%"),
+        ("Resolution", f"{image.width} × {image.height}"),
+    ]
+
+
 def _grade_page(
     request: HttpRequest, image: Image, form: GradeForm | None = None, status: int = 200
 ) -> HttpResponse:
     user = request.user
     levels = _grade_levels()
-    my_grade = worklist_selectors.grade_current_for(image=image, grader=user)
     settings_row = worklist_selectors.workbench_settings_get()
-    can_grade_now = my_grade is not None or image.grading_state == Image.GradingState.PENDING
+    certification_item = (
+        certification_selectors.certification_item_for(image=image)
+        if certification_selectors.certification_subject(user=user)
+        else None
+    )
     others_busy = False
-    if my_grade is None and image.grading_state == Image.GradingState.PENDING:
-        others_busy = not claim_services.claim_take(image=image, grader=user)
+    if certification_item is not None:
+        # A certification image: graded once, blind, then compared with the reference.
+        my_grade = certification_selectors.certification_grade_for(image=image, grader=user)
+        can_grade_now = my_grade is None
+    else:
+        my_grade = worklist_selectors.grade_current_for(image=image, grader=user)
+        can_grade_now = my_grade is not None or image.grading_state == Image.GradingState.PENDING
+        if my_grade is None and image.grading_state == Image.GradingState.PENDING:
+            others_busy = not claim_services.claim_take(image=image, grader=user)
     if form is None:
         form = GradeForm(initial=_grade_initial(my_grade), levels=levels)
     model_view = model_view_for(image=image, user=user)
+    rubric_on = _rubric_available()
     ctx = {
+        "certification_item": certification_item,
+        "certification_progress": (
+            certification_selectors.certification_result(user=user)
+            if certification_item is not None
+            else None
+        ),
+        "rubric_on": rubric_on,
+        "rubric": _rubric_ctx(form) if rubric_on else None,
+        "quality_keys": _quality_rows(image),
         "image": image,
         "levels": levels,
         "selected_grade": _selected_grade(form),
@@ -355,11 +584,16 @@ def _grade_page(
         "grades_required": settings_row.grades_required,
         "blind": model_view.state == "hidden",
         "model_view": model_view,
-        "context": patient_selectors.patient_context_for(image=image),
+        "context": patient_selectors.patient_context_for(
+            image=image,
+            hidden_image_ids=certification_selectors.reference_hidden_ids(user=user),
+        ),
         "previous_id": _history_previous(request, image.pk),
         **_viewer_ctx(image, model_view),
         **keyboard.keyboard_ctx(
-            page=keyboard.GRADE_PAGE, grade_values=[level.value for level in levels]
+            page=keyboard.GRADE_PAGE,
+            grade_values=[level.value for level in levels],
+            extra=keyboard.RUBRIC_KEY_BINDINGS if rubric_on else (),
         ),
     }
     return render(request, "grading/grading/grade.html", ctx, status=status)
@@ -609,7 +843,8 @@ def patients(request: HttpRequest) -> HttpResponse:
         _page_number(request)
     )
     statuses = patient_selectors.patients_referable_status(
-        patient_ids=[patient.pk for patient in page.object_list]
+        patient_ids=[patient.pk for patient in page.object_list],
+        hidden_image_ids=certification_selectors.reference_hidden_ids(user=request.user),
     )
     patients_counted = patient_selectors.patients_with_counts(patients=page.object_list)
     ctx = {
@@ -624,10 +859,15 @@ def patients(request: HttpRequest) -> HttpResponse:
 @permission_required(VIEW_PATIENT_PERMISSION, raise_exception=True)
 def patient_detail(request: HttpRequest, patient_id: int) -> HttpResponse:
     patient = get_object_or_404(Patient, pk=patient_id)
+    hidden = certification_selectors.reference_hidden_ids(user=request.user)
     ctx = {
         "patient": patient,
-        "timelines": patient_selectors.patient_eyes_timeline(patient=patient),
-        "status": patient_selectors.patient_referable_status(patient=patient),
+        "timelines": patient_selectors.patient_eyes_timeline(
+            patient=patient, hidden_image_ids=hidden
+        ),
+        "status": patient_selectors.patient_referable_status(
+            patient=patient, hidden_image_ids=hidden
+        ),
         "referable_from": GradeLevel.objects.filter(is_referable=True).order_by("value").first(),
         "can_grade": request.user.has_perm(GRADE_PERMISSION),
     }

@@ -18,6 +18,83 @@
   let dirty = false;
   let submitting = false;
 
+  // Lesion rubric: findings by key, the ICDR grade derived live. derive() mirrors
+  // mlcore.rubric.icdr_grade_derive; the server derives the grade again when saving.
+  const rubric = form ? form.querySelector("[data-rubric]") : null;
+  const QUADRANTS = ["ST", "SN", "IT", "IN"];
+  const ROW_NAMES = { haem: "Haemorrhages", vb: "Venous beading", irma: "IRMA" };
+  let gradeManual = false;  // the grader chose a grade themselves (kept over the derived one)
+  let pendingRow = null;    // H, B or I was pressed: the next 1-4 picks the quadrant
+  let pendingTimer = null;
+
+  function cell(row, quadrant) {
+    return rubric.querySelector(`[data-quadrant-row="${row}"] [data-quadrant="${quadrant}"]`);
+  }
+  function cellValue(row, quadrant) {
+    const input = cell(row, quadrant);
+    return input.tagName === "SELECT" ? Number(input.value) : (input.checked ? 1 : 0);
+  }
+  function flag(key) {
+    const input = rubric.querySelector(`[data-finding-key="${key}"]`);
+    return Boolean(input && input.checked);
+  }
+  function quadrantCount(row, atLeast) {
+    return QUADRANTS.filter((q) => cellValue(row, q) >= atLeast).length;
+  }
+  function derive() {
+    const haem = quadrantCount("haem", 1), haemSevere = quadrantCount("haem", 2);
+    const beading = quadrantCount("vb", 1), irma = quadrantCount("irma", 1);
+    if (flag("D") || flag("N")) return [4, "proliferative: neovascularisation"];
+    if (flag("P")) return [4, "proliferative: vitreous / pre-retinal haemorrhage"];
+    if (haemSevere >= 4) return [3, "severe (4-2-1): 20+ haemorrhages in all 4 quadrants"];
+    if (beading >= 2) return [3, `severe (4-2-1): venous beading in ${beading} quadrants`];
+    if (irma >= 1) return [3, "severe (4-2-1): IRMA"];
+    const beyond = [];
+    if (haem) beyond.push("haemorrhages");
+    if (beading) beyond.push("venous beading");
+    if (flag("E") || flag("O")) beyond.push("hard exudates");
+    if (flag("W")) beyond.push("cotton-wool spots");
+    if (beyond.length) return [2, `moderate: more than microaneurysms (${beyond.join(", ")})`];
+    if (flag("A")) return [1, "mild: microaneurysms only"];
+    return [0, "no apparent retinopathy"];
+  }
+  function findingsClear() {
+    rubric.querySelectorAll("[data-finding]").forEach((input) => {
+      if (input.tagName === "SELECT") input.value = "0"; else input.checked = false;
+    });
+  }
+  function anyFinding() {
+    return Array.from(rubric.querySelectorAll("[data-finding]")).some(
+      (input) => (input.tagName === "SELECT" ? input.value !== "0" : input.checked));
+  }
+  // With nothing ticked a grade is a plain grade (the server records the rubric as unused).
+  function overriding() {
+    if (!rubric || !anyFinding()) return false;
+    const radio = radios().find((r) => r.checked);
+    return Boolean(radio) && Number(radio.dataset.gradeKey) !== derive()[0];
+  }
+  function refreshRubric(findingChanged) {
+    if (!rubric) return;
+    const [grade, reason] = derive();
+    const radio = radios().find((r) => r.dataset.gradeKey === String(grade));
+    rubric.querySelector("[data-derived-grade]").textContent =
+      radio ? radio.parentElement.textContent.trim() : String(grade);
+    rubric.querySelector("[data-derived-reason]").textContent = `(${reason})`;
+    if (findingChanged && !gradeManual && radio) {
+      radio.checked = true;
+      if (ungradable) ungradable.checked = false;
+    }
+    rubric.querySelector("[data-override]").hidden = !overriding();
+  }
+  function rowStep(row, quadrant) {
+    const input = cell(row, quadrant);
+    if (input.tagName === "SELECT") input.value = String((Number(input.value) + 1) % 3);
+    else input.checked = !input.checked;
+    input.dispatchEvent(new Event("change", { bubbles: true }));
+    const shown = input.tagName === "SELECT" ? input.selectedOptions[0].textContent : (input.checked ? "yes" : "no");
+    say(`${ROW_NAMES[row]} ${quadrant}: ${shown}`);
+  }
+
   function radios() { return form ? Array.from(form.querySelectorAll("[data-grade-key]")) : []; }
   function chosen() { return radios().some((r) => r.checked) || (ungradable && ungradable.checked); }
   function say(text) { if (hint) hint.textContent = text; }
@@ -42,12 +119,30 @@
 
   if (form) {
     form.addEventListener("change", (event) => {
-      if (event.target === ungradable && ungradable.checked) {
+      const target = event.target;
+      if (target === ungradable && ungradable.checked) {
         radios().forEach((r) => { r.checked = false; });
         if (oedema) oedema.checked = false;
+        if (rubric) { findingsClear(); gradeManual = false; }
       }
-      if (event.target.matches("[data-grade-key]") && ungradable) ungradable.checked = false;
-      if (event.target === oedema && oedema.checked && ungradable) ungradable.checked = false;
+      if (target.matches("[data-grade-key]")) {
+        if (ungradable) ungradable.checked = false;
+        gradeManual = Boolean(rubric) && Number(target.value) !== derive()[0];
+      }
+      if (target === oedema && oedema.checked && ungradable) ungradable.checked = false;
+      if (target.matches("[data-finding]")) {
+        // Exudates near the fovea are exudates, and suggest macular oedema (the grader may clear it).
+        if (target.dataset.findingKey === "O" && target.checked) {
+          const exudates = rubric.querySelector('[data-finding-key="E"]');
+          if (exudates) exudates.checked = true;
+          if (oedema) oedema.checked = true;
+        }
+        if (target.dataset.findingKey === "E" && !target.checked) {
+          const nearFovea = rubric.querySelector('[data-finding-key="O"]');
+          if (nearFovea) nearFovea.checked = false;
+        }
+      }
+      refreshRubric(target.matches("[data-finding]"));
       markDirty();
     });
     form.addEventListener("input", (event) => { if (event.target.tagName === "TEXTAREA") markDirty(); });
@@ -59,8 +154,17 @@
         event.preventDefault();
         submitting = false;
         say("Choose a grade (0-4) or U for ungradable first.");
+        return;
+      }
+      const reason = form.querySelector("[data-override-reason]");
+      if (action === "submit" && overriding() && reason && !reason.value.trim()) {
+        event.preventDefault();
+        submitting = false;
+        say("The grade differs from the findings: give a reason for the override.");
+        reason.focus();
       }
     });
+    refreshRubric(false);
   }
 
   function typing(target) {
@@ -131,6 +235,15 @@
       return true;
     },
     leave() { return false; },  // handled before the table: Esc only matters inside a text field
+    finding_row(key, binding) {
+      if (!rubric) return false;
+      openCorrection();
+      pendingRow = binding.target;
+      clearTimeout(pendingTimer);
+      pendingTimer = setTimeout(() => { pendingRow = null; say(""); }, 3000);
+      say(`${ROW_NAMES[pendingRow]}: press 1-4 for quadrant ST, SN, IT, IN (Esc cancels).`);
+      return true;
+    },
   };
 
   document.addEventListener("keydown", (event) => {
@@ -143,6 +256,19 @@
     // A focused slider (brightness, contrast) keeps its own arrow keys.
     if (target && target.type === "range" && /^(Arrow|Page|Home|End)/.test(event.key)) return;
     const key = event.key.toLowerCase();
+    if (pendingRow) {
+      // After H, B or I, the digits 1-4 name a quadrant instead of a grade.
+      const row = pendingRow;
+      pendingRow = null;
+      clearTimeout(pendingTimer);
+      say("");
+      if (/^[1-4]$/.test(key)) {
+        rowStep(row, QUADRANTS[Number(key) - 1]);
+        event.preventDefault();
+        return;
+      }
+      if (key === "escape") { event.preventDefault(); return; }
+    }
     const binding = byKey.get(key);
     if (!binding) {
       if (/^[0-9]$/.test(key) && form) say(`There is no grade ${key} on this scale.`);

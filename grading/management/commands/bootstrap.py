@@ -11,6 +11,9 @@ from django.core.management.base import BaseCommand
 
 from grading.models import Image, Job, ModelVersion
 
+DEMO_SOURCE = "import:demo"
+CERTIFICATION_SET_SIZE = 100
+
 
 class Command(BaseCommand):
     help = (
@@ -23,6 +26,7 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         self._admin_create()
         self._demo_import()
+        self._certification_set_build()
         self._first_training_queue()
 
     def _admin_create(self) -> None:
@@ -60,7 +64,27 @@ class Command(BaseCommand):
         labels = demo_dir / "labels.csv"
         self.stdout.write(f"Importing the demo dataset from {demo_dir} ...")
         args = ["--labels", str(labels), str(demo_dir)] if labels.exists() else [str(demo_dir)]
-        call_command("import_images", *args, "--source", "import:demo", stdout=self.stdout)
+        call_command("import_images", *args, "--source", DEMO_SOURCE, stdout=self.stdout)
+
+    def _certification_set_build(self) -> None:
+        """The demo import is all confirmed, so a new clinician's queue would be empty: a stratified
+        100 of it becomes the certification set they grade first (and the gold set they pass)."""
+        from grading.models import CertificationItem
+        from grading.services.certification import CertificationSetError, certification_set_build
+
+        if CertificationItem.objects.exists():
+            return
+        if not Image.objects.filter(source=DEMO_SOURCE).exists():
+            return
+        try:
+            added = certification_set_build(size=CERTIFICATION_SET_SIZE, source=DEMO_SOURCE)
+        except CertificationSetError as error:
+            self.stdout.write(f"No certification set: {error}")
+            return
+        self.stdout.write(
+            f"Certification set: {len(added)} demo images, stratified by grade; new clinicians "
+            "grade them first (/certification/)."
+        )
 
     def _first_training_queue(self) -> None:
         """A fresh installation with graded images gets a model without anyone clicking: the

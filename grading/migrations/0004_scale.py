@@ -31,7 +31,7 @@ def prediction_entropy_fill(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("grading", "0004_honest"),
+        ("grading", "0003_honest"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -1,0 +1,161 @@
+"""Grading protocol pages: certification on the gold set, and the photo-quality check queue."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import path
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from grading.models import CertificationItem, GradeLevel, Image, WorkbenchSettings
+from grading.selectors import certification as certification_selectors
+from grading.selectors.worklist import workbench_settings_get
+from grading.services import certification as certification_services
+from grading.services import quality as quality_services
+from grading.services.workbench import PROTOCOL_FIELDS, workbench_settings_update
+from grading.views.access import permission_required
+
+GRADE_PERMISSION = "grading.grade_image"
+MANAGE_PERMISSION = "grading.manage_certification"
+SETTINGS_PERMISSION = "grading.change_workbenchsettings"
+QUALITY_PAGE_SIZE = 100
+
+
+class CertificationBuildForm(forms.Form):
+    size = forms.IntegerField(min_value=1, max_value=1000, initial=100)
+    source = forms.CharField(required=False, max_length=255, help_text="e.g. import:demo")
+
+
+@require_GET
+def certification(request: HttpRequest) -> HttpResponse:
+    user = request.user
+    manager = user.has_perm(MANAGE_PERMISSION) or user.has_perm("grading.review_agreement")
+    if not (manager or certification_selectors.certification_subject(user=user)):
+        raise PermissionDenied("Certification is for clinicians and the admins who manage it.")
+    composition = {level.value: 0 for level in GradeLevel.objects.order_by("value")} | dict(
+        CertificationItem.objects.order_by()
+        .values_list("reference_grade_id")
+        .annotate(n=Count("id"))
+        .values_list("reference_grade_id", "n")
+    )
+    ctx = {
+        "manager": manager,
+        "can_manage": user.has_perm(MANAGE_PERMISSION),
+        "own": (
+            certification_selectors.certification_result(user=user)
+            if certification_selectors.certification_subject(user=user)
+            else None
+        ),
+        "results": certification_selectors.certification_results_all() if manager else [],
+        "set_size": certification_selectors.certification_set_size(),
+        "composition": sorted(composition.items()),
+        "settings_row": workbench_settings_get(),
+        "build_form": CertificationBuildForm(),
+    }
+    return render(request, "grading/protocol/certification.html", ctx)
+
+
+@require_POST
+@permission_required(MANAGE_PERMISSION, raise_exception=True)
+def certification_build(request: HttpRequest) -> HttpResponse:
+    form = CertificationBuildForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Give a set size between 1 and 1000.")
+        return redirect("certification")
+    try:
+        added = certification_services.certification_set_build(
+            size=form.cleaned_data["size"],
+            source=form.cleaned_data["source"],
+            added_by=request.user,
+        )
+    except certification_services.CertificationSetError as error:
+        messages.error(request, str(error))
+        return redirect("certification")
+    messages.success(request, f"Added {len(added)} image(s) to the certification set.")
+    return redirect("certification")
+
+
+class QualityDecisionForm(forms.Form):
+    decision = forms.ChoiceField(choices=[("pass", "pass"), ("ungradable", "ungradable")])
+
+
+@require_GET
+@permission_required(GRADE_PERMISSION, raise_exception=True)
+def quality_queue(request: HttpRequest) -> HttpResponse:
+    waiting = Image.objects.filter(
+        grading_state=Image.GradingState.PENDING, quality_review=Image.QualityReview.CHECK
+    ).select_related("patient")
+    ctx = {
+        "images": list(waiting.order_by("quality_score", "id")[:QUALITY_PAGE_SIZE]),
+        "total": waiting.count(),
+        "settings_row": workbench_settings_get(),
+    }
+    return render(request, "grading/protocol/quality_queue.html", ctx)
+
+
+@require_http_methods(["POST"])
+@permission_required(GRADE_PERMISSION, raise_exception=True)
+def quality_decide(request: HttpRequest, image_id: int) -> HttpResponse:
+    image = get_object_or_404(Image, pk=image_id)
+    form = QualityDecisionForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Choose 'pass on to grading' or 'ungradable'.")
+        return redirect("quality_queue")
+    try:
+        quality_services.image_quality_decide(
+            image=image, user=request.user, decision=form.cleaned_data["decision"]
+        )
+    except quality_services.QualityDecisionRejected as error:
+        messages.error(request, str(error))
+        return redirect("quality_queue")
+    verb = "passed on to grading" if form.cleaned_data["decision"] == "pass" else "ungradable"
+    messages.success(request, f"Image #{image.pk}: {verb}.")
+    return redirect("quality_queue")
+
+
+class ProtocolSettingsForm(forms.ModelForm):
+    class Meta:
+        model = WorkbenchSettings
+        fields = list(PROTOCOL_FIELDS)
+        labels = {
+            "rubric_enabled": "Lesion rubric on the grading page (grade derived by the 4-2-1 rule)",
+            "certification_mode": "Certification images are served",
+            "certification_gates_confirmation": "Grades of clinicians not yet certified do not confirm images",
+            "certification_min_qwk": "Pass: minimum QWK against the reference",
+            "certification_min_sensitivity": "Pass: minimum referable sensitivity",
+            "certification_min_specificity": "Pass: minimum referable specificity",
+            "certification_min_exact": "Pass: minimum exact agreement",
+            "quality_gate_enabled": "Send photographs below the quality threshold to a check",
+            "quality_min_focus": "Minimum focus (variance of the Laplacian at 512 px)",
+            "quality_max_clipped": "Maximum share of the fundus clipped dark or bright",
+            "quality_min_coverage": "Minimum share of the frame inside the fundus",
+            "quality_min_resolution": "Minimum short side (pixels)",
+        }
+
+
+@require_http_methods(["GET", "POST"])
+@permission_required(SETTINGS_PERMISSION, raise_exception=True)
+def protocol_settings(request: HttpRequest) -> HttpResponse:
+    form = ProtocolSettingsForm(request.POST or None, instance=workbench_settings_get())
+    if request.method == "POST":
+        if form.is_valid():
+            workbench_settings_update(
+                **{name: form.cleaned_data[name] for name in ProtocolSettingsForm.Meta.fields}
+            )
+            messages.success(request, "Protocol settings saved.")
+            return redirect("protocol_settings")
+        return render(request, "grading/protocol/settings.html", {"form": form}, status=400)
+    return render(request, "grading/protocol/settings.html", {"form": form})
+
+
+urlpatterns = [
+    path("settings/protocol/", protocol_settings, name="protocol_settings"),
+    path("certification/", certification, name="certification"),
+    path("certification/build/", certification_build, name="certification_build"),
+    path("quality/", quality_queue, name="quality_queue"),
+    path("quality/<int:image_id>/", quality_decide, name="quality_decide"),
+]
