@@ -109,10 +109,13 @@ def _version_thresholds(version: ModelVersion) -> list[float] | None:
     if thresholds is None and version.artifact_path:
         path = Path(version.artifact_path) / "metadata.json"
         try:
-            head = json.loads(path.read_text()).get("head") or {}
+            metadata = json.loads(path.read_text())
         except (OSError, ValueError):
-            head = {}
-        thresholds = head.get("thresholds") if head.get("decoding") == "ordinal" else None
+            metadata = {}
+        # "outputs" is what every artifact (head or fine-tuned) records for the pages; "head"
+        # is where older head-only versions kept their decoding.
+        decoded = metadata.get("outputs") or metadata.get("head") or {}
+        thresholds = decoded.get("thresholds") if decoded.get("decoding") == "ordinal" else None
     return [float(t) for t in thresholds] if thresholds else None
 
 
