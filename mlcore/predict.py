@@ -286,6 +286,20 @@ def domain_features(
     return features, variants, [item.key for item in items], methods, raw
 
 
+def _referable_column(artifact: ModelArtifact, proba: np.ndarray) -> list[float | None]:
+    """P(referable) per image, or None per image when the scale has no referable split."""
+    splits_scale = any(g >= artifact.referable_from for g in artifact.classes) and any(
+        g < artifact.referable_from for g in artifact.classes
+    )
+    if not splits_scale:
+        return [None] * len(proba)
+    return list(
+        referable_probability(
+            proba, classes=artifact.classes, referable_from=artifact.referable_from
+        )
+    )
+
+
 def predict_features(
     artifact: ModelArtifact,
     paths: Sequence[str | Path],
@@ -337,16 +351,7 @@ def predict_images(
     classifier = artifact.classifier
     proba = predict_with_tta(classifier, features, variants)
     grades = classifier.decode(proba)
-    splits_scale = any(g >= artifact.referable_from for g in artifact.classes) and any(
-        g < artifact.referable_from for g in artifact.classes
-    )
-    referable = (
-        referable_probability(
-            proba, classes=artifact.classes, referable_from=artifact.referable_from
-        )
-        if splits_scale
-        else [None] * len(paths)
-    )
+    referable = _referable_column(artifact, proba)
     return [
         Prediction(
             path=Path(path),
@@ -393,16 +398,7 @@ def _predict_finetuned(
             progress(min(len(paths), start + chunk), len(paths))
     proba = np.concatenate(blocks)
     grades = model.decode(proba)
-    splits_scale = any(g >= artifact.referable_from for g in artifact.classes) and any(
-        g < artifact.referable_from for g in artifact.classes
-    )
-    referable = (
-        referable_probability(
-            proba, classes=artifact.classes, referable_from=artifact.referable_from
-        )
-        if splits_scale
-        else [None] * len(paths)
-    )
+    referable = _referable_column(artifact, proba)
     trained_with = artifact.feature_config.preprocessing
     return [
         Prediction(
