@@ -60,9 +60,10 @@ def _claim_try(
 
 
 def _claim_first(
-    *, source: QuerySet, grader: AbstractBaseUser, now: dt.datetime
+    *, source: QuerySet, grader: AbstractBaseUser, now: dt.datetime, skip_locked: bool = True
 ) -> tuple[Image | None, int | None]:
-    """Lock and claim the first image of ``source`` that nobody is claiming at this moment.
+    """Lock and claim the first image of ``source`` that nobody is claiming at this moment (with
+    ``skip_locked=False``: waiting for the claim in progress on it, if any, to finish).
 
     Returns (image, None) when claimed, (None, image_id) when the image was taken in the instant
     between our snapshot and our lock (try again without it), (None, None) when the source is empty.
@@ -70,7 +71,7 @@ def _claim_first(
     with transaction.atomic():
         # Locks the row the walk stopped on (the image, or its prediction for "uncertain"): a
         # clinician claiming the same image right now holds it, and we move on to the next one.
-        image_id = source.select_for_update(skip_locked=True, of=("self",)).first()
+        image_id = source.select_for_update(skip_locked=skip_locked, of=("self",)).first()
         if image_id is None:
             return None, None
         # Re-check in a new statement: under READ COMMITTED it sees claims committed by whoever
@@ -107,19 +108,27 @@ def claim_next(
         if image is not None:
             return image
     raced: set[int] = set()
+    skip_locked = True
     while len(raced) < MAX_CANDIDATES_TRIED:
         sources = worklist_sources(
             grader=grader, order=order, seed=seed, exclude_ids=excluded | raced, now=now
         )
         for source in sources:
-            image, lost = _claim_first(source=source, grader=grader, now=now)
+            image, lost = _claim_first(
+                source=source, grader=grader, now=now, skip_locked=skip_locked
+            )
             if image is not None:
                 return image
             if lost is not None:
                 raced.add(lost)
                 break
         else:
-            return None  # every source is empty (or locked by clinicians claiming right now)
+            if not skip_locked:
+                return None  # every source is empty, images being claimed right now included
+            # Skipping found nothing, but an image another clinician is claiming at this very
+            # moment may still have a slot for us (two grades needed): walk again, waiting for
+            # those short claim transactions instead of skipping them, so "nothing left" is true.
+            skip_locked = False
     return None
 
 
