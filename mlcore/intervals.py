@@ -203,3 +203,62 @@ def paired_qwk_difference(
         "n_resamples": n_resamples,
         "resampled": "patients" if groups is not None else "images",
     }
+
+
+def _qwk_of_matrices(matrices: np.ndarray) -> np.ndarray:
+    """QWK of each confusion matrix in a stack (rows: true, columns: predicted); NaN where the
+    expected disagreement is zero."""
+    k = matrices.shape[-1]
+    positions = np.arange(k)
+    weights = (positions[:, None] - positions[None, :]) ** 2 / max(1, (k - 1) ** 2)
+    totals = matrices.sum(axis=(-2, -1))
+    expected = matrices.sum(axis=-1)[..., :, None] * matrices.sum(axis=-2)[..., None, :]
+    expected = expected / totals[..., None, None]
+    observed_cost = (weights * matrices).sum(axis=(-2, -1))
+    expected_cost = (weights * expected).sum(axis=(-2, -1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(expected_cost > 0, 1.0 - observed_cost / expected_cost, np.nan)
+
+
+def confusion_intervals(
+    matrix: np.ndarray,
+    *,
+    referable_position: int,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+) -> dict[str, tuple[float, float] | None]:
+    """95 % intervals of the figures a confusion matrix gives (rows: true grade positions,
+    columns: predicted), for pages that aggregate in SQL and never hold the per-image rows.
+
+    QWK: percentile bootstrap over images, drawn as multinomial resamples of the matrix's cells
+    (the same as resampling the images it counts). Accuracy, referable sensitivity and
+    specificity: Wilson intervals of their proportions (honest at small n and at 0 % / 100 %).
+    """
+    from mlcore.agreement import wilson_interval
+
+    matrix = np.asarray(matrix, dtype=np.int64)
+    n = int(matrix.sum())
+    out: dict[str, tuple[float, float] | None] = {
+        "qwk": None,
+        "accuracy": wilson_interval(int(np.trace(matrix)), n),
+    }
+    referable_true = matrix[referable_position:, :]
+    non_referable_true = matrix[:referable_position, :]
+    out["sensitivity"] = wilson_interval(
+        int(referable_true[:, referable_position:].sum()), int(referable_true.sum())
+    )
+    out["specificity"] = wilson_interval(
+        int(non_referable_true[:, :referable_position].sum()), int(non_referable_true.sum())
+    )
+    if n >= 2:
+        rng = np.random.default_rng(seed)
+        draws = rng.multinomial(n, matrix.ravel() / n, size=resamples).reshape(
+            resamples, *matrix.shape
+        )
+        qwks = _qwk_of_matrices(draws.astype(np.float64))
+        qwks = qwks[np.isfinite(qwks)]
+        if qwks.size:
+            alpha = (1 - CONFIDENCE) / 2
+            low, high = np.quantile(qwks, [alpha, 1 - alpha])
+            out["qwk"] = (float(low), float(high))
+    return out

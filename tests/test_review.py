@@ -110,6 +110,15 @@ class ReviewPageTests(BaseTestCase):
         self.assertContains(response, 'data-metric="accuracy">0.700<')
         self.assertContains(response, 'data-metric="n">10<')
 
+    def test_it_gives_each_figure_of_a_small_set_its_interval(self):
+        report = self.get().context["report"]
+        for key in ("qwk", "accuracy"):
+            low, high = report["intervals"][key]
+            self.assertLessEqual(low, report[key])
+            self.assertGreaterEqual(high, report[key])
+        # 7 of 10 right: the Wilson interval is wide, and the page says so.
+        self.assertContains(self.get(), 'data-interval="accuracy">95 % CI 0.397')
+
     def test_it_leaves_out_and_counts_unconfirmed_and_ungradable_images(self):
         response = self.get()
         self.assertEqual(response.context["page"].paginator.count, 10)

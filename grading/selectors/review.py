@@ -37,6 +37,7 @@ from django.utils import timezone
 from grading.models import Grade, GradeLevel, Image, ModelVersion, Prediction
 from grading.selectors.review_cache import review_cached
 from mlcore import metrics as mlmetrics
+from mlcore.intervals import confusion_intervals
 
 DateField = Literal["uploaded", "predicted"]
 Reference = Literal["final", "independent"]
@@ -426,12 +427,18 @@ def review_metrics(*, predictions: QuerySet, scale: Scale | None = None) -> dict
     matrix = _confusion_counts(rows, scale)
     if matrix.sum() == 0:
         return None
-    return mlmetrics.metrics_report_from_confusion(
+    report = mlmetrics.metrics_report_from_confusion(
         matrix,
         classes=scale.classes,
         referable_from=scale.referable_from,
         referable_auc=review_referable_auc(predictions=predictions, scale=scale),
     )
+    # A filtered set is often small: every figure carries its 95 % interval.
+    report["intervals"] = confusion_intervals(
+        matrix,
+        referable_position=sum(1 for grade in scale.classes if grade < scale.referable_from),
+    )
+    return report
 
 
 def review_summary(*, filters: ReviewFilters, scale: Scale | None = None) -> dict[str, Any]:

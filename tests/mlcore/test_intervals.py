@@ -59,3 +59,29 @@ def test_resampling_whole_patients_widens_the_interval_of_correlated_eyes():
     assert by_patient[1] - by_patient[0] > 1.2 * (by_image[1] - by_image[0])
     paired = paired_qwk_difference(truth, pred, np.repeat(GOOD[:200], 2), groups=patients)
     assert paired["resampled"] == "patients" and paired["verdict"] == "better"
+
+
+def test_confusion_intervals_contain_the_figures_and_narrow_with_more_images():
+    from mlcore.intervals import _qwk_of_matrices, confusion_intervals
+    from mlcore.metrics import quadratic_weighted_kappa
+
+    small = np.array(
+        [[6, 1, 0, 0, 0], [1, 2, 1, 0, 0], [0, 1, 3, 1, 0], [0, 0, 1, 2, 0], [0, 0, 0, 1, 2]]
+    )
+    true = np.repeat(np.repeat(np.arange(5), 5), small.ravel())
+    pred = np.repeat(np.tile(np.arange(5), 5), small.ravel())
+    qwk = quadratic_weighted_kappa(true, pred, classes=(0, 1, 2, 3, 4))
+    assert np.isclose(_qwk_of_matrices(small[None].astype(float))[0], qwk)
+
+    narrow_at = confusion_intervals(small * 20, referable_position=2)
+    wide_at = confusion_intervals(small, referable_position=2)
+    for key in ("qwk", "accuracy", "sensitivity", "specificity"):
+        low, high = wide_at[key]
+        assert low < high
+        assert (narrow_at[key][1] - narrow_at[key][0]) < (high - low), key
+    assert wide_at["qwk"][0] <= qwk <= wide_at["qwk"][1]
+    accuracy = np.trace(small) / small.sum()
+    assert wide_at["accuracy"][0] <= accuracy <= wide_at["accuracy"][1]
+    referable = small[2:]
+    sensitivity = referable[:, 2:].sum() / referable.sum()
+    assert wide_at["sensitivity"][0] <= sensitivity <= wide_at["sensitivity"][1]
