@@ -48,7 +48,8 @@ if str(REPO_ROOT) not in sys.path:
 SHARED = Path(os.environ.get("FUNDUS_SHARED_DIR", REPO_ROOT.parent / "shared"))
 DEFAULT_OUTPUT = REPO_ROOT / "bench" / "results" / "extract.json"
 TARGET_OVER_NAIVE = 1.5
-TARGET_OVER_FORWARD = 0.85
+TARGET_OVER_FORWARD = 0.90  # issue 12 (issue 3 asked for 0.85)
+TARGET_RAW_OVER_FORWARD = 0.65  # issue 12: full-size photographs, decode-heavy
 MEMORY_FLAT_TOLERANCE = 0.10  # peak after the first fifth may exceed the first fifth's by 10 %
 
 
@@ -110,17 +111,32 @@ def matmul_gflops(size: int = 2048, seconds: float = 1.5, repeats: int = 3) -> d
     return best
 
 
+def _children_cpu_seconds() -> float:
+    """CPU time so far of this process's live children (the decoding worker processes, whose
+    time ``time.process_time`` does not see), from /proc."""
+    me, total = os.getpid(), 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        if int(fields[1]) == me:  # ppid; then utime, stime are fields 12 and 13 after ")"
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
 class Timer:
-    """Wall-clock and process CPU time (all threads) of a block."""
+    """Wall-clock and CPU time (all threads, plus the decoding worker processes) of a block."""
 
     def __enter__(self) -> Timer:
         self.wall = time.perf_counter()
-        self.cpu = time.process_time()
+        self.cpu = time.process_time() + _children_cpu_seconds()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.wall = time.perf_counter() - self.wall
-        self.cpu = time.process_time() - self.cpu
+        self.cpu = time.process_time() + _children_cpu_seconds() - self.cpu
 
 
 def naive_loop(paths: list[Path], model: Any, spec: Any, batch_size: int, out: Path) -> Timer:
@@ -146,15 +162,29 @@ def naive_loop(paths: list[Path], model: Any, spec: Any, batch_size: int, out: P
 
 
 def pipeline_run(
-    paths: list[Path], config: Any, store_dir: Path, weights: Any, weights_dir: Path | None
+    paths: list[Path],
+    config: Any,
+    store_dir: Path,
+    weights: Any,
+    weights_dir: Path | None,
+    *,
+    copies: int = 1,
+    decode_processes: int | None = None,
 ) -> tuple[Timer, Any]:
-    """Files in, features in the store: hashing the files is part of the cost."""
+    """Files in, features in the store: hashing the files is part of the cost. ``copies`` > 1
+    extracts every file again under variant keys (decoded again each time), so that a few
+    large photographs make a run long enough to reach the steady state of the pipeline."""
     from mlcore.extraction import extract_features, image_items
 
     with Timer() as timer:
-        items = image_items(paths)
+        items = [item for copy in range(copies) for item in image_items(paths, variant=copy)]
         result = extract_features(
-            items, config=config, store_dir=store_dir, weights=weights, weights_dir=weights_dir
+            items,
+            config=config,
+            store_dir=store_dir,
+            weights=weights,
+            weights_dir=weights_dir,
+            decode_processes=decode_processes,
         )
     return timer, result
 
@@ -173,6 +203,43 @@ def forward_bound(function: Any, batches: list[Any], n_images: int) -> tuple[Tim
     return timer, done
 
 
+def preprocessed_batches(paths: list[Path], *, size: int, batch_size: int) -> list[Any]:
+    """Up to 4 batches of preprocessed float32 images in memory: the forward bound's input."""
+    import numpy as np
+    import tensorflow as tf
+
+    from mlcore.preprocessing import preprocess_image
+
+    return [
+        tf.constant(
+            np.stack(
+                [
+                    preprocess_image(p, method="none", size=size)
+                    for p in paths[start : start + batch_size]
+                ]
+            ).astype(np.float32)
+        )
+        for start in range(0, min(len(paths), 4 * batch_size), batch_size)
+    ]
+
+
+def image_sets(
+    fundus: list[Path], raw: list[Path], args: argparse.Namespace
+) -> list[tuple[str, list[Path], int]]:
+    """(name, files, copies) of the sets measured: the 224 px graded set once, the raw
+    photographs ``--raw-copies`` times under variant keys."""
+    sets = [("fundus_224", fundus, 1), ("raw_4288x2848", raw, args.raw_copies)]
+    return [(name, paths, copies) for name, paths, copies in sets if paths]
+
+
+def pooled(*runs: tuple[Timer, int]) -> tuple[Timer, int]:
+    """Several ``forward_bound`` runs as one: total time over total images."""
+    total = Timer()
+    total.wall = sum(timer.wall for timer, _ in runs)
+    total.cpu = sum(timer.cpu for timer, _ in runs)
+    return total, sum(n for _, n in runs)
+
+
 def _summary(values: list[float]) -> dict[str, float]:
     return {
         "median": round(statistics.median(values), 3),
@@ -186,13 +253,11 @@ def bench_backbone(
 ) -> dict[str, Any]:
     """Rounds of (a), (b), (c) back to back; ratios are taken within each round (paired), since
     the load from other processes on this shared machine changes between rounds."""
-    import numpy as np
     import tensorflow as tf
 
     from mlcore.backbones import MissingWeightsError, build_backbone, get_backbone, resolve_weights
     from mlcore.config import FeatureConfig
     from mlcore.extraction import feature_function
-    from mlcore.preprocessing import preprocess_image
 
     spec = get_backbone(name)
     weights: Any = "imagenet"
@@ -208,17 +273,7 @@ def bench_backbone(
     # The plain Keras model (batch norms not folded), to show what folding buys.
     plain = tf.function(lambda images: model(spec.preprocess(images), training=False))
     config = FeatureConfig(backbones=(name,), preprocessing="none", batch_size=args.batch_size)
-    batches = [
-        tf.constant(
-            np.stack(
-                [
-                    preprocess_image(p, method="none", size=spec.input_size)
-                    for p in fundus[start : start + args.batch_size]
-                ]
-            ).astype(np.float32)
-        )
-        for start in range(0, min(len(fundus), 4 * args.batch_size), args.batch_size)
-    ]
+    batches = preprocessed_batches(fundus, size=spec.input_size, batch_size=args.batch_size)
     # Warm up tracing, tf.data and Keras predict so no measured run pays one-off costs.
     with tempfile.TemporaryDirectory() as scratch:
         pipeline_run(fundus[: args.batch_size], config, Path(scratch), weights, args.weights_dir)
@@ -231,25 +286,37 @@ def bench_backbone(
         "flops_per_image": flops,
         "input_size": spec.input_size,
     }
-    for set_name, paths in (("fundus_224", fundus), ("raw_4288x2848", raw)):
-        if not paths:
-            continue
-        n = len(paths)
+    for set_name, paths, copies in image_sets(fundus, raw, args):
+        n = len(paths) * copies
         rounds: list[dict[str, float]] = []
         for _ in range(args.repeats):
             row: dict[str, float] = {"load_average_1min": os.getloadavg()[0]}
             with tempfile.TemporaryDirectory() as scratch:
-                naive = naive_loop(paths, model, spec, args.batch_size, Path(scratch) / "f")
-                ours, result = pipeline_run(paths, config, Path(scratch), weights, args.weights_dir)
-                assert result.computed[name] == result.total, "pipeline skipped images"
-                again, again_result = pipeline_run(
-                    paths, config, Path(scratch), weights, args.weights_dir
-                )
+                scratch = Path(scratch)
+                naive = naive_loop(paths * copies, model, spec, args.batch_size, scratch / "f")
+                run = (paths, config, scratch, weights, args.weights_dir)
+                # The bound is measured just before and just after the pipeline and pooled:
+                # the machine's speed drifts by 10-20 % between runs of a few seconds.
+                before = forward_bound(function, batches, n)
+                ours, result = pipeline_run(*run, copies=copies)
+                after = forward_bound(function, batches, n)
+                assert result.computed[name] == result.total == n, "pipeline skipped images"
+                again, again_result = pipeline_run(*run, copies=copies)
                 assert again_result.computed[name] == 0
-            forward, forward_n = forward_bound(function, batches, n)
+                # The same pipeline decoding in worker processes (FUNDUS_DECODE_PROCESSES)
+                # instead of threads: what processes buy on this machine.
+                processes, _ = pipeline_run(
+                    *run[:2],
+                    scratch / "processes",
+                    *run[3:],
+                    copies=copies,
+                    decode_processes=os.cpu_count() or 1,
+                )
+            forward, forward_n = pooled(before, after)
             row.update(
                 naive_ips=n / naive.wall,
                 pipeline_ips=n / ours.wall,
+                pipeline_processes_ips=n / processes.wall,
                 forward_ips=forward_n / forward.wall,
                 naive_cpu_ms=1000 * naive.cpu / n,
                 pipeline_cpu_ms=1000 * ours.cpu / n,
@@ -263,6 +330,7 @@ def bench_backbone(
                 row["forward_unfolded_cpu_ms"] = 1000 * unfolded.cpu / unfolded_n
             row["b_over_a"] = row["pipeline_ips"] / row["naive_ips"]
             row["b_over_c"] = row["pipeline_ips"] / row["forward_ips"]
+            row["processes_over_c"] = row["pipeline_processes_ips"] / row["forward_ips"]
             # The same ratios in CPU time per image: what they would be with the CPUs to
             # ourselves and perfect overlap; nearly independent of the other jobs' load.
             row["b_over_a_cpu"] = row["naive_cpu_ms"] / row["pipeline_cpu_ms"]
@@ -274,6 +342,60 @@ def bench_backbone(
         report[set_name] = entry
         brief = {k: v["median"] for k, v in entry.items() if isinstance(v, dict)}
         print(f"  {name} {set_name} medians: {json.dumps(brief)}", file=sys.stderr)
+    return report
+
+
+def bench_feature_set(
+    names: list[str], args: argparse.Namespace, fundus: list[Path], raw: list[Path]
+) -> dict[str, Any]:
+    """The default feature set, as the app extracts it: every backbone of ``names`` in one
+    pass, each image decoded once for all of them. Its forward bound is the backbones' forward
+    passes one after the other on tensors in memory (1 / sum of 1 / each one's img/s)."""
+
+    from mlcore.backbones import get_backbone
+    from mlcore.config import FeatureConfig
+    from mlcore.extraction import feature_function
+
+    sizes = {get_backbone(name).input_size for name in names}
+    if len(sizes) != 1:
+        return {"skipped": f"backbones of different input sizes {sorted(sizes)}"}
+    size = sizes.pop()
+    functions = [feature_function(name, weights_dir=args.weights_dir) for name in names]
+    config = FeatureConfig(backbones=tuple(names), preprocessing="none", batch_size=args.batch_size)
+    batches = preprocessed_batches(fundus, size=size, batch_size=args.batch_size)
+    report: dict[str, Any] = {"backbones": names}
+    for set_name, paths, copies in image_sets(fundus, raw, args):
+        n = len(paths) * copies
+        rounds = []
+        for _ in range(args.repeats):
+            half = max(1, n // 2)
+            before = [forward_bound(function, batches, half) for function in functions]
+            with tempfile.TemporaryDirectory() as scratch:
+                ours, result = pipeline_run(
+                    paths, config, Path(scratch), "imagenet", args.weights_dir, copies=copies
+                )
+                assert all(result.computed[name] == n for name in names)
+            after = [forward_bound(function, batches, half) for function in functions]
+            seconds_per_image = 0.0
+            for first, second in zip(before, after, strict=True):
+                forward, forward_n = pooled(first, second)
+                seconds_per_image += forward.wall / forward_n
+            pipeline_ips = n / ours.wall
+            forward_ips = 1 / seconds_per_image
+            rounds.append(
+                {
+                    "pipeline_ips": round(pipeline_ips, 3),
+                    "forward_ips": round(forward_ips, 3),
+                    "b_over_c": round(pipeline_ips / forward_ips, 4),
+                    "pipeline_cpu_ms": round(1000 * ours.cpu / n, 3),
+                }
+            )
+        entry: dict[str, Any] = {"images": n, "rounds": rounds}
+        for key in rounds[0]:
+            entry[key] = _summary([r[key] for r in rounds])
+        report[set_name] = entry
+        brief = {k: v["median"] for k, v in entry.items() if isinstance(v, dict)}
+        print(f"  {'+'.join(names)} {set_name} medians: {json.dumps(brief)}", file=sys.stderr)
     return report
 
 
@@ -365,7 +487,7 @@ def run_memory(args: argparse.Namespace, paths: list[Path]) -> dict[str, Any]:
 def markdown(results: dict[str, Any]) -> str:
     ceiling = results["matmul_gflops"]
     lines = [
-        f"{results['machine']['cpu_count']} CPU cores shared with other jobs (load average "
+        f"{results['machine']['cpu_count']} CPU cores (load average "
         f"{results['machine']['load_average_at_start'][0]:.1f} at start, "
         f"{results['machine']['load_average_at_end'][0]:.1f} at end); float32 matmul ceiling "
         f"{ceiling['wall']:.1f} GFLOP/s ({ceiling['cpu']:.1f} GFLOP per CPU-second); batch "
@@ -374,8 +496,8 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "| backbone | set | images | (a) naive img/s | (b) pipeline img/s | (c) forward img/s "
         "| b/a | b/c | b/a, b/c in CPU time | (d) c as share of matmul (wall / CPU) "
-        "| c without BN folding img/s | (f) 2nd run |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| c without BN folding img/s | (f) 2nd run | b/c, decoding in processes |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, report in results["backbones"].items():
         label = name if report["weights"] == "ImageNet weights" else f"{name} (random weights)"
@@ -400,8 +522,26 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {entry['b_over_a_cpu']['median']:.2f}, {entry['b_over_c_cpu']['median']:.2f} "
                 f"| {share} | {unfolded} "
                 f"| {1000 * entry['second_run_s']['median']:.0f} ms "
-                f"({100 * entry['second_over_first']['median']:.1f} % of the first) |"
+                f"({100 * entry['second_over_first']['median']:.1f} % of the first) "
+                f"| {entry['processes_over_c']['median']:.2f} |"
             )
+    feature_set = results.get("feature_set", {})
+    if "backbones" in feature_set:
+        lines += [
+            "",
+            f"Default feature set, {' + '.join(feature_set['backbones'])} in one pass (each image "
+            "decoded once for both):",
+            "",
+            "| set | images | (b) pipeline img/s | (c) forward bound img/s | b/c |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for set_name in ("fundus_224", "raw_4288x2848"):
+            entry = feature_set.get(set_name)
+            if entry:
+                lines.append(
+                    f"| {set_name} | {entry['images']} | {entry['pipeline_ips']['median']:.1f} "
+                    f"| {entry['forward_ips']['median']:.1f} | {entry['b_over_c']['median']:.2f} |"
+                )
     memory = results.get("memory")
     if memory:
         lines += [
@@ -424,6 +564,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backbones", nargs="+", default=["efficientnet_lite0", "mobilenet_v2"])
     parser.add_argument("--limit", type=int, default=384, help="images of the 224 px set")
     parser.add_argument("--raw-limit", type=int, default=24, help="raw photographs")
+    parser.add_argument(
+        "--raw-copies",
+        type=int,
+        default=4,
+        help="extract the raw photographs this many times under variant keys (a longer run)",
+    )
     parser.add_argument("--memory-images", type=int, default=5000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3, help="rounds of (a), (b), (c)")
@@ -468,12 +614,15 @@ def main(argv: list[str] | None = None) -> int:
             "preprocessing": "none",
             "fundus_images": len(fundus),
             "raw_images": len(raw),
+            "raw_copies": args.raw_copies,
         },
         "backbones": {},
     }
     for name in args.backbones:
         results["backbones"][name] = bench_backbone(name, args, fundus, raw)
         ceilings.append(matmul_gflops())  # re-measured: the machine is shared
+    if len(args.backbones) > 1:
+        results["feature_set"] = bench_feature_set(list(args.backbones), args, fundus, raw)
     # The ceiling is the least disturbed measurement, as is (c)'s best round.
     ceiling = {kind: max(c[kind] for c in ceilings) for kind in ("wall", "cpu")}
     results["matmul_gflops"] = {k: round(v, 2) for k, v in ceiling.items()}
@@ -494,6 +643,12 @@ def main(argv: list[str] | None = None) -> int:
         "pipeline_over_naive_min": TARGET_OVER_NAIVE,
         "pipeline_over_forward_min": TARGET_OVER_FORWARD,
         "met_over_naive": all(e["b_over_a"]["median"] >= TARGET_OVER_NAIVE for e in fundus_entries),
+        "raw_pipeline_over_forward_min": TARGET_RAW_OVER_FORWARD,
+        "met_raw_over_forward": all(
+            r["raw_4288x2848"]["b_over_c"]["median"] >= TARGET_RAW_OVER_FORWARD
+            for r in results["backbones"].values()
+            if "raw_4288x2848" in r
+        ),
         "met_over_forward": all(
             e["b_over_c"]["median"] >= TARGET_OVER_FORWARD for e in fundus_entries
         ),

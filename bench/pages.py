@@ -75,10 +75,13 @@ def pages() -> list[tuple[str, str, str, str, dict]]:
     )
     job = Job.objects.order_by("-id").first()
     grade_image = pending[min(500, pending.count() - 1)]
+    adjudication = Image.objects.filter(grading_state="adjudication").order_by("id").first()
     g, r, a = "grader", "reviewer", "admin"
     return [
         ("healthz (baseline)", g, "GET", "/healthz", {}),
         ("home", g, "GET", "/", {}),
+        ("home (reviewer)", r, "GET", "/", {}),
+        ("home (admin)", a, "GET", "/", {}),
         ("worklist (oldest)", g, "GET", "/worklist/", {}),
         ("worklist page 40", g, "GET", "/worklist/?page=40", {}),
         ("worklist (random)", "grader-random", "GET", "/worklist/", {}),
@@ -99,6 +102,7 @@ def pages() -> list[tuple[str, str, str, str, dict]]:
         ("patients page 200", g, "GET", "/patients/", {"page": "200"}),
         ("a patient", g, "GET", f"/patients/{patient.pk}/", {}),
         ("adjudication queue", r, "GET", "/adjudication/", {}),
+        ("adjudicate an image", r, "GET", f"/adjudicate/{adjudication.pk}/", {}),
         ("review (default)", r, "GET", "/review/", {}),
         ("review (htmx filter)", r, "GET", "/review/", {"confirmed": "2", "_htmx": "1"}),
         (
@@ -123,8 +127,15 @@ def pages() -> list[tuple[str, str, str, str, dict]]:
         ("grader agreement (indep.)", r, "GET", "/review/graders/", {"reference": "independent"}),
         ("registry", a, "GET", "/models/", {}),
         ("a model version", a, "GET", f"/models/{active.pk}/", {}),
+        ("compare two versions", a, "GET", "/models/compare/", {"a": retired.pk, "b": active.pk}),
         ("jobs", a, "GET", "/jobs/", {}),
         ("a job", a, "GET", f"/jobs/{job.pk}/", {}),
+        ("upload form", a, "GET", "/upload/", {}),
+        ("grading settings", a, "GET", "/settings/grading/", {}),
+        ("protocol settings", a, "GET", "/settings/protocol/", {}),
+        ("quality queue", a, "GET", "/quality/", {}),
+        ("certification", g, "GET", "/certification/", {}),
+        ("audit log", a, "GET", "/audit/", {}),
         ("api images", r, "GET", "/api/images/", {}),
         (
             "api images pending p50",

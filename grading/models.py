@@ -369,6 +369,11 @@ class Prediction(models.Model):
         indexes = [
             models.Index(fields=["model_version", "predicted_grade"]),
             models.Index(fields=["model_version", "-entropy"], name="prediction_version_entropy"),
+            # The API lists a version's predictions in id order, held-out ones by default: pages
+            # are found by an index-only scan of this index, whatever the page number.
+            models.Index(
+                fields=["model_version", "in_training", "id"], name="prediction_version_listing"
+            ),
         ]
         constraints = [
             models.UniqueConstraint(

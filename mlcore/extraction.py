@@ -1,10 +1,10 @@
 """Batched, incremental feature extraction: image files in, features in the HDF5 store.
 
 ``extract_features`` computes only the keys missing from each backbone's store, decoding and
-preprocessing images in parallel with ``tf.data`` (parallel ``map``, ``prefetch``) while the
-backbone runs batched forward passes in a ``tf.function`` (batch norms folded into the
-convolutions). Memory stays bounded by the prefetch buffers and one batch per backbone, whatever
-the number of images. Backbones sharing an input size share one decoding pass.
+preprocessing images in a thread or process pool (``mlcore.decoding``) ahead of the batches
+while the backbone runs batched forward passes in a ``tf.function`` (batch norms folded into
+the convolutions). Memory stays bounded by the decoder's chunks in flight, the prefetch buffers
+and one batch per backbone, whatever the number of images. Backbones sharing an input size share one decoding pass.
 
 TensorFlow is imported inside the functions: ``load_features`` (and this module) can be used by
 the web process without loading TensorFlow.
@@ -17,7 +17,7 @@ import functools
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +27,7 @@ import numpy as np
 
 from mlcore.backbones import build_backbone, get_backbone, resolve_weights
 from mlcore.config import FeatureConfig
+from mlcore.decoding import decoded_images, default_decode_processes
 from mlcore.preprocessing import ImageLoadError, preprocess_image
 from mlcore.store import FeatureStore, feature_key, store_path
 
@@ -34,7 +35,8 @@ if TYPE_CHECKING:
     import tensorflow as tf
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
-# Images decoded in parallel (Pillow releases the GIL) and batches prepared ahead of the model.
+# Augmentation transforms run in parallel (TensorFlow ops) and batches are prepared ahead of
+# the model; decoding itself happens in mlcore.decoding's pool.
 DECODE_THREADS = max(2, os.cpu_count() or 1)
 PREFETCH_BATCHES = 2
 
@@ -149,42 +151,41 @@ def _decoded_dataset(
     method: str,
     batch_size: int,
     transform: Transform | None,
+    decode_processes: int,
 ) -> tf.data.Dataset:
     import tensorflow as tf
 
-    def load(path: bytes) -> tuple[np.ndarray, np.ndarray]:
-        try:
-            image = preprocess_image(path.decode(), method=method, size=size)
-            return image, np.bool_(True)
-        except (ImageLoadError, OSError):
-            return np.zeros((size, size, 3), np.uint8), np.bool_(False)
-
-    def decode(path: tf.Tensor, key: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        # Pillow releases the GIL while decoding and resizing, so parallel calls use all cores.
-        image, ok = tf.numpy_function(load, [path], [tf.uint8, tf.bool], stateful=False)
-        image.set_shape((size, size, 3))
-        ok.set_shape(())
-        if transform is not None:
-            image = tf.ensure_shape(transform(tf.cast(image, tf.float32), key), (size, size, 3))
-        # Without a transform, batches stay uint8 (4x less memory traffic than float32) and
-        # are cast once per batch.
-        return image, key, ok
-
     paths = [str(item.path) for item in items]
     keys = [item.key for item in items]
-    # Fixed parallelism and buffers rather than AUTOTUNE: tf.data's autotuning thread made
+
+    def decoded() -> Iterator[tuple[np.ndarray, str, bool]]:
+        images = decoded_images(paths, method=method, size=size, processes=decode_processes)
+        for (image, ok), key in zip(images, keys, strict=True):
+            yield image, key, ok
+
+    dataset = tf.data.Dataset.from_generator(
+        decoded,
+        output_signature=(
+            tf.TensorSpec((size, size, 3), tf.uint8),
+            tf.TensorSpec((), tf.string),
+            tf.TensorSpec((), tf.bool),
+        ),
+    )
+    if transform is not None:
+
+        def augment(image: tf.Tensor, key: tf.Tensor, ok: tf.Tensor) -> tuple:
+            image = tf.ensure_shape(transform(tf.cast(image, tf.float32), key), (size, size, 3))
+            return image, key, ok
+
+        dataset = dataset.map(augment, num_parallel_calls=DECODE_THREADS, deterministic=True)
+    # Without a transform, batches stay uint8 (4x less memory traffic than float32) and are cast
+    # once per batch. Fixed buffers rather than AUTOTUNE: tf.data's autotuning thread made
     # destroying each finished iterator block for up to 2 s (measured on 2 cores, see
-    # bench/extract.py), a cost paid by every extraction call; memory stays bounded by
-    # DECODE_THREADS decoded images plus PREFETCH_BATCHES batches.
+    # bench/extract.py), a cost paid by every extraction call. Memory stays bounded by the
+    # decoder's chunks in flight plus PREFETCH_BATCHES batches.
     options = tf.data.Options()
     options.autotune.enabled = False
-    return (
-        tf.data.Dataset.from_tensor_slices((paths, keys))
-        .map(decode, num_parallel_calls=DECODE_THREADS, deterministic=True)
-        .batch(batch_size)
-        .prefetch(PREFETCH_BATCHES)
-        .with_options(options)
-    )
+    return dataset.batch(batch_size).prefetch(PREFETCH_BATCHES).with_options(options)
 
 
 def extract_features(
@@ -197,6 +198,7 @@ def extract_features(
     progress: Progress | None = None,
     weights: str | Path | None = "imagenet",
     skip_unreadable: bool = False,
+    decode_processes: int | None = None,
 ) -> ExtractionResult:
     """Compute the features of ``items`` missing from the stores of ``config.backbones``.
 
@@ -205,10 +207,14 @@ def extract_features(
     every batch with counts of images to process. ``weights=None`` uses random weights (tests
     and timing only). Unreadable images raise ``ImageLoadError`` naming the file, or are
     skipped and listed in ``result.failed`` with ``skip_unreadable=True``.
+    ``decode_processes``: worker processes decoding ahead of the forward pass (default
+    ``FUNDUS_DECODE_PROCESSES``, 0: threads of this process).
     """
     import tensorflow as tf
 
     started = time.perf_counter()
+    if decode_processes is None:
+        decode_processes = default_decode_processes()
     store_dir = Path(store_dir)
     unique: dict[str, ImageItem] = {}
     for item in items:
@@ -256,6 +262,7 @@ def extract_features(
                 method=config.preprocessing,
                 batch_size=config.batch_size,
                 transform=transform,
+                decode_processes=decode_processes,
             )
             paths_by_key = {item.key: item.path for item in work[size]}
             for images, key_tensor, ok_tensor in dataset:

@@ -189,6 +189,8 @@ class ApiImageTests(ApiTestCase):
         self.assertIsNone(second["next"])
         ids = [row["id"] for row in first["results"] + second["results"]]
         self.assertEqual(len(set(ids)), 123)
+        self.assertEqual(ids, sorted(ids))  # a page's ids are read first, then its rows in order
+        self.assertEqual(first["results"][0]["latest_prediction"]["predicted_grade"], 0)
         small = api.get("/api/images/", {"page_size": 10}).json()
         self.assertEqual(len(small["results"]), 10)
         self.assertEqual(api.get("/api/images/", {"page": 99}).status_code, 404)

@@ -48,13 +48,14 @@ PAGES = [
     ("a model version", "admin", "GET", lambda d: f"/models/{d['v2']}/", 11),
     ("jobs", "admin", "GET", lambda d: "/jobs/", 7),
     ("a job", "admin", "GET", lambda d: f"/jobs/{d['job']}/", 6),
-    ("api images", "reviewer", "GET", lambda d: "/api/images/", 8),
+    # API pages beyond the only one read their ids first (IdsFirstPaginator): +1.
+    ("api images", "reviewer", "GET", lambda d: "/api/images/", 9),
     (
         "api predictions",
         "reviewer",
         "GET",
         lambda d: "/api/model-versions/scale-v2/predictions/",
-        8,  # + the count of training images left out (training_images_excluded)
+        9,  # + the count of training images left out (training_images_excluded)
     ),
 ]
 

@@ -21,10 +21,11 @@ ADJUDICATION_PREVIEW = 5
 
 @dataclass
 class ClinicianHome:
-    waiting_for_me: int
+    waiting_for_me: int  # at most WORKLIST_COUNT_CAP ("250+" when waiting_capped)
     pending_total: int
     done_today: int
     done_this_week: int
+    waiting_capped: bool = False
 
 
 @dataclass
@@ -67,8 +68,13 @@ def home_clinician(*, user: AbstractBaseUser) -> ClinicianHome:
         week=Count("image", distinct=True),
         today=Count("image", distinct=True, filter=Q(created_at__gte=day_start)),
     )
+    # Counted up to the worklist's cap, like the worklist: an exact count checks every pending image
+    # against this clinician's grades (0.3 s at 100,000 images).
+    cap = worklist_selectors.WORKLIST_COUNT_CAP
+    waiting = worklist_selectors.images_needing_grade(grader=user)[:cap].count()
     return ClinicianHome(
-        waiting_for_me=worklist_selectors.images_needing_grade(grader=user).count(),
+        waiting_for_me=waiting,
+        waiting_capped=waiting >= cap,
         pending_total=Image.objects.filter(grading_state=Image.GradingState.PENDING).count(),
         done_today=done["today"],
         done_this_week=done["week"],
@@ -79,7 +85,7 @@ def home_reviewer() -> ReviewerHome:
     waiting = worklist_selectors.adjudication_pending()
     return ReviewerHome(
         adjudication_waiting=waiting.count(),
-        model_disagreements=worklist_selectors.model_disagreements().count(),
+        model_disagreements=worklist_selectors.model_disagreements_count(),
         oldest_waiting=list(waiting[:ADJUDICATION_PREVIEW]),
     )
 
