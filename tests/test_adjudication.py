@@ -133,6 +133,22 @@ class ModelDisagreementFlagTests(GradingTestCase):
         self.assertEqual(self.far.confirmation_method, Image.ConfirmationMethod.ADJUDICATION)
         self.assertNotContains(self.client.get(QUEUE_URL), "P-FAR")
 
+    def test_flags_beyond_one_page_are_paged_newest_first(self):
+        far = [self.far]
+        for n in range(55):
+            image = image_make(patient=patient_make(f"P-MORE-{n}"), confirmed_grade=4)
+            prediction_make(
+                image=image, version=self.version, probabilities=[0.9, 0.025, 0.025, 0.025, 0.025]
+            )
+            far.append(image)
+        self.login(self.rita)
+        first = self.client.get(QUEUE_URL).context["flagged_page"]
+        second = self.client.get(QUEUE_URL, {"page": 2}).context["flagged_page"]
+        self.assertEqual(first.paginator.count, 56)
+        shown = [p.image_id for p in first.object_list] + [p.image_id for p in second.object_list]
+        self.assertEqual(shown, [image.pk for image in reversed(far)])  # newest prediction first
+        self.assertEqual(second.object_list[0].image.patient.pseudonym, "P-MORE-4")
+
     def test_no_active_model_means_no_flags(self):
         self.version.state = "retired"
         self.version.save()

@@ -32,7 +32,8 @@ PAGES = [
     ("image history", "reviewer", "GET", lambda d: f"/images/{d['confirmed']}/", 10),
     ("patients", "grader", "GET", lambda d: "/patients/", 10),
     ("a patient", "grader", "GET", lambda d: f"/patients/{d['patient']}/", 10),
-    ("adjudication", "reviewer", "GET", lambda d: "/adjudication/", 13),
+    # + the ids of the flagged page before its rows (IdsFirstPaginator).
+    ("adjudication", "reviewer", "GET", lambda d: "/adjudication/", 14),
     ("review", "reviewer", "GET", lambda d: "/review/", 20),
     (
         "review filtered",

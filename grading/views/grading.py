@@ -19,6 +19,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from grading import keyboard
 from grading.models import Grade, GradeLevel, Image, Job, Patient, WorkbenchSettings
+from grading.pagination import IdsFirstPaginator
 from grading.selectors import certification as certification_selectors
 from grading.selectors import patients as patient_selectors
 from grading.selectors import worklist as worklist_selectors
@@ -644,7 +645,9 @@ def adjudication_queue(request: HttpRequest) -> HttpResponse:
     ).select_related("grade", "grader"):
         current.setdefault(grade.image_id, []).append(grade)
     flagged = worklist_selectors.model_disagreements()
-    flagged_paginator = Paginator(flagged, 50)
+    # The flags are a join of every confirmed image with the active version's predictions: a
+    # page's ids come from that join on narrow index-only rows, then only 50 rows are read whole.
+    flagged_paginator = IdsFirstPaginator(flagged, 50)
     flagged_paginator.count = worklist_selectors.model_disagreements_count()
     flagged_page = flagged_paginator.get_page(_page_number(request))
     ctx = {
