@@ -39,9 +39,9 @@ REPO = Path(__file__).resolve().parent.parent
 STEPS = ("next", "grading_page", "photo", "save", "after_save")
 ALL_STEPS = ("login", *STEPS)
 TARGET_P95_MS = 150.0
-# gunicorn: 3 processes x 4 threads on 2 cores. Requests wait on PostgreSQL most of their time, so
-# threads overlap those waits; several processes keep one slow request (or the GIL) from stalling
-# the rest. Sync workers (1 thread) queue requests behind keep-alive clients and slow renders.
+# The production settings of grading/gunicorn_conf.py (3 processes x 4 threads on 2 cores); the
+# flags below override them for experiments. Sync workers (1 thread) queue requests behind
+# keep-alive clients and slow renders.
 DEFAULT_WORKERS = 3
 DEFAULT_THREADS = 4
 
@@ -247,6 +247,8 @@ def server_start(args: argparse.Namespace, env: dict[str, str], log: Path) -> su
     command = [
         str(REPO / ".venv" / "bin" / "gunicorn"),
         "grading.wsgi",
+        "--config",
+        "python:grading.gunicorn_conf",
         "--bind",
         f"127.0.0.1:{args.port}",
         "--workers",

@@ -53,6 +53,13 @@ def setup_django() -> None:
 
     settings.DEBUG = False
     settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "testserver"]
+    # What the production workers do after loading the app (gunicorn.conf.py): the objects of
+    # start-up are left out of the cyclic garbage collector's full passes, which otherwise
+    # scan every module's objects (~110 ms, every few hundred requests).
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def pages() -> list[tuple[str, str, str, str, dict]]:
@@ -242,6 +249,7 @@ def main() -> None:
             "bytes": size,
             "worst_ms": round(worst, 1),
             "median_ms": round(median, 1),
+            "times_ms": [round(t, 1) for t in times],
             "ratio_to_baseline": round(worst / baseline_ms, 1),
             "queries": len(queries),
             "python_peak_mb": round(peak / 1e6, 2),
