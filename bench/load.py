@@ -39,11 +39,8 @@ REPO = Path(__file__).resolve().parent.parent
 STEPS = ("next", "grading_page", "photo", "save", "after_save")
 ALL_STEPS = ("login", *STEPS)
 TARGET_P95_MS = 150.0
-# The production settings of grading/gunicorn_conf.py (3 processes x 4 threads on 2 cores); the
-# flags below override them for experiments. Sync workers (1 thread) queue requests behind
-# keep-alive clients and slow renders.
-DEFAULT_WORKERS = 3
-DEFAULT_THREADS = 4
+# The server runs with the production settings of grading/gunicorn_conf.py (5 sync workers on 2
+# cores); --workers / --threads override them for experiments.
 
 
 def parse_args() -> argparse.Namespace:
@@ -52,8 +49,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--think", type=float, default=8.0, help="seconds per image")
     parser.add_argument("--duration", type=float, default=120.0, help="seconds of load")
     parser.add_argument("--port", type=int, default=8400)
-    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS)
-    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS)
+    parser.add_argument("--workers", type=int, default=None, help="default: gunicorn_conf.py")
+    parser.add_argument("--threads", type=int, default=None, help="default: gunicorn_conf.py")
     parser.add_argument("--label", required=True, help="e.g. 10k or 100k (names the result file)")
     parser.add_argument("--password", default=os.environ.get("FUNDUS_SCALE_PASSWORD", ""))
     parser.add_argument("--out", type=Path, default=None)
@@ -243,6 +240,16 @@ def percentiles(values: list[float]) -> dict[str, float | int]:
     }
 
 
+def server_shape(args: argparse.Namespace) -> str:
+    """Workers x threads of the server as started: the flags, else grading/gunicorn_conf.py."""
+    sys.path.insert(0, str(REPO))
+    from grading import gunicorn_conf
+
+    workers = args.workers or gunicorn_conf.workers
+    threads = args.threads or gunicorn_conf.threads
+    return f"{workers} workers x {threads} thread{'s' if threads > 1 else ''}"
+
+
 def server_start(args: argparse.Namespace, env: dict[str, str], log: Path) -> subprocess.Popen:
     command = [
         str(REPO / ".venv" / "bin" / "gunicorn"),
@@ -251,17 +258,15 @@ def server_start(args: argparse.Namespace, env: dict[str, str], log: Path) -> su
         "python:grading.gunicorn_conf",
         "--bind",
         f"127.0.0.1:{args.port}",
-        "--workers",
-        str(args.workers),
-        "--threads",
-        str(args.threads),
-        "--keep-alive",
-        "30",
         "--access-logfile",
         "-",
         "--log-level",
         "warning",
     ]
+    if args.workers is not None:
+        command += ["--workers", str(args.workers)]
+    if args.threads is not None:
+        command += ["--threads", str(args.threads)]
     process = subprocess.Popen(
         command,
         cwd=REPO,
@@ -426,7 +431,7 @@ def main() -> None:
         "clinicians": args.clinicians,
         "think_seconds": args.think,
         "duration_seconds": round(elapsed, 1),  # the grading loop, after everyone logged in
-        "server": f"gunicorn {args.workers} workers x {args.threads} threads, production settings",
+        "server": f"gunicorn {server_shape(args)}, production settings",
         "database": os.environ["DATABASE_URL"].split("://", 1)[0],
         "cpus": os.cpu_count(),
         "baseline_one_clinician": base,
