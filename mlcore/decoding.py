@@ -1,4 +1,4 @@
-"""Decoding images for a model, in worker processes, ahead of the forward pass.
+"""Decoding images for a model in a pool of threads or processes, ahead of the forward pass.
 
 A full-size 4288 x 2848 fundus JPEG costs ~10 ms of CPU to decode (at 1/8 DCT scale: 7.6 ms of
 it is libjpeg-turbo's entropy decoding, which no scaling skips) and resize, nearly as much as
@@ -33,9 +33,9 @@ CHUNK_IMAGES = 4
 def default_decode_processes(environ: dict[str, str] | None = None) -> int:
     """Decoding processes from ``FUNDUS_DECODE_PROCESSES``; by default 0, threads in this
     process. On 2 cores, where the forward pass already keeps both busy, threads were faster
-    than processes (bench/extract.py: 0.47 against 0.44 of the forward bound on full-size
-    photographs; the processes' pickling is pure overhead when no core is idle); processes pay
-    off where the GIL, not the CPUs, limits decoding (many cores)."""
+    than processes (bench/extract.py, full-size photographs: 0.53 against 0.49 of the forward
+    bound with Lite0; the processes' pickling is pure overhead when no core is idle); processes
+    pay off where the GIL, not the CPUs, limits decoding (many cores)."""
     env = os.environ if environ is None else environ
     raw = env.get("FUNDUS_DECODE_PROCESSES", "").strip()
     if not raw:
