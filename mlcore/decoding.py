@@ -16,13 +16,13 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import os
-from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
+from mlcore.pipelining import map_ahead
 from mlcore.preprocessing import ImageLoadError, preprocess_image
 
 # Images per task sent to a worker: enough to amortise the inter-process round trip (~0.2 ms),
@@ -94,21 +94,16 @@ def decoded_images(
     """``decode_chunk`` over ``paths`` in parallel, yielded in order; at most ``ahead`` chunks
     (default: 4 per worker) are decoded or waiting at any time."""
     executor = decoding_executor(processes)
-    ahead = ahead or 4 * max(processes, 2)
-    pending: deque[Future] = deque()
+    chunks = [paths[start : start + chunk] for start in range(0, len(paths), chunk)]
     try:
-        for start in range(0, len(paths), chunk):
-            pending.append(
-                executor.submit(decode_chunk, paths[start : start + chunk], method, size)
-            )
-            if len(pending) >= ahead:
-                yield from pending.popleft().result()
-        while pending:
-            yield from pending.popleft().result()
+        for _, decoded in map_ahead(
+            executor,
+            functools.partial(decode_chunk, method=method, size=size),
+            chunks,
+            ahead=ahead or 4 * max(processes, 2),
+        ):
+            yield from decoded
     except BrokenProcessPool:
         # A worker died (killed, out of memory): the next extraction starts a fresh pool.
         _process_pool.cache_clear()
         raise
-    finally:
-        for future in pending:
-            future.cancel()

@@ -11,8 +11,10 @@ import csv
 import datetime as dt
 import hashlib
 import io
+import os
 import warnings
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +27,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from grading.models import Grade, GradeLevel, Image, Patient
+from grading.services.quality import quality_measures_or_none
+from mlcore.pipelining import map_ahead
+from mlcore.quality import QualityMeasures
 
 ACCEPTED_FORMATS = {"JPEG": "jpg", "PNG": "png"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp"}
@@ -130,8 +135,10 @@ def image_create(
     original_filename: str = "",
     confirmed_grade: GradeLevel | None = None,
     import_source: str = "",
+    quality_measures: QualityMeasures | None = None,
 ) -> Image:
-    """Store one validated photograph (and, for imports, its confirmed grade) or raise DuplicateImage."""
+    """Store one validated photograph (and, for imports, its confirmed grade) or raise
+    DuplicateImage. ``quality_measures``: the photograph's, when the caller measured it already."""
     existing = Image.objects.filter(sha256=validated.sha256).first()
     if existing is not None:
         raise DuplicateImage(existing)
@@ -139,7 +146,7 @@ def image_create(
 
     # Measured here so upload, the import command and background imports all get the gate.
     # An imported photo with a confirmed grade is measured but never sent to the check queue.
-    quality = quality_fields_for(data=validated.data)
+    quality = quality_fields_for(data=validated.data, measures=quality_measures)
     if confirmed_grade is not None and quality:
         quality["quality_review"] = Image.QualityReview.NONE
     name, wrote_file = _file_store(validated)
@@ -338,6 +345,35 @@ def _parse_date(value: str, path: Path) -> dt.date | None:
         raise ImageRejected(f"{path}: date {value!r} is not YYYY-MM-DD.") from None
 
 
+# Reading, checking and measuring a photograph take most of an import's time and touch no
+# database: threads do them for the next photographs while the loop stores this one (numpy and
+# Pillow release the GIL).
+IMPORT_PREPARE_THREADS = max(2, os.cpu_count() or 1)
+
+
+@dataclass
+class _Prepared:
+    """An import item's file, read, checked and measured (or why it was refused)."""
+
+    validated: ValidatedImage | None = None
+    measures: QualityMeasures | None = None
+    rejected: ImageRejected | None = None
+
+
+def _import_prepare(path: Path, known_sha: set[str]) -> _Prepared:
+    try:
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            raise ImageRejected(f"{path}: cannot be read ({error.strerror}).") from None
+        validated = image_validate(data=data, name=str(path))
+    except ImageRejected as error:
+        return _Prepared(rejected=error)
+    if validated.sha256 in known_sha:  # a duplicate is skipped: no need to measure it
+        return _Prepared(validated=validated)
+    return _Prepared(validated=validated, measures=quality_measures_or_none(data=data))
+
+
 def images_import(
     *,
     items: Iterable[ImportItem],
@@ -349,46 +385,65 @@ def images_import(
     lookup = grade_level_lookup()
     summary = ImportSummary()
     known_sha = set(Image.objects.values_list("sha256", flat=True))
-    for item in items:
-        try:
-            level = lookup(item.grade_label) if item.grade_label is not None else None
-            if level is None and item.grade_label is not None:
-                raise ImageRejected(f"{item.path}: grade {item.grade_label!r} is not in the scale.")
-            eye = _parse_eye(item.eye, item.path)
-            acquired_on = _parse_date(item.date, item.path)
+    with ThreadPoolExecutor(IMPORT_PREPARE_THREADS, thread_name_prefix="import") as pool:
+        prepared_items = map_ahead(
+            pool,
+            lambda item: _import_prepare(item.path, known_sha),
+            items,
+            ahead=2 * IMPORT_PREPARE_THREADS,
+        )
+        for item, prepared in prepared_items:
             try:
-                data = item.path.read_bytes()
-            except OSError as error:
-                raise ImageRejected(f"{item.path}: cannot be read ({error.strerror}).") from None
-            validated = image_validate(data=data, name=str(item.path))
-            if validated.sha256 in known_sha:
+                _import_one(item, prepared, source=source, lookup=lookup,
+                            known_sha=known_sha, summary=summary)  # fmt: skip
+            except DuplicateImage:
                 summary.duplicates += 1
-                continue
-            pseudonym = item.patient_id or f"img-{validated.sha256[:16]}"
-            with transaction.atomic():
-                patient, _ = Patient.objects.get_or_create(pseudonym=pseudonym)
-                image = image_create(
-                    validated=validated,
-                    patient=patient,
-                    eye=eye,
-                    acquired_on=acquired_on,
-                    source=source,
-                    original_filename=item.path.name,
-                    confirmed_grade=level,
-                    import_source=source,
-                )
-            known_sha.add(validated.sha256)
-            summary.imported += 1
-            summary.imported_ids.append(image.pk)
-            if level is None:
-                summary.ungraded += 1
-            else:
-                summary.per_grade[level.value] = summary.per_grade.get(level.value, 0) + 1
-        except DuplicateImage:
-            summary.duplicates += 1
-        except ImageRejected as error:
-            summary.rejected.append((str(item.path), str(error)))
-        finally:
-            if progress is not None:
-                progress(item)
+            except ImageRejected as error:
+                summary.rejected.append((str(item.path), str(error)))
+            finally:
+                if progress is not None:
+                    progress(item)
     return summary
+
+
+def _import_one(
+    item: ImportItem,
+    prepared: _Prepared,
+    *,
+    source: str,
+    lookup: Callable[[str], GradeLevel | None],
+    known_sha: set[str],
+    summary: ImportSummary,
+) -> None:
+    level = lookup(item.grade_label) if item.grade_label is not None else None
+    if level is None and item.grade_label is not None:
+        raise ImageRejected(f"{item.path}: grade {item.grade_label!r} is not in the scale.")
+    eye = _parse_eye(item.eye, item.path)
+    acquired_on = _parse_date(item.date, item.path)
+    if prepared.rejected is not None:
+        raise prepared.rejected
+    validated = prepared.validated
+    if validated.sha256 in known_sha:
+        summary.duplicates += 1
+        return
+    pseudonym = item.patient_id or f"img-{validated.sha256[:16]}"
+    with transaction.atomic():
+        patient, _ = Patient.objects.get_or_create(pseudonym=pseudonym)
+        image = image_create(
+            validated=validated,
+            patient=patient,
+            eye=eye,
+            acquired_on=acquired_on,
+            source=source,
+            original_filename=item.path.name,
+            confirmed_grade=level,
+            import_source=source,
+            quality_measures=prepared.measures,
+        )
+    known_sha.add(validated.sha256)
+    summary.imported += 1
+    summary.imported_ids.append(image.pk)
+    if level is None:
+        summary.ungraded += 1
+    else:
+        summary.per_grade[level.value] = summary.per_grade.get(level.value, 0) + 1

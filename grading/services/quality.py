@@ -38,12 +38,22 @@ def _gate_on(settings_row: WorkbenchSettings) -> bool:
     return settings.FUNDUS_QUALITY_GATE and settings_row.quality_gate_enabled
 
 
-def quality_fields_for(*, data: bytes) -> dict:
-    """The quality fields of a new image (measured before its database transaction: decoding is
-    slow). A photograph that cannot be measured is stored without them, never refused here."""
+def quality_measures_or_none(*, data: bytes) -> QualityMeasures | None:
+    """The photograph's quality measures, or None when it cannot be measured. Pure (no
+    database): a bulk import measures the next photographs in threads while it stores this one."""
     try:
-        measures = quality_measure_bytes(data)
+        return quality_measure_bytes(data)
     except (OSError, ValueError):
+        return None
+
+
+def quality_fields_for(*, data: bytes, measures: QualityMeasures | None = None) -> dict:
+    """The quality fields of a new image (measured before its database transaction: decoding is
+    slow; ``measures`` when they were taken already). A photograph that cannot be measured is
+    stored without them, never refused here."""
+    if measures is None:
+        measures = quality_measures_or_none(data=data)
+    if measures is None:
         return {}
     settings_row = workbench_settings_get()
     score = gradability_score(measures, quality_thresholds_get(settings_row))
