@@ -394,8 +394,14 @@ def images_import(
         )
         for item, prepared in prepared_items:
             try:
-                _import_one(item, prepared, source=source, lookup=lookup,
-                            known_sha=known_sha, summary=summary)  # fmt: skip
+                _import_one(
+                    item,
+                    prepared,
+                    source=source,
+                    lookup=lookup,
+                    known_sha=known_sha,
+                    summary=summary,
+                )
             except DuplicateImage:
                 summary.duplicates += 1
             except ImageRejected as error:
