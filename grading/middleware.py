@@ -11,6 +11,7 @@ from django.contrib import messages
 from django.contrib.auth import logout
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
+from django.db import connections
 from django.http import HttpRequest, HttpResponse
 from django.http.multipartparser import MultiPartParserError
 from django.shortcuts import render
@@ -110,3 +111,13 @@ class UploadLimitsMiddleware:
             "max_name_length": settings.FUNDUS_MAX_FILENAME_LENGTH,
         }
         return render(request, "grading/upload_refused.html", ctx, status=400)
+
+
+def close_broken_database_connections(**kwargs: object) -> None:
+    """After a request failed on a database error, close the connections that no longer work,
+    so that the next request reconnects (after a PostgreSQL restart, say) instead of failing on
+    the dead one. Django checks this when a request finishes; doing it as soon as the error
+    happens also covers request cycles that skip that check (the test client does)."""
+    for database in connections.all(initialized_only=True):
+        if database.connection is not None and database.errors_occurred:
+            database.close_if_unusable_or_obsolete()
