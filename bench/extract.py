@@ -240,6 +240,16 @@ def pooled(*runs: tuple[Timer, int]) -> tuple[Timer, int]:
     return total, sum(n for _, n in runs)
 
 
+def rounds_entry(label: str, n: int, rounds: list[dict[str, float]]) -> dict[str, Any]:
+    """A set's rounds with each quantity's median, min and max; the medians are printed."""
+    entry: dict[str, Any] = {"images": n, "rounds": rounds}
+    for key in rounds[0]:
+        entry[key] = _summary([r[key] for r in rounds])
+    brief = {k: v["median"] for k, v in entry.items() if isinstance(v, dict)}
+    print(f"  {label} medians: {json.dumps(brief)}", file=sys.stderr)
+    return entry
+
+
 def _summary(values: list[float]) -> dict[str, float]:
     return {
         "median": round(statistics.median(values), 3),
@@ -336,12 +346,7 @@ def bench_backbone(
             row["b_over_a_cpu"] = row["naive_cpu_ms"] / row["pipeline_cpu_ms"]
             row["b_over_c_cpu"] = row["forward_cpu_ms"] / row["pipeline_cpu_ms"]
             rounds.append({k: round(v, 4) for k, v in row.items()})
-        entry: dict[str, Any] = {"images": n, "rounds": rounds}
-        for key in rounds[0]:
-            entry[key] = _summary([r[key] for r in rounds])
-        report[set_name] = entry
-        brief = {k: v["median"] for k, v in entry.items() if isinstance(v, dict)}
-        print(f"  {name} {set_name} medians: {json.dumps(brief)}", file=sys.stderr)
+        report[set_name] = rounds_entry(f"{name} {set_name}", n, rounds)
     return report
 
 
@@ -390,12 +395,7 @@ def bench_feature_set(
                     "pipeline_cpu_ms": round(1000 * ours.cpu / n, 3),
                 }
             )
-        entry: dict[str, Any] = {"images": n, "rounds": rounds}
-        for key in rounds[0]:
-            entry[key] = _summary([r[key] for r in rounds])
-        report[set_name] = entry
-        brief = {k: v["median"] for k, v in entry.items() if isinstance(v, dict)}
-        print(f"  {'+'.join(names)} {set_name} medians: {json.dumps(brief)}", file=sys.stderr)
+        report[set_name] = rounds_entry(f"{'+'.join(names)} {set_name}", n, rounds)
     return report
 
 
