@@ -35,12 +35,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from mlcore.augment import AugmentConfig  # noqa: E402
-from mlcore.classifier import HeadClassifier  # noqa: E402
-from mlcore.config import FeatureConfig  # noqa: E402
-from mlcore.metrics import metrics_report, summarize  # noqa: E402
-from mlcore.splits import grouped_kfold, merge_groups  # noqa: E402
-from mlcore.training import (  # noqa: E402
+from mlcore.data.augment import AugmentConfig  # noqa: E402
+from mlcore.data.splits import grouped_kfold, merge_groups  # noqa: E402
+from mlcore.evaluation.metrics import metrics_report, summarize  # noqa: E402
+from mlcore.features.config import FeatureConfig  # noqa: E402
+from mlcore.models.classifier import HeadClassifier  # noqa: E402
+from mlcore.pipelines.training import (  # noqa: E402
     TrainingConfig,
     cross_validate_features,
     read_labels_csv,
@@ -81,7 +81,7 @@ def cv_entry(result, **extra) -> dict:
 def decoding_analysis(result, y: np.ndarray, folds) -> dict:
     """The same out-of-fold probabilities decoded three ways: what does ordinal decoding add,
     and how much of it comes from the fitted thresholds rather than fixed k + 0.5 ones?"""
-    from mlcore.classifier import decode_ordinal, expected_position
+    from mlcore.models.classifier import decode_ordinal, expected_position
 
     decoders = {
         "as_trained": lambda proba, fold: result.oof_pred[fold],
@@ -154,9 +154,9 @@ def domain_gap(X: np.ndarray, raw_dir: Path, weights_dir: Path) -> dict:
     """How typical raw photographs look to the model after each preprocessing: distance to the
     nearest training image (vs training images' own nearest-neighbour distances) and median |z|
     under the training set's standardisation, on the default backbones' features."""
-    from mlcore.domain import filter_like_training
-    from mlcore.extraction import compute_features
-    from mlcore.preprocessing import PREPROCESSING, load_rgb
+    from mlcore.data.domain import filter_like_training
+    from mlcore.data.preprocessing import PREPROCESSING, load_rgb
+    from mlcore.features.extraction import compute_features
 
     photos = sorted(raw_dir.glob("*.jpg"))
     images = [load_rgb(p, min_size=400) for p in photos]

@@ -5,7 +5,7 @@ Per backbone, images per second of
   (a) a naive loop in the style of the original recipe: per-image PIL load and resize, a Python
       generator of batches, ``model.predict`` per batch, features saved at the end;
   (b) our pipeline end to end: files in (sha256 keys), ``tf.data`` decoding, batched forward
-      passes, features in the HDF5 store (``mlcore.extraction.extract_features``);
+      passes, features in the HDF5 store (``mlcore.features.extraction.extract_features``);
   (c) the backbone alone on preprocessed tensors already in memory (the forward-pass bound);
 
 with the ratios b/a and b/c, on the 224 px graded set and on the full-size raw photographs;
@@ -18,7 +18,7 @@ Everything is measured in the same run, in ``--repeats`` rounds of (a), (b), (c)
 The machine is shared with other jobs whose load changes by the minute, so ratios are taken
 within each round (paired) and the table shows medians over rounds; CPU time per image (all
 threads) is recorded too, as it barely depends on the others' load. (b) uses the BN-folded
-inference graph of ``mlcore.extraction.feature_function``; (a) uses the plain Keras model, as
+inference graph of ``mlcore.features.extraction.feature_function``; (a) uses the plain Keras model, as
 the original recipe did; (c) is the same function as (b), and the plain model's forward speed
 is reported beside it. Results go to ``bench/results/extract.json``; a markdown table is
 printed. Backbones without a weights file here need ``--random-weights-if-missing`` (labelled).
@@ -174,7 +174,7 @@ def pipeline_run(
     """Files in, features in the store: hashing the files is part of the cost. ``copies`` > 1
     extracts every file again under variant keys (decoded again each time), so that a few
     large photographs make a run long enough to reach the steady state of the pipeline."""
-    from mlcore.extraction import extract_features, image_items
+    from mlcore.features.extraction import extract_features, image_items
 
     with Timer() as timer:
         items = [item for copy in range(copies) for item in image_items(paths, variant=copy)]
@@ -208,7 +208,7 @@ def preprocessed_batches(paths: list[Path], *, size: int, batch_size: int) -> li
     import numpy as np
     import tensorflow as tf
 
-    from mlcore.preprocessing import preprocess_image
+    from mlcore.data.preprocessing import preprocess_image
 
     return [
         tf.constant(
@@ -265,9 +265,14 @@ def bench_backbone(
     the load from other processes on this shared machine changes between rounds."""
     import tensorflow as tf
 
-    from mlcore.backbones import MissingWeightsError, build_backbone, get_backbone, resolve_weights
-    from mlcore.config import FeatureConfig
-    from mlcore.extraction import feature_function
+    from mlcore.features.backbones import (
+        MissingWeightsError,
+        build_backbone,
+        get_backbone,
+        resolve_weights,
+    )
+    from mlcore.features.config import FeatureConfig
+    from mlcore.features.extraction import feature_function
 
     spec = get_backbone(name)
     weights: Any = "imagenet"
@@ -357,9 +362,9 @@ def bench_feature_set(
     pass, each image decoded once for all of them. Its forward bound is the backbones' forward
     passes one after the other on tensors in memory (1 / sum of 1 / each one's img/s)."""
 
-    from mlcore.backbones import get_backbone
-    from mlcore.config import FeatureConfig
-    from mlcore.extraction import feature_function
+    from mlcore.features.backbones import get_backbone
+    from mlcore.features.config import FeatureConfig
+    from mlcore.features.extraction import feature_function
 
     sizes = {get_backbone(name).input_size for name in names}
     if len(sizes) != 1:
@@ -401,9 +406,9 @@ def bench_feature_set(
 
 def memory_worker(args: argparse.Namespace) -> None:
     """Extract ``--memory-images`` items (the set repeated under variant keys), sampling RSS."""
-    from mlcore.config import FeatureConfig
-    from mlcore.extraction import ImageItem, extract_features, file_sha256
-    from mlcore.store import feature_key
+    from mlcore.features.config import FeatureConfig
+    from mlcore.features.extraction import ImageItem, extract_features, file_sha256
+    from mlcore.features.store import feature_key
 
     paths = [Path(line) for line in Path(args.memory_worker).read_text().splitlines()]
     digests = [file_sha256(p) for p in paths]

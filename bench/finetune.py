@@ -16,7 +16,7 @@ set, the same folds for
 
 Every choice of the fine-tuned model (peak learning rate among ``--learning-rates``, the
 epoch, the temperature, argmax vs ordinal decoding) is made on an inner grouped validation split
-of each outer training fold (:func:`mlcore.finetune.finetune_fit`); the outer test fold is
+of each outer training fold (:func:`mlcore.models.finetune.finetune_fit`); the outer test fold is
 only scored. Checkpoints live in ``--work`` so a killed run resumes where it stopped.
 
     nice -n 15 timeout 4500 .venv/bin/python bench/finetune.py > var/finetune-bench.log 2>&1
@@ -37,9 +37,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from mlcore.classifier import HeadClassifier  # noqa: E402
-from mlcore.config import FeatureConfig  # noqa: E402
-from mlcore.finetune import (  # noqa: E402
+from mlcore.data.splits import grouped_kfold, merge_groups  # noqa: E402
+from mlcore.evaluation.metrics import metrics_report, summarize  # noqa: E402
+from mlcore.features.config import FeatureConfig  # noqa: E402
+from mlcore.models.classifier import HeadClassifier  # noqa: E402
+from mlcore.models.finetune import (  # noqa: E402
     FinetuneConfig,
     build_network,
     cache_bottom_maps,
@@ -47,9 +49,7 @@ from mlcore.finetune import (  # noqa: E402
     finetune_fit,
     load_images,
 )
-from mlcore.metrics import metrics_report, summarize  # noqa: E402
-from mlcore.splits import grouped_kfold, merge_groups  # noqa: E402
-from mlcore.training import read_labels_csv, source_features  # noqa: E402
+from mlcore.pipelines.training import read_labels_csv, source_features  # noqa: E402
 
 HEADLINE = (
     "qwk",
@@ -109,8 +109,8 @@ def measure_speed(config: FinetuneConfig, images: np.ndarray, *, train_steps: in
     import keras
     import tensorflow as tf
 
-    from mlcore.backbones import get_backbone
-    from mlcore.finetune import bottom_maps
+    from mlcore.features.backbones import get_backbone
+    from mlcore.models.finetune import bottom_maps
 
     spec = get_backbone(config.backbone)
     batch = 32
@@ -320,8 +320,8 @@ def main() -> int:
         )
         # Score the outer fold: the network's top on the cached (un-augmented) maps equals the
         # whole network on the images (the bottom is frozen), at a fraction of the cost.
-        from mlcore.calibration import apply_temperature
-        from mlcore.finetune import _predict_logits
+        from mlcore.models.calibration import apply_temperature
+        from mlcore.models.finetune import _predict_logits
 
         logits = _predict_logits(fit.top, cache[0][test_idx], batch_size=128)
         proba = apply_temperature(logits, fit.model.temperature_)

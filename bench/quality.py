@@ -2,7 +2,7 @@
 
 Good: the shared graded set (224 px, Gaussian-filtered) and the raw IDRiD photographs (4288 x 2848).
 Degraded: a blurred, a darkened and a cropped (fundus shifted out of frame) copy of each, made by
-``mlcore.quality.degraded_copy``. Reports the ROC AUC of the score (good vs degraded, overall and
+``mlcore.data.quality.degraded_copy``. Reports the ROC AUC of the score (good vs degraded, overall and
 per degradation), the pass rate of each group at the default thresholds, and the time per measure.
 
     python bench/quality.py [--limit N] [--out bench/results/quality.json]
@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO))
 
 import PIL.Image  # noqa: E402
 
-from mlcore.quality import (  # noqa: E402
+from mlcore.data.quality import (  # noqa: E402
     DEGRADATIONS,
     QualityThresholds,
     degraded_copy,

@@ -134,7 +134,7 @@ class Image(models.Model):
         UNGRADABLE = "ungradable", "Confirmed ungradable"
 
     quality_measures = models.JSONField(
-        default=dict, blank=True, help_text="mlcore.quality measures, computed at upload."
+        default=dict, blank=True, help_text="mlcore.data.quality measures, computed at upload."
     )
     quality_score = models.FloatField(
         null=True,
@@ -235,7 +235,7 @@ class Grade(models.Model):
     findings = models.JSONField(
         default=dict,
         blank=True,
-        help_text="Lesion rubric (mlcore.rubric.Findings.to_dict); empty when the rubric was not used.",
+        help_text="Lesion rubric (mlcore.data.rubric.Findings.to_dict); empty when the rubric was not used.",
     )
     rubric_used = models.BooleanField(default=False)
     derived_grade = models.ForeignKey(
@@ -296,7 +296,7 @@ class Grade(models.Model):
 
     @property
     def findings_text(self) -> str:
-        from mlcore.rubric import Findings, findings_describe
+        from mlcore.data.rubric import Findings, findings_describe
 
         return findings_describe(Findings.from_dict(self.findings))
 

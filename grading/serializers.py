@@ -118,7 +118,7 @@ class ModelVersionSerializer(serializers.ModelSerializer):
 
 
 class GradeSerializer(serializers.ModelSerializer):
-    """One grade with its lesion findings (mlcore.rubric.Findings.to_dict: only what was seen),
+    """One grade with its lesion findings (mlcore.data.rubric.Findings.to_dict: only what was seen),
     the grade the findings give and the reason for an override."""
 
     image = serializers.IntegerField(source="image_id")

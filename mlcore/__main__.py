@@ -1,4 +1,4 @@
-"""``python -m mlcore ...``: see ``mlcore.cli``."""
+"""``python -m mlcore ...``: see ``mlcore.cli.app``."""
 
 from __future__ import annotations
 

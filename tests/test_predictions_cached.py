@@ -11,8 +11,8 @@ from grading.models import GradeLevel, Image, Job, Prediction
 from grading.services.images import image_create, image_validate
 from grading.services.model_versions import model_train
 from grading.services.predictions import model_artifact_load
-from mlcore.predict import predict_from_store, predict_images
-from mlcore.store import feature_key
+from mlcore.features.store import feature_key
+from mlcore.pipelines.predict import predict_from_store, predict_images
 from tests.conftest import FUNDUS_DATASET_DIR
 from tests.factories import image_make, patient_make, user_make
 from tests.factories_jobs import TrainingMixin

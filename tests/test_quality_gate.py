@@ -15,7 +15,7 @@ from grading.models import Grade, Image
 from grading.selectors.worklist import images_needing_grade, workbench_settings_get
 from grading.services.images import image_create, image_validate
 from grading.services.workbench import workbench_settings_update
-from mlcore.quality import degraded_copy
+from mlcore.data.quality import degraded_copy
 from tests.factories import fundus_jpeg_bytes, patient_make
 from tests.factories_grading import GradingTestCase
 

@@ -10,7 +10,7 @@ from django.urls import reverse
 
 from grading.models import Grade
 from grading.services.grades import GradeInput, GradeRejected, grade_submit
-from mlcore.rubric import Findings
+from mlcore.data.rubric import Findings
 from tests.factories import image_make
 from tests.factories_grading import GradingTestCase, workbench_set
 

@@ -182,9 +182,9 @@ class WorkerTaskTests(TrainingMixin, BrokerMixin, TransactionTestCase):
         self.assertEqual(again.result["computed"], {"mobilenet_v2": 1}, "only the new image")
 
     def test_augmentation_stores_the_copies_features_for_retraining_only(self):
-        from mlcore.augment import AugmentConfig
-        from mlcore.store import FeatureStore, store_path
-        from mlcore.training import augment_store_dir
+        from mlcore.data.augment import AugmentConfig
+        from mlcore.features.store import FeatureStore, store_path
+        from mlcore.pipelines.training import augment_store_dir
 
         images = confirmed_images_make(count=10, patients=5)
         job, _ = job_services.job_enqueue(kind=Job.Kind.IMAGES_AUGMENT, params={"variants": 2})

@@ -65,7 +65,7 @@ class Migration(migrations.Migration):
             field=models.JSONField(
                 blank=True,
                 default=dict,
-                help_text="Lesion rubric (mlcore.rubric.Findings.to_dict); empty when the rubric was not used.",
+                help_text="Lesion rubric (mlcore.data.rubric.Findings.to_dict); empty when the rubric was not used.",
             ),
         ),
         migrations.AddField(
@@ -82,7 +82,9 @@ class Migration(migrations.Migration):
             model_name="image",
             name="quality_measures",
             field=models.JSONField(
-                blank=True, default=dict, help_text="mlcore.quality measures, computed at upload."
+                blank=True,
+                default=dict,
+                help_text="mlcore.data.quality measures, computed at upload.",
             ),
         ),
         migrations.AddField(

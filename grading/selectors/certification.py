@@ -16,7 +16,7 @@ from django.contrib.auth.models import AbstractBaseUser
 
 from grading.models import CertificationItem, Grade, GradeLevel, Image, WorkbenchSettings
 from grading.selectors.worklist import workbench_settings_get
-from mlcore.agreement import AgreementFigures, agreement_figures
+from mlcore.evaluation.agreement import AgreementFigures, agreement_figures
 
 GRADE_PERMISSION = "grading.grade_image"
 REVIEW_PERMISSION = "grading.review_agreement"

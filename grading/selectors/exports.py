@@ -15,7 +15,7 @@ from django.db.models import QuerySet
 
 from grading.models import Grade, ModelVersion, Prediction
 from grading.selectors.review import scale_get
-from mlcore.rubric import QUADRANTS, Findings
+from mlcore.data.rubric import QUADRANTS, Findings
 
 EXPORT_CHUNK_SIZE = 2000
 # Spreadsheet programs run a cell starting with one of these as a formula ("CSV injection"); free

@@ -238,8 +238,8 @@ def model_versions_compare(*, first: ModelVersion, second: ModelVersion) -> Vers
     ``model_version_honest_predictions``), against today's confirmed grades, paired."""
     from django.conf import settings
 
-    from mlcore.intervals import paired_qwk_difference
-    from mlcore.metrics import metrics_report
+    from mlcore.evaluation.intervals import paired_qwk_difference
+    from mlcore.evaluation.metrics import metrics_report
 
     comparison = VersionComparison(first=first, second=second, n_images=0)
     predictions = {

@@ -1,7 +1,7 @@
 """Reads for the agreement review: model predictions against clinician-confirmed grades, and each
 clinician's grades against the confirmed grade.
 
-Every number here comes from ``mlcore.metrics`` (the same code that evaluates a model at training time),
+Every number here comes from ``mlcore.evaluation.metrics`` (the same code that evaluates a model at training time),
 so the review page and the model registry can never disagree about what "QWK" means.
 """
 
@@ -36,8 +36,8 @@ from django.utils import timezone
 
 from grading.models import Grade, GradeLevel, Image, ModelVersion, Prediction
 from grading.selectors.review_cache import review_cached
-from mlcore import metrics as mlmetrics
-from mlcore.intervals import confusion_intervals
+from mlcore.evaluation import metrics as mlmetrics
+from mlcore.evaluation.intervals import confusion_intervals
 
 DateField = Literal["uploaded", "predicted"]
 Reference = Literal["final", "independent"]
@@ -338,7 +338,7 @@ def agreement_report(
     probabilities: Sequence[Sequence[float]] | None = None,
     scale: Scale,
 ) -> dict[str, Any] | None:
-    """``mlcore.metrics.metrics_report`` on this scale; ``None`` when there is nothing to compare."""
+    """``mlcore.evaluation.metrics.metrics_report`` on this scale; ``None`` when there is nothing to compare."""
     if not y_true:
         return None
     proba = None
@@ -353,7 +353,7 @@ def agreement_report(
     )
 
 
-# Width of the score bins the referable AUC is counted in (see ``mlcore.metrics.auc_from_histogram``).
+# Width of the score bins the referable AUC is counted in (see ``mlcore.evaluation.metrics.auc_from_histogram``).
 AUC_BINS = 1000
 
 
@@ -415,7 +415,7 @@ def review_metrics(*, predictions: QuerySet, scale: Scale | None = None) -> dict
 
     Counted in the database (a confusion matrix and a histogram of referable scores), so the cost
     does not grow in Python with the number of images; the numbers come from the same
-    ``mlcore.metrics`` formulas as the registry's.
+    ``mlcore.evaluation.metrics`` formulas as the registry's.
     """
     scale = scale or scale_get()
     rows = (

@@ -1,10 +1,10 @@
 """Backbone features of the stored photographs, in the feature store (worker side).
 
 Features are a pure function of an image's bytes and the feature configuration, keyed by the
-image's sha256 (``mlcore.store.feature_key``), so extraction is incremental: only images missing
+image's sha256 (``mlcore.features.store.feature_key``), so extraction is incremental: only images missing
 from the store are computed, and a killed extraction resumes where it stopped. Augmented copies
 (``images_augment``) are stored under the source's key plus ``#v<k>`` in the store folder of their
-augmentation setting (``mlcore.training.augment_store_dir``); originals are untouched.
+augmentation setting (``mlcore.pipelines.training.augment_store_dir``); originals are untouched.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from grading.selectors.model_versions import model_version_active
 from grading.services.jobs import Progress
 
 if TYPE_CHECKING:
-    from mlcore.config import FeatureConfig
-    from mlcore.extraction import ExtractionResult, ImageItem
+    from mlcore.features.config import FeatureConfig
+    from mlcore.features.extraction import ExtractionResult, ImageItem
 
 DEFAULT_AUGMENT_VARIANTS = 4
 
@@ -30,7 +30,7 @@ DEFAULT_AUGMENT_VARIANTS = 4
 def feature_config_current() -> FeatureConfig:
     """The active version's feature configuration, else the configured backbones
     (``FUNDUS_BACKBONES``; preprocessing and storage dtype from the environment)."""
-    from mlcore.config import FeatureConfig
+    from mlcore.features.config import FeatureConfig
 
     version = model_version_active()
     if version is not None and version.backbones:
@@ -50,13 +50,13 @@ def weights_dir() -> Path | None:
 
 
 def feature_key(sha256: str, variant: int = 0) -> str:
-    from mlcore.store import feature_key as key
+    from mlcore.features.store import feature_key as key
 
     return key(sha256, variant)
 
 
 def image_items(images: Sequence[Image]) -> list[ImageItem]:
-    from mlcore.extraction import ImageItem
+    from mlcore.features.extraction import ImageItem
 
     media_root = Path(settings.MEDIA_ROOT)
     return [
@@ -70,7 +70,7 @@ def features_extract(
 ) -> ExtractionResult:
     """Features of ``images`` missing from the store; ``progress`` gets 0-100 over the images
     to compute."""
-    from mlcore.extraction import extract_features
+    from mlcore.features.extraction import extract_features
 
     def report(done: int, total: int) -> None:
         percent = 100 if total == 0 else 100 * done // total
@@ -113,7 +113,7 @@ def images_augment_job(*, job: Job, progress: Progress) -> dict[str, Any]:
         training_config_from_settings,
         training_images,
     )
-    from mlcore.training import variant_features
+    from mlcore.pipelines.training import variant_features
 
     default = settings.FUNDUS_AUGMENT_VARIANTS or DEFAULT_AUGMENT_VARIANTS
     variants = int(job.params.get("variants", default))

@@ -28,7 +28,7 @@ from grading.selectors.certification import (
 )
 from grading.selectors.worklist import grades_current, workbench_settings_get
 from grading.services.claims import claim_release
-from mlcore.rubric import Findings, icdr_grade_derive
+from mlcore.data.rubric import Findings, icdr_grade_derive
 
 MAX_NOTES_LENGTH = 4000
 # The image fields that say whether and how its grade is confirmed (written together).

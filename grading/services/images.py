@@ -28,8 +28,8 @@ from django.utils import timezone
 
 from grading.models import Grade, GradeLevel, Image, Patient
 from grading.services.quality import quality_measures_or_none
-from mlcore.pipelining import map_ahead
-from mlcore.quality import QualityMeasures
+from mlcore.data.pipelining import map_ahead
+from mlcore.data.quality import QualityMeasures
 
 ACCEPTED_FORMATS = {"JPEG": "jpg", "PNG": "png"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp"}

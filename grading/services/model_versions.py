@@ -28,8 +28,8 @@ from grading.services.audit import audit_actor
 from grading.services.jobs import Progress, QueueUnavailable, job_enqueue, progress_span
 
 if TYPE_CHECKING:
-    from mlcore.config import FeatureConfig
-    from mlcore.training import TrainingConfig
+    from mlcore.features.config import FeatureConfig
+    from mlcore.pipelines.training import TrainingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -289,7 +289,7 @@ def scale_classes() -> tuple[tuple[int, ...], int]:
 
 
 def feature_config_for_training() -> FeatureConfig:
-    from mlcore.config import FeatureConfig
+    from mlcore.features.config import FeatureConfig
 
     return FeatureConfig.from_env(backbones=tuple(settings.FUNDUS_BACKBONES))
 
@@ -297,8 +297,8 @@ def feature_config_for_training() -> FeatureConfig:
 def training_config_from_settings(
     *, classes: tuple[int, ...], referable_from: int
 ) -> TrainingConfig:
-    from mlcore.augment import AugmentConfig
-    from mlcore.training import TrainingConfig
+    from mlcore.data.augment import AugmentConfig
+    from mlcore.pipelines.training import TrainingConfig
 
     head = {"epochs": settings.FUNDUS_TRAIN_EPOCHS} if settings.FUNDUS_TRAIN_EPOCHS else {}
     return TrainingConfig(
@@ -317,7 +317,7 @@ def training_config_from_settings(
 
 
 def finetune_config_from_settings(*, classes: tuple[int, ...], seed: int = 2017) -> Any:
-    from mlcore.finetune import FinetuneConfig
+    from mlcore.models.finetune import FinetuneConfig
 
     blocks = settings.FUNDUS_FINETUNE_TOP_BLOCKS
     return FinetuneConfig(
@@ -357,10 +357,10 @@ def _train_finetuned(
     preprocessing: str,
     progress: Progress,
 ) -> dict[str, Any]:
-    """Fine-tune (``mlcore.finetune``) into ``out_dir``; the version's fields, as
+    """Fine-tune (``mlcore.models.finetune``) into ``out_dir``; the version's fields, as
     ``model_train`` writes them for a head."""
     from grading.services.features import weights_dir
-    from mlcore.finetune import train_finetuned_model
+    from mlcore.models.finetune import train_finetuned_model
 
     config = finetune_config_from_settings(classes=classes)
     checkpoints = finetune_checkpoint_dir(images=images, config=config)
@@ -410,8 +410,8 @@ def model_train(*, job: Job, progress: Progress) -> ModelVersion:
     anything fails it is left ``failed`` and the active version is never touched.
     """
     from grading.services.features import feature_store_dir, weights_dir
-    from mlcore.artifact import read_metadata
-    from mlcore.training import train_model
+    from mlcore.models.artifact import read_metadata
+    from mlcore.pipelines.training import train_model
 
     images = training_images()
     training_data_check(images=images)
@@ -624,9 +624,9 @@ def model_evaluate(*, version: ModelVersion, progress: Progress) -> dict[str, An
 
     from grading.selectors.model_versions import OOF_FILE, model_version_training_set
     from grading.services.features import feature_store_dir, weights_dir
-    from mlcore.intervals import metric_intervals
-    from mlcore.predict import DomainSpec, domain_features
-    from mlcore.training import cross_validate_features
+    from mlcore.evaluation.intervals import metric_intervals
+    from mlcore.pipelines.predict import DomainSpec, domain_features
+    from mlcore.pipelines.training import cross_validate_features
 
     try:
         rows = model_version_training_set(version=version)
@@ -641,7 +641,7 @@ def model_evaluate(*, version: ModelVersion, progress: Progress) -> dict[str, An
         training_config = training_config_from_settings(
             classes=tuple(version.class_values), referable_from=scale_classes()[1]
         )
-        from mlcore.config import FeatureConfig
+        from mlcore.features.config import FeatureConfig
 
         feature_config = FeatureConfig.from_env(
             backbones=tuple(version.backbones), preprocessing=version.preprocessing
@@ -688,7 +688,7 @@ def model_evaluate(*, version: ModelVersion, progress: Progress) -> dict[str, An
             predicted=cv.oof_pred,
             probabilities=cv.oof_proba,
         )
-        from mlcore.reports import plot_confusion
+        from mlcore.evaluation.reports import plot_confusion
 
         plot_confusion(
             cv.pooled["confusion"],

@@ -27,8 +27,8 @@ PREDICT_BATCH = 512
 
 
 def _prediction_errors() -> tuple[type[BaseException], ...]:
-    from mlcore.predict import DomainMismatchError
-    from mlcore.preprocessing import ImageLoadError
+    from mlcore.data.preprocessing import ImageLoadError
+    from mlcore.pipelines.predict import DomainMismatchError
 
     return (ImageLoadError, DomainMismatchError, FileNotFoundError, OSError)
 
@@ -214,7 +214,7 @@ def cams_draw(
 ) -> int:
     """CAM overlay PNGs of the predicted grade, for images that have none yet."""
     from grading.services.features import weights_dir
-    from mlcore.cam import cam_overlay_png
+    from mlcore.pipelines.cam import cam_overlay_png
 
     errors = _prediction_errors()
     artifact = model_artifact_load(model_version=model_version)
@@ -240,7 +240,7 @@ def _predict_batch(
 ) -> list[tuple[Image, Any]]:
     """(image, mlcore Prediction) for a batch; one bad image never sinks the others."""
     from grading.services.features import feature_store_dir, weights_dir
-    from mlcore.predict import predict_images
+    from mlcore.pipelines.predict import predict_images
 
     def predict(images: list[Image]) -> list[Any]:
         return predict_images(
@@ -269,8 +269,8 @@ def _predict_from_store(
 ) -> tuple[list[Image], list[Image]]:
     """(images predicted from cached features and written, images left to predict from files)."""
     from grading.services.features import feature_store_dir
-    from mlcore.predict import predict_from_store
-    from mlcore.store import feature_key
+    from mlcore.features.store import feature_key
+    from mlcore.pipelines.predict import predict_from_store
 
     if not images:
         return [], []
@@ -326,7 +326,7 @@ _artifact_cache: dict[str, tuple[float, Any]] = {}
 
 def model_artifact_load(*, model_version: ModelVersion) -> Any:
     """The version's loaded model, cached in the worker (loading Keras takes ~0.5 s per call)."""
-    from mlcore.artifact import METADATA_FILE, load_artifact
+    from mlcore.models.artifact import METADATA_FILE, load_artifact
 
     folder = Path(model_version.artifact_path)
     stamp = (folder / METADATA_FILE).stat().st_mtime

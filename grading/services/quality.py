@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from grading.models import Grade, Image, WorkbenchSettings
 from grading.selectors.worklist import workbench_settings_get
-from mlcore.quality import (
+from mlcore.data.quality import (
     QualityMeasures,
     QualityThresholds,
     gradability_score,

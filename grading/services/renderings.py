@@ -1,6 +1,6 @@
 """Server-rendered views of a photograph for the grading viewer, cached on disk.
 
-The same ``mlcore.preprocessing`` functions the model uses produce the cropped and Ben Graham views,
+The same ``mlcore.data.preprocessing`` functions the model uses produce the cropped and Ben Graham views,
 so a clinician can see exactly the kind of picture the model is given. Renderings are cached under
 ``MEDIA_ROOT/views/<mode>/<sha256>.png`` (the photograph never changes, its hash names it) and written
 atomically, so two requests rendering the same view at once never serve a half-written file.
@@ -55,7 +55,7 @@ def _fit(pixels: np.ndarray, max_size: int) -> np.ndarray:
 
 
 def _load(source: Path, max_size: int) -> np.ndarray:
-    from mlcore.preprocessing import ImageLoadError, load_rgb
+    from mlcore.data.preprocessing import ImageLoadError, load_rgb
 
     try:
         return load_rgb(source, min_size=max_size)
@@ -64,7 +64,7 @@ def _load(source: Path, max_size: int) -> np.ndarray:
 
 
 def _render(source: Path, mode: str, pixels: np.ndarray | None = None) -> PIL.Image.Image:
-    from mlcore.preprocessing import PREPROCESSING, crop_to_fundus
+    from mlcore.data.preprocessing import PREPROCESSING, crop_to_fundus
 
     max_size = THUMBNAIL_SIZE if mode == "thumb" else VIEW_MAX_SIZE
     if pixels is None:

@@ -43,8 +43,8 @@ from grading.services.uploads import (
 )
 from grading.services.workbench import EDITABLE_FIELDS, workbench_settings_update
 from grading.views.access import permission_required
-from mlcore.rubric import ICDR_VALUES as RUBRIC_ICDR_VALUES
-from mlcore.rubric import QUADRANT_NAMES, QUADRANTS, Findings, icdr_grade_derive
+from mlcore.data.rubric import ICDR_VALUES as RUBRIC_ICDR_VALUES
+from mlcore.data.rubric import QUADRANT_NAMES, QUADRANTS, Findings, icdr_grade_derive
 
 GRADE_PERMISSION = "grading.grade_image"
 ADJUDICATE_PERMISSION = "grading.adjudicate_image"
@@ -311,7 +311,7 @@ class GradeForm(forms.Form):
     notes = forms.CharField(
         required=False, max_length=grade_services.MAX_NOTES_LENGTH, widget=forms.Textarea
     )
-    # The lesion rubric (mlcore.rubric): the page sends rubric=on when the grader used it.
+    # The lesion rubric (mlcore.data.rubric): the page sends rubric=on when the grader used it.
     rubric = forms.BooleanField(required=False, widget=forms.HiddenInput)
     f_microaneurysms = forms.BooleanField(required=False)
     f_nv_disc = forms.BooleanField(required=False)

@@ -115,7 +115,7 @@ class ProtocolBrowserTests(MigrationDataKeptMixin, BrowserTestCase):
         from django.test import override_settings
 
         from grading.services.images import image_create, image_validate
-        from mlcore.quality import degraded_copy
+        from mlcore.data.quality import degraded_copy
         from tests.browser.test_grading_browser import photograph_bytes
 
         photo = PIL.Image.open(io.BytesIO(photograph_bytes(3)))

@@ -7,15 +7,15 @@ import sys
 import numpy as np
 import pytest
 
-from mlcore.artifact import (
+from mlcore.features.config import FeatureConfig
+from mlcore.models.artifact import (
     ArtifactError,
     ArtifactMismatchError,
     load_artifact,
     read_metadata,
     save_artifact,
 )
-from mlcore.classifier import HeadClassifier
-from mlcore.config import FeatureConfig
+from mlcore.models.classifier import HeadClassifier
 from tests.mlcore.toy_backbones import TOY, TOY_DIM, TOY_OTHER, ensure_toy_backbones
 
 ensure_toy_backbones()
@@ -133,7 +133,7 @@ def test_saving_over_an_existing_model_replaces_it(trained, saved, tmp_path):
 
 def test_metadata_reads_without_tensorflow(saved):
     code = (
-        "import sys; from mlcore.artifact import read_metadata; "
+        "import sys; from mlcore.models.artifact import read_metadata; "
         f"read_metadata({str(saved)!r}); "
         "sys.exit(1 if 'tensorflow' in sys.modules else 0)"
     )

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mlcore.augment import AugmentConfig, augment_batch, make_augment_transform
+from mlcore.data.augment import AugmentConfig, augment_batch, make_augment_transform
 
 SHA = "ab" * 32
 NO_CHANGE = AugmentConfig(

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlcore import backbones
-from mlcore.backbones import (
+from mlcore.features import backbones
+from mlcore.features.backbones import (
     BackboneSpec,
     MissingWeightsError,
     available_backbones,
@@ -255,7 +255,7 @@ def test_folding_batch_norms_keeps_the_outputs(name: str) -> None:
     """Covers depthwise, BN without scale (Inception) and separable convolutions (Xception)."""
     import keras
 
-    from mlcore.backbones import fold_batch_norms
+    from mlcore.features.backbones import fold_batch_norms
 
     model = build_backbone(name, weights=None, pooling=None)
     _randomise_batch_norm_statistics(model)

@@ -1,4 +1,4 @@
-"""Temperature scaling and decoding (mlcore.calibration) and their record in model artifacts."""
+"""Temperature scaling and decoding (mlcore.models.calibration) and their record in model artifacts."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from mlcore.calibration import apply_temperature, choose_decoding, fit_temperature, softmax
-from mlcore.metrics import expected_calibration_error
+from mlcore.evaluation.metrics import expected_calibration_error
+from mlcore.models.calibration import apply_temperature, choose_decoding, fit_temperature, softmax
 
 
 def _overconfident(n: int = 4000, temperature: float = 2.5, seed: int = 0):
@@ -46,7 +46,7 @@ def test_argmax_decoding_never_shows_a_grade_with_a_tiny_probability():
 
 
 def test_a_head_model_records_its_temperature_and_decoding(tmp_path):
-    from mlcore.artifact import load_artifact
+    from mlcore.models.artifact import load_artifact
     from tests.mlcore.toy_backbones import train_toy_artifact
 
     folder = train_toy_artifact(tmp_path / "model")

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mlcore.artifact import load_artifact
-from mlcore.cam import class_activation_map, render_overlay
+from mlcore.models.artifact import load_artifact
+from mlcore.pipelines.cam import class_activation_map, render_overlay
 from tests.mlcore.toy_backbones import (
     TOY,
     TOY_OTHER,

@@ -3,14 +3,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mlcore.classifier import (
+from mlcore.evaluation.metrics import quadratic_weighted_kappa
+from mlcore.models.classifier import (
     HeadClassifier,
     class_weights,
     decode_ordinal,
     expected_position,
     fit_ordinal_thresholds,
 )
-from mlcore.metrics import quadratic_weighted_kappa
 
 
 def _synthetic(n: int = 300, d: int = 16, classes=(0, 1, 2), seed: int = 0, noise: float = 1.0):

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from mlcore import backbones
 from mlcore.cli import main
-from mlcore.store import FeatureStore, store_path
+from mlcore.features import backbones
+from mlcore.features.store import FeatureStore, store_path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mlcore.config import (
+from mlcore.features.config import (
     REPO_ROOT,
     ConfigError,
     FeatureConfig,

@@ -1,4 +1,4 @@
-"""Decoding for the model in worker processes (``mlcore.decoding``) and its use by extraction."""
+"""Decoding for the model in worker processes (``mlcore.data.decoding``) and its use by extraction."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlcore.config import FeatureConfig
-from mlcore.decoding import decoded_images, decoding_executor, default_decode_processes
-from mlcore.extraction import extract_features, image_items, load_features
-from mlcore.preprocessing import preprocess_image
+from mlcore.data.decoding import decoded_images, decoding_executor, default_decode_processes
+from mlcore.data.preprocessing import preprocess_image
+from mlcore.features.config import FeatureConfig
+from mlcore.features.extraction import extract_features, image_items, load_features
 
 
 @pytest.fixture(scope="module")

@@ -3,13 +3,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mlcore.domain import (
+from mlcore.data.domain import (
     RAW_TO_FILTERED,
     filter_like_training,
     input_geometry,
     preprocess_for,
 )
-from mlcore.preprocessing import load_rgb, looks_gaussian_filtered
+from mlcore.data.preprocessing import load_rgb, looks_gaussian_filtered
 
 
 def test_filter_gives_the_square_grey_high_pass_picture_of_the_training_set():
@@ -45,8 +45,8 @@ def test_filtered_raw_photos_land_among_the_training_images_in_feature_space(
     the training images as those are to each other (nearest-neighbour distance), and as typical
     (median |z| under the training set's standardisation). Measured: photos 16.5 median / 19.6
     max vs training 11.9 / 20.0; Ben Graham at sigma 10 px gives 25.4 / 28.2."""
-    from mlcore.config import FeatureConfig
-    from mlcore.extraction import compute_features
+    from mlcore.features.config import FeatureConfig
+    from mlcore.features.extraction import compute_features
 
     config = FeatureConfig(backbones=("mobilenet_v2",))
     training = sorted(fundus_dataset_dir.glob("*/*.jpg"))[::70]

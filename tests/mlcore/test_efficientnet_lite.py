@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mlcore.efficientnet_lite import build_efficientnet_lite0, preprocess_input
-from mlcore.torch_legacy import (
+from mlcore.features.efficientnet_lite import build_efficientnet_lite0, preprocess_input
+from mlcore.features.torch_legacy import (
     LEGACY_MAGIC_NUMBER,
     LEGACY_PROTOCOL_VERSION,
     TorchFormatError,
@@ -187,7 +187,7 @@ def test_loading_fills_every_layer_and_checks_shapes(lite0_file: Path) -> None:
     )
     broken = dict(state)
     broken["_conv_head.weight"] = np.zeros((1280, 160, 1, 1), np.float32)
-    from mlcore.efficientnet_lite import load_torch_weights
+    from mlcore.features.efficientnet_lite import load_torch_weights
 
     with pytest.raises(ValueError, match="shape mismatch for head_conv"):
         load_torch_weights(build_efficientnet_lite0(), broken)

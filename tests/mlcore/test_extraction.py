@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mlcore.config import FeatureConfig
-from mlcore.extraction import (
+from mlcore.data.preprocessing import ImageLoadError, preprocess_image
+from mlcore.features.config import FeatureConfig
+from mlcore.features.extraction import (
     ImageItem,
     ImageSourceError,
     compute_features,
@@ -20,8 +21,7 @@ from mlcore.extraction import (
     image_items,
     load_features,
 )
-from mlcore.preprocessing import ImageLoadError, preprocess_image
-from mlcore.store import FeatureStore, feature_key, store_path
+from mlcore.features.store import FeatureStore, feature_key, store_path
 
 CONFIG = FeatureConfig(batch_size=4)  # the defaults: efficientnet_lite0 + mobilenet_v2
 
@@ -75,7 +75,7 @@ def test_it_extracts_every_backbone_into_its_own_store(extracted) -> None:
 def test_stored_features_equal_the_backbone_on_the_preprocessed_images(
     extracted, weights_dir: Path
 ) -> None:
-    from mlcore.backbones import build_backbone, get_backbone
+    from mlcore.features.backbones import build_backbone, get_backbone
 
     store_dir, items, _, _ = extracted
     stored = load_features([item.key for item in items], config=CONFIG, store_dir=store_dir)

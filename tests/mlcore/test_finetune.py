@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mlcore.cli import main
-from mlcore.finetune import FinetuneConfig, finetune_fit
+from mlcore.models.finetune import FinetuneConfig, finetune_fit
 from tests.mlcore.toy_backbones import (
     TOY,
     ensure_toy_backbones,
@@ -105,7 +105,7 @@ def test_it_fine_tunes_and_predicts_through_the_cli(workspace):
     status = main(["cam", str(out), str(image), "--out", str(root / "cam.png"), *common[:2]])
     assert status == 0
     assert (root / "cam.png").stat().st_size > 0
-    from mlcore.cam import class_activation_map
+    from mlcore.pipelines.cam import class_activation_map
 
     cam = class_activation_map(out, image, weights_dir=root / "weights")
     predicted = next(r for r in rows if r["path"].endswith("g2_000.png"))
@@ -207,9 +207,9 @@ def test_the_cached_route_trains_only_above_the_cut(workspace, tmp_path):
 
 @pytest.mark.parametrize("variant", ["lite1", "lite2"])
 def test_lite1_and_lite2_layouts_match_their_packaged_weights(variant):
-    from mlcore.backbones import get_backbone, resolve_weights
-    from mlcore.efficientnet_lite import _block_layout
-    from mlcore.torch_legacy import load_torch_state_dict
+    from mlcore.features.backbones import get_backbone, resolve_weights
+    from mlcore.features.efficientnet_lite import _block_layout
+    from mlcore.features.torch_legacy import load_torch_state_dict
 
     state = load_torch_state_dict(resolve_weights(f"efficientnet_{variant}"))
     layout = _block_layout(variant)

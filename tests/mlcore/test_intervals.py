@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mlcore.intervals import metric_intervals, paired_qwk_difference
-from mlcore.metrics import metrics_report
+from mlcore.evaluation.intervals import metric_intervals, paired_qwk_difference
+from mlcore.evaluation.metrics import metrics_report
 
 rng = np.random.default_rng(11)
 TRUTH = rng.integers(0, 5, 400)
@@ -62,8 +62,8 @@ def test_resampling_whole_patients_widens_the_interval_of_correlated_eyes():
 
 
 def test_confusion_intervals_contain_the_figures_and_narrow_with_more_images():
-    from mlcore.intervals import _qwk_of_matrices, confusion_intervals
-    from mlcore.metrics import quadratic_weighted_kappa
+    from mlcore.evaluation.intervals import _qwk_of_matrices, confusion_intervals
+    from mlcore.evaluation.metrics import quadratic_weighted_kappa
 
     small = np.array(
         [[6, 1, 0, 0, 0], [1, 2, 1, 0, 0], [0, 1, 3, 1, 0], [0, 0, 1, 2, 0], [0, 0, 0, 1, 2]]

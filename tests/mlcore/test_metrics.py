@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, roc_auc_score
 
-from mlcore.metrics import (
+from mlcore.evaluation.metrics import (
     accuracy,
     confusion,
     expected_calibration_error,
@@ -148,14 +148,14 @@ def test_summarize_gives_mean_and_sample_sd():
 
 def test_metrics_and_reports_import_without_tensorflow():
     code = (
-        "import sys, mlcore.metrics, mlcore.reports, mlcore.splits; "
+        "import sys, mlcore.evaluation.metrics, mlcore.evaluation.reports, mlcore.data.splits; "
         "sys.exit(1 if 'tensorflow' in sys.modules or 'keras' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
 def test_it_gives_the_same_report_from_a_confusion_matrix_as_from_the_pairs():
-    from mlcore.metrics import confusion, metrics_report, metrics_report_from_confusion
+    from mlcore.evaluation.metrics import confusion, metrics_report, metrics_report_from_confusion
 
     rng = np.random.default_rng(7)
     y_true = rng.integers(0, 5, 400)
@@ -172,7 +172,7 @@ def test_it_gives_the_same_report_from_a_confusion_matrix_as_from_the_pairs():
 def test_it_computes_the_auc_from_a_score_histogram_like_scikit_learn():
     from sklearn.metrics import roc_auc_score
 
-    from mlcore.metrics import auc_from_histogram
+    from mlcore.evaluation.metrics import auc_from_histogram
 
     rng = np.random.default_rng(3)
     truth = rng.random(3000) < 0.3

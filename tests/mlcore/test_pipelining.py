@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from mlcore.pipelining import map_ahead
+from mlcore.data.pipelining import map_ahead
 
 
 def test_results_come_in_input_order_with_their_items() -> None:

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mlcore.artifact import load_artifact
-from mlcore.augment import AugmentConfig
-from mlcore.domain import RAW_TO_FILTERED, filter_like_training
-from mlcore.extraction import compute_features, load_features
-from mlcore.predict import DomainMismatchError, expand_image_paths, predict_images
-from mlcore.preprocessing import load_rgb, looks_gaussian_filtered
-from mlcore.store import FeatureStore, store_path
-from mlcore.training import augment_store_dir
+from mlcore.data.augment import AugmentConfig
+from mlcore.data.domain import RAW_TO_FILTERED, filter_like_training
+from mlcore.data.preprocessing import load_rgb, looks_gaussian_filtered
+from mlcore.features.extraction import compute_features, load_features
+from mlcore.features.store import FeatureStore, store_path
+from mlcore.models.artifact import load_artifact
+from mlcore.pipelines.predict import DomainMismatchError, expand_image_paths, predict_images
+from mlcore.pipelines.training import augment_store_dir
 from tests.mlcore.toy_backbones import TOY, TOY_SIZE, lesion_image, train_toy_artifact
 
 

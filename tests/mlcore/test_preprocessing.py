@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mlcore.preprocessing import (
+from mlcore.data.preprocessing import (
     PREPROCESSING,
     ImageLoadError,
     ben_graham,
@@ -38,8 +38,8 @@ def _synthetic_fundus(height: int = 300, width: int = 450) -> np.ndarray:
 
 def test_the_web_facing_modules_import_without_tensorflow() -> None:
     code = (
-        "import sys; import mlcore.preprocessing, mlcore.config, mlcore.store, "
-        "mlcore.backbones, mlcore.extraction, mlcore.cli; "
+        "import sys; import mlcore.data.preprocessing, mlcore.features.config, mlcore.features.store, "
+        "mlcore.features.backbones, mlcore.features.extraction, mlcore.cli; "
         "heavy = [m for m in ('tensorflow', 'keras') if m in sys.modules]; "
         "assert not heavy, heavy"
     )

@@ -9,7 +9,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from mlcore.quality import (
+from mlcore.data.quality import (
     DEGRADATIONS,
     QualityMeasures,
     QualityThresholds,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mlcore.rubric import (
+from mlcore.data.rubric import (
     Findings,
     FindingsInvalid,
     findings_describe,

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mlcore.splits import (
+from mlcore.data.splits import (
     assert_no_leak,
     attach_variants,
     grouped_holdout,
@@ -12,7 +12,7 @@ from mlcore.splits import (
     merge_groups,
     read_near_duplicate_groups,
 )
-from mlcore.store import feature_key, parse_feature_key
+from mlcore.features.store import feature_key, parse_feature_key
 
 
 def _patients(n_patients: int = 120, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

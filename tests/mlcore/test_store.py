@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pytest
 
-from mlcore.store import (
+from mlcore.features.store import (
     FeatureStore,
     StoreMismatchError,
     feature_key,
@@ -193,7 +193,7 @@ def test_a_large_store_compacts_in_the_background_of_puts(tmp_path: Path) -> Non
 _WRITER = r"""
 import hashlib, os, signal, sys
 import numpy as np
-import mlcore.store as st
+import mlcore.features.store as st
 
 path, total, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 kill_point, arm_after = os.environ.get("KILL_POINT"), int(os.environ.get("ARM_AFTER", "0"))

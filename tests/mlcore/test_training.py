@@ -6,11 +6,11 @@ from dataclasses import asdict, replace
 import numpy as np
 import pytest
 
-from mlcore.artifact import load_artifact
-from mlcore.augment import AugmentConfig
-from mlcore.config import FeatureConfig
-from mlcore.store import FeatureStore, parse_feature_key, store_path
-from mlcore.training import (
+from mlcore.data.augment import AugmentConfig
+from mlcore.features.config import FeatureConfig
+from mlcore.features.store import FeatureStore, parse_feature_key, store_path
+from mlcore.models.artifact import load_artifact
+from mlcore.pipelines.training import (
     LabelsError,
     TrainingConfig,
     augment_store_dir,
@@ -86,7 +86,7 @@ def test_it_writes_a_complete_model_folder(trained):
 def test_no_patient_and_no_augmented_copy_crosses_the_split(dataset, trained):
     root, paths, _, patients = dataset
     result, _ = trained
-    from mlcore.extraction import file_sha256
+    from mlcore.features.extraction import file_sha256
 
     patient_of = {file_sha256(p): patient for p, patient in zip(paths, patients, strict=True)}
     train_sources = {parse_feature_key(k)[0] for k in result.train_keys}
@@ -196,9 +196,9 @@ def test_bad_training_input_is_rejected(dataset, tmp_path):
 def test_training_maps_raw_photographs_into_the_training_domain_like_prediction(
     dataset, raw_fundus_dir, tmp_path
 ):
-    from mlcore.domain import RAW_TO_FILTERED
-    from mlcore.extraction import image_items
-    from mlcore.predict import predict_images
+    from mlcore.data.domain import RAW_TO_FILTERED
+    from mlcore.features.extraction import image_items
+    from mlcore.pipelines.predict import predict_images
 
     _, paths, grades, _ = dataset
     photos = sorted(raw_fundus_dir.glob("*.jpg"))[:2]

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mlcore.backbones import BackboneSpec, available_backbones, register_backbone
+from mlcore.features.backbones import BackboneSpec, available_backbones, register_backbone
 
 TOY = "toy_bright"
 TOY_OTHER = "toy_bright_alt"  # same network under another name (backbone mismatch tests)
@@ -116,10 +116,10 @@ def train_toy_artifact(
     augmentation: dict | None = None,
 ) -> Path:
     """A saved model on toy features: grade 1 = one bright lesion, grade 0 = none."""
-    from mlcore.artifact import save_artifact
-    from mlcore.backbones import build_backbone
-    from mlcore.classifier import HeadClassifier
-    from mlcore.config import FeatureConfig
+    from mlcore.features.backbones import build_backbone
+    from mlcore.features.config import FeatureConfig
+    from mlcore.models.artifact import save_artifact
+    from mlcore.models.classifier import HeadClassifier
 
     ensure_toy_backbones()
     rng = np.random.default_rng(0)

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlcore import efficientnet_lite
-from mlcore.config import default_weights_dir
+from mlcore.features import efficientnet_lite
+from mlcore.features.config import default_weights_dir
 
 if TYPE_CHECKING:
     import keras

@@ -5,7 +5,7 @@ concatenated features -> standardisation (fitted on the training split only) -> 
 
 Added on top of the recipe: class weights for the imbalanced grades, early stopping on the
 validation loss with the best weights restored, temperature scaling of the probabilities
-(:mod:`mlcore.calibration`, fitted on the inner validation split; ``predict_proba`` returns the
+(:mod:`mlcore.models.calibration`, fitted on the inner validation split; ``predict_proba`` returns the
 calibrated probabilities) and ordinal decoding (grade = thresholds on the expected grade of the
 calibrated probabilities, as the APTOS 2019 leaders did) kept only when it beats argmax on
 held-out data.
@@ -23,7 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from mlcore.calibration import (  # noqa: F401  (decoding helpers re-exported for callers)
+from mlcore.data.splits import DEFAULT_SEED, grouped_holdout
+from mlcore.evaluation.metrics import ICDR_GRADES, expected_calibration_error
+from mlcore.models.calibration import (  # noqa: F401  (decoding helpers re-exported for callers)
     DECODINGS,
     Decoding,
     apply_temperature,
@@ -34,8 +36,6 @@ from mlcore.calibration import (  # noqa: F401  (decoding helpers re-exported fo
     fit_temperature,
     logits_from_proba,
 )
-from mlcore.metrics import ICDR_GRADES, expected_calibration_error
-from mlcore.splits import DEFAULT_SEED, grouped_holdout
 
 CALIBRATIONS = ("temperature", "none")
 

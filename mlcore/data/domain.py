@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageFilter
 
-from mlcore.preprocessing import PREPROCESSING, crop_to_fundus, fundus_bounding_box
+from mlcore.data.preprocessing import PREPROCESSING, crop_to_fundus, fundus_bounding_box
 
 # Name recorded in model artifacts (``raw_photo_preprocessing``) and used as the feature store's
 # preprocessing name for raw photographs filtered this way.

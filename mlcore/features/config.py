@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 DEFAULT_BACKBONES: tuple[str, ...] = ("efficientnet_lite0", "mobilenet_v2")
 STORAGE_DTYPES: tuple[str, ...] = ("float32", "float16")
@@ -30,9 +30,9 @@ def _parse_backbones(value: str) -> tuple[str, ...]:
 class FeatureConfig:
     """Which features to extract and how to store them.
 
-    - ``backbones``: registry names (``mlcore.backbones.available_backbones()``); features of
+    - ``backbones``: registry names (``mlcore.features.backbones.available_backbones()``); features of
       several backbones are concatenated in this order by ``load_features``.
-    - ``preprocessing``: one of ``mlcore.preprocessing.PREPROCESSING`` (recorded in the store).
+    - ``preprocessing``: one of ``mlcore.data.preprocessing.PREPROCESSING`` (recorded in the store).
     - ``dtype``: storage precision, ``"float32"`` or ``"float16"`` (halves the disk size);
       features are always returned as float32.
     - ``batch_size``: images per forward pass.
@@ -56,7 +56,7 @@ class FeatureConfig:
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, not {self.batch_size}")
         # Deferred import keeps the module graph simple; preprocessing is numpy/Pillow only.
-        from mlcore.preprocessing import PREPROCESSING
+        from mlcore.data.preprocessing import PREPROCESSING
 
         if self.preprocessing not in PREPROCESSING:
             raise ConfigError(

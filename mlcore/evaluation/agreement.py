@@ -9,7 +9,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mlcore.metrics import ICDR_GRADES, REFERABLE_FROM, quadratic_weighted_kappa
+from mlcore.evaluation.metrics import ICDR_GRADES, REFERABLE_FROM, quadratic_weighted_kappa
 
 Z_95 = 1.959963984540054
 

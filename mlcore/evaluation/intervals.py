@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mlcore.metrics import (
+from mlcore.evaluation.metrics import (
     ICDR_GRADES,
     REFERABLE_FROM,
     expected_calibration_error,
@@ -234,7 +234,7 @@ def confusion_intervals(
     (the same as resampling the images it counts). Accuracy, referable sensitivity and
     specificity: Wilson intervals of their proportions (honest at small n and at 0 % / 100 %).
     """
-    from mlcore.agreement import wilson_interval
+    from mlcore.evaluation.agreement import wilson_interval
 
     matrix = np.asarray(matrix, dtype=np.int64)
     n = int(matrix.sum())

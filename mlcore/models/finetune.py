@@ -10,7 +10,7 @@ What trains is chosen by :class:`FinetuneConfig`:
   the maps on the fly. On 2 CPU cores this is ~100 training img/s for Lite0's last 4 blocks
   against ~5 img/s for the whole network (``bench/finetune.py`` measures both).
 - ``top_blocks=None``: the whole network trains on images, augmented on the fly every epoch
-  with the seed recipe's random affine transform (:mod:`mlcore.augment`, TensorFlow ops, so on
+  with the seed recipe's random affine transform (:mod:`mlcore.data.augment`, TensorFlow ops, so on
   the GPU where there is one).
 
 Batch normalisation layers stay frozen (their ImageNet statistics; batches of 32 fundus images
@@ -25,7 +25,7 @@ resumes after the last completed epoch, so a killed worker loses at most one epo
 
 Every choice is made on an inner validation split carved out of the training data (grouped by
 patient, stratified by grade): the peak learning rate among ``learning_rates`` and the epoch
-(lowest validation loss), then temperature scaling and the decoding (:mod:`mlcore.calibration`).
+(lowest validation loss), then temperature scaling and the decoding (:mod:`mlcore.models.calibration`).
 """
 
 from __future__ import annotations
@@ -44,16 +44,20 @@ from typing import Any
 
 import numpy as np
 
-from mlcore.augment import AugmentConfig, augment_batch
-from mlcore.calibration import (
+from mlcore.data.augment import AugmentConfig, augment_batch
+from mlcore.data.splits import DEFAULT_SEED, grouped_holdout
+from mlcore.evaluation.metrics import (
+    ICDR_GRADES,
+    expected_calibration_error,
+    quadratic_weighted_kappa,
+)
+from mlcore.models.calibration import (
     Decoding,
     apply_temperature,
     choose_decoding,
     fit_temperature,
     negative_log_likelihood,
 )
-from mlcore.metrics import ICDR_GRADES, expected_calibration_error, quadratic_weighted_kappa
-from mlcore.splits import DEFAULT_SEED, grouped_holdout
 
 Progress = Callable[[int, str], None]
 
@@ -174,7 +178,7 @@ def build_network(
     """The fine-tuning network, split at the cut when only the top trains."""
     import keras
 
-    from mlcore.backbones import build_backbone
+    from mlcore.features.backbones import build_backbone
 
     previous_policy = keras.mixed_precision.global_policy()
     if use_mixed_precision(config.mixed_precision):
@@ -214,8 +218,8 @@ def load_images(
 ) -> np.ndarray:
     """Decoded, preprocessed images (n, size, size, 3) uint8; ``preprocessing`` by name (one
     for all, or one per image)."""
-    from mlcore.domain import preprocess_for
-    from mlcore.preprocessing import load_rgb
+    from mlcore.data.domain import preprocess_for
+    from mlcore.data.preprocessing import load_rgb
 
     methods = [preprocessing] * len(paths) if isinstance(preprocessing, str) else preprocessing
     images = np.zeros((len(paths), size, size, 3), np.uint8)
@@ -225,7 +229,7 @@ def load_images(
 
 
 def _scaled(images: Any, backbone: str) -> Any:
-    from mlcore.backbones import get_backbone
+    from mlcore.features.backbones import get_backbone
 
     return get_backbone(backbone).preprocess(images)
 
@@ -325,7 +329,7 @@ class _TrainData:
 
 
 def _class_weights(y_index: np.ndarray, k: int, mode: str | None) -> np.ndarray:
-    from mlcore.classifier import class_weights
+    from mlcore.models.classifier import class_weights
 
     weights = class_weights(y_index, k, mode)
     return np.ones(k) if weights is None else np.asarray([weights[i] for i in range(k)])
@@ -532,7 +536,7 @@ class FinetunedModel:
         seed: int = DEFAULT_SEED,
         info: Mapping[str, Any] | None = None,
     ) -> None:
-        from mlcore.backbones import get_backbone
+        from mlcore.features.backbones import get_backbone
 
         self.network_ = network
         self.backbone = backbone
@@ -601,8 +605,8 @@ def finetune_fit(
     :func:`cache_bottom_maps` (the bottom is frozen ImageNet layers and sees no grade, so
     cross-validation computes them once for all folds). ``checkpoint_dir``: where epochs are checkpointed; a second
     call with the same folder and data resumes."""
-    from mlcore.backbones import get_backbone
-    from mlcore.classifier import seed_everything
+    from mlcore.features.backbones import get_backbone
+    from mlcore.models.classifier import seed_everything
 
     config = config or FinetuneConfig()
     progress = progress or (lambda percent, message: None)
@@ -778,11 +782,11 @@ def train_finetuned_model(
     for the reported metrics (0: train on all), :func:`finetune_fit` on the rest, calibrated
     metrics on the hold-out. ``checkpoint_dir`` (default ``<out_dir>.checkpoints``) keeps every
     completed epoch; it is removed once the model folder is written."""
-    from mlcore.artifact import DOMAIN_FILTERED
-    from mlcore.domain import RAW_TO_FILTERED
-    from mlcore.metrics import REFERABLE_FROM, metrics_report
-    from mlcore.reports import plot_confusion, write_json
-    from mlcore.splits import merge_groups
+    from mlcore.data.domain import RAW_TO_FILTERED
+    from mlcore.data.splits import merge_groups
+    from mlcore.evaluation.metrics import REFERABLE_FROM, metrics_report
+    from mlcore.evaluation.reports import plot_confusion, write_json
+    from mlcore.models.artifact import DOMAIN_FILTERED
 
     config = config or FinetuneConfig()
     progress = progress or (lambda percent, message: None)
@@ -891,7 +895,7 @@ def cache_bottom_maps(
 ) -> np.ndarray:
     """The frozen bottom's maps of every image and of its ``config.variants`` augmented copies:
     (1 + variants, n, h, w, c) float16, decoded in chunks so memory holds maps, not images."""
-    from mlcore.backbones import get_backbone
+    from mlcore.features.backbones import get_backbone
 
     net = build_network(config, weights=weights, weights_dir=weights_dir)
     if net.bottom is None:
@@ -976,15 +980,15 @@ def save_finetuned_artifact(
 ) -> Path:
     """Write a model folder holding the whole network (``network.keras``) and the same
     metadata as a head model, with ``kind: "finetuned"``."""
-    from mlcore.artifact import (
+    from mlcore.evaluation.metrics import ICDR_LABELS
+    from mlcore.evaluation.reports import _jsonable
+    from mlcore.features.backbones import get_backbone
+    from mlcore.models.artifact import (
         FORMAT_VERSION,
         METADATA_FILE,
         library_versions,
         output_story,
     )
-    from mlcore.backbones import get_backbone
-    from mlcore.metrics import ICDR_LABELS
-    from mlcore.reports import _jsonable
 
     model = result.model
     classes = [int(c) for c in model.classes_]
@@ -1072,7 +1076,7 @@ def save_finetuned_artifact(
 def load_finetuned(artifact_dir: str | Path, meta: Mapping[str, Any]) -> FinetunedModel:
     import keras
 
-    from mlcore.artifact import ArtifactError
+    from mlcore.models.artifact import ArtifactError
 
     path = Path(artifact_dir) / NETWORK_FILE
     if not path.is_file():

@@ -1,7 +1,7 @@
 """Model commands of ``python -m mlcore``: train, evaluate, predict, cam.
 
 Registered by ``mlcore.cli`` through :func:`register`; each command is a thin wrapper over the
-library functions the Celery tasks call (``mlcore.training``, ``mlcore.predict``, ``mlcore.cam``).
+library functions the Celery tasks call (``mlcore.pipelines.training``, ``mlcore.pipelines.predict``, ``mlcore.pipelines.cam``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from mlcore.config import FeatureConfig, default_store_dir, default_weights_dir
+from mlcore.features.config import FeatureConfig, default_store_dir, default_weights_dir
 
 
 class _UserError(Exception):
@@ -29,9 +29,9 @@ def _user_errors(
 
     @functools.wraps(function)
     def run(args: argparse.Namespace) -> int:
-        from mlcore.artifact import ArtifactError
-        from mlcore.predict import DomainMismatchError
-        from mlcore.training import LabelsError
+        from mlcore.models.artifact import ArtifactError
+        from mlcore.pipelines.predict import DomainMismatchError
+        from mlcore.pipelines.training import LabelsError
 
         try:
             return function(args)
@@ -111,8 +111,8 @@ def _feature_config(args: argparse.Namespace) -> FeatureConfig:
 
 
 def _training_config(args: argparse.Namespace, **overrides: object):
-    from mlcore.augment import AugmentConfig
-    from mlcore.training import TrainingConfig
+    from mlcore.data.augment import AugmentConfig
+    from mlcore.pipelines.training import TrainingConfig
 
     if args.variants < 0:
         raise _UserError("--variants must be >= 0")
@@ -127,7 +127,7 @@ def _training_config(args: argparse.Namespace, **overrides: object):
 
 
 def _finetune_config(args: argparse.Namespace):
-    from mlcore.finetune import FinetuneConfig
+    from mlcore.models.finetune import FinetuneConfig
 
     try:
         top_blocks = None if args.top_blocks == "all" else int(args.top_blocks)
@@ -157,8 +157,8 @@ def _finetune_config(args: argparse.Namespace):
 
 
 def _train_finetune(args: argparse.Namespace, labels) -> int:
-    from mlcore.backbones import get_backbone
-    from mlcore.finetune import train_finetuned_model
+    from mlcore.features.backbones import get_backbone
+    from mlcore.models.finetune import train_finetuned_model
 
     get_backbone(args.backbone)  # an unknown name fails before any work
     config = _finetune_config(args)
@@ -193,7 +193,7 @@ def _train_finetune(args: argparse.Namespace, labels) -> int:
 
 @_user_errors
 def _train(args: argparse.Namespace) -> int:
-    from mlcore.training import read_labels_csv, train_model
+    from mlcore.pipelines.training import read_labels_csv, train_model
 
     labels = read_labels_csv(args.labels, images_dir=args.images, groups_file=args.groups_file)
     if args.mode == "finetune":
@@ -238,7 +238,7 @@ def _print_headline(report: dict, title: str) -> None:
 
 @_user_errors
 def _evaluate(args: argparse.Namespace) -> int:
-    from mlcore.training import evaluate_cv, read_labels_csv
+    from mlcore.pipelines.training import evaluate_cv, read_labels_csv
 
     labels = read_labels_csv(args.labels, images_dir=args.images, groups_file=args.groups_file)
     progress, close = _progress_bar(args.quiet)
@@ -267,7 +267,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace):
-    from mlcore.artifact import load_artifact
+    from mlcore.models.artifact import load_artifact
 
     # Only an explicit backbone choice is enforced: by default a model brings its own.
     expected = _backbones(args.backbones) if getattr(args, "backbones", None) else None
@@ -278,7 +278,7 @@ def _load(args: argparse.Namespace):
 
 @_user_errors
 def _predict(args: argparse.Namespace) -> int:
-    from mlcore.predict import expand_image_paths, predict_images
+    from mlcore.pipelines.predict import expand_image_paths, predict_images
 
     artifact = _load(args)
     paths = expand_image_paths(args.images)
@@ -308,7 +308,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 @_user_errors
 def _cam(args: argparse.Namespace) -> int:
-    from mlcore.cam import cam_overlay_png
+    from mlcore.pipelines.cam import cam_overlay_png
 
     artifact = _load(args)
     if not args.image.is_file():

@@ -2,7 +2,7 @@
 
 ``map_ahead`` is ``executor.map`` with a bound: at most ``ahead`` calls are running or waiting
 for the consumer, so memory stays flat however many items there are, and results come back in
-input order. Used to decode images ahead of the forward pass (``mlcore.decoding``) and to read,
+input order. Used to decode images ahead of the forward pass (``mlcore.data.decoding``) and to read,
 check and measure photographs ahead of an import's database writes.
 """
 

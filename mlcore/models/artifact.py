@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from mlcore.classifier import HeadClassifier
-from mlcore.config import FeatureConfig
-from mlcore.domain import RAW_TO_FILTERED
-from mlcore.metrics import ICDR_LABELS, REFERABLE_FROM
-from mlcore.reports import _jsonable
+from mlcore.data.domain import RAW_TO_FILTERED
+from mlcore.evaluation.metrics import ICDR_LABELS, REFERABLE_FROM
+from mlcore.evaluation.reports import _jsonable
+from mlcore.features.config import FeatureConfig
+from mlcore.models.classifier import HeadClassifier
 
 FORMAT_VERSION = 1
 HEAD_FILE = "head.keras"
@@ -79,7 +79,7 @@ class ModelArtifact:
     """A loaded model: the fitted head, the feature configuration it needs, and its metadata."""
 
     path: Path
-    # HeadClassifier, or mlcore.finetune.FinetunedModel for a fine-tuned network ("kind":
+    # HeadClassifier, or mlcore.models.finetune.FinetunedModel for a fine-tuned network ("kind":
     # "finetuned" in the metadata), which takes images rather than features.
     classifier: HeadClassifier
     feature_config: FeatureConfig
@@ -105,7 +105,7 @@ class ModelArtifact:
     @property
     def tta_augment(self) -> tuple[Any, int] | None:
         """(AugmentConfig, seed) when predictions average over augmented copies, else None."""
-        from mlcore.augment import AugmentConfig
+        from mlcore.data.augment import AugmentConfig
 
         settings = dict(self.metadata.get("augmentation") or {})
         if not settings.pop("tta", False) or not settings.get("variants"):
@@ -146,7 +146,7 @@ def output_story(
 
 
 def _feature_dims(backbones: Sequence[str]) -> dict[str, int]:
-    from mlcore.backbones import get_backbone
+    from mlcore.features.backbones import get_backbone
 
     return {name: get_backbone(name).feature_dim for name in backbones}
 
@@ -284,7 +284,7 @@ def read_metadata(artifact_dir: str | Path) -> dict[str, Any]:
 
 def check_backbones(meta: Mapping[str, Any], expected: Sequence[str] | None) -> None:
     """Refuse an artifact whose features the caller cannot (or would not) provide."""
-    from mlcore.backbones import available_backbones, get_backbone
+    from mlcore.features.backbones import available_backbones, get_backbone
 
     recorded = list(meta["backbones"])
     if expected is not None and list(expected) != recorded:
@@ -329,7 +329,7 @@ def load_artifact(
             f"{preprocessing!r} is configured"
         )
     if meta.get("kind") == "finetuned":
-        from mlcore.finetune import load_finetuned
+        from mlcore.models.finetune import load_finetuned
 
         return ModelArtifact(
             path=artifact_dir,

@@ -4,7 +4,7 @@ probabilities per grade.
 Training domain: the shared APTOS set is already Ben-Graham ("Gaussian") filtered at 224 px, so a
 model trained on it records preprocessing "none" and ``training_domain="gaussian_filtered"``. A
 raw camera photograph given to such a model is detected (``looks_gaussian_filtered`` is false) and
-run through ``raw_photo_preprocessing`` (:func:`mlcore.domain.filter_like_training`: crop,
+run through ``raw_photo_preprocessing`` (:func:`mlcore.data.domain.filter_like_training`: crop,
 stretch, the training set's narrow Gaussian high-pass) so that it reaches the model in the
 domain it was trained on. Its features live in the store of that preprocessing, keyed by the
 same file sha256, so nothing collides. A filtered image given to a model trained on raw
@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from mlcore.artifact import DOMAIN_FILTERED, ModelArtifact, load_artifact
-from mlcore.config import FeatureConfig, default_store_dir, default_weights_dir
-from mlcore.domain import RAW_TO_FILTERED, preprocess_for
-from mlcore.metrics import referable_probability
-from mlcore.preprocessing import load_rgb, looks_gaussian_filtered
+from mlcore.data.domain import RAW_TO_FILTERED, preprocess_for
+from mlcore.data.preprocessing import load_rgb, looks_gaussian_filtered
+from mlcore.evaluation.metrics import referable_probability
+from mlcore.features.config import FeatureConfig, default_store_dir, default_weights_dir
+from mlcore.models.artifact import DOMAIN_FILTERED, ModelArtifact, load_artifact
 
 # Decoding a 4288 x 2848 JPEG at reduced scale is enough to tell a raw photo from a filtered one.
 _DOMAIN_CHECK_SIZE = 256
@@ -70,7 +70,7 @@ def preprocessing_for(artifact: ModelArtifact, image: np.ndarray, *, name: str =
 
 def expand_image_paths(sources: Sequence[str | Path]) -> list[Path]:
     """Files as given, folders searched recursively for images (sorted)."""
-    from mlcore.extraction import find_images
+    from mlcore.features.extraction import find_images
 
     paths: list[Path] = []
     for source in map(Path, sources):
@@ -102,11 +102,11 @@ def _features_outside_pipeline(
     transform: Callable[[Any, Any], Any] | None = None,
 ) -> np.ndarray:
     """Features (n, len(variants), d) of images preprocessed by ``method``, which the extraction
-    pipeline does not know (:data:`~mlcore.domain.RAW_TO_FILTERED`), cached in the store under
+    pipeline does not know (:data:`~mlcore.data.domain.RAW_TO_FILTERED`), cached in the store under
     that name. ``config`` gives the backbones, dtype and batch size."""
-    from mlcore.backbones import get_backbone
-    from mlcore.extraction import compute_features
-    from mlcore.store import FeatureStore, feature_key, parse_feature_key, store_path
+    from mlcore.features.backbones import get_backbone
+    from mlcore.features.extraction import compute_features
+    from mlcore.features.store import FeatureStore, feature_key, parse_feature_key, store_path
 
     shas = [parse_feature_key(item.key)[0] for item in items]
     keys = [feature_key(sha, v) for sha in shas for v in variants]
@@ -173,7 +173,7 @@ def images_look_filtered(
     paths: Sequence[Path], keys: Sequence[str], *, store_dir: Path
 ) -> list[bool]:
     """Whether each image looks already Gaussian filtered, cached by content in ``store_dir``."""
-    from mlcore.store import parse_feature_key
+    from mlcore.features.store import parse_feature_key
 
     cache_path = Path(store_dir) / DOMAIN_CACHE_FILE
     known: dict[str, bool] = {}
@@ -229,10 +229,10 @@ def domain_features(
     preprocessing per image, raw-photo flag per image), in ``paths`` order: each image brought
     into ``spec``'s training domain first (raw photographs through
     ``spec.raw_photo_preprocessing``). Training and prediction both call this."""
-    from mlcore.augment import make_augment_transform
-    from mlcore.backbones import get_backbone
-    from mlcore.extraction import extract_features, image_items, load_features
-    from mlcore.training import augment_store_dir, variant_features
+    from mlcore.data.augment import make_augment_transform
+    from mlcore.features.backbones import get_backbone
+    from mlcore.features.extraction import extract_features, image_items, load_features
+    from mlcore.pipelines.training import augment_store_dir, variant_features
 
     store = Path(store_dir) if store_dir is not None else default_store_dir()
     weights_folder = Path(weights_dir) if weights_dir is not None else default_weights_dir()
@@ -331,7 +331,7 @@ def predict_images(
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Prediction]:
     """Grade image files (not folders: see :func:`expand_image_paths`) with a model folder or a
-    loaded :class:`~mlcore.artifact.ModelArtifact`. ``weights=None`` (random backbone weights)
+    loaded :class:`~mlcore.models.artifact.ModelArtifact`. ``weights=None`` (random backbone weights)
     is for tests only."""
     artifact = _as_artifact(model)
     if not paths:
@@ -346,7 +346,7 @@ def predict_images(
         weights=weights,
         progress=progress,
     )
-    from mlcore.training import predict_with_tta
+    from mlcore.pipelines.training import predict_with_tta
 
     classifier = artifact.classifier
     proba = predict_with_tta(classifier, features, variants)
@@ -376,8 +376,8 @@ def _predict_finetuned(
 ) -> list[Prediction]:
     """Grade images with a fine-tuned network: the whole network runs on each image (no
     feature store), in chunks so that memory stays flat on large sets."""
-    from mlcore.extraction import image_items
-    from mlcore.finetune import load_images
+    from mlcore.features.extraction import image_items
+    from mlcore.models.finetune import load_images
 
     model = artifact.classifier
     paths = [Path(p) for p in paths]
@@ -432,10 +432,10 @@ def predict_from_store(
     whose features are missing, that need another preprocessing, that cannot be read (or every
     image, for a model that averages over augmented copies) are left to :func:`predict_images`.
     """
-    from mlcore.backbones import get_backbone
-    from mlcore.extraction import load_features
-    from mlcore.store import FeatureStore, store_path
-    from mlcore.training import predict_with_tta
+    from mlcore.features.backbones import get_backbone
+    from mlcore.features.extraction import load_features
+    from mlcore.features.store import FeatureStore, store_path
+    from mlcore.pipelines.training import predict_with_tta
 
     artifact = _as_artifact(model)
     config = artifact.feature_config

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mlcore.artifact import ModelArtifact, load_artifact
-from mlcore.domain import input_geometry, preprocess_for
-from mlcore.preprocessing import load_rgb
+from mlcore.data.domain import input_geometry, preprocess_for
+from mlcore.data.preprocessing import load_rgb
+from mlcore.models.artifact import ModelArtifact, load_artifact
 
 
 @dataclass
@@ -49,7 +49,7 @@ def _resize_float(array: np.ndarray, height: int, width: int) -> np.ndarray:
 @functools.lru_cache(maxsize=4)
 def _conv_model(name: str, weights: Any, weights_dir: Path | None) -> Any:
     """Backbone without pooling, built once per process (a worker maps many images)."""
-    from mlcore.backbones import build_backbone
+    from mlcore.features.backbones import build_backbone
 
     return build_backbone(name, weights=weights, weights_dir=weights_dir, pooling=None)
 
@@ -72,9 +72,9 @@ def class_activation_map(
     """CAM of ``grade`` (default: the predicted grade) for one image file."""
     import tensorflow as tf
 
-    from mlcore.backbones import get_backbone
-    from mlcore.config import default_weights_dir
-    from mlcore.predict import preprocessing_for
+    from mlcore.features.backbones import get_backbone
+    from mlcore.features.config import default_weights_dir
+    from mlcore.pipelines.predict import preprocessing_for
 
     artifact = model if isinstance(model, ModelArtifact) else load_artifact(model)
     classifier = artifact.classifier

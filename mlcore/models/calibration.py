@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mlcore.metrics import quadratic_weighted_kappa
+from mlcore.evaluation.metrics import quadratic_weighted_kappa
 
 DECODINGS = ("auto", "argmax", "ordinal")
 _MIN_TEMPERATURE, _MAX_TEMPERATURE = 0.05, 20.0

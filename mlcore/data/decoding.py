@@ -22,8 +22,8 @@ from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
-from mlcore.pipelining import map_ahead
-from mlcore.preprocessing import ImageLoadError, preprocess_image
+from mlcore.data.pipelining import map_ahead
+from mlcore.data.preprocessing import ImageLoadError, preprocess_image
 
 # Images per task sent to a worker: enough to amortise the inter-process round trip (~0.2 ms),
 # few enough that the first batch is ready early.

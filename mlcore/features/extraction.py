@@ -1,7 +1,7 @@
 """Batched, incremental feature extraction: image files in, features in the HDF5 store.
 
 ``extract_features`` computes only the keys missing from each backbone's store, decoding and
-preprocessing images in a thread or process pool (``mlcore.decoding``) ahead of the batches
+preprocessing images in a thread or process pool (``mlcore.data.decoding``) ahead of the batches
 while the backbone runs batched forward passes in a ``tf.function`` (batch norms folded into
 the convolutions). Memory stays bounded by the decoder's chunks in flight, the prefetch buffers
 and one batch per backbone, whatever the number of images. Backbones sharing an input size
@@ -27,18 +27,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlcore.backbones import build_backbone, get_backbone, resolve_weights
-from mlcore.config import FeatureConfig
-from mlcore.decoding import decoded_images, default_decode_processes
-from mlcore.preprocessing import ImageLoadError, preprocess_image
-from mlcore.store import FeatureStore, feature_key, store_path
+from mlcore.data.decoding import decoded_images, default_decode_processes
+from mlcore.data.preprocessing import ImageLoadError, preprocess_image
+from mlcore.features.backbones import build_backbone, get_backbone, resolve_weights
+from mlcore.features.config import FeatureConfig
+from mlcore.features.store import FeatureStore, feature_key, store_path
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 # Augmentation transforms run in parallel (TensorFlow ops) and batches are prepared ahead of
-# the model; decoding itself happens in mlcore.decoding's pool.
+# the model; decoding itself happens in mlcore.data.decoding's pool.
 DECODE_THREADS = max(2, os.cpu_count() or 1)
 PREFETCH_BATCHES = 2
 
@@ -52,7 +52,7 @@ class ImageSourceError(ValueError):
 
 @dataclass
 class ImageItem:
-    """An image file and its feature key (``mlcore.store.feature_key`` of its sha256)."""
+    """An image file and its feature key (``mlcore.features.store.feature_key`` of its sha256)."""
 
     path: Path
     key: str

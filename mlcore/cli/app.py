@@ -1,7 +1,7 @@
 """Command line of the ML core: ``python -m mlcore <command> ...``.
 
 ``extract`` is defined here; the model commands (train, evaluate, predict, cam) are added by
-``mlcore.cli_model.register(subparsers)`` when that module exists. Each subcommand sets
+``mlcore.cli.model.register(subparsers)`` when that module exists. Each subcommand sets
 ``func(args) -> int`` with ``set_defaults``; the CLI and the Celery tasks call the same library
 functions.
 """
@@ -14,12 +14,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from mlcore.backbones import MissingWeightsError, get_backbone
-from mlcore.config import ConfigError, FeatureConfig, default_store_dir, default_weights_dir
-from mlcore.extraction import ImageSourceError
-from mlcore.preprocessing import ImageLoadError
-from mlcore.store import StoreMismatchError
-from mlcore.torch_legacy import TorchFormatError
+from mlcore.data.preprocessing import ImageLoadError
+from mlcore.features.backbones import MissingWeightsError, get_backbone
+from mlcore.features.config import (
+    ConfigError,
+    FeatureConfig,
+    default_store_dir,
+    default_weights_dir,
+)
+from mlcore.features.extraction import ImageSourceError
+from mlcore.features.store import StoreMismatchError
+from mlcore.features.torch_legacy import TorchFormatError
 
 # Errors that are the user's to fix: reported in one line, exit status 2, no traceback.
 _USER_ERRORS: tuple[type[BaseException], ...] = (
@@ -43,7 +48,7 @@ def _split_names(values: Sequence[str] | None) -> tuple[str, ...] | None:
 def _extract(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from mlcore.extraction import extract_features, find_images, image_items
+    from mlcore.features.extraction import extract_features, find_images, image_items
 
     config = FeatureConfig.from_env(
         backbones=_split_names(args.backbones),
@@ -149,9 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_model_commands(subparsers: argparse._SubParsersAction) -> None:
     try:
-        cli_model = importlib.import_module("mlcore.cli_model")
+        cli_model = importlib.import_module("mlcore.cli.model")
     except ModuleNotFoundError as error:
-        if error.name != "mlcore.cli_model":
+        if error.name != "mlcore.cli.model":
             raise  # the module exists but one of its imports is broken: say so
         return
     cli_model.register(subparsers)
