@@ -11,7 +11,7 @@ export FUNDUS_DEMO_DIR ?= $(if $(wildcard $(SHARED)/datasets/fundus),$(SHARED)/d
 export FUNDUS_SHARED_DIR ?= $(SHARED)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: run test venv migrate bootstrap web worker lint format bench clean
+.PHONY: run test test-fast venv migrate bootstrap web worker lint typecheck format bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,9 +42,19 @@ worker: venv
 test: venv
 	REDIS_URL=$${TEST_REDIS_URL:-redis://127.0.0.1:6379/15} $(BIN)/pytest
 
+# Everything but the browser tests and the tests that start a real Celery worker (CI runs all).
+test-fast: venv
+	REDIS_URL=$${TEST_REDIS_URL:-redis://127.0.0.1:6379/15} $(BIN)/pytest -m "not browser and not worker"
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+# mypy reads `strict` only globally, so mlcore's strictness is checked by a second run as well.
+typecheck: venv
+	$(BIN)/mypy
+	$(BIN)/mypy --strict mlcore
 
 format: venv
 	$(BIN)/ruff format .

@@ -54,3 +54,26 @@ def _quality_gate_off():
     from django.conf import settings
 
     settings.FUNDUS_QUALITY_GATE = False
+
+
+# Names of the helpers in tests/factories_jobs.py that start a real Celery worker.
+_REAL_WORKER_HELPERS = ("thread_worker(", "subprocess_worker(")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that start a real Celery worker (``worker``), so ``make test-fast`` can leave
+    them and the browser tests to CI while running everything else."""
+    import inspect
+
+    for item in items:
+        # TrainingMixin classes run an embedded worker for the whole class unless they opt out.
+        if getattr(getattr(item, "cls", None), "embedded_worker", False):
+            item.add_marker(pytest.mark.worker)
+            continue
+        function = getattr(item, "function", None)
+        try:
+            source = inspect.getsource(function) if function is not None else ""
+        except (OSError, TypeError):
+            continue
+        if any(helper in source for helper in _REAL_WORKER_HELPERS):
+            item.add_marker(pytest.mark.worker)
