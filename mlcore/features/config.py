@@ -1,4 +1,9 @@
-"""Configuration of feature extraction, read from the environment.
+"""Configuration of feature extraction: the ``FeatureConfig`` dataclass and the folders.
+
+``FeatureConfig.from_env``, ``default_weights_dir`` and ``default_store_dir`` read ``FUNDUS_*``
+environment variables: they are the command line's defaults (``python -m mlcore``). A caller
+with its own settings (the web app) passes values explicitly instead (``FeatureConfig(...)``,
+``weights_dir=``, ``store_dir=``).
 
 Imported by the web process: must not import TensorFlow (nor anything that does).
 """
