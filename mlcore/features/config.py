@@ -91,7 +91,7 @@ class FeatureConfig:
                     f"FUNDUS_FEATURE_BATCH_SIZE must be an integer, not {raw!r}"
                 ) from None
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)  # type: ignore[arg-type]
+        return cls(**values)  # type: ignore[arg-type]  # __post_init__ checks the values
 
 
 def default_weights_dir(environ: dict[str, str] | None = None) -> Path | None:
