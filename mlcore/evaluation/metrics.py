@@ -87,25 +87,22 @@ def quadratic_weighted_kappa(
     Returns 1.0 when both raters agree perfectly even if only one grade occurs (scikit-learn returns
     NaN there; a perfect agreement on a small batch should read as agreement, not as missing).
     """
-    observed = confusion(y_true, y_pred, classes=classes).astype(np.float64)
-    k = len(classes)
-    if k < 2:
+    observed = confusion(y_true, y_pred, classes=classes)
+    if len(classes) < 2:
         raise ValueError("a scale needs at least two grades")
-    positions = np.arange(k, dtype=np.float64)
-    weights = (positions[:, None] - positions[None, :]) ** 2 / (k - 1) ** 2
-    expected = np.outer(observed.sum(axis=1), observed.sum(axis=0)) / observed.sum()
-    expected_disagreement = float((weights * expected).sum())
-    observed_disagreement = float((weights * observed).sum())
-    if expected_disagreement == 0.0:
-        return 1.0 if observed_disagreement == 0.0 else 0.0
-    return 1.0 - observed_disagreement / expected_disagreement
+    return qwk_from_confusion(observed)
 
 
 def per_grade_precision_recall(
     y_true: npt.ArrayLike, y_pred: npt.ArrayLike, *, classes: Sequence[int] = ICDR_GRADES
 ) -> dict[int, dict[str, float | int | None]]:
     """Precision and recall per grade; ``None`` where undefined (no prediction / no case)."""
-    matrix = confusion(y_true, y_pred, classes=classes)
+    return _per_grade(confusion(y_true, y_pred, classes=classes), classes)
+
+
+def _per_grade(
+    matrix: npt.NDArray[np.int64], classes: Sequence[int]
+) -> dict[int, dict[str, float | int | None]]:
     result: dict[int, dict[str, float | int | None]] = {}
     for i, grade in enumerate(classes):
         true_positive = int(matrix[i, i])
@@ -341,16 +338,7 @@ def metrics_report_from_confusion(
     total = int(observed.sum())
     if total == 0:
         raise ValueError("an empty confusion matrix has no metrics")
-    per_grade: dict[str, dict[str, float | int | None]] = {}
-    for i, grade in enumerate(classes):
-        true_positive = int(observed[i, i])
-        predicted = int(observed[:, i].sum())
-        actual = int(observed[i, :].sum())
-        per_grade[str(int(grade))] = {
-            "precision": true_positive / predicted if predicted else None,
-            "recall": true_positive / actual if actual else None,
-            "support": actual,
-        }
+    per_grade = {str(grade): values for grade, values in _per_grade(observed, classes).items()}
     referable = np.asarray([grade >= referable_from for grade in classes])
     positives = int(observed[referable, :].sum())
     negatives = total - positives
