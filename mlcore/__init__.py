@@ -1,9 +1,12 @@
 """Funduscope ML core: ImageNet backbones as frozen feature extractors, fundus preprocessing,
 an incremental HDF5 feature store and a small classifier head trained on top.
 
-Never imports Django. Modules the web process imports (``config``, ``preprocessing``,
-``metrics``, ``store``) do not import TensorFlow either; the others import it lazily.
-Command line: ``python -m mlcore --help``.
+Sub-packages by purpose, each importing only those below it: ``cli`` -> ``pipelines`` ->
+``models`` -> ``features`` -> ``data`` and ``evaluation`` (two leaves that import neither).
+
+Never imports Django. Modules the web process imports (``features.config``,
+``data.preprocessing``, ``evaluation.metrics``, ``features.store``) do not import TensorFlow
+either; the others import it lazily. Command line: ``python -m mlcore --help``.
 """
 
 from __future__ import annotations

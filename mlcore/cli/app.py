@@ -1,7 +1,7 @@
 """Command line of the ML core: ``python -m mlcore <command> ...``.
 
 ``extract`` is defined here; the model commands (train, evaluate, predict, cam) are added by
-``mlcore.cli.model.register(subparsers)`` when that module exists. Each subcommand sets
+``mlcore.cli.model.register(subparsers)``. Each subcommand sets
 ``func(args) -> int`` with ``set_defaults``; the CLI and the Celery tasks call the same library
 functions.
 """
@@ -9,11 +9,12 @@ functions.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from mlcore.cli.model import register as register_model_commands
+from mlcore.cli.options import split_names
 from mlcore.data.preprocessing import ImageLoadError
 from mlcore.features.backbones import MissingWeightsError, get_backbone
 from mlcore.features.config import (
@@ -38,20 +39,13 @@ _USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def _split_names(values: Sequence[str] | None) -> tuple[str, ...] | None:
-    if not values:
-        return None
-    names = [name.strip() for value in values for name in value.split(",") if name.strip()]
-    return tuple(names) or None
-
-
 def _extract(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from mlcore.features.extraction import extract_features, find_images, image_items
 
     config = FeatureConfig.from_env(
-        backbones=_split_names(args.backbones),
+        backbones=split_names(args.backbones),
         preprocessing=args.preprocessing,
         dtype=args.dtype,
         batch_size=args.batch_size,
@@ -148,18 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     extract.add_argument("--quiet", action="store_true", help="no progress bar")
     extract.set_defaults(func=_extract)
-    _register_model_commands(subparsers)
+    register_model_commands(subparsers)
     return parser
-
-
-def _register_model_commands(subparsers: argparse._SubParsersAction) -> None:
-    try:
-        cli_model = importlib.import_module("mlcore.cli.model")
-    except ModuleNotFoundError as error:
-        if error.name != "mlcore.cli.model":
-            raise  # the module exists but one of its imports is broken: say so
-        return
-    cli_model.register(subparsers)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,7 +1,8 @@
 """Model commands of ``python -m mlcore``: train, evaluate, predict, cam.
 
 Registered by ``mlcore.cli`` through :func:`register`; each command is a thin wrapper over the
-library functions the Celery tasks call (``mlcore.pipelines.training``, ``mlcore.pipelines.predict``, ``mlcore.pipelines.cam``).
+library functions the Celery tasks call (``mlcore.pipelines.training``,
+``mlcore.pipelines.predict``, ``mlcore.pipelines.cam``, ``mlcore.models.finetune``).
 """
 
 from __future__ import annotations
@@ -11,11 +12,21 @@ import csv
 import functools
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias, TypedDict, Unpack
 
+from mlcore.cli.options import split_names
 from mlcore.features.config import FeatureConfig, default_store_dir, default_weights_dir
+
+if TYPE_CHECKING:
+    from mlcore.models.artifact import ModelArtifact
+    from mlcore.models.finetune import FinetuneConfig
+    from mlcore.pipelines.training import LabeledImages, TrainingConfig
+
+# What ``add_subparsers`` returns; a string because argparse's class is generic only in typeshed.
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 class _UserError(Exception):
@@ -40,13 +51,6 @@ def _user_errors(
             return 2
 
     return run
-
-
-def _backbones(values: list[str] | None) -> tuple[str, ...] | None:
-    if not values:
-        return None
-    names = tuple(n.strip() for v in values for n in v.split(",") if n.strip())
-    return names or None
 
 
 def _progress_bar(quiet: bool) -> tuple[Callable[[int, str], None], Callable[[], None]]:
@@ -106,11 +110,20 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
 
 def _feature_config(args: argparse.Namespace) -> FeatureConfig:
     return FeatureConfig.from_env(
-        backbones=_backbones(args.backbones), preprocessing=args.preprocessing
+        backbones=split_names(args.backbones), preprocessing=args.preprocessing
     )
 
 
-def _training_config(args: argparse.Namespace, **overrides: object):
+class _TrainingOverrides(TypedDict, total=False):
+    """What ``train`` and ``evaluate`` each set beyond the shared options."""
+
+    holdout_fraction: float
+    n_splits: int
+
+
+def _training_config(
+    args: argparse.Namespace, **overrides: Unpack[_TrainingOverrides]
+) -> TrainingConfig:
     from mlcore.data.augment import AugmentConfig
     from mlcore.pipelines.training import TrainingConfig
 
@@ -126,7 +139,7 @@ def _training_config(args: argparse.Namespace, **overrides: object):
     )
 
 
-def _finetune_config(args: argparse.Namespace):
+def _finetune_config(args: argparse.Namespace) -> FinetuneConfig:
     from mlcore.models.finetune import FinetuneConfig
 
     try:
@@ -156,7 +169,7 @@ def _finetune_config(args: argparse.Namespace):
         raise _UserError(str(error)) from None
 
 
-def _train_finetune(args: argparse.Namespace, labels) -> int:
+def _train_finetune(args: argparse.Namespace, labels: LabeledImages) -> int:
     from mlcore.features.backbones import get_backbone
     from mlcore.models.finetune import train_finetuned_model
 
@@ -223,7 +236,7 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_headline(report: dict, title: str) -> None:
+def _print_headline(report: Mapping[str, Any], title: str) -> None:
     referable = report["referable"]
 
     def show(value: float | None) -> str:
@@ -266,11 +279,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace) -> ModelArtifact:
     from mlcore.models.artifact import load_artifact
 
     # Only an explicit backbone choice is enforced: by default a model brings its own.
-    expected = _backbones(args.backbones) if getattr(args, "backbones", None) else None
+    expected = split_names(args.backbones) if getattr(args, "backbones", None) else None
     if expected is None and os.environ.get("FUNDUS_BACKBONES"):
         expected = FeatureConfig.from_env().backbones
     return load_artifact(args.model, backbones=expected)
@@ -331,8 +344,15 @@ def _cam(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: Subparsers) -> None:
     """Add the train, evaluate, predict and cam commands to ``python -m mlcore``."""
+    _add_train_command(subparsers)
+    _add_evaluate_command(subparsers)
+    _add_predict_command(subparsers)
+    _add_cam_command(subparsers)
+
+
+def _add_train_command(subparsers: Subparsers) -> None:
     train = subparsers.add_parser(
         "train",
         help="train a grading head on labelled images and save a model folder",
@@ -351,7 +371,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="head: a head on cached frozen features (seconds, default); finetune: train the "
         "backbone's top blocks (or all of it) with the head (hours on CPU, minutes on a GPU)",
     )
-    finetune = train.add_argument_group("fine-tuning (--mode finetune)")
+    _add_finetune_options(train.add_argument_group("fine-tuning (--mode finetune)"))
+    train.set_defaults(func=_train)
+
+
+def _add_finetune_options(finetune: argparse._ArgumentGroup) -> None:
     finetune.add_argument(
         "--backbone",
         default="efficientnet_lite0",
@@ -381,8 +405,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="auto",
         help="float16 compute (auto: only on a GPU)",
     )
-    train.set_defaults(func=_train)
 
+
+def _add_evaluate_command(subparsers: Subparsers) -> None:
     evaluate = subparsers.add_parser(
         "evaluate",
         help="k-fold cross-validation report (grouped by patient)",
@@ -393,6 +418,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--out", type=Path, help="folder for report.json and plots")
     evaluate.set_defaults(func=_evaluate)
 
+
+def _add_predict_command(subparsers: Subparsers) -> None:
     predict = subparsers.add_parser(
         "predict",
         help="grade images with a model folder",
@@ -406,6 +433,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_store_options(predict)
     predict.set_defaults(func=_predict)
 
+
+def _add_cam_command(subparsers: Subparsers) -> None:
     cam = subparsers.add_parser(
         "cam",
         help="class activation map of one image as a PNG overlay",

@@ -46,9 +46,10 @@ def load_rgb(path: str | Path, *, min_size: int | None = None) -> np.ndarray:
         with Image.open(path) as image:
             if min_size is not None and image.format == "JPEG":
                 image.draft("RGB", (min_size, min_size))
+            upright: Image.Image = image
             if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
-                image = ImageOps.exif_transpose(image)
-            return np.array(image.convert("RGB"), dtype=np.uint8)
+                upright = ImageOps.exif_transpose(image)
+            return np.array(upright.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:

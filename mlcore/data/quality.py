@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import PIL.Image
 import PIL.ImageFilter
 
@@ -63,7 +65,8 @@ class QualityMeasures:
                 for key, value in asdict(self).items()}  # fmt: skip
 
     @classmethod
-    def from_dict(cls, data: dict) -> QualityMeasures:
+    def from_dict(cls, data: Mapping[str, Any]) -> QualityMeasures:
+        """From ``to_dict``'s output (as stored in a JSON field)."""
         return cls(**{key: data[key] for key in cls.__dataclass_fields__})
 
 
@@ -82,7 +85,8 @@ def _box_mean(values: np.ndarray, radius: int) -> np.ndarray:
     integral = padded.cumsum(axis=0).cumsum(axis=1)
     k = 2 * radius + 1
     total = integral[k:, k:] - integral[:-k, k:] - integral[k:, :-k] + integral[:-k, :-k]
-    return total[: values.shape[0], : values.shape[1]] / (k * k)
+    mean: npt.NDArray[np.float64] = total[: values.shape[0], : values.shape[1]] / (k * k)
+    return mean
 
 
 def fundus_mask(rgb: np.ndarray) -> np.ndarray:
@@ -133,10 +137,11 @@ def _erode(mask: np.ndarray, pixels: int) -> np.ndarray:
 
 def _laplacian(gray: np.ndarray) -> np.ndarray:
     padded = np.pad(gray, 1, mode="edge")
-    return (
+    laplacian: npt.NDArray[np.float32] = (
         padded[:-2, 1:-1] + padded[2:, 1:-1] + padded[1:-1, :-2] + padded[1:-1, 2:]
         - 4 * padded[1:-1, 1:-1]
     )  # fmt: skip
+    return laplacian
 
 
 def quality_measure_image(image: PIL.Image.Image) -> QualityMeasures:
@@ -168,11 +173,6 @@ def quality_measure_image(image: PIL.Image.Image) -> QualityMeasures:
 
 def quality_measure_bytes(data: bytes) -> QualityMeasures:
     with PIL.Image.open(io.BytesIO(data)) as image:
-        return quality_measure_image(image)
-
-
-def quality_measure_path(path: str | Path) -> QualityMeasures:
-    with PIL.Image.open(path) as image:
         return quality_measure_image(image)
 
 

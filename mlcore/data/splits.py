@@ -12,11 +12,17 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 DEFAULT_SEED = 2017
 
+# One value per item (a patient id, a file hash...): a list, or an array of them.
+Grouping = Sequence[object] | npt.NDArray[np.generic]
+# Item positions of one side of a split.
+Indices = npt.NDArray[np.intp]
 
-def merge_groups(*groupings: Sequence[object]) -> np.ndarray:
+
+def merge_groups(*groupings: Grouping) -> npt.NDArray[np.int64]:
     """Union of several groupings of the same items (e.g. patient id and file sha256).
 
     Two items end up in the same group when they share a value in *any* grouping, transitively,
@@ -69,7 +75,9 @@ def groups_from_id_sets(ids: Sequence[str], id_sets: Iterable[set[str]]) -> list
     return [owner.get(item_id, item_id) for item_id in ids]
 
 
-def _check(labels: Sequence[int], groups: Sequence[object] | None) -> tuple[np.ndarray, np.ndarray]:
+def _check(
+    labels: npt.ArrayLike, groups: Grouping | None
+) -> tuple[npt.NDArray[np.generic], npt.NDArray[np.signedinteger]]:
     y = np.asarray(labels)
     if y.ndim != 1 or y.size == 0:
         raise ValueError("labels must be a non-empty 1-D sequence of grades")
@@ -83,12 +91,12 @@ def _check(labels: Sequence[int], groups: Sequence[object] | None) -> tuple[np.n
 
 
 def grouped_kfold(
-    labels: Sequence[int],
-    groups: Sequence[object] | None = None,
+    labels: npt.ArrayLike,
+    groups: Grouping | None = None,
     *,
     n_splits: int = 5,
     seed: int = DEFAULT_SEED,
-) -> list[tuple[np.ndarray, np.ndarray]]:
+) -> list[tuple[Indices, Indices]]:
     """k folds (train indices, test indices), stratified by grade, never splitting a group.
 
     ``groups=None`` treats every item as its own group (no patient ids known).
@@ -109,12 +117,12 @@ def grouped_kfold(
 
 
 def grouped_holdout(
-    labels: Sequence[int],
-    groups: Sequence[object] | None = None,
+    labels: npt.ArrayLike,
+    groups: Grouping | None = None,
     *,
     test_fraction: float = 0.1,
     seed: int = DEFAULT_SEED,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[Indices, Indices]:
     """One grouped hold-out split of about ``test_fraction`` of the groups, stratified by grade.
 
     Each group is stratified under its most frequent grade (ties: the higher grade) and that

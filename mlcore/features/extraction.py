@@ -19,17 +19,23 @@ import hashlib
 import itertools
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from mlcore.data.decoding import decoded_images, default_decode_processes
 from mlcore.data.preprocessing import ImageLoadError, preprocess_image
-from mlcore.features.backbones import build_backbone, get_backbone, resolve_weights
+from mlcore.features.backbones import (
+    BackboneSpec,
+    build_backbone,
+    get_backbone,
+    resolve_weights,
+)
 from mlcore.features.config import FeatureConfig
 from mlcore.features.store import FeatureStore, feature_key, store_path
 
@@ -43,6 +49,8 @@ DECODE_THREADS = max(2, os.cpu_count() or 1)
 PREFETCH_BATCHES = 2
 
 Transform = Callable[["tf.Tensor", "tf.Tensor"], "tf.Tensor"]
+# (N, size, size, 3) float32 RGB 0..255 images -> (N, feature_dim) features.
+FeatureFunction = Callable[["tf.Tensor"], "tf.Tensor"]
 Progress = Callable[[int, int], None]
 
 
@@ -86,11 +94,11 @@ def file_sha256(path: str | Path) -> str:
 
 def image_items(paths: Iterable[str | Path], *, variant: int = 0) -> list[ImageItem]:
     """Items keyed by the sha256 of each file's bytes (plus ``#v<variant>`` when > 0)."""
-    paths = [Path(p) for p in paths]
+    files = [Path(p) for p in paths]
     # hashlib releases the GIL on large buffers: a few threads hash big photographs in parallel.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        digests = list(pool.map(file_sha256, paths))
-    return [ImageItem(p, feature_key(d, variant)) for p, d in zip(paths, digests, strict=True)]
+        digests = list(pool.map(file_sha256, files))
+    return [ImageItem(p, feature_key(d, variant)) for p, d in zip(files, digests, strict=True)]
 
 
 def find_images(source: str | Path) -> list[Path]:
@@ -119,7 +127,7 @@ def find_images(source: str | Path) -> list[Path]:
 
 
 @functools.lru_cache(maxsize=8)
-def _feature_function(name: str, weights: str | None) -> Any:
+def _feature_function(name: str, weights: str | None) -> FeatureFunction:
     """A compiled ``images float32 0..255 -> features`` function (built once per process)."""
     import tensorflow as tf
 
@@ -128,16 +136,18 @@ def _feature_function(name: str, weights: str | None) -> Any:
     model = build_backbone(name, weights=weights, fold_batch_norm=True)
     size = spec.input_size
 
-    @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
     def features(images: tf.Tensor) -> tf.Tensor:
         return model(spec.preprocess(images), training=False)
 
-    return features
+    compiled: FeatureFunction = tf.function(
+        features, input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)]
+    )
+    return compiled
 
 
 def feature_function(
     name: str, *, weights: str | Path | None = "imagenet", weights_dir: str | Path | None = None
-) -> Callable[[Any], Any]:
+) -> FeatureFunction:
     """Cached ``tf.function`` mapping (N, size, size, 3) float32 RGB 0..255 images to (N,
     feature_dim) features of backbone ``name`` (its own preprocessing included)."""
     if weights == "imagenet":
@@ -182,7 +192,9 @@ def _decoded_dataset(
     )
     if transform is not None:
 
-        def augment(image: tf.Tensor, key: tf.Tensor, ok: tf.Tensor) -> tuple:
+        def augment(
+            image: tf.Tensor, key: tf.Tensor, ok: tf.Tensor
+        ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
             image = tf.ensure_shape(transform(tf.cast(image, tf.float32), key), (size, size, 3))
             return image, key, ok
 
@@ -223,12 +235,9 @@ def extract_features(
     ``decode_processes``: worker processes decoding ahead of the forward pass (default
     ``FUNDUS_DECODE_PROCESSES``, 0: threads of this process).
     """
-    import tensorflow as tf
-
     started = time.perf_counter()
     if decode_processes is None:
         decode_processes = default_decode_processes()
-    store_dir = Path(store_dir)
     unique: dict[str, ImageItem] = {}
     for item in items:
         unique.setdefault(item.key, item)
@@ -236,48 +245,31 @@ def extract_features(
     specs = [get_backbone(name) for name in config.backbones]
     stores: dict[str, FeatureStore] = {}
     try:
-        for spec in specs:
-            path = store_path(store_dir, spec.name, config.preprocessing)
-            stores[spec.name] = FeatureStore(
-                path,
-                backbone=spec.name,
-                preprocessing=config.preprocessing,
-                feature_dim=spec.feature_dim,
-                dtype=config.dtype,
-            )
-            result.store_paths[spec.name] = path
+        _open_stores(stores, specs, config, Path(store_dir), result)
         missing = {name: set(store.missing(unique)) for name, store in stores.items()}
         for name in stores:
             result.computed[name] = 0
             result.reused[name] = len(unique) - len(missing[name])
-        # One decoding pass per input size, over the keys any backbone of that size lacks.
-        groups: dict[int, list[str]] = {}
-        for spec in specs:
-            groups.setdefault(spec.input_size, []).append(spec.name)
-        work = {
-            size: [item for key, item in unique.items() if any(key in missing[n] for n in names)]
-            for size, names in groups.items()
-        }
-        total = sum(len(group_items) for group_items in work.values())
-        done = 0
+        passes = _decoding_passes(specs, unique, missing)
+        total = sum(len(work) for _, work in passes.values())
         if progress is not None:
             progress(0, total)
-        for size, names in groups.items():
-            if not work[size]:
+        for size, (names, work) in passes.items():
+            if not work:
                 continue
             functions = {
                 name: feature_function(name, weights=weights, weights_dir=weights_dir)
                 for name in names
             }
             dataset = _decoded_dataset(
-                work[size],
+                work,
                 size=size,
                 method=config.preprocessing,
                 batch_size=config.batch_size,
                 transform=transform,
                 decode_processes=decode_processes,
             )
-            paths_by_key = {item.key: item.path for item in work[size]}
+            paths_by_key = {item.key: item.path for item in work}
             for images, key_tensor, ok_tensor in dataset:
                 keys = [k.decode() for k in key_tensor.numpy()]
                 ok = ok_tensor.numpy()
@@ -286,25 +278,77 @@ def extract_features(
                     if not skip_unreadable:
                         raise ImageLoadError(f"cannot read image(s): {', '.join(map(str, bad))}")
                     result.failed.extend((path, "unreadable image") for path in bad)
-                for name in names:
-                    wanted = np.array(
-                        [good and k in missing[name] for k, good in zip(keys, ok, strict=True)]
-                    )
-                    if not wanted.any():
-                        continue
-                    batch = images if wanted.all() else _take(images, wanted)
-                    features = functions[name](tf.cast(batch, tf.float32)).numpy()
-                    stores[name].put([k for k, w in zip(keys, wanted, strict=True) if w], features)
-                    result.computed[name] += int(wanted.sum())
-                done += len(keys)
+                _store_batch(images, keys, ok, functions, stores, missing, result)
                 result.images_processed += len(keys)
                 if progress is not None:
-                    progress(done, total)
+                    progress(result.images_processed, total)
     finally:
         for store in stores.values():
             store.close()
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _open_stores(
+    stores: dict[str, FeatureStore],
+    specs: Sequence[BackboneSpec],
+    config: FeatureConfig,
+    store_dir: Path,
+    result: ExtractionResult,
+) -> None:
+    """Open each backbone's store into ``stores`` one by one, so that the caller closes the
+    ones already open when a later one fails."""
+    for spec in specs:
+        path = store_path(store_dir, spec.name, config.preprocessing)
+        stores[spec.name] = FeatureStore(
+            path,
+            backbone=spec.name,
+            preprocessing=config.preprocessing,
+            feature_dim=spec.feature_dim,
+            dtype=config.dtype,
+        )
+        result.store_paths[spec.name] = path
+
+
+def _decoding_passes(
+    specs: Sequence[BackboneSpec],
+    unique: Mapping[str, ImageItem],
+    missing: Mapping[str, set[str]],
+) -> dict[int, tuple[list[str], list[ImageItem]]]:
+    """input size -> (the backbones of that size, the items any of them lacks): backbones
+    sharing an input size share one decoding pass."""
+    names_by_size: dict[int, list[str]] = {}
+    for spec in specs:
+        names_by_size.setdefault(spec.input_size, []).append(spec.name)
+    return {
+        size: (
+            names,
+            [item for key, item in unique.items() if any(key in missing[n] for n in names)],
+        )
+        for size, names in names_by_size.items()
+    }
+
+
+def _store_batch(
+    images: tf.Tensor,
+    keys: Sequence[str],
+    ok: npt.NDArray[np.bool_],
+    functions: Mapping[str, FeatureFunction],
+    stores: Mapping[str, FeatureStore],
+    missing: Mapping[str, set[str]],
+    result: ExtractionResult,
+) -> None:
+    """Run each backbone on the readable images of the batch its store lacks, and store them."""
+    import tensorflow as tf
+
+    for name, function in functions.items():
+        wanted = np.array([good and k in missing[name] for k, good in zip(keys, ok, strict=True)])
+        if not wanted.any():
+            continue
+        batch = images if wanted.all() else _take(images, wanted)
+        features = function(tf.cast(batch, tf.float32)).numpy()
+        stores[name].put([k for k, w in zip(keys, wanted, strict=True) if w], features)
+        result.computed[name] += int(wanted.sum())
 
 
 def _take(images: Any, mask: np.ndarray) -> Any:

@@ -94,15 +94,15 @@ class _LazyTensor:
         return np.ascontiguousarray(view)
 
 
-def _rebuild_tensor_v2(
-    storage: _Storage, storage_offset: int, size: tuple, stride: tuple, *_unused: Any
-) -> _LazyTensor:
-    return _LazyTensor(storage, int(storage_offset), tuple(size), tuple(stride))
-
-
 def _rebuild_tensor(
-    storage: _Storage, storage_offset: int, size: tuple, stride: tuple
+    storage: _Storage,
+    storage_offset: int,
+    size: tuple[int, ...],
+    stride: tuple[int, ...],
+    *_unused: Any,
 ) -> _LazyTensor:
+    """torch's ``_rebuild_tensor`` and ``_rebuild_tensor_v2`` (the latter adds arguments about
+    gradients and hooks, which a state dict of weights does not need)."""
     return _LazyTensor(storage, int(storage_offset), tuple(size), tuple(stride))
 
 
@@ -112,7 +112,7 @@ def _rebuild_parameter(data: _LazyTensor, *_unused: Any) -> _LazyTensor:
 
 _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     **{("torch", name): _StorageType(name) for name in _STORAGE_DTYPES},

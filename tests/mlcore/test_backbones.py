@@ -255,7 +255,7 @@ def test_folding_batch_norms_keeps_the_outputs(name: str) -> None:
     """Covers depthwise, BN without scale (Inception) and separable convolutions (Xception)."""
     import keras
 
-    from mlcore.features.backbones import fold_batch_norms
+    from mlcore.features.folding import fold_batch_norms
 
     model = build_backbone(name, weights=None, pooling=None)
     _randomise_batch_norm_statistics(model)
