@@ -411,3 +411,15 @@ class HeadClassifier:
         folded_kernel = kernel / self.scaler_scale_[:, None]
         folded_bias = bias - (self.scaler_mean_ / self.scaler_scale_) @ kernel
         return folded_kernel.astype(np.float64), folded_bias.astype(np.float64)
+
+
+def predict_with_tta(
+    classifier: HeadClassifier, X: np.ndarray, X_variants: np.ndarray | None = None
+) -> np.ndarray:
+    """Probabilities, averaged over the original and its augmented copies when given."""
+    proba = classifier.predict_proba(X)
+    if X_variants is None or not X_variants.shape[1]:
+        return proba
+    n, v, d = X_variants.shape
+    variant_proba = classifier.predict_proba(X_variants.reshape(-1, d)).reshape(n, v, -1)
+    return (proba + variant_proba.sum(axis=1)) / (v + 1)

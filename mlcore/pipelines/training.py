@@ -13,8 +13,6 @@ Both report progress through ``progress(percent: int, message: str)``.
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from mlcore.data.augment import AugmentConfig, make_augment_transform
+from mlcore.data.augment import AugmentConfig
 from mlcore.data.domain import RAW_TO_FILTERED, is_known
 from mlcore.data.splits import (
     DEFAULT_SEED,
@@ -43,7 +41,32 @@ from mlcore.evaluation.metrics import (
 from mlcore.evaluation.reports import plot_confusion, plot_history, write_json
 from mlcore.features.config import FeatureConfig, default_store_dir, default_weights_dir
 from mlcore.models.artifact import DOMAIN_FILTERED, DOMAINS, save_artifact
-from mlcore.models.classifier import HeadClassifier
+from mlcore.models.classifier import HeadClassifier, predict_with_tta
+from mlcore.pipelines.domain_features import (
+    DomainSpec,
+    augment_store_dir,
+    domain_features,
+    source_features,
+    variant_features,
+)
+
+# The web app, the CLI and the benchmarks import these feature helpers from here, beside training.
+__all__ = [
+    "CVResult",
+    "LabeledImages",
+    "LabelsError",
+    "TrainResult",
+    "TrainingConfig",
+    "augment_store_dir",
+    "cross_validate_features",
+    "evaluate_cv",
+    "fit_head",
+    "predict_with_tta",
+    "read_labels_csv",
+    "source_features",
+    "train_model",
+    "variant_features",
+]
 
 Progress = Callable[[int, str], None]
 
@@ -193,17 +216,6 @@ def _check_inputs(
 
 
 # -- features -----------------------------------------------------------------------------------
-def augment_store_dir(store_dir: str | Path, augment: AugmentConfig, seed: int) -> Path:
-    """Store folder of augmented variants: one per augmentation setting and seed.
-
-    Variant keys (``<sha>#v<k>``) do not say how the copy was made, so variants of different
-    settings live in different folders: changing a range can never reuse stale features.
-    """
-    settings = {k: v for k, v in asdict(augment).items() if k != "variants"}
-    digest = hashlib.sha256(json.dumps([settings, seed], sort_keys=True).encode()).hexdigest()
-    return Path(store_dir) / f"augment-{digest[:12]}"
-
-
 def _sub_progress(
     progress: Progress, start: int, stop: int, message: str
 ) -> Callable[[int, int], None]:
@@ -212,66 +224,6 @@ def _sub_progress(
         progress(int(start + (stop - start) * fraction), f"{message} {done}/{total}")
 
     return report
-
-
-def source_features(
-    paths: Sequence[Path],
-    *,
-    feature_config: FeatureConfig,
-    store_dir: Path,
-    weights_dir: Path | None,
-    progress: Callable[[int, int], None] | None = None,
-) -> tuple[list[str], np.ndarray]:
-    """(feature keys, features) of the original images, extracting what the store lacks."""
-    from mlcore.features.extraction import extract_features, image_items, load_features
-
-    items = image_items(paths)
-    extract_features(
-        items,
-        config=feature_config,
-        store_dir=store_dir,
-        weights_dir=weights_dir,
-        progress=progress,
-    )
-    keys = [item.key for item in items]
-    return keys, load_features(keys, config=feature_config, store_dir=store_dir)
-
-
-def variant_features(
-    paths: Sequence[Path],
-    keys: Sequence[str],
-    *,
-    n_variants: int,
-    augment: AugmentConfig,
-    seed: int,
-    feature_config: FeatureConfig,
-    store_dir: Path,
-    weights_dir: Path | None,
-    weights: str | Path | None = "imagenet",
-    progress: Callable[[int, int], None] | None = None,
-) -> np.ndarray:
-    """Features of augmented copies 1..n_variants of each image: (n_images, n_variants, dim)."""
-    from mlcore.features.extraction import ImageItem, extract_features, load_features
-    from mlcore.features.store import feature_key, parse_feature_key
-
-    shas = [parse_feature_key(k)[0] for k in keys]
-    items = [
-        ImageItem(path, feature_key(sha, v))
-        for v in range(1, n_variants + 1)
-        for path, sha in zip(paths, shas, strict=True)
-    ]
-    folder = augment_store_dir(store_dir, augment, seed)
-    extract_features(
-        items,
-        config=feature_config,
-        store_dir=folder,
-        weights_dir=weights_dir,
-        transform=make_augment_transform(augment, seed),
-        weights=weights,
-        progress=progress,
-    )
-    features = load_features([i.key for i in items], config=feature_config, store_dir=folder)
-    return features.reshape(n_variants, len(paths), -1).transpose(1, 0, 2)
 
 
 # -- heads on feature arrays ----------------------------------------------------------------------
@@ -299,18 +251,6 @@ def fit_head(
         variant=np.concatenate(variant),
         epoch_callback=epoch_callback,
     )
-
-
-def predict_with_tta(
-    classifier: HeadClassifier, X: np.ndarray, X_variants: np.ndarray | None = None
-) -> np.ndarray:
-    """Probabilities, averaged over the original and its augmented copies when given."""
-    proba = classifier.predict_proba(X)
-    if X_variants is None or not X_variants.shape[1]:
-        return proba
-    n, v, d = X_variants.shape
-    variant_proba = classifier.predict_proba(X_variants.reshape(-1, d)).reshape(n, v, -1)
-    return (proba + variant_proba.sum(axis=1)) / (v + 1)
 
 
 @dataclass
@@ -438,9 +378,7 @@ def _resolve_dirs(
 
 def _domain_spec(
     config: TrainingConfig, feature_config: FeatureConfig, *, with_variants: bool = False
-) -> Any:
-    from mlcore.pipelines.predict import DomainSpec
-
+) -> DomainSpec:
     return DomainSpec(
         feature_config=feature_config,
         training_domain=config.training_domain,
@@ -458,8 +396,6 @@ def _domain_variants(
     progress: Callable[[int, int], None] | None,
 ) -> np.ndarray:
     """Augmented copies (n, variants, d) of ``paths``, each image in the training domain."""
-    from mlcore.pipelines.predict import domain_features
-
     _, variants, _, _, _ = domain_features(
         _domain_spec(config, feature_config, with_variants=True),
         paths,
@@ -473,8 +409,6 @@ def _domain_variants(
 def _source_dataset(paths, grades, groups, config, feature_config, store, weights, progress):
     """Checked inputs, the source images' features (first 40 % of progress) and merged groups
     (identical files share a group, so they never sit on both sides of a split)."""
-    from mlcore.pipelines.predict import domain_features
-
     paths, y = _check_inputs(paths, grades, groups, config.classes)
     progress(0, f"features of {len(paths)} images")
     # The same domain mapping as prediction: a raw photograph among the training images reaches
