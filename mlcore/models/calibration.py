@@ -13,6 +13,7 @@ images used to report a model's figures.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,3 +158,22 @@ def choose_decoding(proba_val: np.ndarray, y_val: np.ndarray, *, mode: str, seed
     }
     method = "ordinal" if scores["ordinal"] > scores["argmax"] else "argmax"
     return Decoding(method, thresholds, scores)
+
+
+def output_story(
+    *, decoding: str, thresholds: Sequence[float] | np.ndarray | None, temperature: float
+) -> dict[str, Any]:
+    """What a displayed prediction means, for the pages: the probabilities are calibrated by
+    ``temperature``; the grade is their argmax, or (``"ordinal"``) the number of ``thresholds``
+    below the expected grade position ``sum_k k * p_k`` (show that value beside the grade)."""
+    return {
+        "probabilities": "calibrated (temperature scaling)"
+        if temperature != 1.0
+        else "uncalibrated softmax",
+        "temperature": float(temperature),
+        "decoding": decoding,
+        "thresholds": None if thresholds is None else [float(t) for t in thresholds],
+        "grade_rule": "argmax of the probabilities"
+        if decoding != "ordinal"
+        else "thresholds on the expected grade position (sum of position x probability)",
+    }

@@ -44,8 +44,6 @@ class DomainMismatchError(ValueError):
     """An image cannot be brought into the domain the model was trained on."""
 
 
-
-
 class TrainingDomain(Protocol):
     """What decides how an image reaches a model: its features, the domain it was trained in and
     the mapping of raw photographs into it (a :class:`DomainSpec` before training, a loaded
@@ -81,7 +79,6 @@ def preprocessing_for(
 ) -> str:
     """The preprocessing that brings ``image`` into ``artifact``'s training domain."""
     return _preprocessing_for_domain(artifact, looks_gaussian_filtered(image), name)
-
 
 
 def _features_outside_pipeline(
@@ -143,7 +140,6 @@ def _features_outside_pipeline(
                 )
             blocks.append(store.get(keys).reshape(len(items), len(variants), -1))
     return np.concatenate(blocks, axis=2)
-
 
 
 # One line per file content ("<sha256>\t<1 if Gaussian filtered else 0>") in the feature store:
@@ -391,4 +387,3 @@ def variant_features(
     )
     features = load_features([i.key for i in items], config=feature_config, store_dir=folder)
     return features.reshape(n_variants, len(paths), -1).transpose(1, 0, 2)
-

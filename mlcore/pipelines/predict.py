@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from mlcore.data.preprocessing import load_rgb
 from mlcore.evaluation.metrics import referable_probability
 from mlcore.models.artifact import ModelArtifact, load_artifact
-from mlcore.models.classifier import predict_with_tta
+from mlcore.models.classifier import HeadClassifier, predict_with_tta
+from mlcore.models.finetune import FinetunedModel, load_images
 from mlcore.pipelines.domain_features import (
     DOMAIN_CHECK_SIZE,
     DomainMismatchError,
@@ -104,6 +106,41 @@ def _referable_column(artifact: ModelArtifact, proba: np.ndarray) -> list[float 
     )
 
 
+def _predictions(
+    artifact: ModelArtifact,
+    paths: Sequence[str | Path],
+    proba: npt.NDArray[np.float64],
+    grades: npt.NDArray[np.int64],
+    keys: Sequence[str],
+    methods: Sequence[str],
+) -> list[Prediction]:
+    referable = _referable_column(artifact, proba)
+    trained_with = artifact.feature_config.preprocessing
+    predictions = []
+    for i, path in enumerate(paths):
+        referable_i = referable[i]
+        predictions.append(
+            Prediction(
+                path=Path(path),
+                grade=int(grades[i]),
+                grades=artifact.classes,
+                probabilities=[float(p) for p in proba[i]],
+                referable_probability=None if referable_i is None else float(referable_i),
+                key=keys[i],
+                preprocessing=methods[i],
+                raw_photo=methods[i] != trained_with,
+            )
+        )
+    return predictions
+
+
+def _head(artifact: ModelArtifact) -> HeadClassifier:
+    """The artifact's head on frozen features (a fine-tuned network reads images instead)."""
+    if not isinstance(artifact.classifier, HeadClassifier):
+        raise TypeError(f"{artifact.path} holds a fine-tuned network, which reads images")
+    return artifact.classifier
+
+
 def predict_features(
     artifact: ModelArtifact,
     paths: Sequence[str | Path],
@@ -117,7 +154,7 @@ def predict_features(
     return domain_features(
         artifact,
         paths,
-        n_features=artifact.classifier.n_features_in_,
+        n_features=_head(artifact).n_features_in_,
         store_dir=store_dir,
         weights_dir=weights_dir,
         weights=weights,
@@ -140,9 +177,9 @@ def predict_images(
     artifact = _as_artifact(model)
     if not paths:
         return []
-    if artifact.is_finetuned:
-        return _predict_finetuned(artifact, paths, progress=progress)
-    features, variants, keys, methods, raw = predict_features(
+    if isinstance(artifact.classifier, FinetunedModel):
+        return _predict_finetuned(artifact, artifact.classifier, paths, progress=progress)
+    features, variants, keys, methods, _ = predict_features(
         artifact,
         paths,
         store_dir=store_dir,
@@ -150,27 +187,14 @@ def predict_images(
         weights=weights,
         progress=progress,
     )
-    classifier = artifact.classifier
+    classifier = _head(artifact)
     proba = predict_with_tta(classifier, features, variants)
-    grades = classifier.decode(proba)
-    referable = _referable_column(artifact, proba)
-    return [
-        Prediction(
-            path=Path(path),
-            grade=int(grades[i]),
-            grades=artifact.classes,
-            probabilities=[float(p) for p in proba[i]],
-            referable_probability=None if referable[i] is None else float(referable[i]),
-            key=keys[i],
-            preprocessing=methods[i],
-            raw_photo=raw[i],
-        )
-        for i, path in enumerate(paths)
-    ]
+    return _predictions(artifact, paths, proba, classifier.decode(proba), keys, methods)
 
 
 def _predict_finetuned(
     artifact: ModelArtifact,
+    model: FinetunedModel,
     paths: Sequence[str | Path],
     *,
     progress: Callable[[int, int], None] | None = None,
@@ -179,42 +203,25 @@ def _predict_finetuned(
     """Grade images with a fine-tuned network: the whole network runs on each image (no
     feature store), in chunks so that memory stays flat on large sets."""
     from mlcore.features.extraction import image_items
-    from mlcore.models.finetune import load_images
 
-    model = artifact.classifier
-    paths = [Path(p) for p in paths]
+    image_paths = [Path(p) for p in paths]
     methods = [
         preprocessing_for(artifact, load_rgb(p, min_size=DOMAIN_CHECK_SIZE), name=str(p))
-        for p in paths
+        for p in image_paths
     ]
-    keys = [item.key for item in image_items(paths)]
+    keys = [item.key for item in image_items(image_paths)]
     blocks = []
-    for start in range(0, len(paths), chunk):
+    for start in range(0, len(image_paths), chunk):
         images = load_images(
-            paths[start : start + chunk],
+            image_paths[start : start + chunk],
             size=model.input_size,
             preprocessing=methods[start : start + chunk],
         )
         blocks.append(model.predict_proba(images))
         if progress is not None:
-            progress(min(len(paths), start + chunk), len(paths))
+            progress(min(len(image_paths), start + chunk), len(image_paths))
     proba = np.concatenate(blocks)
-    grades = model.decode(proba)
-    referable = _referable_column(artifact, proba)
-    trained_with = artifact.feature_config.preprocessing
-    return [
-        Prediction(
-            path=path,
-            grade=int(grades[i]),
-            grades=artifact.classes,
-            probabilities=[float(p) for p in proba[i]],
-            referable_probability=None if referable[i] is None else float(referable[i]),
-            key=keys[i],
-            preprocessing=methods[i],
-            raw_photo=methods[i] != trained_with,
-        )
-        for i, path in enumerate(paths)
-    ]
+    return _predictions(artifact, image_paths, proba, model.decode(proba), keys, methods)
 
 
 def predict_from_store(
@@ -237,10 +244,16 @@ def predict_from_store(
     from mlcore.features.backbones import get_backbone
     from mlcore.features.extraction import load_features
     from mlcore.features.store import FeatureStore, store_path
+
     artifact = _as_artifact(model)
     config = artifact.feature_config
-    empty = ([], np.zeros((0, len(artifact.classes))), np.zeros(0, dtype=int))
-    if not keys or artifact.tta_augment is not None or artifact.is_finetuned:
+    classifier = artifact.classifier
+    empty: tuple[list[int], npt.NDArray[np.float64], npt.NDArray[np.int64]] = (
+        [],
+        np.zeros((0, len(artifact.classes))),
+        np.zeros(0, dtype=np.int64),
+    )
+    if not keys or artifact.tta_augment is not None or not isinstance(classifier, HeadClassifier):
         return empty  # a fine-tuned network reads images, not stored features
     present = set(keys)
     for name in config.backbones:
@@ -266,8 +279,8 @@ def predict_from_store(
     if not rows:
         return empty
     features = load_features([keys[i] for i in rows], config=config, store_dir=store_dir)
-    proba = predict_with_tta(artifact.classifier, features, None)
-    return rows, proba, np.asarray(artifact.classifier.decode(proba))
+    proba = predict_with_tta(classifier, features, None)
+    return rows, proba, np.asarray(classifier.decode(proba))
 
 
 # Which preprocessing brings an image into a model's domain is a pure function of the image and of
