@@ -360,7 +360,7 @@ def _train_finetuned(
     """Fine-tune (``mlcore.models.finetune``) into ``out_dir``; the version's fields, as
     ``model_train`` writes them for a head."""
     from grading.services.features import weights_dir
-    from mlcore.pipelines.finetuning import train_finetuned_model
+    from mlcore.models.finetune import train_finetuned_model
 
     config = finetune_config_from_settings(classes=classes)
     checkpoints = finetune_checkpoint_dir(images=images, config=config)

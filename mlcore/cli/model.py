@@ -158,7 +158,7 @@ def _finetune_config(args: argparse.Namespace):
 
 def _train_finetune(args: argparse.Namespace, labels) -> int:
     from mlcore.features.backbones import get_backbone
-    from mlcore.pipelines.finetuning import train_finetuned_model
+    from mlcore.models.finetune import train_finetuned_model
 
     get_backbone(args.backbone)  # an unknown name fails before any work
     config = _finetune_config(args)

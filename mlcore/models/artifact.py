@@ -7,8 +7,9 @@ model. This module owns the on-disk format: it alone writes and reads it.
 - a head on frozen features (:class:`~mlcore.models.classifier.HeadClassifier`): ``head.keras``
   (the Dropout -> Dense(softmax) head) and ``scaler.npz`` (the feature standardisation,
   ``mean`` and ``scale``, fitted on the training split);
-- a fine-tuned network (:class:`~mlcore.models.finetune.FinetunedModel`, ``"kind": "finetuned"``
-  in the metadata): ``network.keras``, the whole network, which takes images;
+- a fine-tuned network (:class:`~mlcore.models.finetuned.FinetunedModel`, ``"kind": "finetuned"``
+  in the metadata): ``network.keras``, the whole network, which takes images (its training
+  record comes from :func:`mlcore.models.finetune.save_finetuned_artifact`);
 - optional report files (``report.json``, ``confusion.png``, ``curves.png``) written by training.
 
 Loading checks that the features it will be fed match: same backbones (in order) as the caller
@@ -41,9 +42,7 @@ from mlcore.evaluation.reports import _jsonable
 from mlcore.features.config import FeatureConfig
 from mlcore.models.calibration import Decoding, output_story
 from mlcore.models.classifier import HeadClassifier
-from mlcore.models.finetune.config import FinetuneConfig
-from mlcore.models.finetune.fit import FinetuneResult
-from mlcore.models.finetune.model import FinetunedModel
+from mlcore.models.finetuned import FinetunedModel
 
 FORMAT_VERSION = 1
 HEAD_FILE = "head.keras"
@@ -178,7 +177,7 @@ class _Inputs:
 
 
 @dataclass(frozen=True)
-class _Training:
+class TrainingRecord:
     """What every model records about its training: the images per grade, their domain, the
     grades' names, the referable split and its evaluation."""
 
@@ -197,7 +196,7 @@ def _metadata(
     *,
     kind: str | None,
     inputs: _Inputs,
-    training: _Training,
+    training: TrainingRecord,
     head: Mapping[str, Any],
     sections: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -323,7 +322,7 @@ def save_artifact(
             feature_dtype=feature_config.dtype,
             n_features=int(classifier.n_features_in_),
         ),
-        training=_Training(
+        training=TrainingRecord(
             training_counts=training_counts,
             training_domain=training_domain,
             raw_photo_preprocessing=raw_photo_preprocessing,
@@ -350,75 +349,33 @@ def save_artifact(
     return _write_folder(out_dir, meta, write_head)
 
 
-def save_finetuned_artifact(
+def save_finetuned_model(
     out_dir: str | Path,
-    result: FinetuneResult,
+    model: FinetunedModel,
     *,
-    config: FinetuneConfig,
     preprocessing: str,
-    training_counts: Mapping[int, int],
-    training_domain: str,
-    raw_photo_preprocessing: str | None,
-    referable_from: int,
-    metrics: Mapping[str, Any] | None = None,
-    extra: Mapping[str, Any] | None = None,
+    training: TrainingRecord,
+    fit_record: Mapping[str, Any],
+    finetune: Mapping[str, Any],
 ) -> Path:
-    """Write a model folder holding the whole network (``network.keras``) and the same
-    metadata as a head model, with ``kind: "finetuned"``."""
-    model = result.model
+    """Write the model folder of a fine-tuned network: the whole network (``network.keras``)
+    and the same metadata as a head's, with ``kind: "finetuned"``. ``fit_record``: the head
+    fields of its training (calibration, epochs, best epoch, seconds, history); ``finetune``: the
+    metadata's ``finetune`` section (configuration, learning-rate search)."""
     meta = _metadata(
         model,
         kind=KIND_FINETUNED,
         inputs=_Inputs(
-            backbones=(config.backbone,),
+            backbones=(model.backbone,),
             preprocessing=preprocessing,
             feature_dtype="float32",
-            n_features=_feature_dims([config.backbone])[config.backbone],
+            n_features=_feature_dims([model.backbone])[model.backbone],
         ),
-        training=_Training(
-            training_counts=training_counts,
-            training_domain=training_domain,
-            raw_photo_preprocessing=raw_photo_preprocessing,
-            referable_from=referable_from,
-            metrics=metrics,
-            extra=extra,
-        ),
-        head={
-            "params": {"classes": [int(c) for c in model.classes_]},
-            "calibration": result.calibration,
-            "n_epochs": config.epochs,
-            "best_epoch": result.chosen.best_epoch,
-            "fit_seconds": result.train_seconds,
-            "history": {
-                key: [row[key] for row in result.chosen.history]
-                for key in ("loss", "val_loss", "val_accuracy", "val_qwk")
-            },
-        },
-        sections={"finetune": _finetune_record(result, config)},
+        training=training,
+        head={"params": {"classes": [int(c) for c in model.classes_]}, **fit_record},
+        sections={"finetune": dict(finetune)},
     )
     return _write_folder(out_dir, meta, lambda folder: model.network_.save(folder / NETWORK_FILE))
-
-
-def _finetune_record(result: FinetuneResult, config: FinetuneConfig) -> dict[str, Any]:
-    """The metadata's ``finetune`` section: the configuration and the learning-rate search."""
-    return {
-        "config": config.as_dict(),
-        "cut_layer": result.model.info_.get("cut_layer"),
-        "chosen_learning_rate": result.chosen.learning_rate,
-        "candidates": [
-            {
-                "learning_rate": c.learning_rate,
-                "best_epoch": c.best_epoch,
-                "best_val_loss": c.best_val_loss,
-                "images_per_second": c.images_per_second,
-            }
-            for c in result.candidates
-        ],
-        "n_train": result.n_train,
-        "n_validation": result.n_validation,
-        "cache_seconds": result.cache_seconds,
-        "train_seconds": result.train_seconds,
-    }
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -438,7 +395,7 @@ def read_metadata(artifact_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ArtifactError(f"{artifact_dir} is not a model folder: no {METADATA_FILE}")
     try:
-        meta = json.loads(path.read_text())
+        meta: dict[str, Any] = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ArtifactError(f"{path} is not valid JSON: {error}") from error
     if meta.get("format_version") != FORMAT_VERSION:

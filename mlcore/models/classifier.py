@@ -27,9 +27,10 @@ import numpy.typing as npt
 
 from mlcore.data.splits import DEFAULT_SEED, grouped_holdout
 from mlcore.evaluation.metrics import ICDR_GRADES, expected_calibration_error
-from mlcore.models.calibration import (  # noqa: F401  (decoding helpers re-exported for callers)
+from mlcore.models.calibration import (
     DECODINGS,
     Decoding,
+    Floats,
     apply_temperature,
     choose_decoding,
     decode_ordinal,
@@ -39,10 +40,25 @@ from mlcore.models.calibration import (  # noqa: F401  (decoding helpers re-expo
     logits_from_proba,
 )
 
+# The decoding helpers are re-exported for callers that decode a head's probabilities.
+__all__ = [
+    "CALIBRATIONS",
+    "DECODINGS",
+    "Decoding",
+    "HeadClassifier",
+    "choose_decoding",
+    "class_weights",
+    "decode_ordinal",
+    "expected_position",
+    "predict_with_tta",
+    "seed_everything",
+]
+
 CALIBRATIONS = ("temperature", "none")
 
 Features = npt.NDArray[np.float32]
 Positions = npt.NDArray[np.int64]
+Grades = npt.NDArray[np.int64]
 
 
 @dataclass
@@ -438,10 +454,10 @@ class HeadClassifier:
         if not hasattr(self, "model_"):
             raise RuntimeError("this HeadClassifier is not fitted yet; call fit() first")
 
-    def _standardise(self, X: np.ndarray) -> np.ndarray:
-        return ((X - self.scaler_mean_) / self.scaler_scale_).astype(np.float32)
+    def _standardise(self, X: Features) -> Features:
+        return np.asarray((X - self.scaler_mean_) / self.scaler_scale_, dtype=np.float32)
 
-    def _raw_proba(self, X: np.ndarray) -> np.ndarray:
+    def _raw_proba(self, X: npt.ArrayLike) -> Floats:
         """The network's softmax, before calibration."""
         self._check_fitted()
         X = self._check_features(X)
@@ -450,7 +466,7 @@ class HeadClassifier:
         proba = self.model_.predict(self._standardise(X), batch_size=1024, verbose=0)
         return np.asarray(proba, dtype=np.float64)
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+    def predict_proba(self, X: npt.ArrayLike) -> Floats:
         """Calibrated probabilities (n, n_grades), columns in ``classes_`` order."""
         raw = self._raw_proba(X)
         temperature = float(getattr(self, "temperature_", 1.0) or 1.0)
@@ -458,20 +474,17 @@ class HeadClassifier:
             return raw
         return apply_temperature(logits_from_proba(raw), temperature)
 
-    def decode(self, proba: np.ndarray) -> np.ndarray:
+    def decode(self, proba: npt.ArrayLike) -> Grades:
         """Grades from probabilities with the learned decoding."""
         self._check_fitted()
-        if self.decoding_ == "ordinal" and self.thresholds_ is not None:
-            positions = decode_ordinal(expected_position(proba), self.thresholds_)
-        else:
-            positions = np.asarray(proba).argmax(axis=1)
-        return self.classes_[positions]
+        decoding = Decoding(self.decoding_, self.thresholds_, self.validation_qwk_)
+        return self.classes_[decoding.positions(proba)]
 
-    def predict(self, X: np.ndarray) -> np.ndarray:
+    def predict(self, X: npt.ArrayLike) -> Grades:
         return self.decode(self.predict_proba(X))
 
     # -- CAM support --------------------------------------------------------------------------
-    def effective_weights(self) -> tuple[np.ndarray, np.ndarray]:
+    def effective_weights(self) -> tuple[Floats, Floats]:
         """Dense kernel and bias with the standardisation folded in, in raw feature units.
 
         logits = ((x - mean) / scale) @ W + b = x @ (W / scale[:, None]) + (b - (mean/scale) @ W)
@@ -480,16 +493,18 @@ class HeadClassifier:
         kernel, bias = self.model_.get_layer("grades").get_weights()
         folded_kernel = kernel / self.scaler_scale_[:, None]
         folded_bias = bias - (self.scaler_mean_ / self.scaler_scale_) @ kernel
-        return folded_kernel.astype(np.float64), folded_bias.astype(np.float64)
+        return np.asarray(folded_kernel, np.float64), np.asarray(folded_bias, np.float64)
 
 
 def predict_with_tta(
-    classifier: HeadClassifier, X: np.ndarray, X_variants: np.ndarray | None = None
-) -> np.ndarray:
+    classifier: HeadClassifier,
+    X: npt.ArrayLike,
+    X_variants: npt.NDArray[np.floating[Any]] | None = None,
+) -> Floats:
     """Probabilities, averaged over the original and its augmented copies when given."""
     proba = classifier.predict_proba(X)
     if X_variants is None or not X_variants.shape[1]:
         return proba
     n, v, d = X_variants.shape
     variant_proba = classifier.predict_proba(X_variants.reshape(-1, d)).reshape(n, v, -1)
-    return (proba + variant_proba.sum(axis=1)) / (v + 1)
+    return np.asarray((proba + variant_proba.sum(axis=1)) / (v + 1), dtype=np.float64)

@@ -35,6 +35,8 @@ from mlcore.features.extraction import ImageItem
 from mlcore.models.artifact import DOMAIN_FILTERED
 
 Features = npt.NDArray[np.float32]
+# Augmented copies' features (n, copies, d), float64 as averaged into the predictions.
+Copies = npt.NDArray[np.float64]
 
 # Decoding a 4288 x 2848 JPEG at reduced scale is enough to tell a raw photo from a filtered one.
 DOMAIN_CHECK_SIZE = 256
@@ -203,7 +205,7 @@ def domain_features(
     weights_dir: str | Path | None = None,
     weights: str | Path | None = "imagenet",
     progress: Callable[[int, int], None] | None = None,
-) -> tuple[Features, Features | None, list[str], list[str], list[bool]]:
+) -> tuple[Features, Copies | None, list[str], list[str], list[bool]]:
     """(features, features of augmented copies (n, v, d) when ``spec.tta_augment``, keys,
     preprocessing per image, raw-photo flag per image), in ``paths`` order: each image brought
     into ``spec``'s training domain first (raw photographs through

@@ -39,14 +39,16 @@ from mlcore.evaluation.reports import plot_confusion, plot_history, write_json
 from mlcore.features.config import FeatureConfig, default_store_dir, default_weights_dir
 from mlcore.models.artifact import DOMAIN_FILTERED, DOMAINS, save_artifact
 from mlcore.models.classifier import HeadClassifier, predict_with_tta
+from mlcore.models.holdout import HoldoutPlan, Progress, Rows, train_with_holdout
 from mlcore.pipelines.domain_features import (
+    Copies,
     DomainSpec,
+    Features,
     augment_store_dir,
     domain_features,
     source_features,
     variant_features,
 )
-from mlcore.pipelines.holdout import HoldoutPlan, Progress, Rows, train_with_holdout
 from mlcore.pipelines.labels import LabeledImages, LabelsError, check_inputs, read_labels_csv
 
 # The web app, the CLI and the benchmarks import these feature helpers from here, beside training.
@@ -133,10 +135,10 @@ def _sub_progress(
 # -- heads on feature arrays ----------------------------------------------------------------------
 def fit_head(
     classifier: HeadClassifier,
-    X: np.ndarray,
-    y: np.ndarray,
-    groups: np.ndarray,
-    X_variants: np.ndarray | None = None,
+    X: Features,
+    y: npt.NDArray[np.int64],
+    groups: npt.NDArray[Any],
+    X_variants: npt.NDArray[np.floating[Any]] | None = None,
     epoch_callback: Callable[[int, dict[str, float]], None] | None = None,
 ) -> HeadClassifier:
     """Fit on original rows plus their augmented copies (each copy carries its source's group,
@@ -165,8 +167,8 @@ class CVResult:
     folds: list[dict[str, Any]]
     summary: dict[str, Any]
     pooled: dict[str, Any]
-    oof_proba: np.ndarray
-    oof_pred: np.ndarray
+    oof_proba: npt.NDArray[np.float64]
+    oof_pred: npt.NDArray[np.int64]
     fit_seconds: list[float]
     decodings: list[str]
     histories: list[dict[str, list[float]]] = field(default_factory=list)
@@ -182,13 +184,13 @@ class CVResult:
 
 
 def cross_validate_features(
-    X: np.ndarray,
-    y: Sequence[int],
-    groups: Sequence[object] | None,
+    X: Features,
+    y: npt.ArrayLike,
+    groups: Sequence[object] | npt.NDArray[Any] | None,
     *,
     config: TrainingConfig = TrainingConfig(),
-    X_variants: np.ndarray | None = None,
-    folds: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
+    X_variants: npt.NDArray[np.floating[Any]] | None = None,
+    folds: Sequence[tuple[Rows, Rows]] | None = None,
     progress: Progress = _no_progress,
 ) -> CVResult:
     """Grouped, stratified k-fold CV of the head on features in memory.
@@ -227,7 +229,7 @@ def cross_validate_features(
         seconds.append(classifier.fit_seconds_)
         decodings.append(classifier.decoding_)
         histories.append(classifier.history_)
-    covered = np.zeros(y.size, bool)
+    covered = np.zeros(y.size, dtype=np.bool_)
     for _, test_idx in folds:
         covered[test_idx] = True
     pooled = metrics_report(
@@ -298,7 +300,7 @@ def _domain_variants(
     store: Path,
     weights: Path | None,
     progress: Callable[[int, int], None] | None,
-) -> np.ndarray:
+) -> Copies:
     """Augmented copies (n, variants, d) of ``paths``, each image in the training domain."""
     _, variants, _, _, _ = domain_features(
         _domain_spec(config, feature_config, with_variants=True),
@@ -307,6 +309,7 @@ def _domain_variants(
         weights_dir=weights,
         progress=progress,
     )
+    assert variants is not None, "a spec with tta_augment gives augmented copies"
     return variants
 
 
@@ -363,7 +366,7 @@ class _HeadSteps:
     progress: Progress
     started: float
     extraction_seconds: float = 0.0
-    test_variants: npt.NDArray[np.float32] | None = None
+    test_variants: Copies | None = None
 
     def fit(self, train_idx: Rows, test_idx: Rows) -> HeadClassifier:
         config, data = self.config, self.data

@@ -29,18 +29,18 @@ patient, stratified by grade): the peak learning rate among ``learning_rates`` a
 
 Modules: ``config`` (:class:`FinetuneConfig`), ``network`` (the network and its images),
 ``cache`` (the frozen bottom's maps), ``checkpoints``, ``loop`` (one candidate's training),
-``fit`` (:func:`finetune_fit`), ``model`` (:class:`FinetunedModel`). The model folder is written
-and read by :mod:`mlcore.models.artifact`; :func:`mlcore.pipelines.finetuning.train_finetuned_model`
-trains one end to end.
+``fit`` (:func:`finetune_fit`), ``train`` (:func:`train_finetuned_model`: hold-out, fit, metrics,
+model folder). The fitted network is a :class:`~mlcore.models.finetuned.FinetunedModel`; the model
+folder's format belongs to :mod:`mlcore.models.artifact`.
 """
 
 from __future__ import annotations
 
+from mlcore.models.artifact import load_finetuned
 from mlcore.models.finetune.cache import bottom_maps, cache_bottom_maps
 from mlcore.models.finetune.config import MIXED_PRECISION, FinetuneConfig
 from mlcore.models.finetune.fit import FinetuneResult, finetune_fit
 from mlcore.models.finetune.loop import CandidateResult, one_cycle_rate
-from mlcore.models.finetune.model import FinetunedModel, predict_logits
 from mlcore.models.finetune.network import (
     FinetuneNetwork,
     build_network,
@@ -48,6 +48,12 @@ from mlcore.models.finetune.network import (
     load_images,
     use_mixed_precision,
 )
+from mlcore.models.finetune.train import (
+    FinetuneTrainResult,
+    save_finetuned_artifact,
+    train_finetuned_model,
+)
+from mlcore.models.finetuned import FinetunedModel, predict_logits
 
 __all__ = [
     "MIXED_PRECISION",
@@ -55,14 +61,18 @@ __all__ = [
     "FinetuneConfig",
     "FinetuneNetwork",
     "FinetuneResult",
+    "FinetuneTrainResult",
     "FinetunedModel",
     "bottom_maps",
     "build_network",
     "cache_bottom_maps",
     "environment_flags",
     "finetune_fit",
+    "load_finetuned",
     "load_images",
     "one_cycle_rate",
     "predict_logits",
+    "save_finetuned_artifact",
+    "train_finetuned_model",
     "use_mixed_precision",
 ]

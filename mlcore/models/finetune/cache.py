@@ -19,8 +19,8 @@ from mlcore.models.finetune.network import (
     Images,
     build_network,
     load_images,
-    scaled_for_backbone,
 )
+from mlcore.models.finetuned import scaled_for_backbone
 
 Maps = npt.NDArray[np.float16]
 

@@ -28,8 +28,8 @@ from mlcore.models.finetune.loop import (
     train_candidate,
     validation_logits,
 )
-from mlcore.models.finetune.model import FinetunedModel
 from mlcore.models.finetune.network import FinetuneNetwork, Images, build_network, load_images
+from mlcore.models.finetuned import FinetunedModel
 
 
 @dataclass
@@ -49,7 +49,7 @@ def _no_progress(percent: int, message: str) -> None:
     return None
 
 
-def _grade_positions(grades: Sequence[int], classes: Sequence[int]) -> npt.NDArray[np.int64]:
+def _grade_positions(grades: npt.ArrayLike, classes: Sequence[int]) -> npt.NDArray[np.int64]:
     lookup = {g: i for i, g in enumerate(classes)}
     y = np.asarray(grades)
     unknown = sorted({int(g) for g in y.tolist()} - set(lookup))
@@ -60,7 +60,7 @@ def _grade_positions(grades: Sequence[int], classes: Sequence[int]) -> npt.NDArr
 
 def finetune_fit(
     paths: Sequence[str | Path],
-    grades: Sequence[int],
+    grades: npt.ArrayLike,
     *,
     groups: Sequence[object] | None = None,
     config: FinetuneConfig | None = None,

@@ -31,12 +31,8 @@ from mlcore.models.finetune.checkpoints import (
     write_json_atomic,
 )
 from mlcore.models.finetune.config import FinetuneConfig, Progress
-from mlcore.models.finetune.model import predict_logits
-from mlcore.models.finetune.network import (
-    FinetuneNetwork,
-    scaled_for_backbone,
-    use_mixed_precision,
-)
+from mlcore.models.finetune.network import FinetuneNetwork, use_mixed_precision
+from mlcore.models.finetuned import predict_logits, scaled_for_backbone
 
 # (epoch, step within it, message): a candidate's progress within its own run.
 StepReport = Callable[[int, int, str], None]

@@ -112,13 +112,6 @@ def load_images(
     return images
 
 
-def scaled_for_backbone(images: Any, backbone: str) -> Any:
-    """Images (0..255) scaled as the backbone's ImageNet weights expect."""
-    from mlcore.features.backbones import get_backbone
-
-    return get_backbone(backbone).preprocess(images)
-
-
 def environment_flags() -> dict[str, Any]:
     """Where training ran (for reports): GPU present, mixed precision would be used."""
     import tensorflow as tf

@@ -2,7 +2,9 @@
 fit on the rest, metrics on the hold-out, the model folder, its reports.
 
 What differs between a head on frozen features and a fine-tuned network (how to fit, predict
-the hold-out and save) are the :class:`HoldoutSteps` each training entry point supplies.
+the hold-out and save) are the :class:`HoldoutSteps` each training entry point supplies:
+:func:`mlcore.pipelines.training.train_model` and
+:func:`mlcore.models.finetune.train_finetuned_model`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The fitted fine-tuned network as a grading model (calibrated probabilities, decoding)."""
+"""The fine-tuned network as a grading model (calibrated probabilities, decoding): what a model
+folder of kind ``"finetuned"`` loads into. How it is trained: :mod:`mlcore.models.finetune`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ import numpy.typing as npt
 
 from mlcore.data.splits import DEFAULT_SEED
 from mlcore.models.calibration import Decoding, apply_temperature
-from mlcore.models.finetune.network import scaled_for_backbone
+
+
+def scaled_for_backbone(images: Any, backbone: str) -> Any:
+    """Images (0..255) scaled as the backbone's ImageNet weights expect."""
+    from mlcore.features.backbones import get_backbone
+
+    return get_backbone(backbone).preprocess(images)
 
 
 def predict_logits(

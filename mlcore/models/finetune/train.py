@@ -1,7 +1,8 @@
 """Fine-tune on graded images and save the model folder (the CLI's and the Celery task's
 ``train --mode finetune``): :func:`train_finetuned_model`, the fine-tuned counterpart of
 :func:`mlcore.pipelines.training.train_model`, on the same hold-out skeleton
-(:mod:`mlcore.pipelines.holdout`)."""
+(:mod:`mlcore.models.holdout`); :func:`save_finetuned_artifact`, its training record in the
+model folder (:mod:`mlcore.models.artifact` writes it)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,74 @@ import numpy.typing as npt
 from mlcore.data.domain import RAW_TO_FILTERED
 from mlcore.data.splits import merge_groups
 from mlcore.evaluation.metrics import REFERABLE_FROM
-from mlcore.models.artifact import DOMAIN_FILTERED, save_finetuned_artifact
-from mlcore.models.finetune import FinetuneConfig, FinetuneResult, finetune_fit, load_images
-from mlcore.pipelines.holdout import HoldoutPlan, Progress, Rows, train_with_holdout
+from mlcore.models.artifact import DOMAIN_FILTERED, TrainingRecord, save_finetuned_model
+from mlcore.models.finetune.config import FinetuneConfig, Progress
+from mlcore.models.finetune.fit import FinetuneResult, finetune_fit
+from mlcore.models.finetune.network import load_images
+from mlcore.models.holdout import HoldoutPlan, Rows, train_with_holdout
+
+
+def save_finetuned_artifact(
+    out_dir: str | Path,
+    result: FinetuneResult,
+    *,
+    config: FinetuneConfig,
+    preprocessing: str,
+    training_counts: Mapping[int, int],
+    training_domain: str,
+    raw_photo_preprocessing: str | None,
+    referable_from: int,
+    metrics: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a model folder holding the whole network (``network.keras``) and the same
+    metadata as a head model, with ``kind: "finetuned"``."""
+    return save_finetuned_model(
+        out_dir,
+        result.model,
+        preprocessing=preprocessing,
+        training=TrainingRecord(
+            training_counts=training_counts,
+            training_domain=training_domain,
+            raw_photo_preprocessing=raw_photo_preprocessing,
+            referable_from=referable_from,
+            metrics=metrics,
+            extra=extra,
+        ),
+        fit_record={
+            "calibration": result.calibration,
+            "n_epochs": config.epochs,
+            "best_epoch": result.chosen.best_epoch,
+            "fit_seconds": result.train_seconds,
+            "history": {
+                key: [row[key] for row in result.chosen.history]
+                for key in ("loss", "val_loss", "val_accuracy", "val_qwk")
+            },
+        },
+        finetune=_finetune_record(result, config),
+    )
+
+
+def _finetune_record(result: FinetuneResult, config: FinetuneConfig) -> dict[str, Any]:
+    """The metadata's ``finetune`` section: the configuration and the learning-rate search."""
+    return {
+        "config": config.as_dict(),
+        "cut_layer": result.model.info_.get("cut_layer"),
+        "chosen_learning_rate": result.chosen.learning_rate,
+        "candidates": [
+            {
+                "learning_rate": c.learning_rate,
+                "best_epoch": c.best_epoch,
+                "best_val_loss": c.best_val_loss,
+                "images_per_second": c.images_per_second,
+            }
+            for c in result.candidates
+        ],
+        "n_train": result.n_train,
+        "n_validation": result.n_validation,
+        "cache_seconds": result.cache_seconds,
+        "train_seconds": result.train_seconds,
+    }
 
 
 @dataclass
