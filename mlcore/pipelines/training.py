@@ -2,7 +2,8 @@
 
 - :func:`train_model`: features (from the store, computed if missing) -> grouped stratified
   hold-out split -> augmented variants of the *training* images only -> head -> metrics on the
-  hold-out -> model folder (:mod:`mlcore.models.artifact`) with report JSON and PNG plots.
+  hold-out -> model folder (:mod:`mlcore.models.artifact`) with report JSON and PNG plots, on
+  the hold-out skeleton it shares with the fine-tuned model (:mod:`mlcore.models.holdout`).
 - :func:`evaluate_cv`: k-fold cross-validation grouped by patient, the same steps per fold.
 - :func:`cross_validate_features` / :func:`fit_head`: the same on feature arrays already in
   memory (benchmarks, tests).
