@@ -321,7 +321,7 @@ def main() -> int:
         # Score the outer fold: the network's top on the cached (un-augmented) maps equals the
         # whole network on the images (the bottom is frozen), at a fraction of the cost.
         from mlcore.models.calibration import apply_temperature
-        from mlcore.models.finetune import _predict_logits
+        from mlcore.models.finetune import predict_logits as _predict_logits
 
         logits = _predict_logits(fit.top, cache[0][test_idx], batch_size=128)
         proba = apply_temperature(logits, fit.model.temperature_)

@@ -1,2 +1,4 @@
-"""Grading models: the classifier head on frozen features, temperature calibration, fine-tuned
-networks, and the model artifact that owns the on-disk format of both."""
+"""Grading models: the classifier head on frozen features (``classifier``), temperature
+calibration and decoding (``calibration``), fine-tuning (``finetune``) and the fine-tuned network
+it produces (``finetuned``), the hold-out skeleton both kinds train on (``holdout``), and the model
+artifact that owns the on-disk format of both (``artifact``)."""

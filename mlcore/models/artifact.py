@@ -1,10 +1,15 @@
-"""Model artifact: a folder holding everything needed to grade new images.
+"""Model artifact: a folder holding everything needed to grade new images, for both kinds of
+model. This module owns the on-disk format: it alone writes and reads it.
 
-- ``head.keras``: the Dropout -> Dense(softmax) head;
-- ``scaler.npz``: the feature standardisation (``mean``, ``scale``) fitted on the training split;
 - ``metadata.json``: backbones and preprocessing (and the training images' domain), class labels,
   feature dimensions, training images per grade, seed, head parameters and decoding (ordinal
   thresholds), library versions and evaluation metrics;
+- a head on frozen features (:class:`~mlcore.models.classifier.HeadClassifier`): ``head.keras``
+  (the Dropout -> Dense(softmax) head) and ``scaler.npz`` (the feature standardisation,
+  ``mean`` and ``scale``, fitted on the training split);
+- a fine-tuned network (:class:`~mlcore.models.finetuned.FinetunedModel`, ``"kind": "finetuned"``
+  in the metadata): ``network.keras``, the whole network, which takes images (its training
+  record comes from :func:`mlcore.models.finetune.save_finetuned_artifact`);
 - optional report files (``report.json``, ``confusion.png``, ``curves.png``) written by training.
 
 Loading checks that the features it will be fed match: same backbones (in order) as the caller
@@ -20,24 +25,33 @@ import json
 import platform
 import shutil
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata as package_metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
+from mlcore.data.augment import AugmentConfig
 from mlcore.data.domain import RAW_TO_FILTERED
+from mlcore.data.splits import DEFAULT_SEED
 from mlcore.evaluation.metrics import ICDR_LABELS, REFERABLE_FROM
 from mlcore.evaluation.reports import _jsonable
 from mlcore.features.config import FeatureConfig
+from mlcore.models.calibration import Decoding, output_story
 from mlcore.models.classifier import HeadClassifier
+from mlcore.models.finetuned import FinetunedModel
 
 FORMAT_VERSION = 1
 HEAD_FILE = "head.keras"
 SCALER_FILE = "scaler.npz"
+NETWORK_FILE = "network.keras"
 METADATA_FILE = "metadata.json"
+
+# The metadata's "kind" of a fine-tuned network; a head on frozen features records no kind.
+KIND_FINETUNED = "finetuned"
 
 # Image domains a model can be trained on. The shared APTOS set is already Ben-Graham filtered
 # ("gaussian_filtered"); a model trained on it sees raw photographs only after the same filter.
@@ -63,6 +77,22 @@ class ArtifactMismatchError(ArtifactError):
     """The artifact expects other features than the caller would give it."""
 
 
+class GradingModel(Protocol):
+    """Either kind of model, as grading code and this format see it: calibrated probabilities of
+    its inputs (features for a head, images for a fine-tuned network), grades read off them, and
+    the calibration and decoding the metadata records."""
+
+    classes_: npt.NDArray[np.int64]
+    decoding_: str
+    thresholds_: npt.NDArray[np.float64] | None
+    validation_qwk_: dict[str, float] | None
+    seed: int
+
+    def predict_proba(self, inputs: npt.NDArray[Any]) -> npt.NDArray[np.float64]: ...
+
+    def decode(self, proba: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]: ...
+
+
 def library_versions() -> dict[str, str | None]:
     versions: dict[str, str | None] = {"python": platform.python_version()}
     for name, distributions in _LIBRARIES.items():
@@ -74,14 +104,17 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
+def is_finetuned(meta: Mapping[str, Any]) -> bool:
+    return meta.get("kind") == KIND_FINETUNED
+
+
 @dataclass
 class ModelArtifact:
-    """A loaded model: the fitted head, the feature configuration it needs, and its metadata."""
+    """A loaded model: the fitted model, the feature configuration it needs, and its metadata."""
 
     path: Path
-    # HeadClassifier, or mlcore.models.finetune.FinetunedModel for a fine-tuned network ("kind":
-    # "finetuned" in the metadata), which takes images rather than features.
-    classifier: HeadClassifier
+    # A fine-tuned network takes images rather than features.
+    classifier: HeadClassifier | FinetunedModel
     feature_config: FeatureConfig
     metadata: dict[str, Any]
 
@@ -95,18 +128,17 @@ class ModelArtifact:
 
     @property
     def training_domain(self) -> str:
-        return self.metadata["training_domain"]
+        return str(self.metadata["training_domain"])
 
     @property
     def raw_photo_preprocessing(self) -> str | None:
         """Preprocessing that maps a raw photograph into the training domain (None: as trained)."""
-        return self.metadata.get("raw_photo_preprocessing")
+        method = self.metadata.get("raw_photo_preprocessing")
+        return None if method is None else str(method)
 
     @property
-    def tta_augment(self) -> tuple[Any, int] | None:
+    def tta_augment(self) -> tuple[AugmentConfig, int] | None:
         """(AugmentConfig, seed) when predictions average over augmented copies, else None."""
-        from mlcore.data.augment import AugmentConfig
-
         settings = dict(self.metadata.get("augmentation") or {})
         if not settings.pop("tta", False) or not settings.get("variants"):
             return None
@@ -115,7 +147,7 @@ class ModelArtifact:
 
     @property
     def is_finetuned(self) -> bool:
-        return self.metadata.get("kind") == "finetuned"
+        return is_finetuned(self.metadata)
 
     @property
     def referable_from(self) -> int:
@@ -126,29 +158,123 @@ class ModelArtifact:
         return {k: int(v) for k, v in self.metadata["feature_dims"].items()}
 
 
-def output_story(
-    *, decoding: str, thresholds: Sequence[float] | np.ndarray | None, temperature: float
-) -> dict[str, Any]:
-    """What a displayed prediction means, for the pages: the probabilities are calibrated by
-    ``temperature``; the grade is their argmax, or (``"ordinal"``) the number of ``thresholds``
-    below the expected grade position ``sum_k k * p_k`` (show that value beside the grade)."""
-    return {
-        "probabilities": "calibrated (temperature scaling)"
-        if temperature != 1.0
-        else "uncalibrated softmax",
-        "temperature": float(temperature),
-        "decoding": decoding,
-        "thresholds": None if thresholds is None else [float(t) for t in thresholds],
-        "grade_rule": "argmax of the probabilities"
-        if decoding != "ordinal"
-        else "thresholds on the expected grade position (sum of position x probability)",
-    }
-
-
 def _feature_dims(backbones: Sequence[str]) -> dict[str, int]:
     from mlcore.features.backbones import get_backbone
 
     return {name: get_backbone(name).feature_dim for name in backbones}
+
+
+# -- writing ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Inputs:
+    """What a model reads: features of ``backbones`` (``n_features`` in all) or, for a fine-tuned
+    network, images preprocessed as its single backbone expects."""
+
+    backbones: tuple[str, ...]
+    preprocessing: str
+    feature_dtype: str
+    n_features: int
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    """What every model records about its training: the images per grade, their domain, the
+    grades' names, the referable split and its evaluation."""
+
+    training_counts: Mapping[int, int]
+    training_domain: str
+    raw_photo_preprocessing: str | None
+    referable_from: int
+    class_labels: Mapping[int, str] | None = None
+    metrics: Mapping[str, Any] | None = None
+    augmentation: Mapping[str, Any] | None = None
+    extra: Mapping[str, Any] | None = None
+
+
+def _metadata(
+    model: GradingModel,
+    *,
+    kind: str | None,
+    inputs: _Inputs,
+    training: TrainingRecord,
+    head: Mapping[str, Any],
+    sections: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """metadata.json of either kind of model. ``head``: the kind's own head fields (parameters,
+    calibration record, epochs, history) beside the decoding every model records;
+    ``sections``: further kind-specific top-level entries."""
+    classes = [int(c) for c in model.classes_]
+    labels = training.class_labels or {g: ICDR_LABELS.get(g, f"grade {g}") for g in classes}
+    temperature = float(getattr(model, "temperature_", 1.0))
+    counts = training.training_counts
+    meta: dict[str, Any] = {"format_version": FORMAT_VERSION}
+    if kind is not None:
+        meta["kind"] = kind
+    meta |= {
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "backbones": list(inputs.backbones),
+        "preprocessing": inputs.preprocessing,
+        "feature_dtype": inputs.feature_dtype,
+        "feature_dims": _feature_dims(inputs.backbones),
+        "n_features": int(inputs.n_features),
+        "training_domain": training.training_domain,
+        "raw_photo_preprocessing": training.raw_photo_preprocessing
+        if training.training_domain == DOMAIN_FILTERED
+        else None,
+        "classes": classes,
+        "class_labels": {str(g): labels.get(g, f"grade {g}") for g in classes},
+        "referable_from": int(training.referable_from),
+        "training_counts": {str(g): int(counts.get(g, 0)) for g in classes},
+        "n_training_images": int(sum(counts.values())),
+        "seed": int(model.seed),
+        "head": {
+            "params": head["params"],
+            "decoding": model.decoding_,
+            "thresholds": None
+            if model.thresholds_ is None
+            else [float(t) for t in model.thresholds_],
+            "validation_qwk": model.validation_qwk_,
+            "temperature": temperature,
+            **{key: value for key, value in head.items() if key != "params"},
+        },
+        "outputs": output_story(
+            decoding=model.decoding_, thresholds=model.thresholds_, temperature=temperature
+        ),
+        **dict(sections or {}),
+        "augmentation": dict(training.augmentation) if training.augmentation else None,
+        "library_versions": library_versions(),
+        "metrics": dict(training.metrics or {}),
+    }
+    if training.extra:
+        meta["extra"] = dict(training.extra)
+    return meta
+
+
+def _write_folder(
+    out_dir: str | Path, meta: Mapping[str, Any], write_model: Callable[[Path], None]
+) -> Path:
+    """Write the model files (``write_model(folder)``) and ``metadata.json`` into a staging
+    folder, then put it in place of ``out_dir``: an existing model is replaced only once the new
+    one is complete."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.with_name(f".{out_dir.name}.{uuid.uuid4().hex}.tmp")
+    staging.mkdir()
+    try:
+        write_model(staging)
+        (staging / METADATA_FILE).write_text(json.dumps(_jsonable(meta), indent=2) + "\n")
+        if out_dir.exists():
+            # Keep report files written beside a previous model out of the new one.
+            retired = out_dir.with_name(f".{out_dir.name}.{uuid.uuid4().hex}.old")
+            out_dir.rename(retired)
+            staging.rename(out_dir)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir
 
 
 def save_artifact(
@@ -165,13 +291,15 @@ def save_artifact(
     augmentation: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write the artifact folder (replacing an existing one only once the new one is complete).
+    """Write the model folder of a head (replacing an existing one only once the new one is
+    complete).
 
     ``training_counts``: source images per grade the head was trained on (augmented copies not
     counted). ``augmentation``: the ``AugmentConfig`` fields plus ``tta`` (predictions average
-    over that many augmented copies too) and ``seed``. ``training_domain``: ``"gaussian_filtered"`` when the training images were already
-    Ben-Graham filtered (then ``raw_photo_preprocessing`` names the preprocessing that brings a
-    raw photograph into that domain) or ``"raw"``.
+    over that many augmented copies too) and ``seed``. ``training_domain``:
+    ``"gaussian_filtered"`` when the training images were already Ben-Graham filtered (then
+    ``raw_photo_preprocessing`` names the preprocessing that brings a raw photograph into that
+    domain) or ``"raw"``.
     """
     if not hasattr(classifier, "model_"):
         raise ArtifactError("cannot save an unfitted classifier")
@@ -183,78 +311,74 @@ def save_artifact(
             f"the head takes {classifier.n_features_in_} features but backbones "
             f"{list(feature_config.backbones)} give {sum(dims.values())}"
         )
-    classes = [int(c) for c in classifier.classes_]
-    labels = class_labels or {g: ICDR_LABELS.get(g, f"grade {g}") for g in classes}
     params = classifier.get_params()
-    params["classes"] = classes
-    meta: dict[str, Any] = {
-        "format_version": FORMAT_VERSION,
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "backbones": list(feature_config.backbones),
-        "preprocessing": feature_config.preprocessing,
-        "feature_dtype": feature_config.dtype,
-        "feature_dims": dims,
-        "n_features": int(classifier.n_features_in_),
-        "training_domain": training_domain,
-        "raw_photo_preprocessing": raw_photo_preprocessing
-        if training_domain == DOMAIN_FILTERED
-        else None,
-        "classes": classes,
-        "class_labels": {str(g): labels.get(g, f"grade {g}") for g in classes},
-        "referable_from": int(referable_from),
-        "training_counts": {str(g): int(training_counts.get(g, 0)) for g in classes},
-        "n_training_images": int(sum(training_counts.values())),
-        "seed": int(classifier.seed),
-        "head": {
+    params["classes"] = [int(c) for c in classifier.classes_]
+    meta = _metadata(
+        classifier,
+        kind=None,
+        inputs=_Inputs(
+            backbones=tuple(feature_config.backbones),
+            preprocessing=feature_config.preprocessing,
+            feature_dtype=feature_config.dtype,
+            n_features=int(classifier.n_features_in_),
+        ),
+        training=TrainingRecord(
+            training_counts=training_counts,
+            training_domain=training_domain,
+            raw_photo_preprocessing=raw_photo_preprocessing,
+            referable_from=referable_from,
+            class_labels=class_labels,
+            metrics=metrics,
+            augmentation=augmentation,
+            extra=extra,
+        ),
+        head={
             "params": params,
-            "decoding": classifier.decoding_,
-            "thresholds": None
-            if classifier.thresholds_ is None
-            else [float(t) for t in classifier.thresholds_],
-            "validation_qwk": classifier.validation_qwk_,
-            "temperature": float(getattr(classifier, "temperature_", 1.0)),
             "calibration": getattr(classifier, "calibration_", None),
             "n_epochs": classifier.n_epochs_,
             "best_epoch": classifier.best_epoch_,
             "fit_seconds": classifier.fit_seconds_,
             "history": classifier.history_,
         },
-        "outputs": output_story(
-            decoding=classifier.decoding_,
-            thresholds=classifier.thresholds_,
-            temperature=float(getattr(classifier, "temperature_", 1.0)),
+    )
+
+    def write_head(folder: Path) -> None:
+        classifier.model_.save(folder / HEAD_FILE)
+        np.savez(folder / SCALER_FILE, mean=classifier.scaler_mean_, scale=classifier.scaler_scale_)
+
+    return _write_folder(out_dir, meta, write_head)
+
+
+def save_finetuned_model(
+    out_dir: str | Path,
+    model: FinetunedModel,
+    *,
+    preprocessing: str,
+    training: TrainingRecord,
+    fit_record: Mapping[str, Any],
+    finetune: Mapping[str, Any],
+) -> Path:
+    """Write the model folder of a fine-tuned network: the whole network (``network.keras``)
+    and the same metadata as a head's, with ``kind: "finetuned"``. ``fit_record``: the head
+    fields of its training (calibration, epochs, best epoch, seconds, history); ``finetune``: the
+    metadata's ``finetune`` section (configuration, learning-rate search)."""
+    meta = _metadata(
+        model,
+        kind=KIND_FINETUNED,
+        inputs=_Inputs(
+            backbones=(model.backbone,),
+            preprocessing=preprocessing,
+            feature_dtype="float32",
+            n_features=_feature_dims([model.backbone])[model.backbone],
         ),
-        "augmentation": dict(augmentation) if augmentation else None,
-        "library_versions": library_versions(),
-        "metrics": dict(metrics or {}),
-    }
-    if extra:
-        meta["extra"] = dict(extra)
-
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.with_name(f".{out_dir.name}.{uuid.uuid4().hex}.tmp")
-    staging.mkdir()
-    try:
-        classifier.model_.save(staging / HEAD_FILE)
-        np.savez(
-            staging / SCALER_FILE, mean=classifier.scaler_mean_, scale=classifier.scaler_scale_
-        )
-        (staging / METADATA_FILE).write_text(json.dumps(_jsonable(meta), indent=2) + "\n")
-        if out_dir.exists():
-            # Keep report files written beside a previous model out of the new one.
-            retired = out_dir.with_name(f".{out_dir.name}.{uuid.uuid4().hex}.old")
-            out_dir.rename(retired)
-            staging.rename(out_dir)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return out_dir
+        training=training,
+        head={"params": {"classes": [int(c) for c in model.classes_]}, **fit_record},
+        sections={"finetune": dict(finetune)},
+    )
+    return _write_folder(out_dir, meta, lambda folder: model.network_.save(folder / NETWORK_FILE))
 
 
+# -- reading ------------------------------------------------------------------------------------
 def update_metadata(artifact_dir: str | Path, **fields: Any) -> None:
     """Merge top-level fields (e.g. ``metrics``) into an artifact's metadata.json."""
     path = Path(artifact_dir) / METADATA_FILE
@@ -271,7 +395,7 @@ def read_metadata(artifact_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ArtifactError(f"{artifact_dir} is not a model folder: no {METADATA_FILE}")
     try:
-        meta = json.loads(path.read_text())
+        meta: dict[str, Any] = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ArtifactError(f"{path} is not valid JSON: {error}") from error
     if meta.get("format_version") != FORMAT_VERSION:
@@ -318,8 +442,6 @@ def load_artifact(
     """Load a model folder. ``backbones``/``preprocessing``: what the caller's features are
     configured with (e.g. ``FeatureConfig.from_env()``); a difference raises
     ``ArtifactMismatchError``. None accepts the artifact's own configuration."""
-    import keras
-
     artifact_dir = Path(artifact_dir)
     meta = read_metadata(artifact_dir)
     check_backbones(meta, backbones)
@@ -328,17 +450,32 @@ def load_artifact(
             f"model was trained on features with preprocessing {meta['preprocessing']!r} but "
             f"{preprocessing!r} is configured"
         )
-    if meta.get("kind") == "finetuned":
-        from mlcore.models.finetune import load_finetuned
-
+    if is_finetuned(meta):
         return ModelArtifact(
             path=artifact_dir,
-            classifier=load_finetuned(artifact_dir, meta),  # type: ignore[arg-type]
+            classifier=load_finetuned(artifact_dir, meta),
             feature_config=FeatureConfig(
                 backbones=tuple(meta["backbones"]), preprocessing=meta["preprocessing"]
             ),
             metadata=meta,
         )
+    feature_config = FeatureConfig(
+        backbones=tuple(meta["backbones"]),
+        preprocessing=meta["preprocessing"],
+        dtype=meta.get("feature_dtype", "float32"),
+    )
+    return ModelArtifact(
+        path=artifact_dir,
+        classifier=_load_head(artifact_dir, meta),
+        feature_config=feature_config,
+        metadata=meta,
+    )
+
+
+def _load_head(artifact_dir: Path, meta: Mapping[str, Any]) -> HeadClassifier:
+    """The fitted head of a model folder, its learned attributes as recorded."""
+    import keras
+
     for name in (HEAD_FILE, SCALER_FILE):
         if not (artifact_dir / name).is_file():
             raise ArtifactError(f"{artifact_dir} is not a complete model folder: no {name}")
@@ -357,30 +494,49 @@ def load_artifact(
         )
     if n_features != sum(int(d) for d in meta["feature_dims"].values()):
         raise ArtifactMismatchError(f"{artifact_dir}: feature dimensions do not add up")
+    head = meta["head"]
     classifier.classes_ = np.asarray(meta["classes"], dtype=np.int64)
     classifier.n_features_in_ = n_features
     classifier.scaler_mean_ = mean
     classifier.scaler_scale_ = scale
     classifier.model_ = model
-    classifier.decoding_ = meta["head"]["decoding"]
-    thresholds = meta["head"]["thresholds"]
+    classifier.decoding_ = head["decoding"]
+    thresholds = head["thresholds"]
     classifier.thresholds_ = None if thresholds is None else np.asarray(thresholds, np.float64)
-    classifier.validation_qwk_ = meta["head"].get("validation_qwk")
+    classifier.validation_qwk_ = head.get("validation_qwk")
     # Artifacts written before calibration existed have no temperature: 1 leaves them as trained.
-    classifier.temperature_ = float(meta["head"].get("temperature") or 1.0)
-    classifier.calibration_ = meta["head"].get("calibration")
-    classifier.history_ = meta["head"].get("history", {})
-    classifier.n_epochs_ = meta["head"].get("n_epochs")
-    classifier.best_epoch_ = meta["head"].get("best_epoch")
-    classifier.fit_seconds_ = meta["head"].get("fit_seconds")
+    classifier.temperature_ = float(head.get("temperature") or 1.0)
+    classifier.calibration_ = head.get("calibration")
+    classifier.history_ = head.get("history", {})
+    classifier.n_epochs_ = head.get("n_epochs")
+    classifier.best_epoch_ = head.get("best_epoch")
+    classifier.fit_seconds_ = head.get("fit_seconds")
     classifier.class_counts_ = np.asarray(
         [meta["training_counts"][str(g)] for g in meta["classes"]], dtype=np.int64
     )
-    feature_config = FeatureConfig(
-        backbones=tuple(meta["backbones"]),
-        preprocessing=meta["preprocessing"],
-        dtype=meta.get("feature_dtype", "float32"),
-    )
-    return ModelArtifact(
-        path=artifact_dir, classifier=classifier, feature_config=feature_config, metadata=meta
+    return classifier
+
+
+def load_finetuned(artifact_dir: str | Path, meta: Mapping[str, Any]) -> FinetunedModel:
+    """The fine-tuned network of a model folder with its recorded calibration and decoding."""
+    import keras
+
+    path = Path(artifact_dir) / NETWORK_FILE
+    if not path.is_file():
+        raise ArtifactError(f"{artifact_dir} is not a complete model folder: no {NETWORK_FILE}")
+    network = keras.saving.load_model(path, compile=False)
+    head = meta["head"]
+    thresholds = head.get("thresholds")
+    return FinetunedModel(
+        network=network,
+        backbone=meta["backbones"][0],
+        classes=meta["classes"],
+        temperature=float(head.get("temperature") or 1.0),
+        decoding=Decoding(
+            head["decoding"],
+            None if thresholds is None else np.asarray(thresholds, np.float64),
+            head.get("validation_qwk"),
+        ),
+        seed=int(meta.get("seed", DEFAULT_SEED)),
+        info={"cut_layer": (meta.get("finetune") or {}).get("cut_layer")},
     )

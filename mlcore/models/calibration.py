@@ -17,37 +17,43 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from mlcore.evaluation.metrics import quadratic_weighted_kappa
 
 DECODINGS = ("auto", "argmax", "ordinal")
+
+Floats = npt.NDArray[np.float64]
+Positions = npt.NDArray[np.intp]
 _MIN_TEMPERATURE, _MAX_TEMPERATURE = 0.05, 20.0
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: npt.ArrayLike) -> Floats:
     z = np.asarray(logits, dtype=np.float64)
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    return np.asarray(e / e.sum(axis=1, keepdims=True), dtype=np.float64)
 
 
-def logits_from_proba(proba: np.ndarray) -> np.ndarray:
+def logits_from_proba(proba: npt.ArrayLike) -> Floats:
     """Logits up to a per-row constant (all a softmax needs) of probabilities from a softmax."""
     return np.log(np.clip(np.asarray(proba, dtype=np.float64), 1e-12, 1.0))
 
 
-def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
+def apply_temperature(logits: npt.ArrayLike, temperature: float) -> Floats:
     """Calibrated probabilities ``softmax(logits / T)``."""
     return softmax(np.asarray(logits, dtype=np.float64) / float(temperature))
 
 
-def negative_log_likelihood(logits: np.ndarray, y_index: np.ndarray, temperature: float) -> float:
+def negative_log_likelihood(
+    logits: npt.ArrayLike, y_index: npt.NDArray[np.integer[Any]], temperature: float
+) -> float:
     proba = apply_temperature(logits, temperature)
     picked = proba[np.arange(y_index.size), y_index]
     return float(-np.log(np.clip(picked, 1e-12, 1.0)).mean())
 
 
-def fit_temperature(logits: np.ndarray, y_index: np.ndarray) -> float:
+def fit_temperature(logits: npt.ArrayLike, y_index: npt.ArrayLike) -> float:
     """The temperature minimising the NLL of ``y_index`` (class positions) on held-out logits.
 
     A bounded search over log T (the NLL is smooth and unimodal in it); 1.0 when there is
@@ -55,12 +61,12 @@ def fit_temperature(logits: np.ndarray, y_index: np.ndarray) -> float:
     """
     from scipy.optimize import minimize_scalar
 
-    logits = np.asarray(logits, dtype=np.float64)
-    y_index = np.asarray(y_index, dtype=np.int64)
-    if y_index.size == 0:
+    logit_rows = np.asarray(logits, dtype=np.float64)
+    positions = np.asarray(y_index, dtype=np.int64)
+    if positions.size == 0:
         return 1.0
     result = minimize_scalar(
-        lambda log_t: negative_log_likelihood(logits, y_index, float(np.exp(log_t))),
+        lambda log_t: negative_log_likelihood(logit_rows, positions, float(np.exp(log_t))),
         bounds=(np.log(_MIN_TEMPERATURE), np.log(_MAX_TEMPERATURE)),
         method="bounded",
         options={"xatol": 1e-4},
@@ -69,23 +75,24 @@ def fit_temperature(logits: np.ndarray, y_index: np.ndarray) -> float:
 
 
 # -- decoding -----------------------------------------------------------------------------------
-def decode_ordinal(expected: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+def decode_ordinal(expected: npt.ArrayLike, thresholds: npt.ArrayLike) -> Positions:
     """Class positions from expected grades: position = number of thresholds below the value."""
     return np.searchsorted(np.asarray(thresholds), np.asarray(expected), side="right")
 
 
-def expected_position(proba: np.ndarray) -> np.ndarray:
+def expected_position(proba: npt.ArrayLike) -> Floats:
     """Probability-weighted mean of the class positions 0..k-1."""
-    return proba @ np.arange(proba.shape[1], dtype=np.float64)
+    rows = np.asarray(proba)
+    return np.asarray(rows @ np.arange(rows.shape[1], dtype=np.float64), dtype=np.float64)
 
 
-def _qwk_positions(true: np.ndarray, pred: np.ndarray, k: int) -> float:
+def _qwk_positions(true: npt.ArrayLike, pred: npt.ArrayLike, k: int) -> float:
     return quadratic_weighted_kappa(true, pred, classes=tuple(range(k)))
 
 
 def fit_ordinal_thresholds(
-    expected: np.ndarray, y_index: np.ndarray, n_classes: int, *, passes: int = 3
-) -> np.ndarray:
+    expected: npt.ArrayLike, y_index: npt.ArrayLike, n_classes: int, *, passes: int = 3
+) -> Floats:
     """Thresholds maximising QWK by coordinate search (deterministic, ordered, k-1 values)."""
     thresholds = np.arange(n_classes - 1, dtype=np.float64) + 0.5
     best = _qwk_positions(y_index, decode_ordinal(expected, thresholds), n_classes)
@@ -112,13 +119,13 @@ class Decoding:
     the inner validation split (None when not compared)."""
 
     method: str
-    thresholds: np.ndarray | None
+    thresholds: Floats | None
     validation_qwk: dict[str, float] | None = None
 
-    def positions(self, proba: np.ndarray) -> np.ndarray:
+    def positions(self, proba: npt.ArrayLike) -> Positions:
         if self.method == "ordinal" and self.thresholds is not None:
             return decode_ordinal(expected_position(proba), self.thresholds)
-        return np.asarray(proba).argmax(axis=1)
+        return np.asarray(np.asarray(proba).argmax(axis=1), dtype=np.intp)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -128,7 +135,9 @@ class Decoding:
         }
 
 
-def choose_decoding(proba_val: np.ndarray, y_val: np.ndarray, *, mode: str, seed: int) -> Decoding:
+def choose_decoding(
+    proba_val: Floats, y_val: npt.NDArray[np.int64], *, mode: str, seed: int
+) -> Decoding:
     """Decoding from calibrated held-out probabilities (positions ``y_val``).
 
     ``"ordinal"`` always fits thresholds; ``"auto"`` keeps them only when they beat argmax on
@@ -157,3 +166,22 @@ def choose_decoding(proba_val: np.ndarray, y_val: np.ndarray, *, mode: str, seed
     }
     method = "ordinal" if scores["ordinal"] > scores["argmax"] else "argmax"
     return Decoding(method, thresholds, scores)
+
+
+def output_story(
+    *, decoding: str, thresholds: npt.ArrayLike | None, temperature: float
+) -> dict[str, Any]:
+    """What a displayed prediction means, for the pages: the probabilities are calibrated by
+    ``temperature``; the grade is their argmax, or (``"ordinal"``) the number of ``thresholds``
+    below the expected grade position ``sum_k k * p_k`` (show that value beside the grade)."""
+    return {
+        "probabilities": "calibrated (temperature scaling)"
+        if temperature != 1.0
+        else "uncalibrated softmax",
+        "temperature": float(temperature),
+        "decoding": decoding,
+        "thresholds": None if thresholds is None else [float(t) for t in np.ravel(thresholds)],
+        "grade_rule": "argmax of the probabilities"
+        if decoding != "ordinal"
+        else "thresholds on the expected grade position (sum of position x probability)",
+    }

@@ -26,6 +26,8 @@ from PIL import Image
 from mlcore.data.domain import input_geometry, preprocess_for
 from mlcore.data.preprocessing import load_rgb
 from mlcore.models.artifact import ModelArtifact, load_artifact
+from mlcore.models.finetune import FinetunedModel
+from mlcore.pipelines.domain_features import preprocessing_for
 
 
 @dataclass
@@ -74,17 +76,16 @@ def class_activation_map(
 
     from mlcore.features.backbones import get_backbone
     from mlcore.features.config import default_weights_dir
-    from mlcore.pipelines.predict import preprocessing_for
 
     artifact = model if isinstance(model, ModelArtifact) else load_artifact(model)
     classifier = artifact.classifier
     image = load_rgb(image_path)
     method = preprocessing_for(artifact, image, name=str(image_path))
     weights_folder = Path(weights_dir) if weights_dir is not None else default_weights_dir()
-    if artifact.is_finetuned:
+    if isinstance(classifier, FinetunedModel):
         # A fine-tuned network ends in pooling -> dense too: its own last maps and dense layer.
-        network = classifier.network_
-        kernel, bias = (w.astype(np.float64) for w in network.get_layer("ft_logits").get_weights())
+        dense = classifier.network_.get_layer("ft_logits")
+        kernel, bias = (w.astype(np.float64) for w in dense.get_weights())
     else:
         kernel, bias = classifier.effective_weights()
 
@@ -93,8 +94,8 @@ def class_activation_map(
     maps_per_backbone, pooled = [], []
     for spec in specs:
         square = preprocess_for(image, method, spec.input_size).astype(np.float32)
-        if artifact.is_finetuned:
-            conv = _finetuned_conv_model(network)
+        if isinstance(classifier, FinetunedModel):
+            conv = _finetuned_conv_model(classifier.network_)
         else:
             conv = _conv_model(spec.name, None if weights is None else str(weights), weights_folder)
         maps = conv(tf.constant(spec.preprocess(square[None])), training=False).numpy()[0]

@@ -2,7 +2,8 @@
 
 - :func:`train_model`: features (from the store, computed if missing) -> grouped stratified
   hold-out split -> augmented variants of the *training* images only -> head -> metrics on the
-  hold-out -> model folder (:mod:`mlcore.models.artifact`) with report JSON and PNG plots.
+  hold-out -> model folder (:mod:`mlcore.models.artifact`) with report JSON and PNG plots, on
+  the hold-out skeleton it shares with the fine-tuned model (:mod:`mlcore.models.holdout`).
 - :func:`evaluate_cv`: k-fold cross-validation grouped by patient, the same steps per fold.
 - :func:`cross_validate_features` / :func:`fit_head`: the same on feature arrays already in
   memory (benchmarks, tests).
@@ -12,9 +13,6 @@ Both report progress through ``progress(percent: int, message: str)``.
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,16 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
-from mlcore.data.augment import AugmentConfig, make_augment_transform
+from mlcore.data.augment import AugmentConfig
 from mlcore.data.domain import RAW_TO_FILTERED, is_known
 from mlcore.data.splits import (
     DEFAULT_SEED,
-    grouped_holdout,
     grouped_kfold,
-    groups_from_id_sets,
     merge_groups,
-    read_near_duplicate_groups,
 )
 from mlcore.evaluation.metrics import (
     ICDR_GRADES,
@@ -43,13 +39,36 @@ from mlcore.evaluation.metrics import (
 from mlcore.evaluation.reports import plot_confusion, plot_history, write_json
 from mlcore.features.config import FeatureConfig, default_store_dir, default_weights_dir
 from mlcore.models.artifact import DOMAIN_FILTERED, DOMAINS, save_artifact
-from mlcore.models.classifier import HeadClassifier
+from mlcore.models.classifier import HeadClassifier, predict_with_tta
+from mlcore.models.holdout import HoldoutPlan, Progress, Rows, train_with_holdout
+from mlcore.pipelines.domain_features import (
+    Copies,
+    DomainSpec,
+    Features,
+    augment_store_dir,
+    domain_features,
+    source_features,
+    variant_features,
+)
+from mlcore.pipelines.labels import LabeledImages, LabelsError, check_inputs, read_labels_csv
 
-Progress = Callable[[int, str], None]
-
-
-class LabelsError(ValueError):
-    """Labels (CSV or arguments) that cannot be trained on."""
+# The web app, the CLI and the benchmarks import these feature helpers from here, beside training.
+__all__ = [
+    "CVResult",
+    "LabeledImages",
+    "LabelsError",
+    "TrainResult",
+    "TrainingConfig",
+    "augment_store_dir",
+    "cross_validate_features",
+    "evaluate_cv",
+    "fit_head",
+    "predict_with_tta",
+    "read_labels_csv",
+    "source_features",
+    "train_model",
+    "variant_features",
+]
 
 
 def _no_progress(percent: int, message: str) -> None:
@@ -103,107 +122,7 @@ class TrainingConfig:
         return HeadClassifier(**params)
 
 
-# -- inputs -------------------------------------------------------------------------------------
-@dataclass
-class LabeledImages:
-    """Graded images: paths, grades and (optional) patient/group per image."""
-
-    paths: list[Path]
-    grades: list[int]
-    groups: list[str] | None = None
-
-
-def read_labels_csv(
-    csv_path: str | Path,
-    *,
-    images_dir: str | Path | None = None,
-    groups_file: str | Path | None = None,
-) -> LabeledImages:
-    """Read a labels CSV with columns ``filename`` (relative to ``images_dir``, default the CSV's
-    folder) and ``grade``, optionally ``patient_id`` (or ``patient``/``group``).
-
-    ``groups_file``: near-duplicate groups (one line of ids per group, ``#`` comments), matched
-    against each file's stem or its last ``_``-separated part (``aptos2019_<id_code>.jpg``).
-    Images without patient id or listed group are their own group.
-    """
-    csv_path = Path(csv_path)
-    base = Path(images_dir) if images_dir is not None else csv_path.parent
-    with csv_path.open(newline="", encoding="utf-8") as file:
-        reader = csv.DictReader(file)
-        columns = reader.fieldnames or []
-        for needed in ("filename", "grade"):
-            if needed not in columns:
-                raise LabelsError(f"{csv_path} has no {needed!r} column (columns: {columns})")
-        group_column = next((c for c in ("patient_id", "patient", "group") if c in columns), None)
-        paths, grades, patients = [], [], []
-        for line, row in enumerate(reader, start=2):
-            try:
-                grades.append(int(row["grade"]))
-            except (TypeError, ValueError):
-                raise LabelsError(
-                    f"{csv_path}:{line}: grade {row['grade']!r} is not an integer"
-                ) from None
-            paths.append(base / row["filename"])
-            patients.append(row[group_column] if group_column and row[group_column] else None)
-    if not paths:
-        raise LabelsError(f"{csv_path} lists no images")
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{len(missing)} image(s) in {csv_path} not found, e.g. {missing[:3]}"
-        )
-    groups: list[str] | None = None
-    if group_column or groups_file:
-        names = [f"patient:{p}" if p else None for p in patients]
-        if groups_file:
-            stems = [p.stem for p in paths]
-            listed = read_near_duplicate_groups(groups_file)
-            known = set().union(*listed) if listed else set()
-            ids = [s if s in known else s.rsplit("_", 1)[-1] for s in stems]
-            duplicates = groups_from_id_sets(ids, listed)
-            # Merge: a patient and a near-duplicate group that share an image become one group.
-            merged = merge_groups(names, [d if d.startswith("dup:") else None for d in duplicates])
-            groups = [f"g{g}" for g in merged]
-        else:
-            groups = [n if n else f"image:{i}" for i, n in enumerate(names)]
-    return LabeledImages(paths=paths, grades=grades, groups=groups)
-
-
-def _check_inputs(
-    paths: Sequence[str | Path],
-    grades: Sequence[int],
-    groups: Sequence[object] | None,
-    classes: Sequence[int],
-) -> tuple[list[Path], np.ndarray]:
-    paths = [Path(p) for p in paths]
-    y = np.asarray(grades)
-    if len(paths) != y.size:
-        raise LabelsError(f"{len(paths)} images but {y.size} grades")
-    if groups is not None and len(groups) != len(paths):
-        raise LabelsError(f"{len(paths)} images but {len(groups)} group entries")
-    if y.size == 0:
-        raise LabelsError("no images to train on")
-    unknown = sorted(set(y.tolist()) - set(classes))
-    if unknown:
-        raise LabelsError(f"grades {unknown} are not on the scale {list(classes)}")
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} image(s) not found, e.g. {missing[:3]}")
-    return paths, y.astype(np.int64)
-
-
 # -- features -----------------------------------------------------------------------------------
-def augment_store_dir(store_dir: str | Path, augment: AugmentConfig, seed: int) -> Path:
-    """Store folder of augmented variants: one per augmentation setting and seed.
-
-    Variant keys (``<sha>#v<k>``) do not say how the copy was made, so variants of different
-    settings live in different folders: changing a range can never reuse stale features.
-    """
-    settings = {k: v for k, v in asdict(augment).items() if k != "variants"}
-    digest = hashlib.sha256(json.dumps([settings, seed], sort_keys=True).encode()).hexdigest()
-    return Path(store_dir) / f"augment-{digest[:12]}"
-
-
 def _sub_progress(
     progress: Progress, start: int, stop: int, message: str
 ) -> Callable[[int, int], None]:
@@ -214,73 +133,13 @@ def _sub_progress(
     return report
 
 
-def source_features(
-    paths: Sequence[Path],
-    *,
-    feature_config: FeatureConfig,
-    store_dir: Path,
-    weights_dir: Path | None,
-    progress: Callable[[int, int], None] | None = None,
-) -> tuple[list[str], np.ndarray]:
-    """(feature keys, features) of the original images, extracting what the store lacks."""
-    from mlcore.features.extraction import extract_features, image_items, load_features
-
-    items = image_items(paths)
-    extract_features(
-        items,
-        config=feature_config,
-        store_dir=store_dir,
-        weights_dir=weights_dir,
-        progress=progress,
-    )
-    keys = [item.key for item in items]
-    return keys, load_features(keys, config=feature_config, store_dir=store_dir)
-
-
-def variant_features(
-    paths: Sequence[Path],
-    keys: Sequence[str],
-    *,
-    n_variants: int,
-    augment: AugmentConfig,
-    seed: int,
-    feature_config: FeatureConfig,
-    store_dir: Path,
-    weights_dir: Path | None,
-    weights: str | Path | None = "imagenet",
-    progress: Callable[[int, int], None] | None = None,
-) -> np.ndarray:
-    """Features of augmented copies 1..n_variants of each image: (n_images, n_variants, dim)."""
-    from mlcore.features.extraction import ImageItem, extract_features, load_features
-    from mlcore.features.store import feature_key, parse_feature_key
-
-    shas = [parse_feature_key(k)[0] for k in keys]
-    items = [
-        ImageItem(path, feature_key(sha, v))
-        for v in range(1, n_variants + 1)
-        for path, sha in zip(paths, shas, strict=True)
-    ]
-    folder = augment_store_dir(store_dir, augment, seed)
-    extract_features(
-        items,
-        config=feature_config,
-        store_dir=folder,
-        weights_dir=weights_dir,
-        transform=make_augment_transform(augment, seed),
-        weights=weights,
-        progress=progress,
-    )
-    features = load_features([i.key for i in items], config=feature_config, store_dir=folder)
-    return features.reshape(n_variants, len(paths), -1).transpose(1, 0, 2)
-
-
 # -- heads on feature arrays ----------------------------------------------------------------------
 def fit_head(
     classifier: HeadClassifier,
-    X: np.ndarray,
-    y: np.ndarray,
-    groups: np.ndarray,
-    X_variants: np.ndarray | None = None,
+    X: Features,
+    y: npt.NDArray[np.int64],
+    groups: npt.NDArray[Any],
+    X_variants: npt.NDArray[np.floating[Any]] | None = None,
     epoch_callback: Callable[[int, dict[str, float]], None] | None = None,
 ) -> HeadClassifier:
     """Fit on original rows plus their augmented copies (each copy carries its source's group,
@@ -301,18 +160,6 @@ def fit_head(
     )
 
 
-def predict_with_tta(
-    classifier: HeadClassifier, X: np.ndarray, X_variants: np.ndarray | None = None
-) -> np.ndarray:
-    """Probabilities, averaged over the original and its augmented copies when given."""
-    proba = classifier.predict_proba(X)
-    if X_variants is None or not X_variants.shape[1]:
-        return proba
-    n, v, d = X_variants.shape
-    variant_proba = classifier.predict_proba(X_variants.reshape(-1, d)).reshape(n, v, -1)
-    return (proba + variant_proba.sum(axis=1)) / (v + 1)
-
-
 @dataclass
 class CVResult:
     """k-fold results: per-fold reports, mean/spread summary, report on pooled out-of-fold
@@ -321,8 +168,8 @@ class CVResult:
     folds: list[dict[str, Any]]
     summary: dict[str, Any]
     pooled: dict[str, Any]
-    oof_proba: np.ndarray
-    oof_pred: np.ndarray
+    oof_proba: npt.NDArray[np.float64]
+    oof_pred: npt.NDArray[np.int64]
     fit_seconds: list[float]
     decodings: list[str]
     histories: list[dict[str, list[float]]] = field(default_factory=list)
@@ -338,13 +185,13 @@ class CVResult:
 
 
 def cross_validate_features(
-    X: np.ndarray,
-    y: Sequence[int],
-    groups: Sequence[object] | None,
+    X: Features,
+    y: npt.ArrayLike,
+    groups: Sequence[object] | npt.NDArray[Any] | None,
     *,
     config: TrainingConfig = TrainingConfig(),
-    X_variants: np.ndarray | None = None,
-    folds: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
+    X_variants: npt.NDArray[np.floating[Any]] | None = None,
+    folds: Sequence[tuple[Rows, Rows]] | None = None,
     progress: Progress = _no_progress,
 ) -> CVResult:
     """Grouped, stratified k-fold CV of the head on features in memory.
@@ -383,7 +230,7 @@ def cross_validate_features(
         seconds.append(classifier.fit_seconds_)
         decodings.append(classifier.decoding_)
         histories.append(classifier.history_)
-    covered = np.zeros(y.size, bool)
+    covered = np.zeros(y.size, dtype=np.bool_)
     for _, test_idx in folds:
         covered[test_idx] = True
     pooled = metrics_report(
@@ -438,9 +285,7 @@ def _resolve_dirs(
 
 def _domain_spec(
     config: TrainingConfig, feature_config: FeatureConfig, *, with_variants: bool = False
-) -> Any:
-    from mlcore.pipelines.predict import DomainSpec
-
+) -> DomainSpec:
     return DomainSpec(
         feature_config=feature_config,
         training_domain=config.training_domain,
@@ -456,10 +301,8 @@ def _domain_variants(
     store: Path,
     weights: Path | None,
     progress: Callable[[int, int], None] | None,
-) -> np.ndarray:
+) -> Copies:
     """Augmented copies (n, variants, d) of ``paths``, each image in the training domain."""
-    from mlcore.pipelines.predict import domain_features
-
     _, variants, _, _, _ = domain_features(
         _domain_spec(config, feature_config, with_variants=True),
         paths,
@@ -467,28 +310,132 @@ def _domain_variants(
         weights_dir=weights,
         progress=progress,
     )
+    assert variants is not None, "a spec with tta_augment gives augmented copies"
     return variants
 
 
-def _source_dataset(paths, grades, groups, config, feature_config, store, weights, progress):
+@dataclass
+class _SourceDataset:
+    """Checked training images, their features (in the training domain) and merged groups."""
+
+    paths: list[Path]
+    y: npt.NDArray[np.int64]
+    keys: list[str]
+    X: npt.NDArray[np.float32]
+    groups: npt.NDArray[Any]
+
+
+def _source_dataset(
+    paths: Sequence[str | Path],
+    grades: Sequence[int],
+    groups: Sequence[object] | None,
+    *,
+    config: TrainingConfig,
+    feature_config: FeatureConfig,
+    store: Path,
+    weights: Path | None,
+    progress: Progress,
+) -> _SourceDataset:
     """Checked inputs, the source images' features (first 40 % of progress) and merged groups
     (identical files share a group, so they never sit on both sides of a split)."""
-    from mlcore.pipelines.predict import domain_features
-
-    paths, y = _check_inputs(paths, grades, groups, config.classes)
-    progress(0, f"features of {len(paths)} images")
+    checked, y = check_inputs(paths, grades, groups, config.classes)
+    progress(0, f"features of {len(checked)} images")
     # The same domain mapping as prediction: a raw photograph among the training images reaches
     # the head through ``raw_photo_preprocessing``, exactly as it will when it is predicted.
     X, _, keys, _, _ = domain_features(
         _domain_spec(config, feature_config),
-        paths,
+        checked,
         store_dir=store,
         weights_dir=weights,
         progress=_sub_progress(progress, 0, 40, "features"),
     )
     shas = [k.split("#")[0] for k in keys]
-    merged = merge_groups(list(groups) if groups is not None else [None] * len(paths), shas)
-    return paths, y, keys, X, merged
+    merged = merge_groups(list(groups) if groups is not None else [None] * len(checked), shas)
+    return _SourceDataset(paths=checked, y=y, keys=keys, X=X, groups=merged)
+
+
+@dataclass
+class _HeadSteps:
+    """The head's steps of the hold-out skeleton: augmented copies, then the head."""
+
+    data: _SourceDataset
+    config: TrainingConfig
+    feature_config: FeatureConfig
+    store: Path
+    weights: Path | None
+    out_dir: str | Path
+    progress: Progress
+    started: float
+    extraction_seconds: float = 0.0
+    test_variants: Copies | None = None
+
+    def fit(self, train_idx: Rows, test_idx: Rows) -> HeadClassifier:
+        config, data = self.config, self.data
+        train_variants = None
+        if config.augment.variants:
+            needed = np.concatenate([train_idx, test_idx]) if config.tta else train_idx
+            all_variants = _domain_variants(
+                [data.paths[i] for i in needed],
+                config,
+                self.feature_config,
+                self.store,
+                self.weights,
+                _sub_progress(self.progress, 40, 70, "augmented copies"),
+            )
+            train_variants = all_variants[: train_idx.size]
+            if config.tta:
+                self.test_variants = all_variants[train_idx.size :]
+        self.extraction_seconds = time.perf_counter() - self.started
+
+        classifier = config.make_classifier()
+        max_epochs = classifier.epochs
+
+        def on_epoch(epoch: int, logs: dict[str, float]) -> None:
+            loss = logs.get("val_loss", logs.get("loss", float("nan")))
+            self.progress(
+                70 + int(20 * (epoch + 1) / max_epochs), f"epoch {epoch + 1}: loss {loss:.3f}"
+            )
+
+        self.progress(70, "training the head")
+        return fit_head(
+            classifier,
+            data.X[train_idx],
+            data.y[train_idx],
+            data.groups[train_idx],
+            train_variants,
+            on_epoch,
+        )
+
+    def holdout_predictions(
+        self, fitted: HeadClassifier, test_idx: Rows
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+        proba = predict_with_tta(fitted, self.data.X[test_idx], self.test_variants)
+        return proba, fitted.decode(proba)
+
+    def save(
+        self,
+        fitted: HeadClassifier,
+        *,
+        training_counts: Mapping[int, int],
+        metrics: Mapping[str, Any] | None,
+        extra: Mapping[str, Any],
+    ) -> Path:
+        config = self.config
+        return save_artifact(
+            self.out_dir,
+            fitted,
+            feature_config=self.feature_config,
+            training_counts=training_counts,
+            training_domain=config.training_domain,
+            raw_photo_preprocessing=config.raw_photo_preprocessing,
+            referable_from=config.referable_from,
+            metrics=metrics,
+            augmentation={**asdict(config.augment), "tta": config.tta, "seed": config.seed},
+            extra=extra,
+        )
+
+    def finish(self, fitted: HeadClassifier, out: Path) -> None:
+        plot_history(fitted.history_, out / "curves.png", best_epoch=fitted.best_epoch_)
 
 
 def train_model(
@@ -515,94 +462,52 @@ def train_model(
     progress = progress or _no_progress
     store, weights = _resolve_dirs(store_dir, weights_dir)
     started = time.perf_counter()
-    paths, y, keys, X, merged = _source_dataset(
-        paths, grades, groups, config, feature_config, store, weights, progress
-    )
-    if config.holdout_fraction > 0:
-        train_idx, test_idx = grouped_holdout(
-            y, merged, test_fraction=config.holdout_fraction, seed=config.seed
-        )
-    else:
-        train_idx, test_idx = np.arange(y.size), np.arange(0)
-    n_variants = config.augment.variants
-    train_variants = test_variants = None
-    if n_variants:
-        needed = np.concatenate([train_idx, test_idx]) if config.tta else train_idx
-        all_variants = _domain_variants(
-            [paths[i] for i in needed],
-            config,
-            feature_config,
-            store,
-            weights,
-            _sub_progress(progress, 40, 70, "augmented copies"),
-        )
-        train_variants = all_variants[: train_idx.size]
-        if config.tta:
-            test_variants = all_variants[train_idx.size :]
-    extraction_seconds = time.perf_counter() - started
-
-    classifier = config.make_classifier()
-    max_epochs = classifier.epochs
-
-    def on_epoch(epoch: int, logs: dict[str, float]) -> None:
-        loss = logs.get("val_loss", logs.get("loss", float("nan")))
-        progress(70 + int(20 * (epoch + 1) / max_epochs), f"epoch {epoch + 1}: loss {loss:.3f}")
-
-    progress(70, "training the head")
-    fit_head(classifier, X[train_idx], y[train_idx], merged[train_idx], train_variants, on_epoch)
-
-    metrics = None
-    if test_idx.size:
-        progress(90, f"evaluating on {test_idx.size} held-out images")
-        proba = predict_with_tta(classifier, X[test_idx], test_variants)
-        metrics = metrics_report(
-            y[test_idx],
-            classifier.decode(proba),
-            proba,
-            classes=config.classes,
-            referable_from=config.referable_from,
-        )
-    progress(95, "saving the model")
-    training_counts = {int(g): int((y[train_idx] == g).sum()) for g in config.classes}
-    out = save_artifact(
-        out_dir,
-        classifier,
+    data = _source_dataset(
+        paths,
+        grades,
+        groups,
+        config=config,
         feature_config=feature_config,
-        training_counts=training_counts,
-        training_domain=config.training_domain,
-        raw_photo_preprocessing=config.raw_photo_preprocessing,
-        referable_from=config.referable_from,
-        metrics=metrics,
-        augmentation={**asdict(config.augment), "tta": config.tta, "seed": config.seed},
-        extra={
-            "evaluation": "grouped stratified hold-out"
-            if test_idx.size
-            else "none (trained on all images)",
-            "n_holdout_images": int(test_idx.size),
-        },
+        store=store,
+        weights=weights,
+        progress=progress,
     )
-    if metrics is not None:
-        write_json(metrics, out / "report.json")
-        plot_confusion(
-            metrics["confusion"],
-            out / "confusion.png",
-            classes=config.classes,
+    steps = _HeadSteps(
+        data=data,
+        config=config,
+        feature_config=feature_config,
+        store=store,
+        weights=weights,
+        out_dir=out_dir,
+        progress=progress,
+        started=started,
+    )
+    run = train_with_holdout(
+        steps,
+        data.y,
+        data.groups,
+        plan=HoldoutPlan(
+            classes=tuple(config.classes),
+            referable_from=config.referable_from,
+            holdout_fraction=config.holdout_fraction,
+            seed=config.seed,
             labels=_labels(config.classes),
-            title=f"Hold-out ({test_idx.size} images)",
-        )
-    plot_history(classifier.history_, out / "curves.png", best_epoch=classifier.best_epoch_)
-    progress(100, "done")
+            evaluate_percent=90,
+            save_percent=95,
+        ),
+        progress=progress,
+    )
     return TrainResult(
-        artifact_dir=out,
-        metrics=metrics,
-        classifier=classifier,
-        n_train=int(train_idx.size),
-        n_test=int(test_idx.size),
-        n_variants=n_variants,
-        extraction_seconds=extraction_seconds,
-        fit_seconds=classifier.fit_seconds_,
-        train_keys=[keys[i] for i in train_idx],
-        test_keys=[keys[i] for i in test_idx],
+        artifact_dir=run.out,
+        metrics=run.metrics,
+        classifier=run.fitted,
+        n_train=int(run.train_idx.size),
+        n_test=int(run.test_idx.size),
+        n_variants=config.augment.variants,
+        extraction_seconds=steps.extraction_seconds,
+        fit_seconds=run.fitted.fit_seconds_,
+        train_keys=[data.keys[i] for i in run.train_idx],
+        test_keys=[data.keys[i] for i in run.test_idx],
     )
 
 
@@ -627,9 +532,17 @@ def evaluate_cv(
     config = training_config or TrainingConfig()
     progress = progress or _no_progress
     store, weights = _resolve_dirs(store_dir, weights_dir)
-    paths, y, keys, X, merged = _source_dataset(
-        paths, grades, groups, config, feature_config, store, weights, progress
+    data = _source_dataset(
+        paths,
+        grades,
+        groups,
+        config=config,
+        feature_config=feature_config,
+        store=store,
+        weights=weights,
+        progress=progress,
     )
+    paths, y, X, merged = data.paths, data.y, data.X, data.groups
     X_variants = None
     if config.augment.variants:
         # Every image is in some training fold, so every image needs its copies.
