@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 from django.core.paginator import Paginator
+from django.http import HttpRequest
+
+
+def page_number(request: HttpRequest) -> str:
+    """The ``?page=`` a list asks for; ``Paginator.get_page`` answers a bad one with a valid page."""
+    return request.GET.get("page") or "1"
 
 
 class IdsFirstPaginator(Paginator):

@@ -9,6 +9,13 @@ from functools import wraps
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 
+GRADE_PERMISSION = "grading.grade_image"
+ADJUDICATE_PERMISSION = "grading.adjudicate_image"
+UPLOAD_PERMISSION = "grading.upload_image"
+VIEW_IMAGE_PERMISSION = "grading.view_image"
+VIEW_PATIENT_PERMISSION = "grading.view_patient"
+SETTINGS_PERMISSION = "grading.change_workbenchsettings"
+
 
 class PermissionRequired(PermissionDenied):
     def __init__(self, permissions: tuple[str, ...]):

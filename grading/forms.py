@@ -1,0 +1,269 @@
+"""The clinician pages' forms: next image, grade (with the lesion rubric), upload, patient
+search and the workbench settings."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from django import forms
+from django.core.exceptions import ValidationError
+from django.core.validators import RegexValidator
+from django.utils import timezone
+
+from grading.models import Grade, GradeLevel, Image, WorkbenchSettings
+from grading.services import grades as grade_services
+from grading.services.workbench import EDITABLE_FIELDS
+from mlcore.data.rubric import QUADRANTS, Findings, icdr_grade_derive
+
+
+class WorklistNextForm(forms.Form):
+    """``from``: the image the grader leaves; anything that is not an image id is ignored."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # "from" is a Python keyword, so the field is added by name.
+        self.fields["from"] = forms.IntegerField(required=False, min_value=1, max_value=2**63 - 1)
+
+
+HAEMORRHAGE_LEVELS = [(0, "–"), (1, "+"), (2, "20+")]  # none, present, 20 or more
+
+
+class GradeForm(forms.Form):
+    grade = forms.TypedChoiceField(coerce=int, required=False, empty_value=None)
+    ungradable = forms.BooleanField(required=False)
+    macular_oedema = forms.BooleanField(required=False)
+    notes = forms.CharField(
+        required=False, max_length=grade_services.MAX_NOTES_LENGTH, widget=forms.Textarea
+    )
+    # The lesion rubric (mlcore.data.rubric): the page sends rubric=on when the grader used it.
+    rubric = forms.BooleanField(required=False, widget=forms.HiddenInput)
+    f_microaneurysms = forms.BooleanField(required=False)
+    f_nv_disc = forms.BooleanField(required=False)
+    f_nv_elsewhere = forms.BooleanField(required=False)
+    f_vitreous = forms.BooleanField(required=False)
+    f_exudates = forms.BooleanField(required=False)
+    f_exudates_fovea = forms.BooleanField(required=False)
+    f_cws = forms.BooleanField(required=False)
+    f_laser = forms.BooleanField(required=False)
+    override_reason = forms.CharField(
+        required=False, max_length=grade_services.MAX_NOTES_LENGTH, widget=forms.Textarea
+    )
+
+    def __init__(self, *args, levels: list[GradeLevel], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["grade"].choices = [("", "—")] + [(level.value, str(level)) for level in levels]
+        for quadrant in QUADRANTS:
+            self.fields[f"f_haem_{quadrant}"] = forms.TypedChoiceField(
+                coerce=int, choices=HAEMORRHAGE_LEVELS, required=False, empty_value=0
+            )
+            self.fields[f"f_vb_{quadrant}"] = forms.BooleanField(required=False)
+            self.fields[f"f_irma_{quadrant}"] = forms.BooleanField(required=False)
+
+    def findings(self) -> Findings | None:
+        data = self.cleaned_data
+        if not data.get("rubric"):
+            return None
+        findings = Findings(
+            microaneurysms=bool(data.get("f_microaneurysms")),
+            haemorrhages=frozenset(q for q in QUADRANTS if (data.get(f"f_haem_{q}") or 0) >= 1),
+            haemorrhages_severe=frozenset(
+                q for q in QUADRANTS if (data.get(f"f_haem_{q}") or 0) >= 2
+            ),
+            venous_beading=frozenset(q for q in QUADRANTS if data.get(f"f_vb_{q}")),
+            irma=frozenset(q for q in QUADRANTS if data.get(f"f_irma_{q}")),
+            nv_disc=bool(data.get("f_nv_disc")),
+            nv_elsewhere=bool(data.get("f_nv_elsewhere")),
+            vitreous_preretinal_haemorrhage=bool(data.get("f_vitreous")),
+            hard_exudates=bool(data.get("f_exudates")),
+            exudates_near_fovea=bool(data.get("f_exudates_fovea")),
+            cotton_wool_spots=bool(data.get("f_cws")),
+            laser_scars=bool(data.get("f_laser")),
+        )
+        # Nothing ticked and a grade above "no DR": a plain grade (the rubric was not used), so a
+        # grader can still grade by impression; the record says which it was (rubric_used).
+        if findings.is_empty and data.get("grade") not in (None, 0):
+            return None
+        return findings
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        grade, ungradable = cleaned.get("grade"), cleaned.get("ungradable")
+        if grade is None and not ungradable:
+            raise ValidationError("Choose a grade (keys 0-4) or mark the image ungradable (U).")
+        if grade is not None and ungradable:
+            raise ValidationError("Choose either a grade or 'ungradable', not both.")
+        if ungradable and cleaned.get("macular_oedema"):
+            raise ValidationError(
+                "An ungradable image cannot be assessed for macular oedema; clear one of the two."
+            )
+        findings = self.findings() if not self.errors else None
+        if findings is not None:
+            if ungradable and not findings.is_empty:
+                raise ValidationError(
+                    "An ungradable image has no findings; clear the findings or the ungradable mark."
+                )
+            derived = icdr_grade_derive(findings)
+            if (
+                grade is not None
+                and grade != derived.grade
+                and not (cleaned.get("override_reason") or "").strip()
+            ):
+                self.add_error(
+                    "override_reason",
+                    f"The findings give grade {derived.grade} ({derived.reason}); give a reason "
+                    f"to record grade {grade} instead.",
+                )
+        return cleaned
+
+    def grade_input(self) -> grade_services.GradeInput:
+        data = self.cleaned_data
+        return grade_services.GradeInput(
+            grade=data["grade"],
+            ungradable=bool(data["ungradable"]),
+            macular_oedema=bool(data["macular_oedema"]),
+            notes=data["notes"] or "",
+            findings=self.findings(),
+            override_reason=data.get("override_reason") or "",
+        )
+
+    @staticmethod
+    def initial_from(grade: Grade | None) -> dict[str, Any]:
+        """The form's initial values for a saved grade (the inverse of ``findings``)."""
+        if grade is None:
+            return {}
+        initial: dict[str, Any] = {
+            "grade": grade.grade_id,
+            "ungradable": grade.ungradable,
+            "macular_oedema": grade.macular_oedema,
+            "notes": grade.notes,
+            "override_reason": grade.override_reason,
+        }
+        if grade.rubric_used:
+            findings = Findings.from_dict(grade.findings)
+            initial |= {
+                "rubric": True,
+                "f_microaneurysms": findings.microaneurysms,
+                "f_nv_disc": findings.nv_disc,
+                "f_nv_elsewhere": findings.nv_elsewhere,
+                "f_vitreous": findings.vitreous_preretinal_haemorrhage,
+                "f_exudates": findings.hard_exudates,
+                "f_exudates_fovea": findings.exudates_near_fovea,
+                "f_cws": findings.cotton_wool_spots,
+                "f_laser": findings.laser_scars,
+            }
+            for q in QUADRANTS:
+                initial[f"f_haem_{q}"] = (
+                    2 if q in findings.haemorrhages_severe else int(q in findings.haemorrhages)
+                )
+                initial[f"f_vb_{q}"] = q in findings.venous_beading
+                initial[f"f_irma_{q}"] = q in findings.irma
+        return initial
+
+    def selected_grade(self) -> str:
+        """The grade the form shows as chosen (the grade buttons' pressed state), or ""."""
+        selected = self["grade"].value()
+        return str(selected) if selected not in (None, "") else ""
+
+
+class UploadForm(forms.Form):
+    patient_id = forms.CharField(
+        label="Patient ID (pseudonym)",
+        max_length=64,
+        validators=[
+            RegexValidator(
+                r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                "Use letters, digits, dot, dash or underscore (a pseudonym, never a name).",
+            )
+        ],
+    )
+    eye = forms.ChoiceField(choices=Image.Eye.choices, initial=Image.Eye.RIGHT)
+    acquired_on = forms.DateField(
+        label="Date taken",
+        required=False,
+        # ISO format: what an <input type="date"> shows and sends, whatever the locale.
+        widget=forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d"),
+    )
+
+    def clean_acquired_on(self) -> dt.date | None:
+        value = self.cleaned_data.get("acquired_on")
+        if value is not None and value > timezone.localdate():
+            raise ValidationError("The date a photograph was taken cannot be in the future.")
+        return value
+
+
+class PatientSearchForm(forms.Form):
+    # Longer input cannot match a pseudonym (64 characters at most); a NUL byte is refused.
+    q = forms.CharField(required=False, max_length=64, strip=True)
+
+
+class WorkbenchSettingsForm(forms.ModelForm):
+    grades_required = forms.TypedChoiceField(
+        coerce=int,
+        choices=[
+            (1, "1 grade (single grader)"),
+            (2, "2 independent grades (adjudicate disagreements)"),
+        ],
+        widget=forms.RadioSelect,
+    )
+    claim_minutes = forms.IntegerField(min_value=1, max_value=240)
+
+    class Meta:
+        model = WorkbenchSettings
+        fields = list(EDITABLE_FIELDS)
+        labels = {
+            "blind_first_grader": "Blind reading (hide the model until each reader's grade is saved)",
+            "queue_order": "Default queue order",
+            "claim_minutes": "Claim lease (minutes)",
+            "auto_retrain_after": "Retrain automatically after this many new confirmed grades (0: off)",
+            "allow_uncertain_order_when_blind": "Allow “Most uncertain first” during blind reading",
+            "allow_self_adjudication": "Allow self-adjudication",
+        }
+
+    # Declared fields ignore Meta.help_texts: every field gets its help here.
+    setting_help = {
+        "grades_required": (
+            "With two, two clinicians grade each image without seeing each other's grade: "
+            "agreement confirms it, disagreement sends it to a reviewer's adjudication queue. "
+            "Going back to one settles the pending images that already have a grade."
+        ),
+        "blind_first_grader": (
+            "Every clinician who grades an image independently (the first, the second, an "
+            "admin who grades) sees neither the model's grade, its probabilities nor its "
+            "activation map until their own grade is saved, so the model cannot anchor it. "
+            "Reviewers who do not grade see the model."
+        ),
+        "queue_order": (
+            "The order of the worklist and of Next image. Most uncertain first serves the "
+            "images the active model is least sure about (its grades then teach it the "
+            "most); each clinician can choose another order for themselves on the worklist. "
+            "During blind reading it is refused unless allowed below."
+        ),
+        "claim_minutes": (
+            "Opening an image reserves it for that clinician this long (1-240 minutes), so "
+            "two clinicians are not served the same image when only one grade is missing."
+        ),
+        "auto_retrain_after": (
+            "Counted since the last model was trained. An automatic retrain makes a "
+            "candidate version; an admin still compares and activates it."
+        ),
+    }
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name, text in self.setting_help.items():
+            self.fields[name].help_text = text
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        if (
+            cleaned.get("queue_order") == WorkbenchSettings.QueueOrder.UNCERTAIN
+            and cleaned.get("blind_first_grader")
+            and not cleaned.get("allow_uncertain_order_when_blind")
+        ):
+            self.add_error(
+                "queue_order",
+                "“Most uncertain first” reveals the model's confidence to blind readers: allow "
+                "it explicitly below, or choose another order.",
+            )
+        return cleaned
