@@ -9,6 +9,7 @@ from django.contrib.auth.models import Group
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponsePermanentRedirect
 from django.shortcuts import render
 from django.templatetags.static import static
+from django.urls import path
 from django.views.decorators.http import require_GET
 
 from grading.views.access import PermissionRequired
@@ -74,3 +75,6 @@ class ProductNotFoundPageMiddleware:
 def favicon(request: HttpRequest) -> HttpResponse:
     # Browsers ask for /favicon.ico whatever the page's <link rel=icon> says.
     return HttpResponsePermanentRedirect(static("favicon.svg"))
+
+
+urlpatterns = [path("favicon.ico", favicon, name="favicon")]
