@@ -6,11 +6,12 @@ from django import forms
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from grading.http import AuthenticatedHttpRequest
 from grading.models import CertificationItem, GradeLevel, Image, WorkbenchSettings
 from grading.selectors import certification as certification_selectors
 from grading.selectors.worklist import workbench_settings_get
@@ -31,7 +32,7 @@ class CertificationBuildForm(forms.Form):
 
 
 @require_GET
-def certification(request: HttpRequest) -> HttpResponse:
+def certification(request: AuthenticatedHttpRequest) -> HttpResponse:
     user = request.user
     manager = user.has_perm(MANAGE_PERMISSION) or user.has_perm("grading.review_agreement")
     if not (manager or certification_selectors.certification_subject(user=user)):
@@ -61,7 +62,7 @@ def certification(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 @permission_required(MANAGE_PERMISSION, raise_exception=True)
-def certification_build(request: HttpRequest) -> HttpResponse:
+def certification_build(request: AuthenticatedHttpRequest) -> HttpResponse:
     form = CertificationBuildForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Give a set size between 1 and 1000.")
@@ -85,7 +86,7 @@ class QualityDecisionForm(forms.Form):
 
 @require_GET
 @permission_required(GRADE_PERMISSION, raise_exception=True)
-def quality_queue(request: HttpRequest) -> HttpResponse:
+def quality_queue(request: AuthenticatedHttpRequest) -> HttpResponse:
     waiting = Image.objects.filter(
         grading_state=Image.GradingState.PENDING, quality_review=Image.QualityReview.CHECK
     ).select_related("patient")
@@ -99,7 +100,7 @@ def quality_queue(request: HttpRequest) -> HttpResponse:
 
 @require_http_methods(["POST"])
 @permission_required(GRADE_PERMISSION, raise_exception=True)
-def quality_decide(request: HttpRequest, image_id: int) -> HttpResponse:
+def quality_decide(request: AuthenticatedHttpRequest, image_id: int) -> HttpResponse:
     image = get_object_or_404(Image, pk=image_id)
     form = QualityDecisionForm(request.POST)
     if not form.is_valid():
@@ -139,7 +140,7 @@ class ProtocolSettingsForm(forms.ModelForm):
 
 @require_http_methods(["GET", "POST"])
 @permission_required(SETTINGS_PERMISSION, raise_exception=True)
-def protocol_settings(request: HttpRequest) -> HttpResponse:
+def protocol_settings(request: AuthenticatedHttpRequest) -> HttpResponse:
     form = ProtocolSettingsForm(request.POST or None, instance=workbench_settings_get())
     if request.method == "POST":
         if form.is_valid():

@@ -11,7 +11,7 @@ from typing import Any
 from django import forms
 from django.core.paginator import Paginator
 from django.core.validators import MaxValueValidator, MinValueValidator
-from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import path
 from django.utils import timezone
@@ -19,6 +19,7 @@ from django.utils.cache import patch_vary_headers
 from django.utils.text import get_valid_filename
 from django.views.decorators.http import require_GET
 
+from grading.http import AuthenticatedHttpRequest
 from grading.models import Image, ModelVersion
 from grading.review_charts import confusion_png, qwk_by_month_png
 from grading.selectors import exports as export_selectors
@@ -165,13 +166,13 @@ class ReviewFilterForm(DateRangeCheckMixin, forms.Form):
         )
 
 
-def _review_form(request: HttpRequest, scale: Scale) -> ReviewFilterForm:
+def _review_form(request: AuthenticatedHttpRequest, scale: Scale) -> ReviewFilterForm:
     form = ReviewFilterForm(request.GET, scale=scale)
     form.is_valid()
     return form
 
 
-def _sort_headers(request: HttpRequest, current: str) -> list[dict[str, str]]:
+def _sort_headers(request: AuthenticatedHttpRequest, current: str) -> list[dict[str, str]]:
     headers = []
     for key, label, first in REVIEW_COLUMNS:
         if current == key:
@@ -210,7 +211,7 @@ def _confusion_rows(report: dict[str, Any], scale: Scale) -> list[dict[str, Any]
 
 @require_GET
 @permission_required("grading.view_image", raise_exception=True)
-def image_detail(request: HttpRequest, image_id: int) -> HttpResponse:
+def image_detail(request: AuthenticatedHttpRequest, image_id: int) -> HttpResponse:
     try:
         timeline = image_timeline(image_id=image_id, viewer=request.user)
     except Image.DoesNotExist:
@@ -221,7 +222,7 @@ def image_detail(request: HttpRequest, image_id: int) -> HttpResponse:
 
 @require_GET
 @permission_required("grading.review_agreement", raise_exception=True)
-def review(request: HttpRequest) -> HttpResponse:
+def review(request: AuthenticatedHttpRequest) -> HttpResponse:
     scale = review_selectors.scale_get()
     form = _review_form(request, scale)
     # htmx swaps in the results only; a history restore (back button with a cold cache) or a
@@ -266,7 +267,7 @@ def _png_response(data: bytes) -> HttpResponse:
     return response
 
 
-def _chart_filters(request: HttpRequest) -> tuple[Scale, ReviewFilters | None]:
+def _chart_filters(request: AuthenticatedHttpRequest) -> tuple[Scale, ReviewFilters | None]:
     """The scale and the review page's filters for one of its charts; None if they are invalid."""
     scale = review_selectors.scale_get()
     form = _review_form(request, scale)
@@ -279,7 +280,7 @@ def _invalid_filters() -> HttpResponse:
 
 @require_GET
 @permission_required("grading.review_agreement", raise_exception=True)
-def review_confusion_png(request: HttpRequest) -> HttpResponse:
+def review_confusion_png(request: AuthenticatedHttpRequest) -> HttpResponse:
     scale, filters = _chart_filters(request)
     if filters is None:
         return _invalid_filters()
@@ -298,7 +299,7 @@ def review_confusion_png(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 @permission_required("grading.review_agreement", raise_exception=True)
-def review_qwk_chart_png(request: HttpRequest) -> HttpResponse:
+def review_qwk_chart_png(request: AuthenticatedHttpRequest) -> HttpResponse:
     scale, filters = _chart_filters(request)
     if filters is None:
         return _invalid_filters()
@@ -326,7 +327,7 @@ class GraderAgreementForm(DateRangeCheckMixin, forms.Form):
 
 @require_GET
 @permission_required("grading.review_agreement", raise_exception=True)
-def grader_agreement(request: HttpRequest) -> HttpResponse:
+def grader_agreement(request: AuthenticatedHttpRequest) -> HttpResponse:
     form = GraderAgreementForm(request.GET)
     if not form.is_valid():
         return render(request, "grading/review/graders.html", {"form": form}, status=400)
@@ -375,7 +376,7 @@ def _stamp() -> str:
 
 @require_GET
 @permission_required("grading.export_data", raise_exception=True)
-def export_grades_csv(request: HttpRequest) -> StreamingHttpResponse:
+def export_grades_csv(request: AuthenticatedHttpRequest) -> StreamingHttpResponse:
     rows = export_selectors.grades_export_rows(
         hidden_images=images_read_independently_by(user=request.user)
     )
@@ -394,7 +395,7 @@ class PredictionExportForm(forms.Form):
 
 @require_GET
 @permission_required("grading.export_data", raise_exception=True)
-def export_predictions_csv(request: HttpRequest) -> HttpResponse:
+def export_predictions_csv(request: AuthenticatedHttpRequest) -> HttpResponse:
     form = PredictionExportForm(request.GET)
     if not form.is_valid():
         errors = "; ".join(error for errors in form.errors.values() for error in errors)
