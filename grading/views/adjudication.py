@@ -9,7 +9,7 @@ from django.urls import path
 from django.views.decorators.http import require_GET, require_http_methods
 
 from grading import keyboard
-from grading.forms import GradeForm
+from grading.forms.grade import GradeForm
 from grading.http import AuthenticatedHttpRequest
 from grading.models import Grade, Image
 from grading.pagination import IdsFirstPaginator, page_number

@@ -9,7 +9,7 @@ from django.urls import path
 from django.views.decorators.http import require_http_methods
 
 from grading import keyboard
-from grading.forms import HAEMORRHAGE_LEVELS, GradeForm
+from grading.forms.grade import HAEMORRHAGE_LEVELS, GradeForm
 from grading.http import AuthenticatedHttpRequest
 from grading.models import Grade, GradeLevel, Image
 from grading.selectors import certification as certification_selectors

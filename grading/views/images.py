@@ -3,6 +3,8 @@ private caching)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
@@ -11,6 +13,7 @@ from django.views.decorators.http import require_GET
 from grading.http import AuthenticatedHttpRequest
 from grading.models import Image
 from grading.selectors.assistance import (
+    ModelView,
     model_view_for,
     prediction_cam_file,
     prediction_hidden,
@@ -19,7 +22,8 @@ from grading.services import renderings
 from grading.views.access import VIEW_IMAGE_PERMISSION, permission_required
 
 
-def viewer_ctx(image: Image, model_view) -> dict:
+def viewer_ctx(image: Image, model_view: ModelView) -> dict[str, object]:
+    """The image viewer's modes (original and renderings) and the CAM overlay's address."""
     modes = [("original", "Original", reverse("image_file", args=[image.pk]))] + [
         (mode, label, reverse("image_view", args=[image.pk, mode]))
         for mode, label in (
@@ -36,7 +40,7 @@ def viewer_ctx(image: Image, model_view) -> dict:
     return {"view_modes": modes, "cam_url": cam_url}
 
 
-def _png_response(path) -> FileResponse:
+def _png_response(path: Path) -> FileResponse:
     response = FileResponse(open(path, "rb"), content_type="image/png")  # noqa: SIM115
     response["Cache-Control"] = "private, max-age=3600"
     return response
@@ -44,7 +48,7 @@ def _png_response(path) -> FileResponse:
 
 @require_GET
 @permission_required(VIEW_IMAGE_PERMISSION, raise_exception=True)
-def image_view(request: AuthenticatedHttpRequest, image_id: int, mode: str) -> HttpResponse:
+def image_view(request: AuthenticatedHttpRequest, image_id: int, mode: str) -> FileResponse:
     image = get_object_or_404(Image, pk=image_id)
     if mode not in renderings.VIEW_MODES:
         raise Http404(f"Unknown view {mode!r}.")
@@ -57,7 +61,7 @@ def image_view(request: AuthenticatedHttpRequest, image_id: int, mode: str) -> H
 
 @require_GET
 @permission_required(VIEW_IMAGE_PERMISSION, raise_exception=True)
-def image_cam(request: AuthenticatedHttpRequest, image_id: int) -> HttpResponse:
+def image_cam(request: AuthenticatedHttpRequest, image_id: int) -> HttpResponse | FileResponse:
     image = get_object_or_404(Image, pk=image_id)
     # The map reveals the model's opinion: a blinded first grader gets it only after grading.
     if prediction_hidden(image=image, user=request.user):

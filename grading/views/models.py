@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from django import forms
 from django.contrib import messages
 from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -17,6 +16,7 @@ from django.urls import path, reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from grading.forms.models import ModelCompareForm, RetrainForm
 from grading.http import AuthenticatedHttpRequest
 from grading.models import Job, ModelVersion
 from grading.selectors import jobs as job_selectors
@@ -164,11 +164,6 @@ def model_compare(request: AuthenticatedHttpRequest) -> HttpResponse:
     return render(request, "grading/models/compare.html", ctx)
 
 
-class ModelCompareForm(forms.Form):
-    a = forms.IntegerField(required=False, min_value=1)
-    b = forms.IntegerField(required=False, min_value=1)
-
-
 def _comparable(version: ModelVersion) -> bool:
     """Versions with predictions of images they never trained on (hold-out or cross-validation)."""
     return bool(version.holdout_sha256) or version.metrics.get("evaluation") == "done"
@@ -259,12 +254,6 @@ def model_rollback(request: AuthenticatedHttpRequest) -> HttpResponse:
     else:
         _activation_messages(request, activation)
     return redirect("model_versions")
-
-
-class RetrainForm(forms.Form):
-    mode = forms.ChoiceField(
-        choices=list(version_services.TRAINING_MODES.items()), required=False, initial="head"
-    )
 
 
 @require_POST

@@ -8,7 +8,7 @@ from django.shortcuts import get_object_or_404, render
 from django.urls import path
 from django.views.decorators.http import require_GET
 
-from grading.forms import PatientSearchForm
+from grading.forms.patients import PatientSearchForm
 from grading.http import AuthenticatedHttpRequest
 from grading.models import GradeLevel, Patient
 from grading.pagination import page_number

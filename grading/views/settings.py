@@ -8,7 +8,7 @@ from django.shortcuts import redirect, render
 from django.urls import path
 from django.views.decorators.http import require_http_methods
 
-from grading.forms import WorkbenchSettingsForm
+from grading.forms.settings import WorkbenchSettingsForm
 from grading.http import AuthenticatedHttpRequest
 from grading.selectors import worklist as worklist_selectors
 from grading.services.workbench import workbench_settings_update

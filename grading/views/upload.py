@@ -8,7 +8,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path
 from django.views.decorators.http import require_GET, require_http_methods
 
-from grading.forms import UploadForm
+from grading.forms.upload import UploadForm
 from grading.http import AuthenticatedHttpRequest
 from grading.models import Job, Patient
 from grading.selectors.model_versions import model_version_active

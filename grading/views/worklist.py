@@ -9,7 +9,7 @@ from django.shortcuts import redirect, render
 from django.urls import path
 from django.views.decorators.http import require_GET, require_POST
 
-from grading.forms import WorklistNextForm
+from grading.forms.worklist import WorklistNextForm
 from grading.http import AuthenticatedHttpRequest
 from grading.models import Image, WorkbenchSettings
 from grading.pagination import page_number

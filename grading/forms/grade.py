@@ -1,30 +1,15 @@
-"""The clinician pages' forms: next image, grade (with the lesion rubric), upload, patient
-search and the workbench settings."""
+"""The grade form (grading and adjudication pages), with the lesion rubric."""
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from django import forms
 from django.core.exceptions import ValidationError
-from django.core.validators import RegexValidator
-from django.utils import timezone
 
-from grading.models import Grade, GradeLevel, Image, WorkbenchSettings
+from grading.models import Grade, GradeLevel
 from grading.services import grades as grade_services
-from grading.services.workbench import EDITABLE_FIELDS
 from mlcore.data.rubric import QUADRANTS, Findings, icdr_grade_derive
-
-
-class WorklistNextForm(forms.Form):
-    """``from``: the image the grader leaves; anything that is not an image id is ignored."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        # "from" is a Python keyword, so the field is added by name.
-        self.fields["from"] = forms.IntegerField(required=False, min_value=1, max_value=2**63 - 1)
-
 
 HAEMORRHAGE_LEVELS = [(0, "–"), (1, "+"), (2, "20+")]  # none, present, 20 or more
 
@@ -164,106 +149,3 @@ class GradeForm(forms.Form):
         """The grade the form shows as chosen (the grade buttons' pressed state), or ""."""
         selected = self["grade"].value()
         return str(selected) if selected not in (None, "") else ""
-
-
-class UploadForm(forms.Form):
-    patient_id = forms.CharField(
-        label="Patient ID (pseudonym)",
-        max_length=64,
-        validators=[
-            RegexValidator(
-                r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
-                "Use letters, digits, dot, dash or underscore (a pseudonym, never a name).",
-            )
-        ],
-    )
-    eye = forms.ChoiceField(choices=Image.Eye.choices, initial=Image.Eye.RIGHT)
-    acquired_on = forms.DateField(
-        label="Date taken",
-        required=False,
-        # ISO format: what an <input type="date"> shows and sends, whatever the locale.
-        widget=forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d"),
-    )
-
-    def clean_acquired_on(self) -> dt.date | None:
-        value = self.cleaned_data.get("acquired_on")
-        if value is not None and value > timezone.localdate():
-            raise ValidationError("The date a photograph was taken cannot be in the future.")
-        return value
-
-
-class PatientSearchForm(forms.Form):
-    # Longer input cannot match a pseudonym (64 characters at most); a NUL byte is refused.
-    q = forms.CharField(required=False, max_length=64, strip=True)
-
-
-class WorkbenchSettingsForm(forms.ModelForm):
-    grades_required = forms.TypedChoiceField(
-        coerce=int,
-        choices=[
-            (1, "1 grade (single grader)"),
-            (2, "2 independent grades (adjudicate disagreements)"),
-        ],
-        widget=forms.RadioSelect,
-    )
-    claim_minutes = forms.IntegerField(min_value=1, max_value=240)
-
-    class Meta:
-        model = WorkbenchSettings
-        fields = list(EDITABLE_FIELDS)
-        labels = {
-            "blind_first_grader": "Blind reading (hide the model until each reader's grade is saved)",
-            "queue_order": "Default queue order",
-            "claim_minutes": "Claim lease (minutes)",
-            "auto_retrain_after": "Retrain automatically after this many new confirmed grades (0: off)",
-            "allow_uncertain_order_when_blind": "Allow “Most uncertain first” during blind reading",
-            "allow_self_adjudication": "Allow self-adjudication",
-        }
-
-    # Declared fields ignore Meta.help_texts: every field gets its help here.
-    setting_help = {
-        "grades_required": (
-            "With two, two clinicians grade each image without seeing each other's grade: "
-            "agreement confirms it, disagreement sends it to a reviewer's adjudication queue. "
-            "Going back to one settles the pending images that already have a grade."
-        ),
-        "blind_first_grader": (
-            "Every clinician who grades an image independently (the first, the second, an "
-            "admin who grades) sees neither the model's grade, its probabilities nor its "
-            "activation map until their own grade is saved, so the model cannot anchor it. "
-            "Reviewers who do not grade see the model."
-        ),
-        "queue_order": (
-            "The order of the worklist and of Next image. Most uncertain first serves the "
-            "images the active model is least sure about (its grades then teach it the "
-            "most); each clinician can choose another order for themselves on the worklist. "
-            "During blind reading it is refused unless allowed below."
-        ),
-        "claim_minutes": (
-            "Opening an image reserves it for that clinician this long (1-240 minutes), so "
-            "two clinicians are not served the same image when only one grade is missing."
-        ),
-        "auto_retrain_after": (
-            "Counted since the last model was trained. An automatic retrain makes a "
-            "candidate version; an admin still compares and activates it."
-        ),
-    }
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        for name, text in self.setting_help.items():
-            self.fields[name].help_text = text
-
-    def clean(self) -> dict:
-        cleaned = super().clean()
-        if (
-            cleaned.get("queue_order") == WorkbenchSettings.QueueOrder.UNCERTAIN
-            and cleaned.get("blind_first_grader")
-            and not cleaned.get("allow_uncertain_order_when_blind")
-        ):
-            self.add_error(
-                "queue_order",
-                "“Most uncertain first” reveals the model's confidence to blind readers: allow "
-                "it explicitly below, or choose another order.",
-            )
-        return cleaned
