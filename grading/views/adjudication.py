@@ -27,7 +27,7 @@ from grading.views.images import viewer_ctx
 @permission_required(ADJUDICATE_PERMISSION, raise_exception=True)
 def adjudication_queue(request: AuthenticatedHttpRequest) -> HttpResponse:
     pending = list(worklist_selectors.adjudication_pending()[:200])
-    current = {}
+    current: dict[int, list[Grade]] = {}
     for grade in Grade.objects.filter(
         image__in=pending, kind=Grade.Kind.GRADER, superseded_by__isnull=True
     ).select_related("grade", "grader"):

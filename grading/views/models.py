@@ -138,7 +138,8 @@ def _confusion_rows(report: dict, scale: list) -> list[tuple]:
 @permission_required("grading.retrain_model", raise_exception=True)
 def model_compare(request: AuthenticatedHttpRequest) -> HttpResponse:
     versions = [v for v in version_selectors.model_versions_list() if _comparable(v)]
-    by_id = {v.pk: v for v in versions}
+    # Keyed for the form's ids, which stay empty (None) when not chosen or invalid.
+    by_id: dict[int | None, ModelVersion] = {v.pk: v for v in versions}
     chosen = ModelCompareForm(request.GET)
     chosen.is_valid()  # an invalid choice is left empty: the page asks for two versions
     first = by_id.get(chosen.cleaned_data.get("a"))

@@ -28,10 +28,10 @@ def patients(request: AuthenticatedHttpRequest) -> HttpResponse:
         page_number(request)
     )
     statuses = patient_selectors.patients_referable_status(
-        patient_ids=[patient.pk for patient in page.object_list],
+        patient_ids=[patient.pk for patient in page],
         hidden_image_ids=certification_selectors.reference_hidden_ids(user=request.user),
     )
-    patients_counted = patient_selectors.patients_with_counts(patients=page.object_list)
+    patients_counted = patient_selectors.patients_with_counts(patients=page)
     ctx = {
         "query": query,
         "page": page,

@@ -7,7 +7,6 @@ import csv
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from django.core.paginator import Paginator
 from django.http import Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import path
@@ -19,11 +18,12 @@ from django.views.decorators.http import require_GET
 from grading.forms.review import GraderAgreementForm, PredictionExportForm, ReviewFilterForm
 from grading.http import AuthenticatedHttpRequest
 from grading.models import Image, ModelVersion
+from grading.pagination import sliced_rows_page
 from grading.review_charts import confusion_png, qwk_by_month_png
 from grading.selectors import exports as export_selectors
 from grading.selectors import review as review_selectors
 from grading.selectors.assistance import images_blind_for, images_read_independently_by
-from grading.selectors.review import ReviewFilters, Scale
+from grading.selectors.review import Reference, ReviewFilters, Scale
 from grading.selectors.review_cache import review_cached
 from grading.selectors.timeline import image_timeline
 from grading.views.access import permission_required
@@ -120,7 +120,7 @@ def review(request: AuthenticatedHttpRequest) -> HttpResponse:
     summary = review_selectors.review_summary(filters=filters, scale=scale)
     report = summary["report"]
     rows = review_selectors.ReviewRows(filters=filters, scale=scale, report=report)
-    page = Paginator(rows, REVIEW_PAGE_SIZE).get_page(request.GET.get("page"))
+    page = sliced_rows_page(rows, REVIEW_PAGE_SIZE, request.GET.get("page"))
     chart_query = request.GET.copy()
     for key in ("page", "sort"):
         chart_query.pop(key, None)
@@ -199,7 +199,7 @@ def grader_agreement(request: AuthenticatedHttpRequest) -> HttpResponse:
     form = GraderAgreementForm(request.GET)
     if not form.is_valid():
         return render(request, "grading/review/graders.html", {"form": form}, status=400)
-    reference = form.cleaned_data["reference"] or "final"
+    reference: Reference = form.cleaned_data["reference"] or "final"
     ctx = {
         "form": form,
         "reference": reference,
@@ -253,10 +253,12 @@ def export_grades_csv(request: AuthenticatedHttpRequest) -> StreamingHttpRespons
 
 @require_GET
 @permission_required("grading.export_data", raise_exception=True)
-def export_predictions_csv(request: AuthenticatedHttpRequest) -> HttpResponse:
+def export_predictions_csv(
+    request: AuthenticatedHttpRequest,
+) -> HttpResponse | StreamingHttpResponse:
     form = PredictionExportForm(request.GET)
     if not form.is_valid():
-        errors = "; ".join(error for errors in form.errors.values() for error in errors)
+        errors = "; ".join(str(error) for errors in form.errors.values() for error in errors)
         return HttpResponse(errors, status=400, content_type="text/plain")
     version_id = form.cleaned_data["version"]
     version = get_object_or_404(ModelVersion, pk=version_id) if version_id else None

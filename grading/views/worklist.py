@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.core.paginator import Paginator
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import path
@@ -12,7 +11,7 @@ from django.views.decorators.http import require_GET, require_POST
 from grading.forms.worklist import WorklistNextForm
 from grading.http import AuthenticatedHttpRequest
 from grading.models import Image, WorkbenchSettings
-from grading.pagination import page_number
+from grading.pagination import page_number, sliced_rows_page
 from grading.selectors import certification as certification_selectors
 from grading.selectors import worklist as worklist_selectors
 from grading.views.access import GRADE_PERMISSION, SETTINGS_PERMISSION, permission_required
@@ -50,7 +49,7 @@ def worklist(request: AuthenticatedHttpRequest) -> HttpResponse:
             grader=request.user, order=order, seed=queue_seed(request)
         )
     )
-    page = Paginator(queue, WORKLIST_PAGE_SIZE).get_page(page_number(request))
+    page = sliced_rows_page(queue, WORKLIST_PAGE_SIZE, page_number(request))
     held = set(worklist_selectors.claim_held(grader=request.user))
     rows = [
         {
