@@ -9,6 +9,7 @@ from __future__ import annotations
 from django.contrib.auth.models import User
 from django.http import HttpRequest
 from django_htmx.middleware import HtmxDetails
+from rest_framework.request import Request
 
 
 class HtmxHttpRequest(HttpRequest):
@@ -20,5 +21,11 @@ class HtmxHttpRequest(HttpRequest):
 class AuthenticatedHttpRequest(HtmxHttpRequest):
     """A request to a view behind login: ``LoginRequiredMiddleware`` sends anonymous visitors to
     the login page first (unless the view is ``login_not_required``), so ``user`` is a saved user."""
+
+    user: User
+
+
+class AuthenticatedRequest(Request):
+    """A request to an API view that requires ``IsAuthenticated``: ``user`` is a saved user."""
 
     user: User
