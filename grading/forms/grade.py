@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.core.exceptions import ValidationError
@@ -35,12 +35,16 @@ class GradeForm(forms.Form):
         required=False, max_length=grade_services.MAX_NOTES_LENGTH, widget=forms.Textarea
     )
 
-    def __init__(self, *args, levels: list[GradeLevel], **kwargs):
+    def __init__(self, *args: Any, levels: list[GradeLevel], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["grade"].choices = [("", "—")] + [(level.value, str(level)) for level in levels]
+        grade = cast(forms.TypedChoiceField, self.fields["grade"])
+        grade.choices = [("", "—")] + [(level.value, str(level)) for level in levels]
         for quadrant in QUADRANTS:
             self.fields[f"f_haem_{quadrant}"] = forms.TypedChoiceField(
-                coerce=int, choices=HAEMORRHAGE_LEVELS, required=False, empty_value=0
+                coerce=int,
+                choices=HAEMORRHAGE_LEVELS,
+                required=False,
+                empty_value=0,  # type: ignore[arg-type]  # Django takes any empty value; the stubs, str only
             )
             self.fields[f"f_vb_{quadrant}"] = forms.BooleanField(required=False)
             self.fields[f"f_irma_{quadrant}"] = forms.BooleanField(required=False)
@@ -71,8 +75,9 @@ class GradeForm(forms.Form):
             return None
         return findings
 
-    def clean(self) -> dict:
-        cleaned = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        cleaned = self.cleaned_data
         grade, ungradable = cleaned.get("grade"), cleaned.get("ungradable")
         if grade is None and not ungradable:
             raise ValidationError("Choose a grade (keys 0-4) or mark the image ungradable (U).")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.core.validators import MaxValueValidator, MinValueValidator
+from django.http import QueryDict
 
 from grading.models import ModelVersion
 from grading.selectors import review as review_selectors
@@ -42,20 +43,26 @@ def _date_field(label: str) -> forms.DateField:
     )
 
 
-class DateRangeCheckMixin:
+class DateRangeForm(forms.Form):
     """For forms with optional ``date_from`` and ``date_to`` fields: refuse a range that ends
     before it starts."""
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        super().clean()
+        cleaned = self.cleaned_data
         start, end = cleaned.get("date_from"), cleaned.get("date_to")
         if start and end and start > end:
             raise forms.ValidationError("The start date is after the end date.")
         return cleaned
 
 
-class ReviewFilterForm(DateRangeCheckMixin, forms.Form):
-    version = forms.ModelChoiceField(
+class ModelVersionChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, obj: ModelVersion) -> str:
+        return f"{obj.name} ({obj.get_state_display().lower()})"
+
+
+class ReviewFilterForm(DateRangeForm):
+    version = ModelVersionChoiceField(
         queryset=ModelVersion.objects.none(), required=False, label="Model version"
     )
     date_by = forms.ChoiceField(
@@ -84,7 +91,7 @@ class ReviewFilterForm(DateRangeCheckMixin, forms.Form):
             ("2", "Disagree by ≥ 2 grades"),
         ],
         coerce=int,
-        empty_value=0,
+        empty_value=0,  # type: ignore[arg-type]  # Django takes any empty value; the stubs, str only
         required=False,
         label="Model vs confirmed",
     )
@@ -96,21 +103,19 @@ class ReviewFilterForm(DateRangeCheckMixin, forms.Form):
 
     def __init__(self, *args: Any, scale: Scale, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        versions = review_selectors.model_versions_with_predictions()
-        self.fields["version"].queryset = versions
+        version = cast(ModelVersionChoiceField, self.fields["version"])
+        version.queryset = review_selectors.model_versions_with_predictions()
         default = review_selectors.model_version_default()
         # No "(default)" entry beside the same version's own entry: the default version is
         # simply the one selected when the request names none.
-        self.fields["version"].empty_label = None if default else "No model version yet"
+        version.empty_label = None if default else "No model version yet"
         if default is not None and self.is_bound and not self.data.get("version"):
-            self.data = self.data.copy()
-            self.data["version"] = str(default.pk)
-        self.fields["version"].label_from_instance = lambda version: (
-            f"{version.name} ({version.get_state_display().lower()})"
-        )
-        self.fields["confirmed"].choices = _grade_choices(scale, "Any")
-        self.fields["predicted"].choices = _grade_choices(scale, "Any")
-        self.fields["sort"].choices = [("", "")] + [
+            data = cast(QueryDict, self.data).copy()  # the view hands over request.GET
+            data["version"] = str(default.pk)
+            self.data = data
+        for name in ("confirmed", "predicted"):
+            cast(forms.TypedChoiceField, self.fields[name]).choices = _grade_choices(scale, "Any")
+        cast(forms.ChoiceField, self.fields["sort"]).choices = [("", "")] + [
             (f"{prefix}{key}", key) for key in REVIEW_SORTS for prefix in ("", "-")
         ]
 
@@ -130,7 +135,7 @@ class ReviewFilterForm(DateRangeCheckMixin, forms.Form):
         )
 
 
-class GraderAgreementForm(DateRangeCheckMixin, forms.Form):
+class GraderAgreementForm(DateRangeForm):
     reference = forms.ChoiceField(
         choices=[
             ("final", "Final grade (leave out only grades that alone decided it)"),

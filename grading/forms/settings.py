@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 
 from grading.models import WorkbenchSettings
@@ -60,13 +62,14 @@ class WorkbenchSettingsForm(forms.ModelForm):
         ),
     }
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         for name, text in self.setting_help.items():
             self.fields[name].help_text = text
 
-    def clean(self) -> dict:
-        cleaned = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        cleaned = self.cleaned_data
         if (
             cleaned.get("queue_order") == WorkbenchSettings.QueueOrder.UNCERTAIN
             and cleaned.get("blind_first_grader")
