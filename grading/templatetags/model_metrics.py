@@ -50,13 +50,6 @@ def duration(value: dt.timedelta | None) -> str:
 
 
 @register.filter
-def lookup(mapping: dict, key: object) -> object:
-    if not mapping:
-        return None
-    return mapping.get(key, mapping.get(str(key)))
-
-
-@register.filter
 def interval(value: list[float] | None, style: str = "metric") -> str:
     """A 95 % interval ``[low, high]`` as ``0.801–0.846`` (``style="percent"``: ``80.1–84.6 %``),
     or an empty string when there is none."""
