@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from django.http import Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
@@ -23,7 +23,7 @@ from grading.review_charts import confusion_png, qwk_by_month_png
 from grading.selectors import exports as export_selectors
 from grading.selectors import review as review_selectors
 from grading.selectors.assistance import images_blind_for, images_read_independently_by
-from grading.selectors.review import Reference, ReviewFilters, Scale
+from grading.selectors.review import ReviewFilters, Scale
 from grading.selectors.review_cache import review_cached
 from grading.selectors.timeline import image_timeline
 from grading.views.access import permission_required
@@ -199,7 +199,7 @@ def grader_agreement(request: AuthenticatedHttpRequest) -> HttpResponse:
     form = GraderAgreementForm(request.GET)
     if not form.is_valid():
         return render(request, "grading/review/graders.html", {"form": form}, status=400)
-    reference: Reference = form.cleaned_data["reference"] or "final"
+    reference: Literal["final", "independent"] = form.cleaned_data["reference"] or "final"
     ctx = {
         "form": form,
         "reference": reference,
