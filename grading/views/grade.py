@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import messages
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -26,10 +28,12 @@ from mlcore.data.rubric import QUADRANT_NAMES, QUADRANTS
 
 
 def grade_levels() -> list[GradeLevel]:
+    """The grading scale, lowest first: the grade form's choices (grading and adjudication)."""
     return list(GradeLevel.objects.order_by("value"))
 
 
 def saved_text(grade: Grade) -> str:
+    """A saved grade as the confirmation messages say it."""
     return "ungradable" if grade.ungradable else str(grade.grade)
 
 
@@ -67,7 +71,7 @@ def _bound_int(form: GradeForm, name: str) -> int:
         return 0
 
 
-def _rubric_ctx(form: GradeForm) -> dict:
+def _rubric_ctx(form: GradeForm) -> dict[str, Any]:
     """The rubric's inputs with the values the form holds (typed, saved or initial)."""
     rows = []
     for row, key, label in RUBRIC_QUADRANT_ROWS:

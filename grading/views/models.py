@@ -8,6 +8,7 @@ With Redis down every page still renders; actions that need the queue say it is 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from django.contrib import messages
 from django.http import FileResponse, Http404, HttpResponse
@@ -18,7 +19,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from grading.forms.models import ModelCompareForm, RetrainForm
 from grading.http import AuthenticatedHttpRequest
-from grading.models import Job, ModelVersion
+from grading.models import GradeLevel, Job, ModelVersion
 from grading.selectors import jobs as job_selectors
 from grading.selectors import model_versions as version_selectors
 from grading.selectors.predictions import predictions_missing_count
@@ -36,7 +37,7 @@ def _back(request: AuthenticatedHttpRequest, default: str) -> HttpResponse:
     return redirect(default)
 
 
-def _queue_context() -> dict:
+def _queue_context() -> dict[str, Any]:
     """Whether the queue answers, for the Retrain button (asked once per page, ~1 ms)."""
     available = job_services.queue_is_available(timeout=0.5)
     return {
@@ -127,7 +128,9 @@ def model_version_detail(request: AuthenticatedHttpRequest, version_id: int) -> 
     return render(request, "grading/models/detail.html", ctx)
 
 
-def _confusion_rows(report: dict, scale: list) -> list[tuple]:
+def _confusion_rows(
+    report: dict[str, Any], scale: list[GradeLevel]
+) -> list[tuple[GradeLevel, list[int]]]:
     matrix = report.get("confusion") or []
     if len(matrix) != len(scale):
         return []
@@ -144,7 +147,12 @@ def model_compare(request: AuthenticatedHttpRequest) -> HttpResponse:
     chosen.is_valid()  # an invalid choice is left empty: the page asks for two versions
     first = by_id.get(chosen.cleaned_data.get("a"))
     second = by_id.get(chosen.cleaned_data.get("b"))
-    ctx: dict = {"versions": versions, "first": first, "second": second, "comparison": None}
+    ctx: dict[str, Any] = {
+        "versions": versions,
+        "first": first,
+        "second": second,
+        "comparison": None,
+    }
     if first is not None and second is not None:
         if first.pk == second.pk:
             ctx["error"] = "Choose two different versions to compare."
