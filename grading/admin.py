@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+from typing import cast
+
+from django import forms
 from django.contrib import admin
+from django.contrib.auth.models import User
+from django.http import HttpRequest
 
 from grading.models import (
     CertificationItem,
@@ -27,23 +32,26 @@ class PatientAdmin(admin.ModelAdmin):
     search_fields = ["pseudonym"]
 
 
+GRADE_INLINE_FIELDS = (
+    "kind",
+    "grader",
+    "source",
+    "grade",
+    "ungradable",
+    "macular_oedema",
+    "notes",
+    "created_at",
+)
+
+
 class GradeInline(admin.TabularInline):
     model = Grade
     extra = 0
     can_delete = False
-    fields = [
-        "kind",
-        "grader",
-        "source",
-        "grade",
-        "ungradable",
-        "macular_oedema",
-        "notes",
-        "created_at",
-    ]
-    readonly_fields = fields
+    fields = GRADE_INLINE_FIELDS
+    readonly_fields = GRADE_INLINE_FIELDS
 
-    def has_add_permission(self, request, obj=None) -> bool:
+    def has_add_permission(self, request: HttpRequest, obj: Image | None = None) -> bool:
         return False
 
 
@@ -87,10 +95,10 @@ class GradeAdmin(admin.ModelAdmin):
     list_filter = ["kind", "grade", "ungradable"]
     raw_id_fields = ["image", "supersedes"]
 
-    def has_change_permission(self, request, obj=None) -> bool:
+    def has_change_permission(self, request: HttpRequest, obj: Grade | None = None) -> bool:
         return False  # grades are append-only
 
-    def has_delete_permission(self, request, obj=None) -> bool:
+    def has_delete_permission(self, request: HttpRequest, obj: Grade | None = None) -> bool:
         return False
 
 
@@ -124,7 +132,9 @@ class GradingClaimAdmin(admin.ModelAdmin):
 class WorkbenchSettingsAdmin(admin.ModelAdmin):
     list_display = ["grades_required", "blind_first_grader", "queue_order", "auto_retrain_after"]
 
-    def has_change_permission(self, request, obj=None) -> bool:
+    def has_change_permission(
+        self, request: HttpRequest, obj: WorkbenchSettings | None = None
+    ) -> bool:
         # Settings change on the grading settings page, which validates them together (blind
         # reading and queue order) and settles images when fewer grades are required.
         return False
@@ -140,7 +150,13 @@ class CertificationItemAdmin(admin.ModelAdmin):
     raw_id_fields = ("image",)
     readonly_fields = ("added_by", "added_at")
 
-    def save_model(self, request, obj, form, change) -> None:
+    def save_model(
+        self,
+        request: HttpRequest,
+        obj: CertificationItem,
+        form: forms.ModelForm,
+        change: bool,
+    ) -> None:
         if not change:
-            obj.added_by = request.user
+            obj.added_by = cast(User, request.user)  # the admin site admits only signed-in staff
         super().save_model(request, obj, form, change)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.http import HttpRequest
 
 
-def workbench(request: HttpRequest) -> dict:
+def workbench(request: HttpRequest) -> dict[str, bool]:
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return {}

@@ -15,7 +15,7 @@ MISSING = "—"
 def _number(value: object) -> float | None:
     # Templates hand over None, "" (a missing variable) or a number.
     try:
-        number = float(value)  # type: ignore[arg-type]
+        number = float(value)  # type: ignore[arg-type]  # whatever float() refuses is caught below
     except (TypeError, ValueError):
         return None
     return None if math.isnan(number) else number
@@ -47,13 +47,6 @@ def duration(value: dt.timedelta | None) -> str:
     if minutes:
         return f"{minutes} min {seconds:02d} s"
     return f"{seconds} s"
-
-
-@register.filter
-def lookup(mapping: dict, key: object) -> object:
-    if not mapping:
-        return None
-    return mapping.get(key, mapping.get(str(key)))
 
 
 @register.filter
@@ -111,8 +104,8 @@ def _job_value_text(key: str, value: object) -> str:
         return "yes" if value else "no"
     if value is None or value == "":
         return MISSING
-    if key == "seconds" and _number(value) is not None:
-        return duration(dt.timedelta(seconds=float(value)))  # type: ignore[arg-type]
+    if key == "seconds" and (seconds := _number(value)) is not None:
+        return duration(dt.timedelta(seconds=seconds))
     if isinstance(value, dict):
         return ", ".join(f"{k}: {_job_value_text(str(k), v)}" for k, v in value.items()) or MISSING
     if isinstance(value, list | tuple):

@@ -8,6 +8,8 @@ redirecting to the login page. Reading needs the same ``view_*`` permissions as 
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.db.models import Prefetch, QuerySet
 from django.http import Http404
 from django.shortcuts import get_object_or_404
@@ -16,10 +18,13 @@ from rest_framework import generics, serializers
 from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import BasePermission, IsAuthenticated
+from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
 from rest_framework.routers import APIRootView
+from rest_framework.views import APIView
 
+from grading.http import AuthenticatedRequest
 from grading.models import Grade, GradeLevel, Image, ModelVersion, Prediction
 from grading.pagination import IdsFirstPaginator
 from grading.selectors.assistance import images_blind_for, images_read_independently_by
@@ -50,11 +55,11 @@ class HasViewPermissions(BasePermission):
 
     message = "Your account has no permission to read this data."
 
-    def has_permission(self, request, view) -> bool:
+    def has_permission(self, request: Request, view: APIView) -> bool:
         return request.user.has_perms(getattr(view, "required_permissions", ()))
 
 
-def _grade_param(request, name: str) -> int | None:
+def _grade_param(request: Request, name: str) -> int | None:
     """A grade value of the scale from the query string, parsed by a serializer field (400 with
     the known grades otherwise)."""
     raw = request.query_params.get(name)
@@ -71,7 +76,7 @@ def _grade_param(request, name: str) -> int | None:
         ) from None
 
 
-def _blind_images(request):
+def _blind_images(request: AuthenticatedRequest) -> QuerySet[Image, Any]:
     """Images whose predictions this reader may not see yet (blind reading)."""
     return images_blind_for(user=request.user).values("pk")
 
@@ -89,6 +94,7 @@ class ImageFilterSerializer(serializers.Serializer):
 class ReadOnlyApiView(generics.GenericAPIView):
     permission_classes = [IsAuthenticated, HasViewPermissions]
     pagination_class = ApiPagination
+    request: AuthenticatedRequest  # IsAuthenticated: a method that runs has a saved user
 
 
 class ApiRoot(APIRootView):
@@ -99,7 +105,7 @@ class ApiRoot(APIRootView):
     required_permissions = READ_PREDICTIONS
     api_root_dict = {"images": "api_images", "model_versions": "api_model_versions"}
 
-    def get(self, request, *args, **kwargs) -> Response:
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         response = super().get(request, *args, **kwargs)
         versions = reverse("api_model_versions", request=request)
         response.data["model_version_predictions"] = f"{versions}{{name}}/predictions/"
@@ -115,7 +121,7 @@ class ModelVersionNameField(serializers.SlugRelatedField):
     """A model version by name. A NUL byte is no version's name (and PostgreSQL refuses to
     compare text with one, which would be a 500)."""
 
-    def to_internal_value(self, data):
+    def to_internal_value(self, data: Any) -> ModelVersion:
         if isinstance(data, str) and "\x00" in data:
             self.fail("does_not_exist", slug_name=self.slug_field, value=data.replace("\x00", ""))
         return super().to_internal_value(data)
@@ -130,7 +136,7 @@ class PredictionVersionQuery(serializers.Serializer):
     )
 
 
-class ImagePredictionMixin:
+class ImagePredictionApiView(ReadOnlyApiView):
     """An image's prediction comes from the active model version, or from ``?version=<name>``:
     the newest prediction of any version may come from a retired model."""
 
@@ -153,11 +159,14 @@ class ImagePredictionMixin:
             Prefetch("predictions", queryset=predictions, to_attr="predictions_of_version")
         )
 
-    def get_serializer_context(self) -> dict:
-        return super().get_serializer_context() | {"prediction_version": self.prediction_version()}
+    def get_serializer_context(self) -> dict[str, Any]:
+        return {
+            **super().get_serializer_context(),
+            "prediction_version": self.prediction_version(),
+        }
 
 
-class ImageList(ImagePredictionMixin, ReadOnlyApiView, generics.ListAPIView):
+class ImageList(ImagePredictionApiView, generics.ListAPIView):
     """Images with their confirmed grade and the active model version's prediction
     (``latest_prediction``; ``?version=<name>`` asks for another version's).
 
@@ -184,7 +193,7 @@ class ImageList(ImagePredictionMixin, ReadOnlyApiView, generics.ListAPIView):
         return queryset
 
 
-class ImageDetail(ImagePredictionMixin, ReadOnlyApiView, generics.RetrieveAPIView):
+class ImageDetail(ImagePredictionApiView, generics.RetrieveAPIView):
     serializer_class = ImageSerializer
     required_permissions = READ_PREDICTIONS
     lookup_url_kwarg = "image_id"
@@ -228,7 +237,7 @@ class ModelVersionPredictions(ReadOnlyApiView, generics.ListAPIView):
     serializer_class = PredictionSerializer
     required_permissions = READ_PREDICTIONS
 
-    def _params(self) -> dict:
+    def _params(self) -> dict[str, Any]:
         params = PredictionListParams(data=self.request.query_params)
         params.is_valid(raise_exception=True)
         return params.validated_data
@@ -257,7 +266,7 @@ class ModelVersionPredictions(ReadOnlyApiView, generics.ListAPIView):
             queryset = queryset.filter(in_training=False)
         return queryset
 
-    def list(self, request, *args, **kwargs):
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         response = super().list(request, *args, **kwargs)
         excluded = (
             0

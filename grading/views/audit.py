@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from django.contrib.auth.decorators import permission_required
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import render
 from django.urls import path
 from django.views.decorators.http import require_GET
 
+from grading.http import AuthenticatedHttpRequest
 from grading.selectors.audit import audit_changes_text, audit_entries
 
 AUDIT_PAGE_SIZE = 100
@@ -17,7 +18,7 @@ AUDIT_PAGE_SIZE = 100
 
 @require_GET
 @permission_required("auditlog.view_logentry", raise_exception=True)
-def audit_trail(request: HttpRequest) -> HttpResponse:
+def audit_trail(request: AuthenticatedHttpRequest) -> HttpResponse:
     page = Paginator(audit_entries(), AUDIT_PAGE_SIZE).get_page(request.GET.get("page"))
     rows = [(entry, audit_changes_text(entry)) for entry in page.object_list]
     return render(request, "grading/audit.html", {"page": page, "rows": rows})

@@ -8,6 +8,7 @@ from django.shortcuts import get_object_or_404, render
 from django.urls import path
 from django.views.decorators.http import require_GET
 
+from grading.http import AuthenticatedHttpRequest
 from grading.models import Image
 from grading.selectors import home as home_selectors
 from grading.selectors import images as image_selectors
@@ -16,7 +17,7 @@ from grading.views.access import permission_required
 
 
 @require_GET
-def home(request: HttpRequest) -> HttpResponse:
+def home(request: AuthenticatedHttpRequest) -> HttpResponse:
     # Each role's starting point; a user with several roles (an admin grades too) sees each part.
     user = request.user
     ctx = {
@@ -38,7 +39,7 @@ def home(request: HttpRequest) -> HttpResponse:
 
 @permission_required("grading.view_image", raise_exception=True)
 @require_GET
-def image_file(request: HttpRequest, image_id: int) -> FileResponse:
+def image_file(request: AuthenticatedHttpRequest, image_id: int) -> FileResponse:
     # Photographs are clinical data: served only to logged-in users, never from a public folder.
     image = get_object_or_404(Image, pk=image_id)
     try:

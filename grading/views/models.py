@@ -8,16 +8,18 @@ With Redis down every page still renders; actions that need the queue say it is 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from django import forms
 from django.contrib import messages
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path, reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from grading.models import Job, ModelVersion
+from grading.forms.models import ModelCompareForm, RetrainForm
+from grading.http import AuthenticatedHttpRequest
+from grading.models import GradeLevel, Job, ModelVersion
 from grading.selectors import jobs as job_selectors
 from grading.selectors import model_versions as version_selectors
 from grading.selectors.predictions import predictions_missing_count
@@ -26,7 +28,7 @@ from grading.services import model_versions as version_services
 from grading.views.access import permission_required
 
 
-def _back(request: HttpRequest, default: str) -> HttpResponse:
+def _back(request: AuthenticatedHttpRequest, default: str) -> HttpResponse:
     target = request.POST.get("next", "")
     if target and url_has_allowed_host_and_scheme(
         target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
@@ -35,7 +37,7 @@ def _back(request: HttpRequest, default: str) -> HttpResponse:
     return redirect(default)
 
 
-def _queue_context() -> dict:
+def _queue_context() -> dict[str, Any]:
     """Whether the queue answers, for the Retrain button (asked once per page, ~1 ms)."""
     available = job_services.queue_is_available(timeout=0.5)
     return {
@@ -45,7 +47,9 @@ def _queue_context() -> dict:
     }
 
 
-def _activation_messages(request: HttpRequest, activation: version_services.Activation) -> None:
+def _activation_messages(
+    request: AuthenticatedHttpRequest, activation: version_services.Activation
+) -> None:
     text = f"{activation.version.name} is now the active model"
     if activation.previous is not None:
         text += f" (it replaces {activation.previous.name}, which you can re-activate)"
@@ -64,7 +68,7 @@ def _activation_messages(request: HttpRequest, activation: version_services.Acti
 
 @require_GET
 @permission_required("grading.retrain_model", raise_exception=True)
-def model_versions(request: HttpRequest) -> HttpResponse:
+def model_versions(request: AuthenticatedHttpRequest) -> HttpResponse:
     versions = list(version_selectors.model_versions_list())
     active = next((v for v in versions if v.state == ModelVersion.State.ACTIVE), None)
     evaluation_jobs = version_selectors.model_version_evaluation_jobs()
@@ -98,7 +102,7 @@ def model_versions(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 @permission_required("grading.retrain_model", raise_exception=True)
-def model_version_detail(request: HttpRequest, version_id: int) -> HttpResponse:
+def model_version_detail(request: AuthenticatedHttpRequest, version_id: int) -> HttpResponse:
     version = get_object_or_404(ModelVersion.objects.select_related("created_by"), pk=version_id)
     cv = version.metrics.get("cv") or {}
     holdout = cv.get("pooled") or version.metrics.get("holdout") or {}
@@ -124,7 +128,9 @@ def model_version_detail(request: HttpRequest, version_id: int) -> HttpResponse:
     return render(request, "grading/models/detail.html", ctx)
 
 
-def _confusion_rows(report: dict, scale: list) -> list[tuple]:
+def _confusion_rows(
+    report: dict[str, Any], scale: list[GradeLevel]
+) -> list[tuple[GradeLevel, list[int]]]:
     matrix = report.get("confusion") or []
     if len(matrix) != len(scale):
         return []
@@ -133,14 +139,20 @@ def _confusion_rows(report: dict, scale: list) -> list[tuple]:
 
 @require_GET
 @permission_required("grading.retrain_model", raise_exception=True)
-def model_compare(request: HttpRequest) -> HttpResponse:
+def model_compare(request: AuthenticatedHttpRequest) -> HttpResponse:
     versions = [v for v in version_selectors.model_versions_list() if _comparable(v)]
-    by_id = {v.pk: v for v in versions}
+    # Keyed for the form's ids, which stay empty (None) when not chosen or invalid.
+    by_id: dict[int | None, ModelVersion] = {v.pk: v for v in versions}
     chosen = ModelCompareForm(request.GET)
     chosen.is_valid()  # an invalid choice is left empty: the page asks for two versions
     first = by_id.get(chosen.cleaned_data.get("a"))
     second = by_id.get(chosen.cleaned_data.get("b"))
-    ctx: dict = {"versions": versions, "first": first, "second": second, "comparison": None}
+    ctx: dict[str, Any] = {
+        "versions": versions,
+        "first": first,
+        "second": second,
+        "comparison": None,
+    }
     if first is not None and second is not None:
         if first.pk == second.pk:
             ctx["error"] = "Choose two different versions to compare."
@@ -161,11 +173,6 @@ def model_compare(request: HttpRequest) -> HttpResponse:
     return render(request, "grading/models/compare.html", ctx)
 
 
-class ModelCompareForm(forms.Form):
-    a = forms.IntegerField(required=False, min_value=1)
-    b = forms.IntegerField(required=False, min_value=1)
-
-
 def _comparable(version: ModelVersion) -> bool:
     """Versions with predictions of images they never trained on (hold-out or cross-validation)."""
     return bool(version.holdout_sha256) or version.metrics.get("evaluation") == "done"
@@ -173,7 +180,9 @@ def _comparable(version: ModelVersion) -> bool:
 
 @require_GET
 @permission_required("grading.retrain_model", raise_exception=True)
-def model_artifact_file(request: HttpRequest, version_id: int, filename: str) -> FileResponse:
+def model_artifact_file(
+    request: AuthenticatedHttpRequest, version_id: int, filename: str
+) -> FileResponse:
     # Only the known plot files, resolved inside the version's own folder: no path from the URL
     # ever reaches the file system.
     if filename not in version_selectors.PLOT_FILES:
@@ -190,7 +199,7 @@ def model_artifact_file(request: HttpRequest, version_id: int, filename: str) ->
 
 
 def _confirmation(
-    request: HttpRequest, *, target: ModelVersion, action: str, action_url: str
+    request: AuthenticatedHttpRequest, *, target: ModelVersion, action: str, action_url: str
 ) -> HttpResponse:
     """The page that asks before a version is switched: what will change, and the paired
     comparison of the version to activate with the one now active."""
@@ -215,7 +224,7 @@ def _confirmation(
 
 @require_http_methods(["GET", "POST"])
 @permission_required("grading.activate_model", raise_exception=True)
-def model_version_activate(request: HttpRequest, version_id: int) -> HttpResponse:
+def model_version_activate(request: AuthenticatedHttpRequest, version_id: int) -> HttpResponse:
     """GET: the confirmation page with the paired comparison; POST: activate."""
     version = get_object_or_404(ModelVersion, pk=version_id)
     if request.method == "GET":
@@ -236,7 +245,7 @@ def model_version_activate(request: HttpRequest, version_id: int) -> HttpRespons
 
 @require_http_methods(["GET", "POST"])
 @permission_required("grading.activate_model", raise_exception=True)
-def model_rollback(request: HttpRequest) -> HttpResponse:
+def model_rollback(request: AuthenticatedHttpRequest) -> HttpResponse:
     """GET: the confirmation page (re-activating the previously active version, compared with
     the active one); POST: do it."""
     if request.method == "GET":
@@ -256,15 +265,9 @@ def model_rollback(request: HttpRequest) -> HttpResponse:
     return redirect("model_versions")
 
 
-class RetrainForm(forms.Form):
-    mode = forms.ChoiceField(
-        choices=list(version_services.TRAINING_MODES.items()), required=False, initial="head"
-    )
-
-
 @require_POST
 @permission_required("grading.retrain_model", raise_exception=True)
-def model_retrain(request: HttpRequest) -> HttpResponse:
+def model_retrain(request: AuthenticatedHttpRequest) -> HttpResponse:
     form = RetrainForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Retraining was not started: unknown training mode.")
@@ -303,13 +306,13 @@ def _job_get(job_id: int) -> Job:
     return get_object_or_404(Job.objects.select_related("created_by", "model_version"), pk=job_id)
 
 
-def _can_manage_jobs(request: HttpRequest) -> bool:
+def _can_manage_jobs(request: AuthenticatedHttpRequest) -> bool:
     return request.user.has_perm("grading.manage_jobs")
 
 
 @require_GET
 @permission_required("grading.retrain_model", raise_exception=True)
-def jobs(request: HttpRequest) -> HttpResponse:
+def jobs(request: AuthenticatedHttpRequest) -> HttpResponse:
     ctx = {
         "jobs": job_selectors.jobs_list(),
         "can_manage": _can_manage_jobs(request),
@@ -321,7 +324,7 @@ def jobs(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 @permission_required("grading.retrain_model", raise_exception=True)
-def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
+def job_detail(request: AuthenticatedHttpRequest, job_id: int) -> HttpResponse:
     job = _job_get(job_id)
     ctx = {
         "job": job,
@@ -333,7 +336,7 @@ def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
 
 @require_GET
 @permission_required("grading.retrain_model", raise_exception=True)
-def job_progress(request: HttpRequest, job_id: int) -> HttpResponse:
+def job_progress(request: AuthenticatedHttpRequest, job_id: int) -> HttpResponse:
     """One job's table row, polled by htmx every second while the job is open."""
     job = _job_get(job_id)
     ctx = {"job": job, "can_manage": _can_manage_jobs(request)}
@@ -356,7 +359,7 @@ STARTABLE_KINDS = {
 
 @require_POST
 @permission_required("grading.manage_jobs", raise_exception=True)
-def job_start(request: HttpRequest) -> HttpResponse:
+def job_start(request: AuthenticatedHttpRequest) -> HttpResponse:
     kind = request.POST.get("kind", "")
     if kind not in STARTABLE_KINDS:
         messages.error(request, "Unknown kind of job.")
@@ -378,7 +381,7 @@ def job_start(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 @permission_required("grading.manage_jobs", raise_exception=True)
-def job_cancel(request: HttpRequest, job_id: int) -> HttpResponse:
+def job_cancel(request: AuthenticatedHttpRequest, job_id: int) -> HttpResponse:
     job = get_object_or_404(Job, pk=job_id)
     try:
         job_services.job_cancel(job=job)
@@ -391,7 +394,7 @@ def job_cancel(request: HttpRequest, job_id: int) -> HttpResponse:
 
 @require_POST
 @permission_required("grading.manage_jobs", raise_exception=True)
-def job_retry(request: HttpRequest, job_id: int) -> HttpResponse:
+def job_retry(request: AuthenticatedHttpRequest, job_id: int) -> HttpResponse:
     job = get_object_or_404(Job, pk=job_id)
     try:
         new_job = job_services.job_retry(job=job, user=request.user)

@@ -2,36 +2,30 @@
 
 from __future__ import annotations
 
-from django import forms
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from grading.models import CertificationItem, GradeLevel, Image, WorkbenchSettings
+from grading.forms.protocol import CertificationBuildForm, ProtocolSettingsForm, QualityDecisionForm
+from grading.http import AuthenticatedHttpRequest
+from grading.models import CertificationItem, GradeLevel, Image
 from grading.selectors import certification as certification_selectors
 from grading.selectors.worklist import workbench_settings_get
 from grading.services import certification as certification_services
 from grading.services import quality as quality_services
-from grading.services.workbench import PROTOCOL_FIELDS, workbench_settings_update
-from grading.views.access import permission_required
+from grading.services.workbench import workbench_settings_update
+from grading.views.access import GRADE_PERMISSION, SETTINGS_PERMISSION, permission_required
 
-GRADE_PERMISSION = "grading.grade_image"
 MANAGE_PERMISSION = "grading.manage_certification"
-SETTINGS_PERMISSION = "grading.change_workbenchsettings"
 QUALITY_PAGE_SIZE = 100
 
 
-class CertificationBuildForm(forms.Form):
-    size = forms.IntegerField(min_value=1, max_value=1000, initial=100)
-    source = forms.CharField(required=False, max_length=255, help_text="e.g. import:demo")
-
-
 @require_GET
-def certification(request: HttpRequest) -> HttpResponse:
+def certification(request: AuthenticatedHttpRequest) -> HttpResponse:
     user = request.user
     manager = user.has_perm(MANAGE_PERMISSION) or user.has_perm("grading.review_agreement")
     if not (manager or certification_selectors.certification_subject(user=user)):
@@ -61,7 +55,7 @@ def certification(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 @permission_required(MANAGE_PERMISSION, raise_exception=True)
-def certification_build(request: HttpRequest) -> HttpResponse:
+def certification_build(request: AuthenticatedHttpRequest) -> HttpResponse:
     form = CertificationBuildForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Give a set size between 1 and 1000.")
@@ -79,13 +73,9 @@ def certification_build(request: HttpRequest) -> HttpResponse:
     return redirect("certification")
 
 
-class QualityDecisionForm(forms.Form):
-    decision = forms.ChoiceField(choices=[("pass", "pass"), ("ungradable", "ungradable")])
-
-
 @require_GET
 @permission_required(GRADE_PERMISSION, raise_exception=True)
-def quality_queue(request: HttpRequest) -> HttpResponse:
+def quality_queue(request: AuthenticatedHttpRequest) -> HttpResponse:
     waiting = Image.objects.filter(
         grading_state=Image.GradingState.PENDING, quality_review=Image.QualityReview.CHECK
     ).select_related("patient")
@@ -99,7 +89,7 @@ def quality_queue(request: HttpRequest) -> HttpResponse:
 
 @require_http_methods(["POST"])
 @permission_required(GRADE_PERMISSION, raise_exception=True)
-def quality_decide(request: HttpRequest, image_id: int) -> HttpResponse:
+def quality_decide(request: AuthenticatedHttpRequest, image_id: int) -> HttpResponse:
     image = get_object_or_404(Image, pk=image_id)
     form = QualityDecisionForm(request.POST)
     if not form.is_valid():
@@ -117,29 +107,9 @@ def quality_decide(request: HttpRequest, image_id: int) -> HttpResponse:
     return redirect("quality_queue")
 
 
-class ProtocolSettingsForm(forms.ModelForm):
-    class Meta:
-        model = WorkbenchSettings
-        fields = list(PROTOCOL_FIELDS)
-        labels = {
-            "rubric_enabled": "Lesion rubric on the grading page (grade derived by the 4-2-1 rule)",
-            "certification_mode": "Certification images are served",
-            "certification_gates_confirmation": "Grades of clinicians not yet certified do not confirm images",
-            "certification_min_qwk": "Pass: minimum QWK against the reference",
-            "certification_min_sensitivity": "Pass: minimum referable sensitivity",
-            "certification_min_specificity": "Pass: minimum referable specificity",
-            "certification_min_exact": "Pass: minimum exact agreement",
-            "quality_gate_enabled": "Send photographs below the quality threshold to a check",
-            "quality_min_focus": "Minimum focus (variance of the Laplacian at 512 px)",
-            "quality_max_clipped": "Maximum share of the fundus clipped dark or bright",
-            "quality_min_coverage": "Minimum share of the frame inside the fundus",
-            "quality_min_resolution": "Minimum short side (pixels)",
-        }
-
-
 @require_http_methods(["GET", "POST"])
 @permission_required(SETTINGS_PERMISSION, raise_exception=True)
-def protocol_settings(request: HttpRequest) -> HttpResponse:
+def protocol_settings(request: AuthenticatedHttpRequest) -> HttpResponse:
     form = ProtocolSettingsForm(request.POST or None, instance=workbench_settings_get())
     if request.method == "POST":
         if form.is_valid():

@@ -4,14 +4,10 @@ and CSV exports."""
 from __future__ import annotations
 
 import csv
-import datetime as dt
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
-from django import forms
-from django.core.paginator import Paginator
-from django.core.validators import MaxValueValidator, MinValueValidator
-from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import path
 from django.utils import timezone
@@ -19,12 +15,15 @@ from django.utils.cache import patch_vary_headers
 from django.utils.text import get_valid_filename
 from django.views.decorators.http import require_GET
 
+from grading.forms.review import GraderAgreementForm, PredictionExportForm, ReviewFilterForm
+from grading.http import AuthenticatedHttpRequest
 from grading.models import Image, ModelVersion
+from grading.pagination import sliced_rows_page
 from grading.review_charts import confusion_png, qwk_by_month_png
 from grading.selectors import exports as export_selectors
 from grading.selectors import review as review_selectors
 from grading.selectors.assistance import images_blind_for, images_read_independently_by
-from grading.selectors.review import REVIEW_DEFAULT_SORT, REVIEW_SORTS, ReviewFilters, Scale
+from grading.selectors.review import ReviewFilters, Scale
 from grading.selectors.review_cache import review_cached
 from grading.selectors.timeline import image_timeline
 from grading.views.access import permission_required
@@ -48,130 +47,13 @@ REVIEW_COLUMNS: tuple[tuple[str, str, str], ...] = (
 # Filters
 
 
-def _grade_choices(scale: Scale, empty: str) -> list[tuple[str, str]]:
-    return [("", empty)] + [(str(level.value), str(level)) for level in scale.levels]
-
-
-# Filter dates outside these bounds mean nothing here, and the day after 9999-12-31 (the end of
-# an inclusive range) does not exist: refused with a message instead of overflowing.
-EARLIEST_FILTER_DATE = dt.date(1900, 1, 1)
-LATEST_FILTER_DATE = dt.date(2999, 12, 31)
-
-
-def _date_field(label: str) -> forms.DateField:
-    """An optional date with the browser's date picker, between 1900 and 2999."""
-    return forms.DateField(
-        required=False,
-        label=label,
-        widget=forms.DateInput(
-            attrs={
-                "type": "date",
-                "min": EARLIEST_FILTER_DATE.isoformat(),
-                "max": LATEST_FILTER_DATE.isoformat(),
-            }
-        ),
-        validators=[
-            MinValueValidator(EARLIEST_FILTER_DATE, "Choose a date from 1900 on."),
-            MaxValueValidator(LATEST_FILTER_DATE, "Choose a date before the year 3000."),
-        ],
-    )
-
-
-class DateRangeCheckMixin:
-    """For forms with optional ``date_from`` and ``date_to`` fields: refuse a range that ends
-    before it starts."""
-
-    def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
-        start, end = cleaned.get("date_from"), cleaned.get("date_to")
-        if start and end and start > end:
-            raise forms.ValidationError("The start date is after the end date.")
-        return cleaned
-
-
-class ReviewFilterForm(DateRangeCheckMixin, forms.Form):
-    version = forms.ModelChoiceField(
-        queryset=ModelVersion.objects.none(), required=False, label="Model version"
-    )
-    date_by = forms.ChoiceField(
-        choices=[("uploaded", "Upload date"), ("predicted", "Prediction date")],
-        required=False,
-        label="Dates refer to",
-    )
-    date_from = _date_field("From")
-    date_to = _date_field("To (inclusive)")
-    grader = forms.ModelChoiceField(
-        queryset=review_selectors.graders_with_grades(),
-        required=False,
-        empty_label="Any grader",
-        label="Graded by",
-    )
-    confirmed = forms.TypedChoiceField(
-        coerce=int, empty_value=None, required=False, label="Confirmed grade"
-    )
-    predicted = forms.TypedChoiceField(
-        coerce=int, empty_value=None, required=False, label="Predicted grade"
-    )
-    disagreement = forms.TypedChoiceField(
-        choices=[
-            ("0", "All images"),
-            ("1", "Disagree by ≥ 1 grade"),
-            ("2", "Disagree by ≥ 2 grades"),
-        ],
-        coerce=int,
-        empty_value=0,
-        required=False,
-        label="Model vs confirmed",
-    )
-    include_training = forms.BooleanField(
-        required=False,
-        label="Include training images (optimistic)",
-    )
-    sort = forms.ChoiceField(required=False, widget=forms.HiddenInput)
-
-    def __init__(self, *args: Any, scale: Scale, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        versions = review_selectors.model_versions_with_predictions()
-        self.fields["version"].queryset = versions
-        default = review_selectors.model_version_default()
-        # No "(default)" entry beside the same version's own entry: the default version is
-        # simply the one selected when the request names none.
-        self.fields["version"].empty_label = None if default else "No model version yet"
-        if default is not None and self.is_bound and not self.data.get("version"):
-            self.data = self.data.copy()
-            self.data["version"] = str(default.pk)
-        self.fields["version"].label_from_instance = lambda version: (
-            f"{version.name} ({version.get_state_display().lower()})"
-        )
-        self.fields["confirmed"].choices = _grade_choices(scale, "Any")
-        self.fields["predicted"].choices = _grade_choices(scale, "Any")
-        self.fields["sort"].choices = [("", "")] + [
-            (f"{prefix}{key}", key) for key in REVIEW_SORTS for prefix in ("", "-")
-        ]
-
-    def filters(self) -> ReviewFilters:
-        data = self.cleaned_data
-        return ReviewFilters(
-            model_version=data["version"] or review_selectors.model_version_default(),
-            date_field=data["date_by"] or "uploaded",
-            date_from=data["date_from"],
-            date_to=data["date_to"],
-            grader=data["grader"],
-            confirmed_grade=data["confirmed"],
-            predicted_grade=data["predicted"],
-            min_disagreement=data["disagreement"] or 0,
-            sort=data["sort"] or REVIEW_DEFAULT_SORT,
-            include_training=bool(data["include_training"]),
-        )
-
-
-def _review_form(request: HttpRequest, scale: Scale) -> ReviewFilterForm:
+def _review_form(request: AuthenticatedHttpRequest, scale: Scale) -> ReviewFilterForm:
     form = ReviewFilterForm(request.GET, scale=scale)
     form.is_valid()
     return form
 
 
-def _sort_headers(request: HttpRequest, current: str) -> list[dict[str, str]]:
+def _sort_headers(request: AuthenticatedHttpRequest, current: str) -> list[dict[str, str]]:
     headers = []
     for key, label, first in REVIEW_COLUMNS:
         if current == key:
@@ -210,7 +92,7 @@ def _confusion_rows(report: dict[str, Any], scale: Scale) -> list[dict[str, Any]
 
 @require_GET
 @permission_required("grading.view_image", raise_exception=True)
-def image_detail(request: HttpRequest, image_id: int) -> HttpResponse:
+def image_detail(request: AuthenticatedHttpRequest, image_id: int) -> HttpResponse:
     try:
         timeline = image_timeline(image_id=image_id, viewer=request.user)
     except Image.DoesNotExist:
@@ -221,7 +103,7 @@ def image_detail(request: HttpRequest, image_id: int) -> HttpResponse:
 
 @require_GET
 @permission_required("grading.review_agreement", raise_exception=True)
-def review(request: HttpRequest) -> HttpResponse:
+def review(request: AuthenticatedHttpRequest) -> HttpResponse:
     scale = review_selectors.scale_get()
     form = _review_form(request, scale)
     # htmx swaps in the results only; a history restore (back button with a cold cache) or a
@@ -238,7 +120,7 @@ def review(request: HttpRequest) -> HttpResponse:
     summary = review_selectors.review_summary(filters=filters, scale=scale)
     report = summary["report"]
     rows = review_selectors.ReviewRows(filters=filters, scale=scale, report=report)
-    page = Paginator(rows, REVIEW_PAGE_SIZE).get_page(request.GET.get("page"))
+    page = sliced_rows_page(rows, REVIEW_PAGE_SIZE, request.GET.get("page"))
     chart_query = request.GET.copy()
     for key in ("page", "sort"):
         chart_query.pop(key, None)
@@ -266,7 +148,7 @@ def _png_response(data: bytes) -> HttpResponse:
     return response
 
 
-def _chart_filters(request: HttpRequest) -> tuple[Scale, ReviewFilters | None]:
+def _chart_filters(request: AuthenticatedHttpRequest) -> tuple[Scale, ReviewFilters | None]:
     """The scale and the review page's filters for one of its charts; None if they are invalid."""
     scale = review_selectors.scale_get()
     form = _review_form(request, scale)
@@ -279,7 +161,7 @@ def _invalid_filters() -> HttpResponse:
 
 @require_GET
 @permission_required("grading.review_agreement", raise_exception=True)
-def review_confusion_png(request: HttpRequest) -> HttpResponse:
+def review_confusion_png(request: AuthenticatedHttpRequest) -> HttpResponse:
     scale, filters = _chart_filters(request)
     if filters is None:
         return _invalid_filters()
@@ -298,7 +180,7 @@ def review_confusion_png(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 @permission_required("grading.review_agreement", raise_exception=True)
-def review_qwk_chart_png(request: HttpRequest) -> HttpResponse:
+def review_qwk_chart_png(request: AuthenticatedHttpRequest) -> HttpResponse:
     scale, filters = _chart_filters(request)
     if filters is None:
         return _invalid_filters()
@@ -311,26 +193,13 @@ def review_qwk_chart_png(request: HttpRequest) -> HttpResponse:
     return _png_response(png)
 
 
-class GraderAgreementForm(DateRangeCheckMixin, forms.Form):
-    reference = forms.ChoiceField(
-        choices=[
-            ("final", "Final grade (leave out only grades that alone decided it)"),
-            ("independent", "Independent reference only (imported or adjudicated by others)"),
-        ],
-        required=False,
-        label="Compare with",
-    )
-    date_from = _date_field("Graded from")
-    date_to = _date_field("To (inclusive)")
-
-
 @require_GET
 @permission_required("grading.review_agreement", raise_exception=True)
-def grader_agreement(request: HttpRequest) -> HttpResponse:
+def grader_agreement(request: AuthenticatedHttpRequest) -> HttpResponse:
     form = GraderAgreementForm(request.GET)
     if not form.is_valid():
         return render(request, "grading/review/graders.html", {"form": form}, status=400)
-    reference = form.cleaned_data["reference"] or "final"
+    reference: Literal["final", "independent"] = form.cleaned_data["reference"] or "final"
     ctx = {
         "form": form,
         "reference": reference,
@@ -375,29 +244,21 @@ def _stamp() -> str:
 
 @require_GET
 @permission_required("grading.export_data", raise_exception=True)
-def export_grades_csv(request: HttpRequest) -> StreamingHttpResponse:
+def export_grades_csv(request: AuthenticatedHttpRequest) -> StreamingHttpResponse:
     rows = export_selectors.grades_export_rows(
         hidden_images=images_read_independently_by(user=request.user)
     )
     return _csv_response(rows, f"funduscope-grades-{_stamp()}.csv")
 
 
-class PredictionExportForm(forms.Form):
-    version = forms.IntegerField(
-        required=False,
-        min_value=1,
-        max_value=2**63 - 1,  # a larger id would overflow the database's integer
-        error_messages={"invalid": "version must be a model version id."},
-    )
-    include_training = forms.BooleanField(required=False)
-
-
 @require_GET
 @permission_required("grading.export_data", raise_exception=True)
-def export_predictions_csv(request: HttpRequest) -> HttpResponse:
+def export_predictions_csv(
+    request: AuthenticatedHttpRequest,
+) -> HttpResponse | StreamingHttpResponse:
     form = PredictionExportForm(request.GET)
     if not form.is_valid():
-        errors = "; ".join(error for errors in form.errors.values() for error in errors)
+        errors = "; ".join(str(error) for errors in form.errors.values() for error in errors)
         return HttpResponse(errors, status=400, content_type="text/plain")
     version_id = form.cleaned_data["version"]
     version = get_object_or_404(ModelVersion, pk=version_id) if version_id else None
