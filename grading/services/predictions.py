@@ -18,6 +18,7 @@ from django.db import transaction
 from grading.models import GradeLevel, Image, Job, ModelVersion, Prediction, probabilities_entropy
 from grading.selectors.model_versions import model_version_active
 from grading.selectors.predictions import cam_path
+from grading.services import ml_config
 from grading.services.jobs import Progress, QueueUnavailable, job_enqueue, progress_span
 
 logger = logging.getLogger(__name__)
@@ -213,7 +214,6 @@ def cams_draw(
     failures: list[str] | None = None,
 ) -> int:
     """CAM overlay PNGs of the predicted grade, for images that have none yet."""
-    from grading.services.features import weights_dir
     from mlcore.pipelines.cam import cam_overlay_png
 
     errors = _prediction_errors()
@@ -223,7 +223,9 @@ def cams_draw(
         target = cam_path(model_version_id=model_version.pk, sha256=image.sha256)
         if not target.is_file():
             try:
-                cam_overlay_png(artifact, _image_file(image), target, weights_dir=weights_dir())
+                cam_overlay_png(
+                    artifact, _image_file(image), target, weights_dir=ml_config.weights_dir()
+                )
                 drawn += 1
             except errors as error:
                 if failures is None:
@@ -239,15 +241,14 @@ def _predict_batch(
     artifact: Any, batch: list[Image], failures: list[str]
 ) -> list[tuple[Image, Any]]:
     """(image, mlcore Prediction) for a batch; one bad image never sinks the others."""
-    from grading.services.features import feature_store_dir, weights_dir
     from mlcore.pipelines.predict import predict_images
 
     def predict(images: list[Image]) -> list[Any]:
         return predict_images(
             artifact,
             [_image_file(image) for image in images],
-            store_dir=feature_store_dir(),
-            weights_dir=weights_dir(),
+            store_dir=ml_config.feature_store_dir(),
+            weights_dir=ml_config.weights_dir(),
         )
 
     errors = _prediction_errors()
@@ -268,7 +269,6 @@ def _predict_from_store(
     model_version: ModelVersion, artifact: Any, images: list[Image]
 ) -> tuple[list[Image], list[Image]]:
     """(images predicted from cached features and written, images left to predict from files)."""
-    from grading.services.features import feature_store_dir
     from mlcore.features.store import feature_key
     from mlcore.pipelines.predict import predict_from_store
 
@@ -278,7 +278,7 @@ def _predict_from_store(
         artifact,
         [feature_key(image.sha256) for image in images],
         paths=[_image_file(image) for image in images],
-        store_dir=feature_store_dir(),
+        store_dir=ml_config.feature_store_dir(),
     )
     if not rows:
         return [], images
