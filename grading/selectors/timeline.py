@@ -14,13 +14,8 @@ from django.db.models import Prefetch
 from grading.models import Grade, Image, Prediction
 from grading.selectors.assistance import prediction_hidden, reader_is_independent
 from grading.selectors.certification import reference_hidden
-from grading.selectors.review import (
-    BASIS_AGREEMENT,
-    BASIS_OWN_SINGLE,
-    Scale,
-    grade_basis,
-    scale_get,
-)
+from grading.selectors.grader_agreement import BASIS_AGREEMENT, BASIS_OWN_SINGLE, grade_basis
+from grading.selectors.grading_scale import Scale, scale_get
 
 EventKind = Literal["upload", "grade", "prediction", "confirmation"]
 # Among events with the same timestamp, the natural order: the upload, then grades, then
