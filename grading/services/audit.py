@@ -60,12 +60,8 @@ def audit_registry_setup() -> None:
             "acquired_on",
             "source",
             "original_filename",
-            "grading_state",
-            "confirmed_grade",
-            "confirmed_ungradable",
-            "confirmed_macular_oedema",
-            "confirmation_method",
-            "confirmed_by",
+            # Not confirmed_at: the entry's own timestamp says when.
+            *(name for name in Image.CONFIRMATION_FIELDS if name != "confirmed_at"),
         ],
     )
     auditlog.register(Patient)

@@ -31,16 +31,6 @@ from grading.services.claims import claim_release
 from mlcore.data.rubric import Findings, icdr_grade_derive
 
 MAX_NOTES_LENGTH = 4000
-# The image fields that say whether and how its grade is confirmed (written together).
-_CONFIRMATION_FIELDS = [
-    "grading_state",
-    "confirmed_grade",
-    "confirmed_ungradable",
-    "confirmed_macular_oedema",
-    "confirmation_method",
-    "confirmed_by",
-    "confirmed_at",
-]
 
 
 class GradeRejected(ValueError):
@@ -205,7 +195,7 @@ def _image_confirm(
     image.confirmed_by = confirmed_by
     image.confirmed_at = timezone.now()
     image.full_clean(exclude=["file"])
-    image.save(update_fields=_CONFIRMATION_FIELDS)
+    image.save(update_fields=Image.CONFIRMATION_FIELDS)
 
 
 def _image_unconfirm(*, image: Image, state: str) -> None:
@@ -216,7 +206,7 @@ def _image_unconfirm(*, image: Image, state: str) -> None:
     image.confirmation_method = Image.ConfirmationMethod.NONE
     image.confirmed_by = None
     image.confirmed_at = None
-    image.save(update_fields=_CONFIRMATION_FIELDS)
+    image.save(update_fields=Image.CONFIRMATION_FIELDS)
 
 
 def image_confirmation_refresh(
