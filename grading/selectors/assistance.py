@@ -76,7 +76,6 @@ class OrdinalView:
     expected grade must pass for grade k (when the version recorded its thresholds)."""
 
     expected: float
-    expected_label: str
     at_least: list[ProbabilityBar]
     thresholds: list[float] | None
 
@@ -121,7 +120,6 @@ def _version_thresholds(version: ModelVersion) -> list[float] | None:
 
 def _ordinal_view(bars: list[ProbabilityBar], version: ModelVersion) -> OrdinalView:
     expected = sum(position * bar.probability for position, bar in enumerate(bars))
-    nearest = bars[min(len(bars) - 1, max(0, round(expected)))].level
     at_least = [
         ProbabilityBar(level=bar.level, probability=sum(b.probability for b in bars[k:]))
         for k, bar in enumerate(bars)
@@ -132,7 +130,6 @@ def _ordinal_view(bars: list[ProbabilityBar], version: ModelVersion) -> OrdinalV
         thresholds = None
     return OrdinalView(
         expected=expected,
-        expected_label=str(nearest),
         at_least=at_least,
         thresholds=thresholds,
     )

@@ -159,10 +159,6 @@ def certification_result(
     )
 
 
-def certification_passed(*, user: AbstractBaseUser) -> bool:
-    return certification_result(user=user).passed
-
-
 def grade_counts_towards_confirmation(*, grader: AbstractBaseUser) -> bool:
     """Whether a new independent grade of this clinician counts: always, unless the admin gates on
     certification, a set exists and the clinician has not passed it."""

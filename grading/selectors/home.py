@@ -36,14 +36,6 @@ class ReviewerHome:
 
 
 @dataclass
-class Alert:
-    level: str  # "bad" or "warn", the badge colour
-    text: str
-    link: str = ""
-    link_text: str = ""
-
-
-@dataclass
 class AdminHome:
     active: ModelVersion | None
     active_headline: dict

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 from typing import Any, Literal
@@ -296,28 +296,6 @@ def review_not_compared_counts(*, filters: ReviewFilters) -> dict[str, int]:
 
 # ---------------------------------------------------------------------------------------------
 # Agreement metrics
-
-
-def agreement_report(
-    *,
-    y_true: Sequence[int],
-    y_pred: Sequence[int],
-    probabilities: Sequence[Sequence[float]] | None = None,
-    scale: Scale,
-) -> dict[str, Any] | None:
-    """``mlcore.evaluation.metrics.metrics_report`` on this scale; ``None`` when there is nothing to compare."""
-    if not y_true:
-        return None
-    proba = None
-    if probabilities is not None and all(len(row) == len(scale.classes) for row in probabilities):
-        proba = [list(map(float, row)) for row in probabilities]
-    return mlmetrics.metrics_report(
-        list(y_true),
-        list(y_pred),
-        proba,
-        classes=scale.classes,
-        referable_from=scale.referable_from,
-    )
 
 
 # Width of the score bins the referable AUC is counted in (see ``mlcore.evaluation.metrics.auc_from_histogram``).

@@ -103,8 +103,3 @@ def certification_items_add(
             if image.pk not in existing
         ]
         return CertificationItem.objects.bulk_create(items)
-
-
-def certification_item_remove(*, image_id: int) -> int:
-    deleted, _ = CertificationItem.objects.filter(image_id=image_id).delete()
-    return deleted

@@ -15,7 +15,6 @@ import functools
 import hashlib
 import io
 import math
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -592,7 +591,3 @@ def _jobs_create(
 def photos_dir_default() -> Path | None:
     demo = getattr(settings, "FUNDUS_DEMO_DIR", None)
     return Path(demo) if demo else None
-
-
-def media_scale_photos_remove() -> None:
-    shutil.rmtree(Path(settings.MEDIA_ROOT) / "images" / SOURCE, ignore_errors=True)
