@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db.models import Count, Max, Q
 from django.utils import timezone
 
@@ -49,7 +49,7 @@ def _week_start(today: dt.date) -> dt.date:
     return today - dt.timedelta(days=today.weekday())
 
 
-def home_clinician(*, user: AbstractBaseUser) -> ClinicianHome:
+def home_clinician(*, user: User) -> ClinicianHome:
     today = timezone.localdate()
     # The first day of the week is midnight local time; Grade.created_at is stored in UTC.
     week_start = timezone.make_aware(dt.datetime.combine(_week_start(today), dt.time.min))

@@ -12,11 +12,11 @@ import contextlib
 from collections.abc import Iterator
 
 from auditlog.context import set_actor
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 
 
 @contextlib.contextmanager
-def audit_actor(user: AbstractBaseUser | None) -> Iterator[None]:
+def audit_actor(user: User | None) -> Iterator[None]:
     """Attribute the audit entries written inside the block to ``user`` (no-op for None)."""
     if user is None or not getattr(user, "is_authenticated", False):
         yield

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import PIL.Image
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
@@ -130,7 +130,7 @@ def image_create(
     patient: Patient,
     eye: str = Image.Eye.UNKNOWN,
     acquired_on: dt.date | None = None,
-    uploaded_by: AbstractBaseUser | None = None,
+    uploaded_by: User | None = None,
     source: str = "",
     original_filename: str = "",
     confirmed_grade: GradeLevel | None = None,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 
 from grading.models import GradeLevel, Image, Job, ModelVersion, Prediction, probabilities_entropy
@@ -67,7 +67,7 @@ def images_predict_enqueue(*, image_ids: Sequence[int]) -> bool:
     return True
 
 
-def predictions_refresh_enqueue(*, created_by: AbstractBaseUser | None = None) -> Job | None:
+def predictions_refresh_enqueue(*, created_by: User | None = None) -> Job | None:
     """Queue a refresh of the active version's missing predictions and CAMs (or return the
     refresh already open). None when no version is active. Raises ``QueueUnavailable``."""
     if model_version_active() is None:

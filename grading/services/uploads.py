@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.files import File
 from django.db import transaction
 
@@ -226,7 +226,7 @@ def upload_item_import(
     data: bytes | None,
     problem: str,
     patient: PatientHolder,
-    uploaded_by: AbstractBaseUser | None,
+    uploaded_by: User | None,
 ) -> UploadOutcome:
     """Validate and store one uploaded photograph (or archive member): the per-image work that
     the request (small uploads) and the background import job (large ones) share. Per-image
@@ -273,7 +273,7 @@ def upload_files_process(
     *,
     files: Iterable[UploadedFileLike],
     visit: UploadVisit,
-    uploaded_by: AbstractBaseUser | None,
+    uploaded_by: User | None,
     progress: Callable[[int, str], None] | None = None,
     total: int | None = None,
 ) -> UploadReport:
@@ -307,7 +307,7 @@ def upload_is_large(files: list[UploadedFileLike]) -> bool:
 
 
 def upload_stage(
-    *, files: list[UploadedFileLike], visit: UploadVisit, uploaded_by: AbstractBaseUser | None
+    *, files: list[UploadedFileLike], visit: UploadVisit, uploaded_by: User | None
 ) -> Job:
     """Store the uploaded files as they are (no decoding) in a staging folder of their own and
     queue the import job. Raises QueueUnavailable (after removing the folder) when Redis is down:
