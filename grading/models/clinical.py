@@ -8,6 +8,8 @@ image (``confirmed_*`` fields) together with how it was reached.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
@@ -207,8 +209,19 @@ class Image(models.Model):
             ("export_data", "Can export grades and predictions"),
         ]
 
+    # Set by selectors.patients.images_reference_mask for the grade badge (a certification image
+    # whose reference the viewer may not see yet); not stored.
+    reference_hidden = False
+
     def __str__(self) -> str:
         return f"{self.patient} {self.get_eye_display()} {self.sha256[:10]}"
+
+    @property
+    def media_path(self) -> Path:
+        """The photograph's file on disk."""
+        if not self.file.name:
+            raise ValueError(f"Image {self.pk} has no file")
+        return Path(settings.MEDIA_ROOT) / self.file.name
 
 
 class Grade(models.Model):

@@ -65,6 +65,9 @@ class Job(models.Model):
         ]
         permissions = [("manage_jobs", "Can cancel and retry background jobs")]
 
+    # Set by selectors.home on the failures it shows (the first line worth reading); not stored.
+    error_headline = ""
+
     def __str__(self) -> str:
         return f"{self.get_kind_display()} #{self.pk} ({self.state})"
 

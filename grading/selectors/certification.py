@@ -106,11 +106,12 @@ class CertificationResult:
             "specificity": figures.specificity.value if figures else None,
             "exact": figures.exact.value if figures else None,
         }
-        # A figure that cannot be computed (e.g. no referable image in the set) does not block.
-        return [
-            (name, values[name], threshold, values[name] is None or values[name] >= threshold)
-            for name, threshold in self.thresholds.items()
-        ]
+        checks = []
+        for name, threshold in self.thresholds.items():
+            value = values[name]
+            # A figure that cannot be computed (e.g. no referable image in the set) does not block.
+            checks.append((name, value, threshold, value is None or value >= threshold))
+        return checks
 
     @property
     def passed(self) -> bool:

@@ -29,6 +29,7 @@ from django.db.models import (
     Value,
     When,
 )
+from django.db.models.expressions import Combinable
 from django.db.models.fields.json import KT
 from django.db.models.functions import Abs, Cast, Floor, TruncMonth
 
@@ -311,14 +312,14 @@ def _confusion_counts(rows: Iterable[tuple[int, int, int]], scale: Scale) -> np.
     return matrix
 
 
-def _referable_score(scale: Scale) -> Any:
+def _referable_score(scale: Scale) -> Combinable:
     """P(referable) of a prediction in SQL: the sum of its referable grades' probabilities."""
     terms = [
         Cast(KT(f"probabilities__{i}"), FloatField())
         for i, value in enumerate(scale.classes)
         if value >= scale.referable_from
     ]
-    total = terms[0]
+    total: Combinable = terms[0]
     for term in terms[1:]:
         total = total + term
     return total

@@ -100,6 +100,7 @@ def certification_items_add(
                 added_by=added_by,
             )
             for image in images
-            if image.pk not in existing
+            # Every image has a confirmed grade (checked above); the test tells the type checker.
+            if image.pk not in existing and image.confirmed_grade_id is not None
         ]
         return CertificationItem.objects.bulk_create(items)

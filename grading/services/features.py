@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
@@ -49,11 +48,7 @@ def feature_key(sha256: str, variant: int = 0) -> str:
 def image_items(images: Sequence[Image]) -> list[ImageItem]:
     from mlcore.features.extraction import ImageItem
 
-    media_root = Path(settings.MEDIA_ROOT)
-    return [
-        ImageItem(path=media_root / image.file.name, key=feature_key(image.sha256))
-        for image in images
-    ]
+    return [ImageItem(path=image.media_path, key=feature_key(image.sha256)) for image in images]
 
 
 def features_extract(

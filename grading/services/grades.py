@@ -72,7 +72,7 @@ def _grade_level_resolve(choice: GradeInput) -> GradeLevel | None:
         )
     if len(choice.notes) > MAX_NOTES_LENGTH:
         raise GradeRejected(f"Notes are limited to {MAX_NOTES_LENGTH} characters.")
-    if choice.ungradable:
+    if choice.ungradable or choice.grade is None:  # None: ungradable, as checked above
         return None
     level = GradeLevel.objects.filter(value=choice.grade).first()
     if level is None:

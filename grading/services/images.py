@@ -426,9 +426,10 @@ def _import_one(
         raise ImageRejected(f"{item.path}: grade {item.grade_label!r} is not in the scale.")
     eye = _parse_eye(item.eye, item.path)
     acquired_on = _parse_date(item.date, item.path)
-    if prepared.rejected is not None:
-        raise prepared.rejected
     validated = prepared.validated
+    if prepared.rejected is not None or validated is None:
+        # _import_prepare sets exactly one of the two.
+        raise prepared.rejected or ImageRejected(f"{item.path}: the file was not read.")
     if validated.sha256 in known_sha:
         summary.duplicates += 1
         return

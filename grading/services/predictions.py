@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
 
@@ -224,7 +223,7 @@ def cams_draw(
         if not target.is_file():
             try:
                 cam_overlay_png(
-                    artifact, _image_file(image), target, weights_dir=ml_config.weights_dir()
+                    artifact, image.media_path, target, weights_dir=ml_config.weights_dir()
                 )
                 drawn += 1
             except errors as error:
@@ -246,7 +245,7 @@ def _predict_batch(
     def predict(images: list[Image]) -> list[Any]:
         return predict_images(
             artifact,
-            [_image_file(image) for image in images],
+            [image.media_path for image in images],
             store_dir=ml_config.feature_store_dir(),
             weights_dir=ml_config.weights_dir(),
         )
@@ -256,7 +255,7 @@ def _predict_batch(
         return list(zip(batch, predict(batch), strict=True))
     except errors:
         pass  # find the culprit(s) one image at a time
-    results = []
+    results: list[tuple[Image, Any]] = []
     for image in batch:
         try:
             results.extend(zip([image], predict([image]), strict=True))
@@ -277,7 +276,7 @@ def _predict_from_store(
     rows, proba, grades = predict_from_store(
         artifact,
         [feature_key(image.sha256) for image in images],
-        paths=[_image_file(image) for image in images],
+        paths=[image.media_path for image in images],
         store_dir=ml_config.feature_store_dir(),
     )
     if not rows:
@@ -374,7 +373,3 @@ def prediction_rows_write(
     with transaction.atomic():
         Prediction.objects.bulk_create(rows, ignore_conflicts=True, batch_size=2000)
     return len(rows)
-
-
-def _image_file(image: Image) -> Path:
-    return Path(settings.MEDIA_ROOT) / image.file.name
