@@ -23,6 +23,7 @@ from grading.models import (
     Prediction,
     WorkbenchSettings,
 )
+from grading.selectors.dates import day_start
 
 QUEUE_ORDERS = tuple(WorkbenchSettings.QueueOrder.values)
 
@@ -281,7 +282,7 @@ def claim_held(*, grader: User, now: dt.datetime | None = None) -> list[int]:
 def worklist_counts(*, grader: User, mine: int | None = None) -> dict[str, int]:
     """Headline numbers for the worklist (``mine`` when the caller has already counted it)."""
     today = timezone.localdate()
-    start = timezone.make_aware(dt.datetime.combine(today, dt.time.min))
+    start = day_start(today)
     by_state = dict(
         Image.objects.filter(
             grading_state__in=[Image.GradingState.PENDING, Image.GradingState.ADJUDICATION]
