@@ -54,7 +54,8 @@ def main() -> int:
     from django.core.management import call_command
 
     from grading.models import Image, Job, ModelVersion
-    from grading.services.model_versions import model_evaluate, model_train_job
+    from grading.services.model_evaluation import model_evaluate
+    from grading.services.model_training import model_train_job
 
     call_command("migrate", verbosity=0)
     if not Image.objects.exists():

@@ -63,7 +63,7 @@ def main() -> int:
     from django.core.management import call_command
 
     from grading.models import Image, Job
-    from grading.services.model_versions import model_train_job
+    from grading.services.model_training import model_train_job
 
     call_command("migrate", verbosity=0)
     if not Image.objects.exists():

@@ -11,17 +11,13 @@ themselves are being imported (``grading/__init__.py``), so settings are read la
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_ready
 from kombu import Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "grading.settings")
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_QUEUE = "default"
 ML_QUEUE = "ml"
@@ -79,26 +75,3 @@ app.conf.update(
     },
 )
 app.autodiscover_tasks()
-
-
-@worker_ready.connect
-def _jobs_recover_on_worker_start(sender: Any = None, **kwargs: Any) -> None:
-    """A worker that starts cannot be running anything yet: jobs still marked as running on a
-    worker of the same name were abandoned when its previous process died."""
-    hostname = getattr(sender, "hostname", None)
-    if not hostname:
-        return
-    from django.db import connection
-
-    from grading.services.jobs import jobs_mark_stale
-
-    try:
-        marked = jobs_mark_stale(restarted_worker=hostname)
-    except Exception:  # a worker must start even if the database is briefly unreachable
-        logger.exception("Could not check for jobs abandoned by a previous %s", hostname)
-        return
-    finally:
-        # Opened in the consumer's thread (before a prefork pool forks): never share it.
-        connection.close()
-    if marked:
-        logger.warning("Marked %d job(s) abandoned by a previous %s as failed", marked, hostname)

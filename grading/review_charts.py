@@ -63,18 +63,19 @@ def qwk_by_month_png(*, series: Sequence[VersionSeries]) -> bytes:
 
 
 def qwk_by_month_figure(*, series: Sequence[VersionSeries]):
-    from matplotlib.dates import DateFormatter, MonthLocator
+    from matplotlib.dates import DateFormatter, MonthLocator, date2num
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(7.5, 3.2))
     axes = figure.add_subplot()
     for entry in series:
-        months = [point.month for point in entry.points]
+        # Dates as matplotlib's day numbers, as its date converter would make them.
+        days = date2num([point.month for point in entry.points])
         values = [point.qwk for point in entry.points]
-        (line,) = axes.plot(months, values, "-", linewidth=1.6, label=entry.model_version.name)
+        (line,) = axes.plot(days, values, "-", linewidth=1.6, label=entry.model_version.name)
         for point in entry.points:
             axes.plot(
-                [point.month],
+                [date2num(point.month)],
                 [point.qwk],
                 "o",
                 color=line.get_color(),
@@ -89,7 +90,9 @@ def qwk_by_month_figure(*, series: Sequence[VersionSeries]):
     months = sorted({point.month for entry in series for point in entry.points})
     if months:
         first, last = months[0], months[-1]
-        axes.set_xlim(first - dt.timedelta(days=16), last + dt.timedelta(days=16))
+        axes.set_xlim(
+            date2num(first - dt.timedelta(days=16)), date2num(last + dt.timedelta(days=16))
+        )
         span = (last.year - first.year) * 12 + last.month - first.month + 1
         axes.xaxis.set_major_locator(MonthLocator(interval=max(1, math.ceil(span / 12))))
     else:

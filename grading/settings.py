@@ -235,6 +235,12 @@ FUNDUS_WEIGHTS_DIR = env_path("FUNDUS_WEIGHTS_DIR", BASE_DIR / "var" / "weights"
 FUNDUS_FEATURE_STORE = env_path("FUNDUS_FEATURE_STORE", BASE_DIR / "var" / "features")
 FUNDUS_MODEL_DIR = env_path("FUNDUS_MODEL_DIR", BASE_DIR / "var" / "models")
 FUNDUS_BACKBONES = env_list("FUNDUS_BACKBONES", ["efficientnet_lite0", "mobilenet_v2"])
+# How features are computed and stored (grading.services.ml_config builds mlcore's FeatureConfig
+# from these; mlcore validates the values): preprocessing none, crop or ben_graham; storage dtype
+# float32 or float16; images per forward pass.
+FUNDUS_PREPROCESSING = env_str("FUNDUS_PREPROCESSING").strip() or "none"
+FUNDUS_FEATURE_DTYPE = env_str("FUNDUS_FEATURE_DTYPE").strip() or "float32"
+FUNDUS_FEATURE_BATCH_SIZE = env_int("FUNDUS_FEATURE_BATCH_SIZE", 32, minimum=1)
 FUNDUS_DEMO_DIR = env_str("FUNDUS_DEMO_DIR")  # the repo never contains the dataset
 # The photo-quality gate at upload (the admin's switch and thresholds are in the database). The test
 # suite turns it off by default: its synthetic photographs are 64 px, far below any threshold.

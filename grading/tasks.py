@@ -10,6 +10,7 @@ their functions, so this module is safe to import in the web process.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 import traceback
@@ -17,12 +18,21 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Task, shared_task
-from django.db import InterfaceError, OperationalError
+from celery.signals import worker_ready
+from django.db import InterfaceError, OperationalError, connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from grading.models import Image, Job
-from grading.services import features, model_versions, predictions, renderings, uploads
+from grading.services import (
+    features,
+    model_evaluation,
+    model_training,
+    model_versions,
+    predictions,
+    renderings,
+    uploads,
+)
 from grading.services import jobs as job_services
 
 logger = logging.getLogger(__name__)
@@ -124,12 +134,12 @@ def images_augment(self: JobTask, job_id: int) -> dict[str, Any]:
 
 @shared_task(bind=True, base=JobTask, name="grading.tasks.model_train")
 def model_train(self: JobTask, job_id: int) -> dict[str, Any]:
-    return self.run_job(job_id, model_versions.model_train_job)
+    return self.run_job(job_id, model_training.model_train_job)
 
 
 @shared_task(bind=True, base=JobTask, name="grading.tasks.model_evaluate")
 def model_evaluate(self: JobTask, job_id: int) -> dict[str, Any]:
-    return self.run_job(job_id, model_versions.model_evaluate_job)
+    return self.run_job(job_id, model_evaluation.model_evaluate_job)
 
 
 @shared_task(bind=True, base=JobTask, name="grading.tasks.predictions_refresh")
@@ -174,10 +184,10 @@ def image_views_render(image_id: int) -> dict[str, Any]:
 
 
 @shared_task(name="grading.tasks.jobs_housekeeping", ignore_result=True)
-def jobs_housekeeping() -> dict[str, Any]:
+def jobs_housekeeping(*, now: dt.datetime | None = None) -> dict[str, Any]:
     """Periodic (beat): fail jobs whose worker died, remove what interrupted uploads left, and
-    start an automatic retrain when due."""
-    marked = job_services.jobs_mark_stale()
+    start an automatic retrain when due. ``now``: the clock of the staleness check (tests)."""
+    marked = job_services.jobs_mark_stale(now=now)
     uploads.uploads_leftovers_remove()
     auto_job = None
     try:
@@ -185,10 +195,31 @@ def jobs_housekeeping() -> dict[str, Any]:
     except job_services.QueueUnavailable:
         logger.warning("Automatic retraining is due but the queue is unavailable")
     try:
-        model_versions.model_evaluation_catch_up()
+        model_evaluation.model_evaluation_catch_up()
     except job_services.QueueUnavailable:
         logger.warning("A version waits for its cross-validation but the queue is unavailable")
     return {"stale_marked": marked, "auto_retrain_job": auto_job.pk if auto_job else None}
+
+
+# Connected here rather than in grading/celery.py, which the services import: every worker
+# imports this module (autodiscovery) before it reports ready.
+@worker_ready.connect
+def _jobs_recover_on_worker_start(sender: Any = None, **kwargs: Any) -> None:
+    """A worker that starts cannot be running anything yet: jobs still marked as running on a
+    worker of the same name were abandoned when its previous process died."""
+    hostname = getattr(sender, "hostname", None)
+    if not hostname:
+        return
+    try:
+        marked = job_services.jobs_mark_stale(restarted_worker=hostname)
+    except Exception:  # a worker must start even if the database is briefly unreachable
+        logger.exception("Could not check for jobs abandoned by a previous %s", hostname)
+        return
+    finally:
+        # Opened in the consumer's thread (before a prefork pool forks): never share it.
+        connection.close()
+    if marked:
+        logger.warning("Marked %d job(s) abandoned by a previous %s as failed", marked, hostname)
 
 
 __all__ = [

@@ -9,6 +9,9 @@ from django.db import IntegrityError, transaction
 
 from grading.models import Grade, Image, Job, ModelVersion, WorkbenchSettings
 from grading.services import model_versions as services
+from grading.services.ml_config import training_config_from_settings
+from grading.services.model_evaluation import model_evaluation_catch_up
+from grading.services.training_set import TrainingDataError, training_data_check, training_images
 from tests.base import BaseTestCase
 from tests.factories import image_make, patient_make
 from tests.factories_jobs import BrokerMixin, model_version_make, redis_flush
@@ -28,22 +31,22 @@ class TrainingSetTests(BaseTestCase):
         Image.objects.filter(pk=adjudicating.pk).update(
             grading_state=Image.GradingState.ADJUDICATION
         )
-        ids = [item.image_id for item in services.training_images()]
+        ids = [item.image_id for item in training_images()]
         self.assertEqual(ids, [confirmed.pk])
-        item = services.training_images()[0]
+        item = training_images()[0]
         self.assertEqual((item.grade, item.patient_id), (2, patient.pk))
         self.assertTrue(item.path.is_file())
 
     def test_it_refuses_to_train_on_too_few_confirmed_grades_with_a_clear_message(self):
         for grade in (0, 0, 2):
             image_make(confirmed_grade=grade)
-        with self.assertRaisesMessage(services.TrainingDataError, "Not enough confirmed grades"):
-            services.training_data_check()
+        with self.assertRaisesMessage(TrainingDataError, "Not enough confirmed grades"):
+            training_data_check()
 
     def test_it_accepts_enough_images_of_two_grades(self):
         for index in range(12):
             image_make(confirmed_grade=0 if index % 2 else 3)
-        self.assertEqual(services.training_data_check(), {0: 6, 3: 6})
+        self.assertEqual(training_data_check(), {0: 6, 3: 6})
 
     def test_version_names_count_up(self):
         self.assertEqual(services.model_version_next_name(), "v1")
@@ -150,24 +153,18 @@ class RetrainRequestTests(BrokerMixin, BaseTestCase):
 class TrainingConfigTests(BaseTestCase):
     def test_augmented_copies_come_with_test_time_averaging(self):
         with self.settings(FUNDUS_AUGMENT_VARIANTS=5):
-            config = services.training_config_from_settings(
-                classes=(0, 1, 2, 3, 4), referable_from=2
-            )
+            config = training_config_from_settings(classes=(0, 1, 2, 3, 4), referable_from=2)
         self.assertEqual(config.augment.variants, 5)
         self.assertTrue(config.tta)
 
     def test_no_copies_means_plain_prediction(self):
         with self.settings(FUNDUS_AUGMENT_VARIANTS=0):
-            config = services.training_config_from_settings(
-                classes=(0, 1, 2, 3, 4), referable_from=2
-            )
+            config = training_config_from_settings(classes=(0, 1, 2, 3, 4), referable_from=2)
         self.assertFalse(config.tta)
 
     def test_the_released_model_trains_on_every_image_and_cross_validation_scores_it(self):
         with self.settings(FUNDUS_CV_FOLDS=4):
-            config = services.training_config_from_settings(
-                classes=(0, 1, 2, 3, 4), referable_from=2
-            )
+            config = training_config_from_settings(classes=(0, 1, 2, 3, 4), referable_from=2)
         self.assertEqual(config.holdout_fraction, 0.0)
         self.assertEqual(config.n_splits, 4)
 
@@ -177,12 +174,12 @@ class EvaluationCatchUpTests(BrokerMixin, BaseTestCase):
         redis_flush()
 
     def test_a_version_still_waiting_for_its_figures_gets_an_evaluation_job(self):
-        self.assertIsNone(services.model_evaluation_catch_up())
+        self.assertIsNone(model_evaluation_catch_up())
         waiting = model_version_make("v1", metrics={"evaluation": "pending"})
         model_version_make("v0", state=ModelVersion.State.FAILED, metrics={"evaluation": "pending"})
-        job = services.model_evaluation_catch_up()
+        job = model_evaluation_catch_up()
         self.assertEqual((job.kind, job.model_version), (Job.Kind.MODEL_EVALUATE, waiting))
-        self.assertIsNone(services.model_evaluation_catch_up(), "one open evaluation at a time")
+        self.assertIsNone(model_evaluation_catch_up(), "one open evaluation at a time")
 
 
 class LegacyVersionFlagsTests(BaseTestCase):

@@ -9,7 +9,7 @@ from django.test import TransactionTestCase
 
 from grading.models import GradeLevel, Image, Job, Prediction
 from grading.services.images import image_create, image_validate
-from grading.services.model_versions import model_train
+from grading.services.model_training import model_train
 from grading.services.predictions import model_artifact_load
 from mlcore.features.store import feature_key
 from mlcore.pipelines.predict import predict_from_store, predict_images

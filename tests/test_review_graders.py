@@ -4,7 +4,7 @@ out grades that alone decided the confirmed grade."""
 from __future__ import annotations
 
 from grading.models import Grade, Image
-from grading.selectors.review import grader_agreement
+from grading.selectors.grader_agreement import grader_agreement
 from tests.base import BaseTestCase
 from tests.factories_review import at, grade_correct, grade_make, image_confirm, images_bulk_make
 

@@ -8,8 +8,8 @@ handful of small images (4 per batch), so that an epoch lasts long enough to be 
 
 from __future__ import annotations
 
+import datetime as dt
 import signal
-import time
 import uuid
 from pathlib import Path
 
@@ -83,8 +83,8 @@ class KilledFinetuneWorkerTests(TrainingMixin, BrokerMixin, TransactionTestCase)
         self.assertTrue(any("ETA" in m for m in messages), messages)
         self.assertEqual([p.name for p in _checkpoints()], ["epoch-001"])
 
-        time.sleep(STALE_SECONDS + 1)
-        self.assertEqual(jobs_housekeeping()["stale_marked"], 1)
+        later = timezone.now() + dt.timedelta(seconds=STALE_SECONDS + 1)
+        self.assertEqual(jobs_housekeeping(now=later)["stale_marked"], 1)
         job.refresh_from_db()
         self.assertEqual(job.state, Job.State.FAILED)
         half_made = job.model_version

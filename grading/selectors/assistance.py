@@ -6,14 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db.models import QuerySet
 
 from grading.models import Grade, GradeLevel, Image, ModelVersion, Prediction
 from grading.selectors.worklist import workbench_settings_get
 
 
-def reader_is_independent(*, image: Image, user: AbstractBaseUser) -> bool:
+def reader_is_independent(*, image: Image, user: User) -> bool:
     """Whether this user is (still) an independent reader of the image: the image waits for
     independent grades, the user may grade it, and has not saved a grade of it yet. Admins and
     reviewers who also grade are no exception: whoever may grade an image independently reads it
@@ -25,7 +25,7 @@ def reader_is_independent(*, image: Image, user: AbstractBaseUser) -> bool:
     return not Grade.objects.filter(image=image, kind=Grade.Kind.GRADER, grader=user).exists()
 
 
-def prediction_hidden(*, image: Image, user: AbstractBaseUser) -> bool:
+def prediction_hidden(*, image: Image, user: User) -> bool:
     """Blind mode: every independent reader (the first, the second, an admin who grades) does not
     see the model's opinion until their own grade is saved, so every grade is free of anchoring
     on the model.
@@ -41,7 +41,7 @@ def prediction_hidden(*, image: Image, user: AbstractBaseUser) -> bool:
     return reader_is_independent(image=image, user=user)
 
 
-def images_read_independently_by(*, user: AbstractBaseUser) -> QuerySet[Image]:
+def images_read_independently_by(*, user: User) -> QuerySet[Image]:
     """The pending images this user may grade and has not graded: they see no other grader's
     grade of them (whatever the blind-mode setting, which is about the model)."""
     if not user.has_perm("grading.grade_image"):
@@ -50,7 +50,7 @@ def images_read_independently_by(*, user: AbstractBaseUser) -> QuerySet[Image]:
     return Image.objects.filter(grading_state=Image.GradingState.PENDING).exclude(pk__in=graded)
 
 
-def images_blind_for(*, user: AbstractBaseUser) -> QuerySet[Image]:
+def images_blind_for(*, user: User) -> QuerySet[Image]:
     """The images whose predictions this user may not see yet (blind mode): pending images they
     may grade and have not graded. Empty when blind mode is off or the user does not grade."""
     # The permission first: it is cached on the user, the settings row is a query.
@@ -76,7 +76,6 @@ class OrdinalView:
     expected grade must pass for grade k (when the version recorded its thresholds)."""
 
     expected: float
-    expected_label: str
     at_least: list[ProbabilityBar]
     thresholds: list[float] | None
 
@@ -121,7 +120,6 @@ def _version_thresholds(version: ModelVersion) -> list[float] | None:
 
 def _ordinal_view(bars: list[ProbabilityBar], version: ModelVersion) -> OrdinalView:
     expected = sum(position * bar.probability for position, bar in enumerate(bars))
-    nearest = bars[min(len(bars) - 1, max(0, round(expected)))].level
     at_least = [
         ProbabilityBar(level=bar.level, probability=sum(b.probability for b in bars[k:]))
         for k, bar in enumerate(bars)
@@ -132,7 +130,6 @@ def _ordinal_view(bars: list[ProbabilityBar], version: ModelVersion) -> OrdinalV
         thresholds = None
     return OrdinalView(
         expected=expected,
-        expected_label=str(nearest),
         at_least=at_least,
         thresholds=thresholds,
     )
@@ -166,9 +163,7 @@ def _probability_bars(prediction: Prediction) -> list[ProbabilityBar]:
     ]
 
 
-def model_view_for(
-    *, image: Image, user: AbstractBaseUser | None, reveal: bool = False
-) -> ModelView:
+def model_view_for(*, image: Image, user: User | None, reveal: bool = False) -> ModelView:
     """The active model's view of the image for this user. ``reveal`` skips the blind check (for
     reviewers' pages, where the model's view is part of the evidence)."""
     if not reveal and user is not None and prediction_hidden(image=image, user=user):

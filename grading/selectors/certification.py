@@ -12,7 +12,7 @@ import hashlib
 from dataclasses import dataclass
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 
 from grading.models import CertificationItem, Grade, GradeLevel, Image, WorkbenchSettings
 from grading.selectors.worklist import workbench_settings_get
@@ -22,7 +22,7 @@ GRADE_PERMISSION = "grading.grade_image"
 REVIEW_PERMISSION = "grading.review_agreement"
 
 
-def certification_subject(*, user: AbstractBaseUser) -> bool:
+def certification_subject(*, user: User) -> bool:
     """Clinicians certify; reviewers and admins (who can see every grade anyway) do not."""
     return bool(
         user.is_authenticated
@@ -35,7 +35,7 @@ def certification_set_size() -> int:
     return CertificationItem.objects.count()
 
 
-def certification_grade_for(*, image: Image, grader: AbstractBaseUser) -> Grade | None:
+def certification_grade_for(*, image: Image, grader: User) -> Grade | None:
     return (
         Grade.objects.filter(image=image, grader=grader, kind=Grade.Kind.CERTIFICATION)
         .select_related("grade")
@@ -48,7 +48,7 @@ def certification_item_for(*, image: Image) -> CertificationItem | None:
     return CertificationItem.objects.filter(image=image).select_related("reference_grade").first()
 
 
-def reference_hidden(*, image: Image, user: AbstractBaseUser) -> bool:
+def reference_hidden(*, image: Image, user: User) -> bool:
     """Whether everything that tells this image's reference (its confirmed grade, the grades that
     led to it, the model's prediction trained on it) is withheld from this user: a clinician who
     has not saved their certification grade of a certification image."""
@@ -61,7 +61,7 @@ def reference_hidden(*, image: Image, user: AbstractBaseUser) -> bool:
     ).exists()
 
 
-def reference_hidden_ids(*, user: AbstractBaseUser) -> set[int]:
+def reference_hidden_ids(*, user: User) -> set[int]:
     """The certification images whose reference is hidden from this user (for lists)."""
     if not certification_subject(user=user):
         return set()
@@ -75,7 +75,7 @@ def _random_key(seed: str, image_id: int) -> str:
     return hashlib.sha256(f"cert:{seed}:{image_id}".encode()).hexdigest()
 
 
-def certification_pending_ids(*, grader: AbstractBaseUser, seed: str = "") -> list[int]:
+def certification_pending_ids(*, grader: User, seed: str = "") -> list[int]:
     """Certification images this clinician still has to grade, shuffled per clinician (the set is
     stratified by grade: in import order the grades would come in runs)."""
     if not certification_subject(user=grader):
@@ -86,7 +86,7 @@ def certification_pending_ids(*, grader: AbstractBaseUser, seed: str = "") -> li
 
 @dataclass(frozen=True)
 class CertificationResult:
-    user: AbstractBaseUser
+    user: User
     set_size: int
     graded: int
     figures: AgreementFigures | None
@@ -106,11 +106,12 @@ class CertificationResult:
             "specificity": figures.specificity.value if figures else None,
             "exact": figures.exact.value if figures else None,
         }
-        # A figure that cannot be computed (e.g. no referable image in the set) does not block.
-        return [
-            (name, values[name], threshold, values[name] is None or values[name] >= threshold)
-            for name, threshold in self.thresholds.items()
-        ]
+        checks = []
+        for name, threshold in self.thresholds.items():
+            value = values[name]
+            # A figure that cannot be computed (e.g. no referable image in the set) does not block.
+            checks.append((name, value, threshold, value is None or value >= threshold))
+        return checks
 
     @property
     def passed(self) -> bool:
@@ -127,7 +128,7 @@ def _thresholds(settings_row: WorkbenchSettings) -> dict[str, float]:
 
 
 def certification_result(
-    *, user: AbstractBaseUser, settings_row: WorkbenchSettings | None = None
+    *, user: User, settings_row: WorkbenchSettings | None = None
 ) -> CertificationResult:
     """The clinician's figures on the set so far (their first grade of each reference image)."""
     settings_row = settings_row or workbench_settings_get()
@@ -159,11 +160,7 @@ def certification_result(
     )
 
 
-def certification_passed(*, user: AbstractBaseUser) -> bool:
-    return certification_result(user=user).passed
-
-
-def grade_counts_towards_confirmation(*, grader: AbstractBaseUser) -> bool:
+def grade_counts_towards_confirmation(*, grader: User) -> bool:
     """Whether a new independent grade of this clinician counts: always, unless the admin gates on
     certification, a set exists and the clinician has not passed it."""
     settings_row = workbench_settings_get()

@@ -14,7 +14,7 @@ from typing import Any
 from django.db.models import QuerySet
 
 from grading.models import Grade, ModelVersion, Prediction
-from grading.selectors.review import scale_get
+from grading.selectors.grading_scale import scale_get
 from mlcore.data.rubric import QUADRANTS, Findings
 
 EXPORT_CHUNK_SIZE = 2000

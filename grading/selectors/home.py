@@ -5,12 +5,13 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db.models import Count, Max, Q
 from django.utils import timezone
 
 from grading.models import Grade, Image, Job, ModelVersion
 from grading.selectors import worklist as worklist_selectors
+from grading.selectors.dates import day_start
 from grading.selectors.jobs import job_error_headline, jobs_open
 from grading.selectors.model_versions import model_version_active, model_version_headline
 
@@ -36,14 +37,6 @@ class ReviewerHome:
 
 
 @dataclass
-class Alert:
-    level: str  # "bad" or "warn", the badge colour
-    text: str
-    link: str = ""
-    link_text: str = ""
-
-
-@dataclass
 class AdminHome:
     active: ModelVersion | None
     active_headline: dict
@@ -57,16 +50,16 @@ def _week_start(today: dt.date) -> dt.date:
     return today - dt.timedelta(days=today.weekday())
 
 
-def home_clinician(*, user: AbstractBaseUser) -> ClinicianHome:
+def home_clinician(*, user: User) -> ClinicianHome:
     today = timezone.localdate()
     # The first day of the week is midnight local time; Grade.created_at is stored in UTC.
-    week_start = timezone.make_aware(dt.datetime.combine(_week_start(today), dt.time.min))
-    day_start = timezone.make_aware(dt.datetime.combine(today, dt.time.min))
+    week_start = day_start(_week_start(today))
+    today_start = day_start(today)
     done = Grade.objects.filter(
         grader=user, kind=Grade.Kind.GRADER, created_at__gte=week_start
     ).aggregate(
         week=Count("image", distinct=True),
-        today=Count("image", distinct=True, filter=Q(created_at__gte=day_start)),
+        today=Count("image", distinct=True, filter=Q(created_at__gte=today_start)),
     )
     # Counted up to the worklist's cap, like the worklist: an exact count checks every pending image
     # against this clinician's grades (0.3 s at 100,000 images).

@@ -148,7 +148,7 @@ def model_version_evaluation_jobs() -> dict[int, Job]:
     jobs = Job.objects.filter(
         kind=Job.Kind.MODEL_EVALUATE, state__in=["queued", "running"], model_version__isnull=False
     ).order_by("created_at")
-    return {job.model_version_id: job for job in jobs}
+    return {job.model_version_id: job for job in jobs if job.model_version_id is not None}
 
 
 def metrics_headline(report: dict[str, Any]) -> dict[str, Any]:

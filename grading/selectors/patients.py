@@ -76,10 +76,12 @@ def _status_from(images: list[Image]) -> ReferableStatus:
     latest_by_eye: dict[str, Image] = {}
     for image in _latest_first(images):
         latest_by_eye.setdefault(image.eye, image)
-    graded = [image for image in latest_by_eye.values() if image.confirmed_grade is not None]
-    worse = max(
-        (image.confirmed_grade for image in graded), key=lambda level: level.value, default=None
-    )
+    levels = [
+        image.confirmed_grade
+        for image in latest_by_eye.values()
+        if image.confirmed_grade is not None
+    ]
+    worse = max(levels, key=lambda level: level.value, default=None)
     return ReferableStatus(
         latest_by_eye={eye: latest_by_eye[eye] for eye in EYE_ORDER if eye in latest_by_eye},
         worse_grade=worse,
@@ -220,7 +222,7 @@ def patient_context_for(
         if other not in this_visit and sum(map(len, by_day.values())) < limit:
             by_day.setdefault(other.acquired_on, []).append(other)
     # Eyes in a fixed order within a day: right (OD) before left (OS), as on the patient page.
-    eye_rank = {eye: rank for rank, eye in enumerate(EYE_ORDER)}
+    eye_rank: dict[str, int] = {eye: rank for rank, eye in enumerate(EYE_ORDER)}
     return PatientContext(
         patient=image.patient,
         this_visit=sorted(this_visit, key=lambda other: eye_rank.get(other.eye, 9)),

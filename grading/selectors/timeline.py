@@ -14,13 +14,8 @@ from django.db.models import Prefetch
 from grading.models import Grade, Image, Prediction
 from grading.selectors.assistance import prediction_hidden, reader_is_independent
 from grading.selectors.certification import reference_hidden
-from grading.selectors.review import (
-    BASIS_AGREEMENT,
-    BASIS_OWN_SINGLE,
-    Scale,
-    grade_basis,
-    scale_get,
-)
+from grading.selectors.grader_agreement import BASIS_AGREEMENT, BASIS_OWN_SINGLE, grade_basis
+from grading.selectors.grading_scale import Scale, scale_get
 
 EventKind = Literal["upload", "grade", "prediction", "confirmation"]
 # Among events with the same timestamp, the natural order: the upload, then grades, then
@@ -86,21 +81,26 @@ def _probability_bars(prediction: Prediction, scale: Scale) -> list[ProbabilityB
 
 
 def _grade_value_text(grade: Grade) -> str:
-    return "ungradable" if grade.ungradable else f"{grade.grade_id} ({grade.grade.name})"
+    # A grade has a value or the ungradable flag (a database constraint), never neither.
+    if grade.ungradable or grade.grade is None:
+        return "ungradable"
+    return f"{grade.grade_id} ({grade.grade.name})"
 
 
 def _who(grade: Grade) -> str:
-    return grade.grader.get_username() if grade.grader_id else grade.source
+    return grade.grader.get_username() if grade.grader is not None else grade.source
 
 
 def _confirmation_text(image: Image, basis: list[Grade]) -> str:
     method = Image.ConfirmationMethod
     if image.grading_state != Image.GradingState.CONFIRMED:
         return f"Not confirmed yet ({image.get_grading_state_display().lower()})."
+    # A confirmed image has a grade or the ungradable flag (a database constraint).
+    level = image.confirmed_grade
     value = (
         "ungradable"
-        if image.confirmed_ungradable
-        else f"grade {image.confirmed_grade_id} ({image.confirmed_grade.name})"
+        if image.confirmed_ungradable or level is None
+        else f"grade {image.confirmed_grade_id} ({level.name})"
     )
     who = ", ".join(f"{_who(grade)} ({_grade_value_text(grade)})" for grade in basis)
     if image.confirmation_method == method.IMPORT:
@@ -111,7 +111,8 @@ def _confirmation_text(image: Image, basis: list[Grade]) -> str:
     if image.confirmation_method == method.AGREEMENT:
         return f"Confirmed as {value} because the independent graders agreed: {who}."
     if image.confirmation_method == method.ADJUDICATION:
-        adjudicator = image.confirmed_by.get_username() if image.confirmed_by_id else "a reviewer"
+        reviewer = image.confirmed_by
+        adjudicator = reviewer.get_username() if reviewer is not None else "a reviewer"
         return f"Confirmed as {value} by {adjudicator}'s adjudication of the graders' disagreement."
     return f"Confirmed as {value}."
 

@@ -11,7 +11,7 @@ import datetime as dt
 import hashlib
 from collections.abc import Collection, Sequence
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db.models import Count, Exists, F, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Abs, Coalesce
 from django.utils import timezone
@@ -23,6 +23,7 @@ from grading.models import (
     Prediction,
     WorkbenchSettings,
 )
+from grading.selectors.dates import day_start
 
 QUEUE_ORDERS = tuple(WorkbenchSettings.QueueOrder.values)
 
@@ -49,7 +50,7 @@ def grades_current(*, image: Image) -> list[Grade]:
     )
 
 
-def grade_current_for(*, image: Image, grader: AbstractBaseUser) -> Grade | None:
+def grade_current_for(*, image: Image, grader: User) -> Grade | None:
     return (
         Grade.objects.filter(
             image=image, grader=grader, kind=Grade.Kind.GRADER, superseded_by__isnull=True
@@ -64,7 +65,7 @@ def _needing_grade(
     queryset: QuerySet,
     *,
     image: str,
-    grader: AbstractBaseUser,
+    grader: User,
     required: int,
     now: dt.datetime,
 ) -> QuerySet:
@@ -108,7 +109,7 @@ def _needing_grade(
 
 def images_needing_grade(
     *,
-    grader: AbstractBaseUser,
+    grader: User,
     grades_required: int | None = None,
     now: dt.datetime | None = None,
 ) -> QuerySet[Image]:
@@ -132,7 +133,7 @@ def _random_pivot(seed: str) -> str:
 
 def worklist_sources(
     *,
-    grader: AbstractBaseUser,
+    grader: User,
     order: str,
     seed: str = "",
     exclude_ids: Collection[int] = (),
@@ -244,7 +245,7 @@ class QueueIds:
 
 def worklist_ordered_ids(
     *,
-    grader: AbstractBaseUser,
+    grader: User,
     order: str,
     seed: str = "",
     exclude_ids: Collection[int] = (),
@@ -259,7 +260,7 @@ def worklist_ordered_ids(
     return list(QueueIds(sources, cap=cap)[0:cap])
 
 
-def claim_held(*, grader: AbstractBaseUser, now: dt.datetime | None = None) -> list[int]:
+def claim_held(*, grader: User, now: dt.datetime | None = None) -> list[int]:
     """Images this clinician holds an unexpired claim on and has not graded yet, oldest claim first."""
     now = now or timezone.now()
     return list(
@@ -278,10 +279,10 @@ def claim_held(*, grader: AbstractBaseUser, now: dt.datetime | None = None) -> l
     )
 
 
-def worklist_counts(*, grader: AbstractBaseUser, mine: int | None = None) -> dict[str, int]:
+def worklist_counts(*, grader: User, mine: int | None = None) -> dict[str, int]:
     """Headline numbers for the worklist (``mine`` when the caller has already counted it)."""
     today = timezone.localdate()
-    start = timezone.make_aware(dt.datetime.combine(today, dt.time.min))
+    start = day_start(today)
     by_state = dict(
         Image.objects.filter(
             grading_state__in=[Image.GradingState.PENDING, Image.GradingState.ADJUDICATION]

@@ -12,11 +12,11 @@ import contextlib
 from collections.abc import Iterator
 
 from auditlog.context import set_actor
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 
 
 @contextlib.contextmanager
-def audit_actor(user: AbstractBaseUser | None) -> Iterator[None]:
+def audit_actor(user: User | None) -> Iterator[None]:
     """Attribute the audit entries written inside the block to ``user`` (no-op for None)."""
     if user is None or not getattr(user, "is_authenticated", False):
         yield
@@ -60,12 +60,8 @@ def audit_registry_setup() -> None:
             "acquired_on",
             "source",
             "original_filename",
-            "grading_state",
-            "confirmed_grade",
-            "confirmed_ungradable",
-            "confirmed_macular_oedema",
-            "confirmation_method",
-            "confirmed_by",
+            # Not confirmed_at: the entry's own timestamp says when.
+            *(name for name in Image.CONFIRMATION_FIELDS if name != "confirmed_at"),
         ],
     )
     auditlog.register(Patient)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 
 from grading.models import CertificationItem, Image
@@ -40,7 +40,7 @@ def certification_set_build(
     *,
     size: int,
     source: str = "",
-    added_by: AbstractBaseUser | None = None,
+    added_by: User | None = None,
     seed: str = "certification",
 ) -> list[CertificationItem]:
     """Add up to ``size`` confirmed, gradable images (from the import ``source`` if given),
@@ -70,7 +70,7 @@ def certification_set_build(
 
 
 def certification_items_add(
-    *, image_ids: list[int], added_by: AbstractBaseUser | None = None
+    *, image_ids: list[int], added_by: User | None = None
 ) -> list[CertificationItem]:
     """Mark confirmed, gradable images as certification images, their confirmed grade as the
     reference. Images already in the set are left as they are."""
@@ -100,11 +100,7 @@ def certification_items_add(
                 added_by=added_by,
             )
             for image in images
-            if image.pk not in existing
+            # Every image has a confirmed grade (checked above); the test tells the type checker.
+            if image.pk not in existing and image.confirmed_grade_id is not None
         ]
         return CertificationItem.objects.bulk_create(items)
-
-
-def certification_item_remove(*, image_id: int) -> int:
-    deleted, _ = CertificationItem.objects.filter(image_id=image_id).delete()
-    return deleted

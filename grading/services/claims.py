@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Collection
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
@@ -33,16 +33,14 @@ def claims_expired_delete(*, now: dt.datetime | None = None) -> int:
     return deleted
 
 
-def _claim_write(*, image: Image, grader: AbstractBaseUser, now: dt.datetime) -> None:
+def _claim_write(*, image: Image, grader: User, now: dt.datetime) -> None:
     lease = dt.timedelta(minutes=workbench_settings_get().claim_minutes)
     GradingClaim.objects.update_or_create(
         image=image, grader=grader, defaults={"expires_at": now + lease}
     )
 
 
-def _claim_try(
-    *, image_id: int, grader: AbstractBaseUser, skip_locked: bool, now: dt.datetime
-) -> Image | None:
+def _claim_try(*, image_id: int, grader: User, skip_locked: bool, now: dt.datetime) -> Image | None:
     with transaction.atomic():
         image = (
             Image.objects.select_for_update(skip_locked=skip_locked, of=("self",))
@@ -60,7 +58,7 @@ def _claim_try(
 
 
 def _claim_first(
-    *, source: QuerySet, grader: AbstractBaseUser, now: dt.datetime, skip_locked: bool = True
+    *, source: QuerySet, grader: User, now: dt.datetime, skip_locked: bool = True
 ) -> tuple[Image | None, int | None]:
     """Lock and claim the first image of ``source`` that nobody is claiming at this moment (with
     ``skip_locked=False``: waiting for the claim in progress on it, if any, to finish).
@@ -85,7 +83,7 @@ def _claim_first(
 
 def claim_next(
     *,
-    grader: AbstractBaseUser,
+    grader: User,
     order: str,
     seed: str = "",
     exclude_ids: Collection[int] = (),
@@ -132,7 +130,7 @@ def claim_next(
     return None
 
 
-def claim_take(*, image: Image, grader: AbstractBaseUser) -> bool:
+def claim_take(*, image: Image, grader: User) -> bool:
     """Claim (or renew the lease on) one image a clinician opened directly.
 
     Returns False when the image does not need this clinician's grade or all its open slots are
@@ -143,5 +141,5 @@ def claim_take(*, image: Image, grader: AbstractBaseUser) -> bool:
     return _claim_try(image_id=image.pk, grader=grader, skip_locked=False, now=now) is not None
 
 
-def claim_release(*, image: Image, grader: AbstractBaseUser) -> None:
+def claim_release(*, image: Image, grader: User) -> None:
     GradingClaim.objects.filter(image=image, grader=grader).delete()

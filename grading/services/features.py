@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 
 from grading.models import Image, Job
 from grading.selectors.model_versions import model_version_active
+from grading.services import ml_config
 from grading.services.jobs import Progress
+from grading.services.training_set import training_images
 
 if TYPE_CHECKING:
     from mlcore.features.config import FeatureConfig
@@ -28,25 +29,14 @@ DEFAULT_AUGMENT_VARIANTS = 4
 
 
 def feature_config_current() -> FeatureConfig:
-    """The active version's feature configuration, else the configured backbones
-    (``FUNDUS_BACKBONES``; preprocessing and storage dtype from the environment)."""
-    from mlcore.features.config import FeatureConfig
-
+    """The active version's feature configuration, else the configured one
+    (``grading.services.ml_config.feature_config``)."""
     version = model_version_active()
     if version is not None and version.backbones:
-        return FeatureConfig.from_env(
-            backbones=tuple(version.backbones), preprocessing=version.preprocessing
+        return ml_config.feature_config(
+            backbones=version.backbones, preprocessing=version.preprocessing
         )
-    return FeatureConfig.from_env(backbones=tuple(settings.FUNDUS_BACKBONES))
-
-
-def feature_store_dir() -> Path:
-    return Path(settings.FUNDUS_FEATURE_STORE)
-
-
-def weights_dir() -> Path | None:
-    path = Path(settings.FUNDUS_WEIGHTS_DIR)
-    return path if path.is_dir() else None
+    return ml_config.feature_config()
 
 
 def feature_key(sha256: str, variant: int = 0) -> str:
@@ -58,11 +48,7 @@ def feature_key(sha256: str, variant: int = 0) -> str:
 def image_items(images: Sequence[Image]) -> list[ImageItem]:
     from mlcore.features.extraction import ImageItem
 
-    media_root = Path(settings.MEDIA_ROOT)
-    return [
-        ImageItem(path=media_root / image.file.name, key=feature_key(image.sha256))
-        for image in images
-    ]
+    return [ImageItem(path=image.media_path, key=feature_key(image.sha256)) for image in images]
 
 
 def features_extract(
@@ -79,8 +65,8 @@ def features_extract(
     return extract_features(
         image_items(images),
         config=config,
-        store_dir=feature_store_dir(),
-        weights_dir=weights_dir(),
+        store_dir=ml_config.feature_store_dir(),
+        weights_dir=ml_config.weights_dir(),
         progress=report,
     )
 
@@ -107,12 +93,6 @@ def images_augment_job(*, job: Job, progress: Progress) -> dict[str, Any]:
     ``params["variants"]`` copies each (default ``FUNDUS_AUGMENT_VARIANTS``, else 4). Only the
     copies' features are stored, in the store folder of this augmentation setting, where a
     retrain with the same number of copies finds them; the originals are untouched."""
-    from grading.services.model_versions import (
-        feature_config_for_training,
-        scale_classes,
-        training_config_from_settings,
-        training_images,
-    )
     from mlcore.pipelines.training import variant_features
 
     default = settings.FUNDUS_AUGMENT_VARIANTS or DEFAULT_AUGMENT_VARIANTS
@@ -120,9 +100,11 @@ def images_augment_job(*, job: Job, progress: Progress) -> dict[str, Any]:
     if not 1 <= variants <= 50:
         raise ValueError(f"variants must be between 1 and 50, not {variants}")
     images = training_images()
-    classes, referable_from = scale_classes()
-    training = training_config_from_settings(classes=classes, referable_from=referable_from)
-    config = feature_config_for_training()
+    classes, referable_from = ml_config.scale_classes()
+    training = ml_config.training_config_from_settings(
+        classes=classes, referable_from=referable_from
+    )
+    config = ml_config.feature_config()
 
     def report(done: int, total: int) -> None:
         percent = 100 if total == 0 else 100 * done // total
@@ -136,8 +118,8 @@ def images_augment_job(*, job: Job, progress: Progress) -> dict[str, Any]:
         augment=training.augment,
         seed=training.seed,
         feature_config=config,
-        store_dir=feature_store_dir(),
-        weights_dir=weights_dir(),
+        store_dir=ml_config.feature_store_dir(),
+        weights_dir=ml_config.weights_dir(),
         progress=report,
     )
     return {

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
@@ -31,16 +31,6 @@ from grading.services.claims import claim_release
 from mlcore.data.rubric import Findings, icdr_grade_derive
 
 MAX_NOTES_LENGTH = 4000
-# The image fields that say whether and how its grade is confirmed (written together).
-_CONFIRMATION_FIELDS = [
-    "grading_state",
-    "confirmed_grade",
-    "confirmed_ungradable",
-    "confirmed_macular_oedema",
-    "confirmation_method",
-    "confirmed_by",
-    "confirmed_at",
-]
 
 
 class GradeRejected(ValueError):
@@ -82,7 +72,7 @@ def _grade_level_resolve(choice: GradeInput) -> GradeLevel | None:
         )
     if len(choice.notes) > MAX_NOTES_LENGTH:
         raise GradeRejected(f"Notes are limited to {MAX_NOTES_LENGTH} characters.")
-    if choice.ungradable:
+    if choice.ungradable or choice.grade is None:  # None: ungradable, as checked above
         return None
     level = GradeLevel.objects.filter(value=choice.grade).first()
     if level is None:
@@ -128,9 +118,7 @@ def _grades_agree(grades: list[Grade]) -> bool:
     return len({(grade.grade_id, grade.ungradable) for grade in grades}) == 1
 
 
-def _grade_current(
-    *, image: Image, kind: str, grader: AbstractBaseUser | None = None
-) -> Grade | None:
+def _grade_current(*, image: Image, kind: str, grader: User | None = None) -> Grade | None:
     """The latest grade of this kind (by this grader, if given) that no later grade corrects:
     the one a new grade of the same kind supersedes."""
     grades = Grade.objects.filter(image=image, kind=kind, superseded_by__isnull=True)
@@ -158,7 +146,7 @@ def _grade_append(
     *,
     image: Image,
     kind: str,
-    grader: AbstractBaseUser,
+    grader: User,
     level: GradeLevel | None,
     choice: GradeInput,
     supersedes: Grade | None,
@@ -195,7 +183,7 @@ def _image_confirm(
     ungradable: bool,
     macular_oedema: bool,
     method: str,
-    confirmed_by: AbstractBaseUser | None,
+    confirmed_by: User | None,
 ) -> None:
     image.grading_state = Image.GradingState.CONFIRMED
     image.confirmed_grade_id = None if ungradable else grade_id
@@ -205,7 +193,7 @@ def _image_confirm(
     image.confirmed_by = confirmed_by
     image.confirmed_at = timezone.now()
     image.full_clean(exclude=["file"])
-    image.save(update_fields=_CONFIRMATION_FIELDS)
+    image.save(update_fields=Image.CONFIRMATION_FIELDS)
 
 
 def _image_unconfirm(*, image: Image, state: str) -> None:
@@ -216,11 +204,11 @@ def _image_unconfirm(*, image: Image, state: str) -> None:
     image.confirmation_method = Image.ConfirmationMethod.NONE
     image.confirmed_by = None
     image.confirmed_at = None
-    image.save(update_fields=_CONFIRMATION_FIELDS)
+    image.save(update_fields=Image.CONFIRMATION_FIELDS)
 
 
 def image_confirmation_refresh(
-    *, image: Image, grades_required: int, last_grader: AbstractBaseUser | None = None
+    *, image: Image, grades_required: int, last_grader: User | None = None
 ) -> None:
     """Work out the image's state from its current independent grades (call with the row locked)."""
     if image.confirmation_method in (
@@ -253,7 +241,7 @@ def image_confirmation_refresh(
 
 
 def certification_grade_submit(
-    *, image: Image, grader: AbstractBaseUser, choice: GradeInput, rubric: RubricRecord
+    *, image: Image, grader: User, choice: GradeInput, rubric: RubricRecord
 ) -> Grade:
     """A clinician's grade of a certification image: scored against the reference, never part of
     the image's confirmation, and not correctable (the reference is shown once it is saved)."""
@@ -282,7 +270,7 @@ def certification_grade_submit(
         )
 
 
-def grade_submit(*, image: Image, grader: AbstractBaseUser, choice: GradeInput) -> Grade:
+def grade_submit(*, image: Image, grader: User, choice: GradeInput) -> Grade:
     """Record a clinician's independent grade (or their correction of it) and update the image.
     Idempotent: submitting what the grader's current grade already says returns that grade and
     writes nothing. On a certification image, a clinician's grade is a certification grade
@@ -331,7 +319,7 @@ def grade_submit(*, image: Image, grader: AbstractBaseUser, choice: GradeInput) 
     return grade
 
 
-def grade_adjudicate(*, image: Image, reviewer: AbstractBaseUser, choice: GradeInput) -> Grade:
+def grade_adjudicate(*, image: Image, reviewer: User, choice: GradeInput) -> Grade:
     """A reviewer's decision: recorded as an adjudication grade and made the confirmed grade.
 
     Allowed for images in the adjudication queue and for confirmed images a reviewer wants to

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import PIL.Image
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
@@ -130,7 +130,7 @@ def image_create(
     patient: Patient,
     eye: str = Image.Eye.UNKNOWN,
     acquired_on: dt.date | None = None,
-    uploaded_by: AbstractBaseUser | None = None,
+    uploaded_by: User | None = None,
     source: str = "",
     original_filename: str = "",
     confirmed_grade: GradeLevel | None = None,
@@ -426,9 +426,10 @@ def _import_one(
         raise ImageRejected(f"{item.path}: grade {item.grade_label!r} is not in the scale.")
     eye = _parse_eye(item.eye, item.path)
     acquired_on = _parse_date(item.date, item.path)
-    if prepared.rejected is not None:
-        raise prepared.rejected
     validated = prepared.validated
+    if prepared.rejected is not None or validated is None:
+        # _import_prepare sets exactly one of the two.
+        raise prepared.rejected or ImageRejected(f"{item.path}: the file was not read.")
     if validated.sha256 in known_sha:
         summary.duplicates += 1
         return

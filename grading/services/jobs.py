@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import IntegrityError, close_old_connections, connection, transaction
 from django.utils import timezone
 
@@ -111,7 +111,7 @@ def job_enqueue(
     *,
     kind: str,
     params: dict[str, Any] | None = None,
-    created_by: AbstractBaseUser | None = None,
+    created_by: User | None = None,
     model_version: ModelVersion | None = None,
 ) -> tuple[Job, bool]:
     """Queue a job of ``kind``; returns ``(job, created)``.
@@ -199,7 +199,7 @@ def job_cancel(*, job: Job) -> Job:
     return job
 
 
-def job_retry(*, job: Job, user: AbstractBaseUser | None = None) -> Job:
+def job_retry(*, job: Job, user: User | None = None) -> Job:
     """Run a failed (or cancelled) job again as a new job with the same parameters.
 
     The failed job stays in the history with its error. Raises ``QueueUnavailable``.

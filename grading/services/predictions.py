@@ -11,13 +11,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 
 from grading.models import GradeLevel, Image, Job, ModelVersion, Prediction, probabilities_entropy
 from grading.selectors.model_versions import model_version_active
 from grading.selectors.predictions import cam_path
+from grading.services import ml_config
 from grading.services.jobs import Progress, QueueUnavailable, job_enqueue, progress_span
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def images_predict_enqueue(*, image_ids: Sequence[int]) -> bool:
     return True
 
 
-def predictions_refresh_enqueue(*, created_by: AbstractBaseUser | None = None) -> Job | None:
+def predictions_refresh_enqueue(*, created_by: User | None = None) -> Job | None:
     """Queue a refresh of the active version's missing predictions and CAMs (or return the
     refresh already open). None when no version is active. Raises ``QueueUnavailable``."""
     if model_version_active() is None:
@@ -213,7 +213,6 @@ def cams_draw(
     failures: list[str] | None = None,
 ) -> int:
     """CAM overlay PNGs of the predicted grade, for images that have none yet."""
-    from grading.services.features import weights_dir
     from mlcore.pipelines.cam import cam_overlay_png
 
     errors = _prediction_errors()
@@ -223,7 +222,9 @@ def cams_draw(
         target = cam_path(model_version_id=model_version.pk, sha256=image.sha256)
         if not target.is_file():
             try:
-                cam_overlay_png(artifact, _image_file(image), target, weights_dir=weights_dir())
+                cam_overlay_png(
+                    artifact, image.media_path, target, weights_dir=ml_config.weights_dir()
+                )
                 drawn += 1
             except errors as error:
                 if failures is None:
@@ -239,15 +240,14 @@ def _predict_batch(
     artifact: Any, batch: list[Image], failures: list[str]
 ) -> list[tuple[Image, Any]]:
     """(image, mlcore Prediction) for a batch; one bad image never sinks the others."""
-    from grading.services.features import feature_store_dir, weights_dir
     from mlcore.pipelines.predict import predict_images
 
     def predict(images: list[Image]) -> list[Any]:
         return predict_images(
             artifact,
-            [_image_file(image) for image in images],
-            store_dir=feature_store_dir(),
-            weights_dir=weights_dir(),
+            [image.media_path for image in images],
+            store_dir=ml_config.feature_store_dir(),
+            weights_dir=ml_config.weights_dir(),
         )
 
     errors = _prediction_errors()
@@ -255,7 +255,7 @@ def _predict_batch(
         return list(zip(batch, predict(batch), strict=True))
     except errors:
         pass  # find the culprit(s) one image at a time
-    results = []
+    results: list[tuple[Image, Any]] = []
     for image in batch:
         try:
             results.extend(zip([image], predict([image]), strict=True))
@@ -268,7 +268,6 @@ def _predict_from_store(
     model_version: ModelVersion, artifact: Any, images: list[Image]
 ) -> tuple[list[Image], list[Image]]:
     """(images predicted from cached features and written, images left to predict from files)."""
-    from grading.services.features import feature_store_dir
     from mlcore.features.store import feature_key
     from mlcore.pipelines.predict import predict_from_store
 
@@ -277,8 +276,8 @@ def _predict_from_store(
     rows, proba, grades = predict_from_store(
         artifact,
         [feature_key(image.sha256) for image in images],
-        paths=[_image_file(image) for image in images],
-        store_dir=feature_store_dir(),
+        paths=[image.media_path for image in images],
+        store_dir=ml_config.feature_store_dir(),
     )
     if not rows:
         return [], images
@@ -374,7 +373,3 @@ def prediction_rows_write(
     with transaction.atomic():
         Prediction.objects.bulk_create(rows, ignore_conflicts=True, batch_size=2000)
     return len(rows)
-
-
-def _image_file(image: Image) -> Path:
-    return Path(settings.MEDIA_ROOT) / image.file.name

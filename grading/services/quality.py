@@ -4,7 +4,7 @@ and a clinician's decision on a photograph in the "check quality" queue."""
 from __future__ import annotations
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
@@ -96,7 +96,7 @@ def images_quality_rescore() -> int:
     return changed
 
 
-def image_quality_decide(*, image: Image, user: AbstractBaseUser, decision: str) -> Image:
+def image_quality_decide(*, image: Image, user: User, decision: str) -> Image:
     """``pass``: the photograph goes on to grading. ``ungradable``: the clinician confirms it is
     not gradable; recorded as their grade and the image is confirmed ungradable (re-take)."""
     with transaction.atomic():

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.files import File
 from django.db import transaction
 
@@ -46,11 +46,15 @@ logger = logging.getLogger(__name__)
 
 
 class UploadedFileLike(Protocol):
-    name: str
-    size: int
+    """An uploaded file (Django's ``UploadedFile``) or a staged one reopened (``File``)."""
 
-    def read(self, size: int = -1) -> bytes: ...
-    def seek(self, offset: int, whence: int = 0) -> int: ...
+    name: str | None
+
+    @property
+    def size(self) -> int | None: ...  # Django's type; always known for a stored upload
+
+    def read(self, size: int = -1, /) -> bytes: ...
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -129,7 +133,7 @@ def zip_members_read(
     Raises ImageRejected for an archive that cannot be opened at all or breaks the limits as a whole.
     """
     per_file_limit = settings.FUNDUS_MAX_UPLOAD_BYTES
-    if upload.size > ZIP_MAX_BYTES:
+    if (upload.size or 0) > ZIP_MAX_BYTES:
         raise ImageRejected(
             f"{archive_name}: the archive is larger than {ZIP_MAX_BYTES // 1024**2} MB."
         )
@@ -196,7 +200,7 @@ def _files_expand(
             except ImageRejected as error:
                 yield name, None, str(error).removeprefix(f"{name}: ")
             continue
-        if upload.size > per_file_limit:
+        if (upload.size or 0) > per_file_limit:
             yield name, None, f"the file is larger than {per_file_limit / 1024**2:.0f} MB."
             continue
         upload.seek(0)
@@ -226,7 +230,7 @@ def upload_item_import(
     data: bytes | None,
     problem: str,
     patient: PatientHolder,
-    uploaded_by: AbstractBaseUser | None,
+    uploaded_by: User | None,
 ) -> UploadOutcome:
     """Validate and store one uploaded photograph (or archive member): the per-image work that
     the request (small uploads) and the background import job (large ones) share. Per-image
@@ -273,7 +277,7 @@ def upload_files_process(
     *,
     files: Iterable[UploadedFileLike],
     visit: UploadVisit,
-    uploaded_by: AbstractBaseUser | None,
+    uploaded_by: User | None,
     progress: Callable[[int, str], None] | None = None,
     total: int | None = None,
 ) -> UploadReport:
@@ -307,7 +311,7 @@ def upload_is_large(files: list[UploadedFileLike]) -> bool:
 
 
 def upload_stage(
-    *, files: list[UploadedFileLike], visit: UploadVisit, uploaded_by: AbstractBaseUser | None
+    *, files: list[UploadedFileLike], visit: UploadVisit, uploaded_by: User | None
 ) -> Job:
     """Store the uploaded files as they are (no decoding) in a staging folder of their own and
     queue the import job. Raises QueueUnavailable (after removing the folder) when Redis is down:

@@ -1,4 +1,5 @@
-"""Clinical data: patients, images, grades, model versions, predictions and background jobs.
+"""Clinical data: the grading scale, patients, their images and the grades given to them, the
+graders' claims on images and the certification set.
 
 Grades are append-only: a correction is a new row that supersedes the old one, so the full history of
 who said what, and when, is always kept. The grade that training uses is stored explicitly on the
@@ -7,7 +8,7 @@ image (``confirmed_*`` fields) together with how it was reached.
 
 from __future__ import annotations
 
-import math
+from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -126,6 +127,16 @@ class Image(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     confirmed_at = models.DateTimeField(null=True, blank=True)
+    # The fields that say whether and how the image's grade is confirmed: written together.
+    CONFIRMATION_FIELDS = (
+        "grading_state",
+        "confirmed_grade",
+        "confirmed_ungradable",
+        "confirmed_macular_oedema",
+        "confirmation_method",
+        "confirmed_by",
+        "confirmed_at",
+    )
 
     class QualityReview(models.TextChoices):
         NONE = "", "Not needed"
@@ -198,8 +209,19 @@ class Image(models.Model):
             ("export_data", "Can export grades and predictions"),
         ]
 
+    # Set by selectors.patients.images_reference_mask for the grade badge (a certification image
+    # whose reference the viewer may not see yet); not stored.
+    reference_hidden = False
+
     def __str__(self) -> str:
         return f"{self.patient} {self.get_eye_display()} {self.sha256[:10]}"
+
+    @property
+    def media_path(self) -> Path:
+        """The photograph's file on disk."""
+        if not self.file.name:
+            raise ValueError(f"Image {self.pk} has no file")
+        return Path(settings.MEDIA_ROOT) / self.file.name
 
 
 class Grade(models.Model):
@@ -301,188 +323,6 @@ class Grade(models.Model):
         return findings_describe(Findings.from_dict(self.findings))
 
 
-class ModelVersion(models.Model):
-    class State(models.TextChoices):
-        TRAINING = "training", "Training"
-        CANDIDATE = "candidate", "Candidate"
-        ACTIVE = "active", "Active"
-        RETIRED = "retired", "Retired"
-        FAILED = "failed", "Failed"
-
-    name = models.CharField(max_length=64, unique=True)
-    state = models.CharField(max_length=16, choices=State.choices, default=State.TRAINING)
-    artifact_path = models.CharField(max_length=500, blank=True, default="")
-    backbones = models.JSONField(default=list)
-    preprocessing = models.CharField(max_length=32, default="none")
-    class_values = models.JSONField(default=list, help_text="Grade values in output order.")
-    train_counts = models.JSONField(default=dict, help_text="Training images per grade.")
-    holdout_sha256 = models.JSONField(default=list, help_text="Hold-out images, for comparison.")
-    metrics = models.JSONField(default=dict)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-    trained_at = models.DateTimeField(
-        null=True, blank=True, help_text="When training finished (started: created_at)."
-    )
-    activated_at = models.DateTimeField(null=True, blank=True)
-    activated_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-
-    class Meta:
-        ordering = ["-created_at", "-id"]
-        constraints = [
-            models.UniqueConstraint(
-                fields=["state"], condition=Q(state="active"), name="one_active_model_version"
-            )
-        ]
-        permissions = [
-            ("retrain_model", "Can start retraining"),
-            ("activate_model", "Can activate or roll back model versions"),
-        ]
-
-    # Set by the activation service for its audit entry ("activation", "rollback"); not stored.
-    audit_note = ""
-
-    def __str__(self) -> str:
-        return self.name
-
-    def get_additional_data(self) -> dict[str, str] | None:
-        """What django-auditlog stores beside the change (the kind of activation)."""
-        return {"note": self.audit_note} if self.audit_note else None
-
-    @property
-    def training_duration(self):
-        """How long training took (None for versions that did not record when it finished)."""
-        return self.trained_at - self.created_at if self.trained_at else None
-
-
-class Prediction(models.Model):
-    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="predictions")
-    model_version = models.ForeignKey(
-        ModelVersion, on_delete=models.PROTECT, related_name="predictions"
-    )
-    probabilities = models.JSONField(help_text="One probability per grade, in scale order.")
-    predicted_grade = models.ForeignKey(GradeLevel, on_delete=models.PROTECT, related_name="+")
-    # The version was trained on this image (its confirmed grade was in the training set): its
-    # prediction there is optimistic, so agreement figures leave these rows out by default.
-    in_training = models.BooleanField(
-        default=False,
-        db_index=True,
-        help_text="The model version was trained on this image.",
-    )
-    # Stored so "most uncertain first" walks an index instead of reading every prediction's JSON.
-    entropy = models.FloatField(
-        null=True, blank=True, help_text="Shannon entropy (nats) of the probabilities."
-    )
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
-
-    class Meta:
-        ordering = ["-created_at", "-id"]
-        indexes = [
-            models.Index(fields=["model_version", "predicted_grade"]),
-            models.Index(fields=["model_version", "-entropy"], name="prediction_version_entropy"),
-            # The API lists a version's predictions in id order, held-out ones by default: pages
-            # are found by an index-only scan of this index, whatever the page number.
-            models.Index(
-                fields=["model_version", "in_training", "id"], name="prediction_version_listing"
-            ),
-        ]
-        constraints = [
-            models.UniqueConstraint(
-                fields=["image", "model_version"], name="one_prediction_per_image_and_version"
-            )
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.image_id} -> {self.predicted_grade_id} ({self.model_version})"
-
-    def save(self, *args, **kwargs) -> None:
-        if self.entropy is None and self.probabilities:
-            self.entropy = probabilities_entropy(self.probabilities)
-        super().save(*args, **kwargs)
-
-
-def probabilities_entropy(probabilities) -> float:
-    """Shannon entropy (nats) of one prediction: highest when the model cannot decide."""
-    values = [float(p) for p in probabilities]
-    total = sum(values)
-    if total <= 0:
-        return 0.0
-    return -sum((p / total) * math.log(p / total) for p in values if p > 0)
-
-
-class Job(models.Model):
-    class Kind(models.TextChoices):
-        FEATURES_EXTRACT = "features_extract", "Feature extraction"
-        IMAGES_AUGMENT = "images_augment", "Augmentation"
-        MODEL_TRAIN = "model_train", "Retraining"
-        MODEL_EVALUATE = "model_evaluate", "Cross-validation of a new version"
-        PREDICTIONS_REFRESH = "predictions_refresh", "Batch prediction"
-        IMAGES_PREDICT = "images_predict", "Prediction of new uploads"
-        IMAGES_IMPORT = "images_import", "Import of a large upload"
-
-    class State(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        RUNNING = "running", "Running"
-        SUCCEEDED = "succeeded", "Succeeded"
-        FAILED = "failed", "Failed"
-        CANCELLED = "cancelled", "Cancelled"
-
-    kind = models.CharField(max_length=32, choices=Kind.choices)
-    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
-    progress = models.PositiveSmallIntegerField(
-        default=0, validators=[MinValueValidator(0), MaxValueValidator(100)]
-    )
-    message = models.CharField(max_length=500, blank=True, default="")
-    error = models.TextField(blank=True, default="")
-    params = models.JSONField(default=dict, blank=True)
-    result = models.JSONField(default=dict, blank=True)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    celery_task_id = models.CharField(max_length=255, blank=True, default="")
-    worker = models.CharField(max_length=255, blank=True, default="")
-    model_version = models.ForeignKey(
-        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
-    )
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["state", "kind"])]
-        constraints = [
-            models.CheckConstraint(condition=Q(progress__lte=100), name="job_progress_max_100"),
-            # Two retrain requests at once must produce one job, whatever the race. Per-upload
-            # jobs (predictions, imports) run side by side.
-            models.UniqueConstraint(
-                fields=["kind"],
-                condition=Q(state__in=["queued", "running"])
-                & ~Q(kind__in=["images_predict", "images_import"]),
-                name="one_open_job_per_kind",
-            ),
-        ]
-        permissions = [("manage_jobs", "Can cancel and retry background jobs")]
-
-    def __str__(self) -> str:
-        return f"{self.get_kind_display()} #{self.pk} ({self.state})"
-
-    @property
-    def is_open(self) -> bool:
-        return self.state in (self.State.QUEUED, self.State.RUNNING)
-
-    @property
-    def duration(self):
-        if self.started_at is None:
-            return None
-        end = self.finished_at or self.heartbeat_at
-        return (end - self.started_at) if end else None
-
-
 class GradingClaim(models.Model):
     """A short lease on an image served to a grader, so two graders working the same queue are
     not handed the same image when only one more grade is needed."""
@@ -520,102 +360,3 @@ class CertificationItem(models.Model):
 
     def __str__(self) -> str:
         return f"certification image {self.image_id} (reference {self.reference_grade_id})"
-
-
-class WorkbenchSettings(models.Model):
-    """Site-wide grading policy an admin changes in the browser (a single row)."""
-
-    class QueueOrder(models.TextChoices):
-        OLDEST = "oldest", "Oldest first"
-        RANDOM = "random", "Random"
-        UNCERTAIN = "uncertain", "Most uncertain first"
-
-    grades_required = models.PositiveSmallIntegerField(
-        default=1, validators=[MinValueValidator(1), MaxValueValidator(2)]
-    )
-    blind_first_grader = models.BooleanField(
-        default=True, help_text="Hide the model's prediction until the first grader saves a grade."
-    )
-    queue_order = models.CharField(
-        max_length=16, choices=QueueOrder.choices, default=QueueOrder.OLDEST
-    )
-    claim_minutes = models.PositiveSmallIntegerField(default=10)
-    allow_uncertain_order_when_blind = models.BooleanField(
-        default=False,
-        help_text=(
-            "Let blind readers order their queue by the model's uncertainty. This reveals the "
-            "model's confidence (an image near the top is one the model cannot decide)."
-        ),
-    )
-    allow_self_adjudication = models.BooleanField(
-        default=False,
-        help_text=(
-            "Let a reviewer adjudicate a disagreement they graded themselves (small clinics); "
-            "the adjudication records it."
-        ),
-    )
-    auto_retrain_after = models.PositiveIntegerField(
-        default=0,
-        help_text="Start a candidate retrain after this many new confirmed grades (0: off).",
-    )
-
-    class CertificationMode(models.TextChoices):
-        SESSION = "session", "A dedicated certification session first"
-        MIXED = "mixed", "Mixed into the grading queue"
-
-    rubric_enabled = models.BooleanField(
-        default=True,
-        help_text="Record lesion findings; the ICDR grade is derived from them (4-2-1 rule).",
-    )
-    certification_mode = models.CharField(
-        max_length=16, choices=CertificationMode.choices, default=CertificationMode.SESSION
-    )
-    certification_gates_confirmation = models.BooleanField(
-        default=True,
-        help_text="Grades of clinicians who have not passed certification do not confirm images.",
-    )
-    certification_min_qwk = models.FloatField(
-        default=0.7, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)]
-    )
-    certification_min_sensitivity = models.FloatField(
-        default=0.8, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)]
-    )
-    certification_min_specificity = models.FloatField(
-        default=0.8, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)]
-    )
-    certification_min_exact = models.FloatField(
-        default=0.6, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)]
-    )
-    quality_gate_enabled = models.BooleanField(
-        default=True, help_text="Send photographs below the gradability threshold to a check."
-    )
-    quality_min_focus = models.FloatField(
-        default=3.0,
-        validators=[MinValueValidator(0.0)],
-        help_text="Variance of the Laplacian at 512 px (sharpness).",
-    )
-    quality_max_clipped = models.FloatField(
-        default=0.3,
-        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
-        help_text="Largest share of the fundus that may be clipped dark or bright.",
-    )
-    quality_min_coverage = models.FloatField(
-        default=0.5,
-        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
-        help_text="Smallest share of the frame inside the fundus disc.",
-    )
-    quality_min_resolution = models.PositiveIntegerField(
-        default=224, help_text="Smallest short side in pixels."
-    )
-
-    class Meta:
-        verbose_name_plural = "workbench settings"
-        constraints = [
-            models.CheckConstraint(
-                condition=Q(grades_required__gte=1, grades_required__lte=2),
-                name="settings_grades_required_1_or_2",
-            )
-        ]
-
-    def __str__(self) -> str:
-        return "Workbench settings"
