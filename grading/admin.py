@@ -77,13 +77,7 @@ class ImageAdmin(admin.ModelAdmin):
         "height",
         "uploaded_at",
         "uploaded_by",
-        "grading_state",
-        "confirmed_grade",
-        "confirmed_ungradable",
-        "confirmed_macular_oedema",
-        "confirmation_method",
-        "confirmed_by",
-        "confirmed_at",
+        *Image.CONFIRMATION_FIELDS,
     ]
     raw_id_fields = ["patient"]
     inlines = [GradeInline]

@@ -17,7 +17,7 @@ import shutil
 import time
 import uuid
 import zipfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
@@ -48,7 +48,8 @@ logger = logging.getLogger(__name__)
 class UploadedFileLike(Protocol):
     """An uploaded file (Django's ``UploadedFile``) or a staged one reopened (``File``)."""
 
-    name: str | None
+    @property
+    def name(self) -> str | None: ...
 
     @property
     def size(self) -> int | None: ...  # Django's type; always known for a stored upload
@@ -302,7 +303,7 @@ def upload_files_process(
 # Large uploads: the request only stores the files; a background job validates and imports them
 
 
-def upload_is_large(files: list[UploadedFileLike]) -> bool:
+def upload_is_large(files: Sequence[UploadedFileLike]) -> bool:
     """More files or bytes than a request should decode (gunicorn answers in 30 s or kills it)."""
     return (
         len(files) > settings.FUNDUS_UPLOAD_INLINE_MAX_FILES
@@ -311,7 +312,7 @@ def upload_is_large(files: list[UploadedFileLike]) -> bool:
 
 
 def upload_stage(
-    *, files: list[UploadedFileLike], visit: UploadVisit, uploaded_by: User | None
+    *, files: Sequence[UploadedFileLike], visit: UploadVisit, uploaded_by: User | None
 ) -> Job:
     """Store the uploaded files as they are (no decoding) in a staging folder of their own and
     queue the import job. Raises QueueUnavailable (after removing the folder) when Redis is down:
