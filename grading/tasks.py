@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import time
 import traceback
 from collections.abc import Callable
 from typing import Any
 
 from celery import Task, shared_task
-from celery.signals import worker_ready
+from celery.signals import worker_init, worker_ready, worker_shutdown
 from django.db import InterfaceError, OperationalError, connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -34,6 +35,7 @@ from grading.services import (
     uploads,
 )
 from grading.services import jobs as job_services
+from grading.services import worker_heartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -220,6 +222,25 @@ def _jobs_recover_on_worker_start(sender: Any = None, **kwargs: Any) -> None:
         connection.close()
     if marked:
         logger.warning("Marked %d job(s) abandoned by a previous %s as failed", marked, hostname)
+
+
+_heartbeat_stop = threading.Event()
+
+
+@worker_init.connect
+def _heartbeat_on_worker_start(sender: Any = None, **kwargs: Any) -> None:
+    """Beat for the queues this worker consumes: /readyz wants a live ML worker. (worker_init,
+    not worker_ready: only the command-line worker sends the latter.)"""
+    consume_from = getattr(getattr(getattr(sender, "app", None), "amqp", None), "queues", None)
+    queues = sorted(getattr(consume_from, "consume_from", None) or {})
+    if queues:
+        _heartbeat_stop.clear()
+        worker_heartbeat.worker_heartbeat_start(queues=queues, stop=_heartbeat_stop)
+
+
+@worker_shutdown.connect
+def _heartbeat_on_worker_stop(**kwargs: Any) -> None:
+    _heartbeat_stop.set()
 
 
 __all__ = [

@@ -1,0 +1,179 @@
+"""Operations endpoints: /healthz, /readyz (503 when Redis or the ML worker is away), /metrics
+behind its token, and the request id carried from a request into the task it enqueued."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+
+from django.test import TransactionTestCase, override_settings
+from django.urls import reverse
+
+from grading.models import Grade, Image
+from grading.request_log import REQUEST_ID_HEADER, request_id_var
+from grading.services.worker_heartbeat import worker_heartbeat_write
+from grading.tasks import jobs_housekeeping
+from tests.base import BaseTestCase, MediaMixin
+from tests.factories import image_make, user_make
+from tests.factories_grading import MigrationDataKeptMixin, grade_give, model_version_active_make
+from tests.factories_grading import prediction_make
+from tests.factories_jobs import (
+    DEAD_BROKER_URL,
+    ML_QUEUE,
+    TEST_BROKER_URL,
+    TEST_KEY_PREFIX,
+    BrokerMixin,
+    redis_flush,
+    thread_worker,
+    use_broker,
+    wait_until,
+)
+
+CHECKS = {"Database", "Redis", "Storage", "FeatureStore", "MlWorkerHeartbeat"}
+
+
+class ReadinessTests(BrokerMixin, BaseTestCase):
+    def setUp(self):
+        redis_flush()
+        store = tempfile.mkdtemp(prefix="funduscope-features-")
+        self.enterContext(override_settings(FUNDUS_FEATURE_STORE=store))
+
+    def readyz(self) -> tuple[int, dict]:
+        response = self.client.get(reverse("readyz"))
+        self.assertEqual(response["Content-Type"], "application/json")
+        return response.status_code, response.json()
+
+    def test_it_answers_liveness_without_login_or_database(self):
+        with self.assertNumQueries(0):
+            response = self.client.get(reverse("healthz"))
+        self.assertEqual(response.status_code, 200)
+        self.assertEqual(response.json(), {"status": "ok"})
+
+    def test_it_is_ready_with_one_status_per_check_and_no_login(self):
+        worker_heartbeat_write(queue="ml")
+        status, body = self.readyz()
+        self.assertEqual(status, 200, body)
+        self.assertEqual(body["status"], "ok")
+        self.assertEqual(set(body["checks"]), CHECKS)
+        self.assertEqual(set(body["checks"].values()), {"ok"})
+
+    def test_it_turns_503_when_redis_is_unreachable(self):
+        worker_heartbeat_write(queue="ml")
+        with use_broker(DEAD_BROKER_URL):
+            status, body = self.readyz()
+        self.assertEqual(status, 503)
+        self.assertEqual(body["status"], "unavailable")
+        self.assertIn("Unable to connect to Redis", body["checks"]["Redis"])
+        self.assertEqual(body["checks"]["Database"], "ok")
+
+    def test_it_turns_503_without_a_recent_ml_worker_heartbeat(self):
+        status, body = self.readyz()
+        self.assertEqual(status, 503)
+        self.assertIn("No ML worker heartbeat", body["checks"]["MlWorkerHeartbeat"])
+        self.assertEqual(body["checks"]["Redis"], "ok")
+        worker_heartbeat_write(queue="ml", at=time.time() - 600)
+        status, body = self.readyz()
+        self.assertEqual(status, 503)
+        self.assertIn("Last ML worker heartbeat 600 s ago", body["checks"]["MlWorkerHeartbeat"])
+
+    def test_a_running_ml_worker_makes_it_ready(self):
+        with override_settings(FUNDUS_WORKER_HEARTBEAT_SECONDS=1), thread_worker(queues=(ML_QUEUE,)):
+            wait_until(lambda: self.readyz()[0] == 200, timeout=20, what="a worker heartbeat")
+
+    @override_settings(PRODUCTION=True, SECURE_SSL_REDIRECT=True, DEBUG=False)
+    def test_probes_are_not_redirected_to_https_in_production(self):
+        self.assertEqual(self.client.get(reverse("healthz")).status_code, 200)
+        self.assertEqual(self.client.get(reverse("readyz")).status_code, 503)
+        self.assertEqual(self.client.get(reverse("home")).status_code, 301)
+
+
+class MetricsTests(BrokerMixin, BaseTestCase):
+    def setUp(self):
+        redis_flush()
+
+    def scrape(self, **headers) -> str:
+        response = self.client.get(reverse("metrics"), **headers)
+        self.assertEqual(response.status_code, 200)
+        return response.content.decode()
+
+    @override_settings(PRODUCTION=True, FUNDUS_METRICS_TOKEN="")
+    def test_it_is_closed_in_production_without_a_token(self):
+        self.assertEqual(self.client.get(reverse("metrics")).status_code, 404)
+        self.login(self.adam)
+        self.assertEqual(self.client.get(reverse("metrics")).status_code, 404)
+
+    @override_settings(PRODUCTION=True, FUNDUS_METRICS_TOKEN="s3cret-token-for-metrics")
+    def test_it_needs_the_token(self):
+        wrong = self.client.get(reverse("metrics"), HTTP_AUTHORIZATION="Bearer nope")
+        self.assertEqual(wrong.status_code, 404)
+        body = self.scrape(HTTP_AUTHORIZATION="Bearer s3cret-token-for-metrics")
+        self.assertIn("fundus_celery_queue_depth", body)
+
+    def test_it_exports_our_figures_and_request_latency_by_view(self):
+        self.client.get(reverse("healthz"))
+        images = [image_make(), image_make(), image_make(confirmed_grade=2)]
+        version = model_version_active_make("v-metrics")
+        for image, grade in zip(images, (0, 2, 2)):
+            probabilities = [0.05] * 5
+            probabilities[grade] = 0.8
+            prediction_make(image=image, version=version, probabilities=probabilities)
+        grade_give(images[0], self.alice, 1)
+        jobs_housekeeping.apply_async(queue="default")  # one message waiting, no worker
+        body = self.scrape()
+        self.assertIn('django_http_requests_latency_seconds_by_view_method_count{method="GET",view="healthz"}', body)
+        self.assertIn('fundus_celery_queue_depth{queue="default"} 1.0', body)
+        self.assertIn('fundus_celery_queue_depth{queue="ml"} 0.0', body)
+        self.assertIn(f"fundus_grades_saved_total {Grade.objects.count()}.0", body)
+        self.assertIn(f"fundus_grades_saved_last_hour {Grade.objects.count()}.0", body)
+        pending = Image.objects.filter(grading_state=Image.GradingState.PENDING).count()
+        self.assertEqual(pending, 1)
+        self.assertIn('fundus_images{state="pending"} 1.0', body)
+        self.assertIn('fundus_images{state="confirmed"} 2.0', body)
+        self.assertIn('fundus_active_model_version{version="v-metrics"} 1.0', body)
+        self.assertIn('fundus_predictions{grade="2",in_training="false"} 2.0', body)
+        self.assertIn('fundus_predictions{grade="0",in_training="false"} 1.0', body)
+        self.assertIn("fundus_job_duration_seconds_count", body)
+        self.assertIn("fundus_drift_alert 0.0", body)
+
+
+class RequestIdTests(MigrationDataKeptMixin, BrokerMixin, MediaMixin, TransactionTestCase):
+    def test_the_request_id_travels_into_the_task_the_request_enqueued(self):
+        redis_flush()
+        self.client.force_login(user_make("adam", "admin"))
+        response = self.client.post(
+            reverse("job_start"),
+            {"kind": "features_extract"},
+            HTTP_X_REQUEST_ID="req-0123456789abcdef",
+        )
+        self.assertEqual(response["X-Request-ID"], "req-0123456789abcdef")
+        import redis
+
+        client = redis.Redis.from_url(TEST_BROKER_URL)
+        try:
+            raw = client.lrange(TEST_KEY_PREFIX + ML_QUEUE, 0, -1)
+        finally:
+            client.close()
+        self.assertEqual(len(raw), 1)
+        headers = json.loads(raw[0])["headers"]
+        self.assertEqual(headers[REQUEST_ID_HEADER], "req-0123456789abcdef")
+
+    def test_the_worker_logs_job_events_with_the_request_id(self):
+        redis_flush()
+        token = request_id_var.set("req-job-events-42")
+        try:
+            jobs_housekeeping.apply_async(queue="default")
+        finally:
+            request_id_var.reset(token)
+        with self.assertLogs("grading.jobs", level=logging.INFO) as logs, thread_worker(
+            queues=("default",)
+        ):
+            wait_until(
+                lambda: any("job finished" in r.getMessage() for r in logs.records),
+                timeout=20,
+                what="the job's finished event",
+            )
+        events = [(r.event, r.request_id, r.task) for r in logs.records]  # type: ignore[attr-defined]
+        self.assertIn(("started", "req-job-events-42", "grading.tasks.jobs_housekeeping"), events)
+        self.assertIn(("finished", "req-job-events-42", "grading.tasks.jobs_housekeeping"), events)
