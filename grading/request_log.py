@@ -95,9 +95,7 @@ def _task_fields(task: Any, task_id: str, args: Any) -> dict[str, Any]:
 
 
 @task_prerun.connect
-def _job_started(
-    task_id: str = "", task: Any = None, args: Any = None, **kwargs: Any
-) -> None:
+def _job_started(task_id: str = "", task: Any = None, args: Any = None, **kwargs: Any) -> None:
     request = getattr(task, "request", None)
     request_id_var.set(str(getattr(request, REQUEST_ID_HEADER, None) or ""))
     _task_started[task_id] = time.perf_counter()

@@ -33,9 +33,9 @@ from grading.services import (
     predictions,
     renderings,
     uploads,
+    worker_heartbeat,
 )
 from grading.services import jobs as job_services
-from grading.services import worker_heartbeat
 
 logger = logging.getLogger(__name__)
 

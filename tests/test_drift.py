@@ -15,7 +15,7 @@ from tests.conftest import FUNDUS_DATASET_DIR
 from tests.factories_drift import dataset_photos, failing_camera, photo_store, predictions_make
 from tests.factories_grading import GradingTestCase
 
-REFERENCE_IMAGES = 60
+REFERENCE_IMAGES = 50
 BATCH = 30
 
 

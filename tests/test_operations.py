@@ -17,8 +17,12 @@ from grading.services.worker_heartbeat import worker_heartbeat_write
 from grading.tasks import jobs_housekeeping
 from tests.base import BaseTestCase, MediaMixin
 from tests.factories import image_make, user_make
-from tests.factories_grading import MigrationDataKeptMixin, grade_give, model_version_active_make
-from tests.factories_grading import prediction_make
+from tests.factories_grading import (
+    MigrationDataKeptMixin,
+    grade_give,
+    model_version_active_make,
+    prediction_make,
+)
 from tests.factories_jobs import (
     DEAD_BROKER_URL,
     ML_QUEUE,
@@ -79,7 +83,10 @@ class ReadinessTests(BrokerMixin, BaseTestCase):
         self.assertIn("Last ML worker heartbeat 600 s ago", body["checks"]["MlWorkerHeartbeat"])
 
     def test_a_running_ml_worker_makes_it_ready(self):
-        with override_settings(FUNDUS_WORKER_HEARTBEAT_SECONDS=1), thread_worker(queues=(ML_QUEUE,)):
+        with (
+            override_settings(FUNDUS_WORKER_HEARTBEAT_SECONDS=1),
+            thread_worker(queues=(ML_QUEUE,)),
+        ):
             wait_until(lambda: self.readyz()[0] == 200, timeout=20, what="a worker heartbeat")
 
     @override_settings(PRODUCTION=True, SECURE_SSL_REDIRECT=True, DEBUG=False)
@@ -115,14 +122,17 @@ class MetricsTests(BrokerMixin, BaseTestCase):
         self.client.get(reverse("healthz"))
         images = [image_make(), image_make(), image_make(confirmed_grade=2)]
         version = model_version_active_make("v-metrics")
-        for image, grade in zip(images, (0, 2, 2)):
+        for image, grade in zip(images, (0, 2, 2), strict=True):
             probabilities = [0.05] * 5
             probabilities[grade] = 0.8
             prediction_make(image=image, version=version, probabilities=probabilities)
         grade_give(images[0], self.alice, 1)
         jobs_housekeeping.apply_async(queue="default")  # one message waiting, no worker
         body = self.scrape()
-        self.assertIn('django_http_requests_latency_seconds_by_view_method_count{method="GET",view="healthz"}', body)
+        self.assertIn(
+            'django_http_requests_latency_seconds_by_view_method_count{method="GET",view="healthz"}',
+            body,
+        )
         self.assertIn('fundus_celery_queue_depth{queue="default"} 1.0', body)
         self.assertIn('fundus_celery_queue_depth{queue="ml"} 0.0', body)
         self.assertIn(f"fundus_grades_saved_total {Grade.objects.count()}.0", body)
@@ -166,8 +176,9 @@ class RequestIdTests(MigrationDataKeptMixin, BrokerMixin, MediaMixin, Transactio
             jobs_housekeeping.apply_async(queue="default")
         finally:
             request_id_var.reset(token)
-        with self.assertLogs("grading.jobs", level=logging.INFO) as logs, thread_worker(
-            queues=("default",)
+        with (
+            self.assertLogs("grading.jobs", level=logging.INFO) as logs,
+            thread_worker(queues=("default",)),
         ):
             wait_until(
                 lambda: any("job finished" in r.getMessage() for r in logs.records),

@@ -84,7 +84,11 @@ def _add(sample: Sample, row: dict, scale: Scale, confirmed: bool) -> None:
     if predicted in classes:
         sample.grade.append(classes.index(predicted))
     sample.p_referable.append(
-        sum(p for p, value in zip(probabilities, classes) if value >= scale.referable_from)
+        sum(
+            p
+            for p, value in zip(probabilities, classes, strict=False)
+            if value >= scale.referable_from
+        )
     )
     if row["image__quality_score"] is not None:
         sample.quality.append(float(row["image__quality_score"]))

@@ -16,7 +16,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Summa
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
+from grading.broker import broker_client, broker_key_prefix
 from grading.models import Grade, Image, Job, ModelVersion, Prediction
 
 QUEUES = ("default", "ml")
@@ -27,11 +29,8 @@ _PRIORITY_SEPARATOR = "\x06\x16"
 
 def queue_depths() -> dict[str, int]:
     """Messages waiting per Celery queue (-1 when the broker does not answer)."""
-    from grading.celery import app
-    from grading.services.worker_heartbeat import worker_heartbeat_client
-
-    prefix = str((app.conf.broker_transport_options or {}).get("global_keyprefix") or "")
-    client = worker_heartbeat_client()
+    prefix = broker_key_prefix()
+    client = broker_client()
     depths: dict[str, int] = {}
     try:
         for queue in QUEUES:
@@ -67,7 +66,7 @@ def _job_metrics() -> Iterator[Metric]:
     for kind, state, started, ended in finished.iterator():
         if state == Job.State.FAILED:
             failed[kind] = failed.get(kind, 0) + 1
-        if ended is not None:
+        if started is not None and ended is not None:
             count, seconds = totals.get(kind, (0, 0.0))
             totals[kind] = (count + 1, seconds + (ended - started).total_seconds())
     for kind, (count, seconds) in totals.items():
@@ -122,7 +121,7 @@ def _model_metrics() -> Iterator[Metric]:
     yield predictions
 
 
-class FunduscopeCollector:
+class FunduscopeCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily(
             "fundus_celery_queue_depth",
@@ -145,9 +144,9 @@ def metrics_exposition() -> tuple[bytes, str]:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Several gunicorn workers: add up what each one counted (prometheus-client's files).
         base = CollectorRegistry()
-        MultiProcessCollector(base)  # type: ignore[no-untyped-call]  untyped in prometheus-client
+        MultiProcessCollector(base)
     else:
         base = REGISTRY
     ours = CollectorRegistry(auto_describe=False)
-    ours.register(FunduscopeCollector())  # type: ignore[arg-type]  a Collector by duck typing
+    ours.register(FunduscopeCollector())
     return generate_latest(base) + generate_latest(ours), CONTENT_TYPE_LATEST

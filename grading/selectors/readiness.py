@@ -19,19 +19,15 @@ from health_check.contrib.redis import Redis
 from health_check.exceptions import ServiceUnavailable
 from redis.asyncio import Redis as AsyncRedis
 
-from grading.services.worker_heartbeat import worker_heartbeat_client, worker_heartbeat_key
+from grading.broker import broker_client, broker_url, worker_heartbeat_key
 
 CHECK_TIMEOUT = dt.timedelta(seconds=2)
 ML_QUEUE = "ml"
 
 
 def _broker_client() -> AsyncRedis:
-    from grading.services.jobs import queue_broker_url
-
     seconds = CHECK_TIMEOUT.total_seconds()
-    return AsyncRedis.from_url(
-        queue_broker_url(), socket_connect_timeout=seconds, socket_timeout=seconds
-    )
+    return AsyncRedis.from_url(broker_url(), socket_connect_timeout=seconds, socket_timeout=seconds)
 
 
 @dataclasses.dataclass
@@ -54,7 +50,7 @@ class MlWorkerHeartbeat(HealthCheck):
 
     def run(self) -> None:
         max_age = settings.FUNDUS_WORKER_HEARTBEAT_MAX_AGE
-        client = worker_heartbeat_client(timeout=CHECK_TIMEOUT.total_seconds())
+        client = broker_client(timeout=CHECK_TIMEOUT.total_seconds())
         try:
             value = client.get(worker_heartbeat_key(queue=ML_QUEUE))
         except (redis.exceptions.RedisError, OSError) as error:

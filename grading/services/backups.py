@@ -134,7 +134,7 @@ def backup_create(*, dest: Path) -> BackupSummary:
     media_root, model_dir = Path(settings.MEDIA_ROOT), Path(settings.FUNDUS_MODEL_DIR)
     _copy_tree(media_root, dest / "media")
     _copy_tree(model_dir, dest / "models")
-    files = {
+    files: dict[str, dict[str, Any]] = {
         str(path.relative_to(dest)): {"size": path.stat().st_size, "sha256": _sha256(path)}
         for path in sorted(_files_under(dest))
     }

@@ -15,27 +15,14 @@ import time
 import redis
 from django.conf import settings
 
+from grading.broker import broker_client, worker_heartbeat_key
+
 logger = logging.getLogger(__name__)
-
-
-def worker_heartbeat_key(*, queue: str) -> str:
-    from grading.celery import app
-
-    prefix = str((app.conf.broker_transport_options or {}).get("global_keyprefix") or "")
-    return f"{prefix}funduscope:worker-heartbeat:{queue}"
-
-
-def worker_heartbeat_client(*, timeout: float = 1.0) -> redis.Redis:
-    from grading.services.jobs import queue_broker_url
-
-    return redis.Redis.from_url(
-        queue_broker_url(), socket_connect_timeout=timeout, socket_timeout=timeout
-    )
 
 
 def worker_heartbeat_write(*, queue: str, at: float | None = None) -> None:
     """Record that a worker consuming ``queue`` is alive now (``at``: a Unix time)."""
-    client = worker_heartbeat_client()
+    client = broker_client()
     try:
         client.set(
             worker_heartbeat_key(queue=queue),

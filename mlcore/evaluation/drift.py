@@ -74,10 +74,7 @@ def population_stability_index(
     smp_idx = _bin_indices(smp, edges)
     if categorical and (ref_idx.min() < 0 or smp_idx.min() < 0):
         raise ValueError("categorical values must be non-negative indices")
-    if edges is None:
-        count = int(max(ref_idx.max(), smp_idx.max())) + 1
-    else:
-        count = edges.size + 1
+    count = int(max(ref_idx.max(), smp_idx.max())) + 1 if edges is None else edges.size + 1
     value = _psi_from_indices(ref_idx, smp_idx, count)
     rng = np.random.default_rng(seed)
     draws = np.empty(resamples)
