@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -26,10 +29,12 @@ from tests.factories_grading import (
 from tests.factories_jobs import (
     DEAD_BROKER_URL,
     ML_QUEUE,
+    REPO_ROOT,
     TEST_BROKER_URL,
     TEST_KEY_PREFIX,
     BrokerMixin,
     redis_flush,
+    tests_database_url,
     thread_worker,
     use_broker,
     wait_until,
@@ -188,3 +193,59 @@ class RequestIdTests(MigrationDataKeptMixin, BrokerMixin, MediaMixin, Transactio
         events = [(r.event, r.request_id, r.task) for r in logs.records]  # type: ignore[attr-defined]
         self.assertIn(("started", "req-job-events-42", "grading.tasks.jobs_housekeeping"), events)
         self.assertIn(("finished", "req-job-events-42", "grading.tasks.jobs_housekeeping"), events)
+
+
+PROBE_SCRIPT = """
+from django.test import Client
+client = Client()
+for path, headers in (("/healthz", {}), ("/readyz", {}), ("/metrics", {}),
+                      ("/metrics", {"HTTP_AUTHORIZATION": "Bearer prod-metrics-token-0123"})):
+    response = client.get(path, **headers)
+    print("STATUS", path, response.status_code, response.content[:60])
+"""
+
+
+class ProductionSettingsTests(BaseTestCase):
+    """The probes and the scrape under DJANGO_ENV=production, in a process of their own, whose
+    log lines are JSON (FUNDUS_LOG_FORMAT=json)."""
+
+    def test_probes_work_under_production_settings_with_json_request_logs(self):
+        store = tempfile.mkdtemp(prefix="funduscope-features-")
+        env = {
+            **{k: v for k, v in os.environ.items() if k not in ("DEBUG",)},
+            "DJANGO_ENV": "production",
+            "SECRET_KEY": "p" * 20 + "-production-secret-for-tests-only-0123456789",
+            "ALLOWED_HOSTS": "testserver",
+            "DATABASE_URL": tests_database_url(),
+            "REDIS_URL": TEST_BROKER_URL,
+            "FUNDUS_REDIS_KEY_PREFIX": TEST_KEY_PREFIX,
+            "MEDIA_ROOT": tempfile.mkdtemp(prefix="funduscope-media-"),
+            "FUNDUS_FEATURE_STORE": store,
+            "FUNDUS_METRICS_TOKEN": "prod-metrics-token-0123",
+            "FUNDUS_LOG_FORMAT": "json",
+        }
+        result = subprocess.run(
+            [sys.executable, "manage.py", "shell", "-c", PROBE_SCRIPT],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        statuses = [line.split()[1:3] for line in result.stdout.splitlines() if "STATUS" in line]
+        self.assertEqual(
+            statuses,
+            [["/healthz", "200"], ["/readyz", "503"], ["/metrics", "404"], ["/metrics", "200"]],
+            result.stdout,
+        )
+        lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+        requests = [line for line in lines if line.get("logger") == "grading.requests"]
+        self.assertEqual(
+            [r["path"] for r in requests], ["/healthz", "/readyz", "/metrics", "/metrics"]
+        )
+        first = requests[0]
+        self.assertEqual((first["method"], first["status"], first["view"]), ("GET", 200, "healthz"))
+        self.assertEqual(len(first["request_id"]), 32)
+        self.assertIn("duration_ms", first)
+        self.assertIn("level", first)

@@ -10,7 +10,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseNotFound, JsonResponse
 from django.urls import path
 from django.views.decorators.http import require_GET
 from health_check.views import HealthCheckView
@@ -53,8 +53,9 @@ def _metrics_allowed(request: HttpRequest) -> bool:
 @require_GET
 def metrics(request: HttpRequest) -> HttpResponse:
     if not _metrics_allowed(request):
-        # 404 rather than 401/403: an unauthenticated scanner learns nothing about the endpoint.
-        raise Http404("Not found")
+        # 404 rather than 401/403: an unauthenticated scanner learns nothing about the endpoint
+        # (and a plain one: no page rendering for a scraper).
+        return HttpResponseNotFound("Not found\n", content_type="text/plain")
     body, content_type = metrics_exposition()
     response = HttpResponse(body, content_type=content_type)
     response["Cache-Control"] = "no-store"
