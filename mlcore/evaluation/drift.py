@@ -6,6 +6,11 @@ of the reference per bin); categorical values (a predicted grade) use one bin pe
 the usual rule of thumb, under 0.1 is stable, 0.1-0.25 a moderate shift, over 0.25 a major one.
 A small sample inflates PSI by chance (about (bins - 1) * (1/n + 1/m) under no shift), hence the
 interval, and an alert on its lower bound rather than on the point value.
+
+Counts get half a count per bin (Jeffreys smoothing) so that a bin one side left empty does not
+make ln(s / r) explode. The interval is a percentile bootstrap (both sides resampled) shifted by
+the bootstrap's own bias: resampling adds noise, which PSI (never negative) turns into a higher
+value, so the raw percentiles sit above the estimate.
 """
 
 from __future__ import annotations
@@ -15,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-# A bin empty on one side would make ln(s / r) infinite: shares are floored at this.
-SHARE_FLOOR = 1e-4
+# Added to every bin's count (Jeffreys): an empty bin would make ln(s / r) infinite.
+SMOOTHING = 0.5
 
 
 @dataclass(frozen=True)
@@ -48,8 +53,10 @@ def _bin_indices(
 def _psi_from_indices(
     reference: npt.NDArray[np.int64], sample: npt.NDArray[np.int64], bins: int
 ) -> float:
-    ref_share = np.maximum(np.bincount(reference, minlength=bins) / reference.size, SHARE_FLOOR)
-    sample_share = np.maximum(np.bincount(sample, minlength=bins) / sample.size, SHARE_FLOOR)
+    ref_counts = np.bincount(reference, minlength=bins) + SMOOTHING
+    sample_counts = np.bincount(sample, minlength=bins) + SMOOTHING
+    ref_share = ref_counts / ref_counts.sum()
+    sample_share = sample_counts / sample_counts.sum()
     return float(np.sum((sample_share - ref_share) * np.log(sample_share / ref_share)))
 
 
@@ -83,8 +90,11 @@ def population_stability_index(
         smp_draw = smp_idx[rng.integers(0, smp_idx.size, smp_idx.size)]
         draws[i] = _psi_from_indices(ref_draw, smp_draw, count)
     tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(draws, [tail, 100 - tail])
-    return PsiEstimate(value=value, low=float(low), high=float(high), sample_size=int(smp.size))
+    bias = float(draws.mean()) - value
+    low, high = np.percentile(draws, [tail, 100 - tail]) - bias
+    return PsiEstimate(
+        value=value, low=max(0.0, float(low)), high=max(0.0, float(high)), sample_size=int(smp.size)
+    )
 
 
 def wilson_interval(successes: int, trials: int, *, z: float = 1.96) -> tuple[float, float]:
