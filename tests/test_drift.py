@@ -82,6 +82,9 @@ class DriftTests(GradingTestCase):
         self.assertContains(home, "Quality score")
         page = self.client.get(reverse("drift"))
         self.assertContains(page, 'id="drift-alert"')
+        metrics = self.client.get(reverse("metrics")).content.decode()
+        self.assertIn("fundus_drift_alert 1.0", metrics)
+        self.assertIn('fundus_drift_psi{bound="low",measure="quality"}', metrics)
 
     def test_a_fresh_sample_of_the_training_distribution_raises_none(self):
         self.arrive(start=REFERENCE_IMAGES + BATCH, confirmed=True)

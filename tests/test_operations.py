@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 
+from django.core.cache import cache
 from django.test import TransactionTestCase, override_settings
 from django.urls import reverse
 
@@ -104,6 +105,7 @@ class ReadinessTests(BrokerMixin, BaseTestCase):
 class MetricsTests(BrokerMixin, BaseTestCase):
     def setUp(self):
         redis_flush()
+        cache.clear()  # the drift report is cached by the predictions' count and last id
 
     def scrape(self, **headers) -> str:
         response = self.client.get(reverse("metrics"), **headers)

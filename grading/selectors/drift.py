@@ -164,8 +164,10 @@ def drift_report(*, weeks: int | None = None) -> DriftReport:
 
 
 def drift_metrics() -> Iterator[Metric]:
-    """The latest week's PSI per measure, for Prometheus (and its alert flag)."""
-    latest = drift_report(weeks=1).latest
+    """This week's PSI per measure, for Prometheus (and its alert flag)."""
+    report = drift_report_cached()
+    this_week = _week_of(timezone.now())
+    latest = report.latest if report.latest and report.latest.week == this_week else None
     psi = GaugeMetricFamily(
         "fundus_drift_psi",
         "Population stability index of this week's uploads against the training set",
@@ -196,9 +198,10 @@ class DriftStatus:
         return bool(self.alerts)
 
 
-def drift_status() -> DriftStatus:
-    """The drift report in brief, cached until a prediction is added or removed (or for
-    DRIFT_STATUS_SECONDS): the home page must not read every prediction on each visit."""
+def drift_report_cached() -> DriftReport:
+    """``drift_report()``, cached until a prediction is added or removed (or for
+    DRIFT_CACHE_SECONDS): the admin home and every /metrics scrape must not read every prediction
+    of the active version."""
     from django.core.cache import cache
     from django.db.models import Count, Max
 
@@ -206,20 +209,25 @@ def drift_status() -> DriftStatus:
         n=Count("id"), last=Max("id")
     )
     active = ModelVersion.objects.filter(state=ModelVersion.State.ACTIVE).first()
-    key = f"drift-status:{active.pk if active else 0}:{stamp['n']}:{stamp['last']}"
+    key = f"drift-report:{active.pk if active else 0}:{stamp['n']}:{stamp['last']}"
     cached = cache.get(key)
-    if isinstance(cached, DriftStatus):
+    if isinstance(cached, DriftReport):
         return cached
     report = drift_report()
-    status = DriftStatus(
+    cache.set(key, report, DRIFT_CACHE_SECONDS)
+    return report
+
+
+def drift_status() -> DriftStatus:
+    """The drift report in brief, for the admin home."""
+    report = drift_report_cached()
+    return DriftStatus(
         active=report.version is not None,
         alerts=[
             f"week of {week.week:%d %b %Y}: {', '.join(week.alerts)}" for week in report.alert_weeks
         ],
         weeks=len(report.weeks),
     )
-    cache.set(key, status, DRIFT_STATUS_SECONDS)
-    return status
 
 
-DRIFT_STATUS_SECONDS = 600
+DRIFT_CACHE_SECONDS = 600
