@@ -224,7 +224,8 @@ def _jobs_recover_on_worker_start(sender: Any = None, **kwargs: Any) -> None:
         logger.warning("Marked %d job(s) abandoned by a previous %s as failed", marked, hostname)
 
 
-_heartbeat_stop = threading.Event()
+# One per heartbeat thread this process started (a test process starts several workers).
+_heartbeat_stops: list[threading.Event] = []
 
 
 @worker_init.connect
@@ -234,13 +235,15 @@ def _heartbeat_on_worker_start(sender: Any = None, **kwargs: Any) -> None:
     consume_from = getattr(getattr(getattr(sender, "app", None), "amqp", None), "queues", None)
     queues = sorted(getattr(consume_from, "consume_from", None) or {})
     if queues:
-        _heartbeat_stop.clear()
-        worker_heartbeat.worker_heartbeat_start(queues=queues, stop=_heartbeat_stop)
+        stop = threading.Event()
+        _heartbeat_stops.append(stop)
+        worker_heartbeat.worker_heartbeat_start(queues=queues, stop=stop)
 
 
 @worker_shutdown.connect
 def _heartbeat_on_worker_stop(**kwargs: Any) -> None:
-    _heartbeat_stop.set()
+    while _heartbeat_stops:
+        _heartbeat_stops.pop().set()
 
 
 __all__ = [
