@@ -6,11 +6,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+from unittest import skipUnless
 
+import redis
 from django.core.cache import cache
 from django.test import TransactionTestCase, override_settings
 from django.urls import reverse
@@ -40,6 +44,23 @@ from tests.factories_jobs import (
     use_broker,
     wait_until,
 )
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _pings(url: str) -> bool:
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.2)
+    try:
+        return bool(client.ping())
+    except redis.exceptions.ConnectionError:
+        return False
+    finally:
+        client.close()
+
 
 CHECKS = {"Database", "Redis", "Storage", "FeatureStore", "MlWorkerHeartbeat"}
 
@@ -77,6 +98,26 @@ class ReadinessTests(BrokerMixin, BaseTestCase):
         self.assertEqual(body["status"], "unavailable")
         self.assertIn("Unable to connect to Redis", body["checks"]["Redis"])
         self.assertEqual(body["checks"]["Database"], "ok")
+
+    @skipUnless(shutil.which("redis-server"), "needs redis-server to start a private one")
+    def test_it_turns_503_when_its_redis_server_stops(self):
+        # A Redis server of this test's own (never the shared one), stopped halfway.
+        port = _free_port()
+        server = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
+            stdout=subprocess.DEVNULL,
+        )
+        self.addCleanup(server.kill)
+        url = f"redis://127.0.0.1:{port}/0"
+        with use_broker(url):
+            wait_until(lambda: _pings(url), timeout=10, what="the private Redis server")
+            worker_heartbeat_write(queue="ml")
+            self.assertEqual(self.readyz()[0], 200)
+            server.terminate()
+            server.wait(timeout=10)
+            status, body = self.readyz()
+        self.assertEqual(status, 503)
+        self.assertIn("Unable to connect to Redis", body["checks"]["Redis"])
 
     def test_it_turns_503_without_a_recent_ml_worker_heartbeat(self):
         status, body = self.readyz()
@@ -165,8 +206,6 @@ class RequestIdTests(MigrationDataKeptMixin, BrokerMixin, MediaMixin, Transactio
             HTTP_X_REQUEST_ID="req-0123456789abcdef",
         )
         self.assertEqual(response["X-Request-ID"], "req-0123456789abcdef")
-        import redis
-
         client = redis.Redis.from_url(TEST_BROKER_URL)
         try:
             raw = client.lrange(TEST_KEY_PREFIX + ML_QUEUE, 0, -1)
