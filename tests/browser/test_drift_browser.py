@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from django.core.cache import cache
 from django.utils import timezone
 from selenium.webdriver.common.by import By
 
@@ -25,6 +26,7 @@ BATCH = 30
 class DriftBrowserTests(MigrationDataKeptMixin, BrowserTestCase):
     def setUp(self):
         super().setUp()
+        cache.clear()  # the training-set sample is cached per version id and size
         if not FUNDUS_DATASET_DIR.is_dir():
             self.skipTest(f"graded fundus dataset not found at {FUNDUS_DATASET_DIR}")
         version = ModelVersion.objects.create(
