@@ -17,6 +17,9 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
+# Connects the job-event log lines and carries a request's id into the tasks it enqueues.
+import grading.request_log  # noqa: F401
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "grading.settings")
 
 DEFAULT_QUEUE = "default"

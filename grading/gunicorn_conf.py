@@ -26,3 +26,12 @@ def post_worker_init(worker) -> None:
     # (bench/pages.py: the 7th "api images" request took 165 ms against 50 ms).
     gc.collect()
     gc.freeze()
+
+
+def child_exit(server, worker) -> None:
+    # With PROMETHEUS_MULTIPROC_DIR (docker-compose), each worker writes its request metrics to
+    # files there and /metrics adds them up: a dead worker's live gauges must stop counting.
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

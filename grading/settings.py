@@ -105,6 +105,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First and last: request latency by view for /metrics (django-prometheus).
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "grading.middleware.SecurityHeadersMiddleware",
     "csp.middleware.CSPMiddleware",
@@ -115,6 +117,8 @@ MIDDLEWARE = [
     "grading.middleware.UploadLimitsMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # After authentication (it logs the user id); its request id reaches the tasks it enqueues.
+    "grading.request_log.RequestLogMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "grading.middleware.SessionIdleTimeoutMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
@@ -125,11 +129,12 @@ MIDDLEWARE = [
     "auditlog.middleware.AuditlogMiddleware",
     # Last, as django-axes documents: it turns a lockout raised by the backend into its page.
     "axes.middleware.AxesMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 if PRODUCTION:
     # Serve collected static files from the app server; in development runserver serves them.
-    MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")
+    MIDDLEWARE.insert(2, "whitenoise.middleware.WhiteNoiseMiddleware")
 
 ROOT_URLCONF = "grading.urls"
 WSGI_APPLICATION = "grading.wsgi.application"
@@ -383,6 +388,8 @@ CSRF_COOKIE_HTTPONLY = False  # htmx reads the token from the page, not the cook
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+# Probes and scrapers talk plain HTTP to the container: an HTTPS redirect would fail them.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
 if PRODUCTION:
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
@@ -395,11 +402,44 @@ if FUNDUS_BEHIND_PROXY:
     # could send the header and pass for a secure request.
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
+# Operations (README "Operations"). /metrics answers only a request carrying
+# "Authorization: Bearer FUNDUS_METRICS_TOKEN"; without a token it is open in development and
+# closed (404) in production.
+FUNDUS_METRICS_TOKEN = env_str("FUNDUS_METRICS_TOKEN")
+# /readyz fails when no ML worker wrote its heartbeat (every FUNDUS_WORKER_HEARTBEAT_SECONDS)
+# within FUNDUS_WORKER_HEARTBEAT_MAX_AGE seconds.
+FUNDUS_WORKER_HEARTBEAT_SECONDS = env_int("FUNDUS_WORKER_HEARTBEAT_SECONDS", 15, minimum=1)
+FUNDUS_WORKER_HEARTBEAT_MAX_AGE = env_int("FUNDUS_WORKER_HEARTBEAT_MAX_AGE", 60, minimum=2)
+# Model drift: a week whose population stability index (predicted grades, P(referable) or
+# quality scores against the active version's training images) exceeds FUNDUS_DRIFT_PSI_ALERT
+# raises the alert on the admin home, once it holds FUNDUS_DRIFT_MIN_IMAGES images.
+FUNDUS_DRIFT_PSI_ALERT = float(env_int("FUNDUS_DRIFT_PSI_ALERT_PERCENT", 25, minimum=1)) / 100
+FUNDUS_DRIFT_MIN_IMAGES = env_int("FUNDUS_DRIFT_MIN_IMAGES", 30, minimum=5)
+FUNDUS_DRIFT_WEEKS = env_int("FUNDUS_DRIFT_WEEKS", 12, minimum=1)
+# "json": one JSON object per log line (requests and job events carry a request_id).
+FUNDUS_LOG_FORMAT = env_choice("FUNDUS_LOG_FORMAT", "text", ("text", "json"))
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"forbidden_one_line": {"()": "grading.log_filters.ForbiddenOneLineFilter"}},
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {
+        "forbidden_one_line": {"()": "grading.log_filters.ForbiddenOneLineFilter"},
+        "request_id": {"()": "grading.request_log.RequestIdFilter"},
+    },
+    "formatters": {
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        },
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "filters": ["request_id"],
+            **({"formatter": "json"} if FUNDUS_LOG_FORMAT == "json" else {}),
+        }
+    },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import time
 import traceback
 from collections.abc import Callable
 from typing import Any
 
 from celery import Task, shared_task
-from celery.signals import worker_ready
+from celery.signals import worker_init, worker_ready, worker_shutdown
 from django.db import InterfaceError, OperationalError, connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -32,6 +33,7 @@ from grading.services import (
     predictions,
     renderings,
     uploads,
+    worker_heartbeat,
 )
 from grading.services import jobs as job_services
 
@@ -220,6 +222,28 @@ def _jobs_recover_on_worker_start(sender: Any = None, **kwargs: Any) -> None:
         connection.close()
     if marked:
         logger.warning("Marked %d job(s) abandoned by a previous %s as failed", marked, hostname)
+
+
+# One per heartbeat thread this process started (a test process starts several workers).
+_heartbeat_stops: list[threading.Event] = []
+
+
+@worker_init.connect
+def _heartbeat_on_worker_start(sender: Any = None, **kwargs: Any) -> None:
+    """Beat for the queues this worker consumes: /readyz wants a live ML worker. (worker_init,
+    not worker_ready: only the command-line worker sends the latter.)"""
+    consume_from = getattr(getattr(getattr(sender, "app", None), "amqp", None), "queues", None)
+    queues = sorted(getattr(consume_from, "consume_from", None) or {})
+    if queues:
+        stop = threading.Event()
+        _heartbeat_stops.append(stop)
+        worker_heartbeat.worker_heartbeat_start(queues=queues, stop=stop)
+
+
+@worker_shutdown.connect
+def _heartbeat_on_worker_stop(**kwargs: Any) -> None:
+    while _heartbeat_stops:
+        _heartbeat_stops.pop().set()
 
 
 __all__ = [

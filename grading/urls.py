@@ -25,6 +25,8 @@ urlpatterns = [
     path("", include("grading.views.review")),
     path("", include("grading.views.audit")),
     path("", include("grading.views.protocol")),
+    path("", include("grading.views.drift")),
+    path("", include("grading.views.operations")),
     path("api/", include("grading.views.api")),
     path("", include("grading.views.errors")),
 ]

@@ -13,6 +13,7 @@ from grading.models import Image
 from grading.selectors import home as home_selectors
 from grading.selectors import images as image_selectors
 from grading.selectors.certification import certification_pending_ids
+from grading.selectors.drift import drift_status
 from grading.views.access import permission_required
 
 
@@ -25,6 +26,7 @@ def home(request: AuthenticatedHttpRequest) -> HttpResponse:
         "admin_home": home_selectors.home_admin()
         if user.has_perm("grading.retrain_model")
         else None,
+        "drift": drift_status() if user.has_perm("grading.retrain_model") else None,
         "reviewer_home": home_selectors.home_reviewer()
         if user.has_perm("grading.adjudicate_image")
         else None,
