@@ -34,6 +34,10 @@ class GradeForm(forms.Form):
     override_reason = forms.CharField(
         required=False, max_length=grade_services.MAX_NOTES_LENGTH, widget=forms.Textarea
     )
+    # Why the reader corrects a saved grade (a request for the adjudicator needs one).
+    correction_reason = forms.CharField(
+        required=False, max_length=grade_services.MAX_NOTES_LENGTH, widget=forms.Textarea
+    )
 
     def __init__(self, *args: Any, levels: list[GradeLevel], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -115,6 +119,7 @@ class GradeForm(forms.Form):
             notes=data["notes"] or "",
             findings=self.findings(),
             override_reason=data.get("override_reason") or "",
+            correction_reason=data.get("correction_reason") or "",
         )
 
     @staticmethod
