@@ -1,9 +1,10 @@
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 from auditlog.admin import LogEntryAdmin
 from auditlog.models import LogEntry
+from axes.models import AccessAttempt, AccessFailureLog, AccessLog
 from django import forms
 from django.contrib import admin
 from django.contrib.auth.models import User
@@ -157,7 +158,19 @@ class JobAdmin(admin.ModelAdmin):
 
 @admin.register(GradingClaim)
 class GradingClaimAdmin(admin.ModelAdmin):
+    """Read-only: claims are short leases the grading pages take and release (minutes), written
+    on every page view and so left out of the audit trail; nothing here changes them."""
+
     list_display = ["image", "grader", "expires_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: GradingClaim | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: GradingClaim | None = None) -> bool:
+        return False
 
 
 @admin.register(WorkbenchSettings)
@@ -170,6 +183,9 @@ class WorkbenchSettingsAdmin(admin.ModelAdmin):
         # Settings change on the grading settings page, which validates them together (blind
         # reading and queue order) and settles images when fewer grades are required.
         return False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # one row, made by the migrations
 
 
 @admin.register(CertificationItem)
@@ -232,3 +248,33 @@ class VisibleLogEntryAdmin(LogEntryAdmin):
 
 admin.site.unregister(LogEntry)
 admin.site.register(LogEntry, VisibleLogEntryAdmin)
+
+
+class ReadOnlyAccessAdmin(admin.ModelAdmin):
+    """django-axes' login records, read-only: written on every login attempt, so not audited;
+    unlocking an account (deleting its attempts) is, with who did it (``_axes_deletes_log``)."""
+
+    def has_add_permission(self, request: HttpRequest, obj: object | None = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object | None = None) -> bool:
+        return False
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        _axes_deletes_log([obj])
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        _axes_deletes_log(list(queryset))
+        super().delete_queryset(request, queryset)
+
+
+def _axes_deletes_log(rows: list[Any]) -> None:
+    for row in rows:
+        LogEntry.objects.log_create(row, action=LogEntry.Action.DELETE, changes={}, force_log=True)
+
+
+for _model in (AccessAttempt, AccessLog, AccessFailureLog):
+    _base = type(admin.site._registry[_model])
+    admin.site.unregister(_model)
+    admin.site.register(_model, type(f"ReadOnly{_base.__name__}", (ReadOnlyAccessAdmin, _base), {}))
