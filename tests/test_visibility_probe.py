@@ -33,6 +33,8 @@ class VisibilityProbeTests(GradingTestCase):
         prediction_make(
             image=image_b, version=version, probabilities=[0.1, 0.7319, 0.0681, 0.05, 0.05]
         )
+        # Bob has seen the model's opinion of B: his correction is a request, with its reason.
+        grade_give(image_b, self.bob, 2, correction_reason="probe-secret-bob-request-8f3")
         scenario = Scenario(
             users={
                 "first reader": self.alice,
@@ -43,7 +45,13 @@ class VisibilityProbeTests(GradingTestCase):
             images={"A": image_a, "B": image_b},
             marks={
                 "A": ("probe-secret-alice-5d1", "0.6173", "61.7", f"{image_a.pk}: 3 by alice"),
-                "B": ("probe-secret-bob-7e2", "0.7319", "73.2", f"{image_b.pk}: 1 by bob"),
+                "B": (
+                    "probe-secret-bob-7e2",
+                    "probe-secret-bob-request-8f3",
+                    "0.7319",
+                    "73.2",
+                    f"{image_b.pk}: 1 by bob",
+                ),
             },
             forbidden={
                 "first reader": ("B",),
