@@ -10,13 +10,10 @@ from django.contrib.auth.models import User
 from django.db.models import QuerySet
 
 from grading.models import GradeLevel, Image, ModelVersion, Prediction
-from grading.selectors.visibility import (
-    image_others_hidden,
-    images_others_hidden,
-    reader_is_independent,
-)
+from grading.selectors.visibility import image_others_hidden, images_others_hidden
 
-__all__ = ["reader_is_independent"]  # re-exported: the pages that redirect independent readers
+# Re-exported for the pages that send an independent reader to the grading page.
+from grading.selectors.visibility import reader_is_independent as reader_is_independent
 
 
 def prediction_hidden(*, image: Image, user: User) -> bool:
