@@ -29,3 +29,9 @@ class AuthenticatedRequest(Request):
     """A request to an API view that requires ``IsAuthenticated``: ``user`` is a saved user."""
 
     user: User
+
+
+# Photographs, their views and activation maps are patient data: never kept in a browser's cache
+# (a shared workstation's next user could open them from it) nor in a proxy. The browser asks
+# again for each; the views themselves are cached on the server (services/renderings).
+PATIENT_IMAGE_CACHE_CONTROL = "private, no-store"

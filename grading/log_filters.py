@@ -22,3 +22,23 @@ class ForbiddenOneLineFilter(logging.Filter):
         record.exc_text = None
         record.stack_info = None
         return True
+
+
+class SuspiciousOneLineFilter(logging.Filter):
+    """A request refused as suspicious (a bad ``Host`` header above all: scanners send them all
+    day) is one line with the reason and the path, never a traceback. On the console handler, so
+    it covers every ``django.security.*`` logger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from django.core.exceptions import SuspiciousOperation
+
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, SuspiciousOperation):
+            return True
+        request = getattr(record, "request", None)
+        record.msg = "Refused (%s): %s path=%s"
+        record.args = (type(error).__name__, str(error), getattr(request, "path", "?"))
+        record.exc_info = None
+        record.exc_text = None
+        record.stack_info = None
+        return True

@@ -36,6 +36,7 @@ from grading.services import (
     worker_heartbeat,
 )
 from grading.services import jobs as job_services
+from grading.services.audit import audit_actor
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,8 @@ class JobTask(Task):
         reporter = job_services.JobReporter(
             job.pk, deadline=time.monotonic() + soft_limit if soft_limit else None
         )
-        with job_services.JobHeartbeat(job.pk):
+        # What the job writes is in the audit trail under the user who started it.
+        with job_services.JobHeartbeat(job.pk), audit_actor(job.created_by):
             result = service(job=job, progress=reporter)
         job_services.job_succeed(
             job_id=job.pk, result=result, message=result.get("message", "Done")

@@ -109,14 +109,16 @@ class TwoGraderTests(GradingTestCase):
         image.refresh_from_db()
         self.assertEqual(image.grading_state, Image.GradingState.ADJUDICATION)
 
-    def test_a_correction_can_resolve_a_disagreement(self):
+    def test_a_correction_never_resolves_a_disagreement_by_agreement(self):
+        # Issue 20: re-confirming by agreement let a reader find the other's grade by trying.
         image = image_make()
         grade_give(image, self.alice, 1)
         grade_give(image, self.bob, 3)
-        grade_give(image, self.bob, 1)
+        with self.assertRaisesMessage(GradeRejected, "give the reason"):
+            grade_give(image, self.bob, 1)
+        grade_give(image, self.bob, 1, correction_reason="looked again")
         image.refresh_from_db()
-        self.assertEqual(image.grading_state, Image.GradingState.CONFIRMED)
-        self.assertEqual(image.confirmation_method, Image.ConfirmationMethod.AGREEMENT)
+        self.assertEqual(image.grading_state, Image.GradingState.ADJUDICATION)
 
     def test_a_third_grader_is_refused(self):
         image = image_make()

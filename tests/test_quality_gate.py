@@ -142,3 +142,51 @@ class QualityGateTests(GradingTestCase):
         )
         self.assertEqual(response.status_code, 400)
         self.assertEqual(workbench_settings_get().certification_mode, "session")  # nothing saved
+
+
+@override_settings(FUNDUS_QUALITY_GATE=True)
+class QualityDecisionIsAGradeTests(GradingTestCase):
+    """Issue 20: "ungradable" from the quality queue is one reader's grade, under the same
+    certification gate and number of readers as any grade."""
+
+    def setUp(self):
+        from tests.factories_grading import workbench_set
+
+        workbench_set(grades_required=2)
+        self.blurred = image_create(validated=image_validate(data=BLURRED), patient=patient_make())
+
+    def decide(self, user, decision: str = "ungradable"):
+        self.login(user)
+        return self.client.post(
+            reverse("quality_decide", args=[self.blurred.pk]), {"decision": decision}, follow=True
+        )
+
+    def test_one_reader_does_not_confirm_it_alone(self):
+        self.decide(self.alice)
+        self.blurred.refresh_from_db()
+        self.assertEqual(self.blurred.grading_state, Image.GradingState.PENDING)
+        self.assertEqual(self.blurred.quality_review, Image.QualityReview.CHECK)
+        # Alice decided: the queue offers it to the other readers, not to her again.
+        self.assertNotContains(self.client.get(reverse("quality_queue")), "quality_decide")
+        self.assertContains(self.decide(self.alice), "already graded")
+        self.decide(self.bob)
+        self.blurred.refresh_from_db()
+        self.assertEqual(self.blurred.grading_state, Image.GradingState.CONFIRMED)
+        self.assertEqual(self.blurred.confirmation_method, Image.ConfirmationMethod.AGREEMENT)
+        self.assertEqual(self.blurred.quality_review, Image.QualityReview.UNGRADABLE)
+
+    def test_an_uncertified_clinician_does_not_count_under_the_gate(self):
+        from grading.models import CertificationItem, GradeLevel
+        from tests.factories import image_make
+        from tests.factories_grading import workbench_set
+
+        workbench_set(grades_required=1, certification_gates_confirmation=True)
+        CertificationItem.objects.create(
+            image=image_make(confirmed_grade=2), reference_grade=GradeLevel.objects.get(value=2)
+        )
+        self.decide(self.alice)
+        grade = Grade.objects.get(image=self.blurred, grader=self.alice)
+        self.assertTrue(grade.ungradable)
+        self.assertFalse(grade.counts_towards_confirmation)
+        self.blurred.refresh_from_db()
+        self.assertNotEqual(self.blurred.grading_state, Image.GradingState.CONFIRMED)

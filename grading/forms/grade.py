@@ -12,6 +12,7 @@ from grading.services import grades as grade_services
 from mlcore.data.rubric import QUADRANTS, Findings, icdr_grade_derive
 
 HAEMORRHAGE_LEVELS = [(0, "–"), (1, "+"), (2, "20+")]  # none, present, 20 or more
+RUBRIC_FIELD_PREFIX = "f_"  # every rubric finding's field name starts so
 
 
 class GradeForm(forms.Form):
@@ -32,6 +33,10 @@ class GradeForm(forms.Form):
     f_cws = forms.BooleanField(required=False)
     f_laser = forms.BooleanField(required=False)
     override_reason = forms.CharField(
+        required=False, max_length=grade_services.MAX_NOTES_LENGTH, widget=forms.Textarea
+    )
+    # Why the reader corrects a saved grade (a request for the adjudicator needs one).
+    correction_reason = forms.CharField(
         required=False, max_length=grade_services.MAX_NOTES_LENGTH, widget=forms.Textarea
     )
 
@@ -78,6 +83,18 @@ class GradeForm(forms.Form):
     def clean(self) -> dict[str, Any]:
         super().clean()
         cleaned = self.cleaned_data
+        # A rubric finding the form does not know (a misspelt key, a fifth quadrant) is refused,
+        # not dropped: the grade would be saved without what the grader meant to record.
+        unknown = sorted(
+            key
+            for key in self.data
+            if key.startswith(RUBRIC_FIELD_PREFIX) and key not in self.fields
+        )
+        if unknown:
+            raise ValidationError(
+                f"Unknown rubric finding(s): {', '.join(name[:40] for name in unknown[:5])}; "
+                f"quadrants are {', '.join(QUADRANTS)}."
+            )
         grade, ungradable = cleaned.get("grade"), cleaned.get("ungradable")
         if grade is None and not ungradable:
             raise ValidationError("Choose a grade (keys 0-4) or mark the image ungradable (U).")
@@ -115,6 +132,7 @@ class GradeForm(forms.Form):
             notes=data["notes"] or "",
             findings=self.findings(),
             override_reason=data.get("override_reason") or "",
+            correction_reason=data.get("correction_reason") or "",
         )
 
     @staticmethod

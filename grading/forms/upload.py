@@ -9,6 +9,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.utils import timezone
 
+from grading.forms.review import EARLIEST_FILTER_DATE
 from grading.models import Image
 
 
@@ -35,4 +36,8 @@ class UploadForm(forms.Form):
         value = self.cleaned_data.get("acquired_on")
         if value is not None and value > timezone.localdate():
             raise ValidationError("The date a photograph was taken cannot be in the future.")
+        if value is not None and value < EARLIEST_FILTER_DATE:
+            # The review filters start in 1900: an earlier date is a typing slip, and a photograph
+            # dated so could never be found by date.
+            raise ValidationError("Choose a date from 1900 on.")
         return value

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from grading.models.clinical import (
     CertificationItem,
+    CorrectionRequest,
     Grade,
     GradeLevel,
     GradingClaim,
@@ -20,6 +21,7 @@ from grading.models.workbench import WorkbenchSettings
 
 __all__ = [
     "CertificationItem",
+    "CorrectionRequest",
     "Grade",
     "GradeLevel",
     "GradingClaim",

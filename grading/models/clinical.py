@@ -360,3 +360,43 @@ class CertificationItem(models.Model):
 
     def __str__(self) -> str:
         return f"certification image {self.image_id} (reference {self.reference_grade_id})"
+
+
+class CorrectionRequest(models.Model):
+    """A reader's correction that may no longer change the image's grade by itself: once the
+    image needs adjudication, or once the reader has seen the model's opinion, a correction could
+    find another reader's grade (by trying values until the grades agree) or move towards the
+    model. It goes to the adjudicator's queue instead, with its reason; their adjudication
+    settles it."""
+
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="correction_requests")
+    grader = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="correction_requests"
+    )
+    corrects = models.ForeignKey(Grade, on_delete=models.PROTECT, related_name="+")
+    grade = models.ForeignKey(
+        GradeLevel, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    ungradable = models.BooleanField(default=False)
+    macular_oedema = models.BooleanField(default=False)
+    notes = models.TextField(blank=True, default="")
+    reason = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    resolved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(grade__isnull=False, ungradable=False)
+                | Q(grade__isnull=True, ungradable=True),
+                name="correction_value_or_ungradable",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        value = "ungradable" if self.ungradable else self.grade_id
+        return f"{self.image_id}: correction to {value} requested by {self.grader}"

@@ -9,54 +9,28 @@ from pathlib import Path
 from django.contrib.auth.models import User
 from django.db.models import QuerySet
 
-from grading.models import Grade, GradeLevel, Image, ModelVersion, Prediction
-from grading.selectors.worklist import workbench_settings_get
+from grading.models import GradeLevel, Image, ModelVersion, Prediction
+from grading.selectors.visibility import image_others_hidden, images_others_hidden
 
-
-def reader_is_independent(*, image: Image, user: User) -> bool:
-    """Whether this user is (still) an independent reader of the image: the image waits for
-    independent grades, the user may grade it, and has not saved a grade of it yet. Admins and
-    reviewers who also grade are no exception: whoever may grade an image independently reads it
-    without the model and without the other graders until their own grade is saved."""
-    if image.grading_state != Image.GradingState.PENDING:
-        return False
-    if not user.has_perm("grading.grade_image"):
-        return False  # reviewers and viewers without the grading role never grade the image
-    return not Grade.objects.filter(image=image, kind=Grade.Kind.GRADER, grader=user).exists()
+# Re-exported for the pages that send an independent reader to the grading page.
+from grading.selectors.visibility import reader_is_independent as reader_is_independent
 
 
 def prediction_hidden(*, image: Image, user: User) -> bool:
     """Blind mode: every independent reader (the first, the second, an admin who grades) does not
-    see the model's opinion until their own grade is saved, so every grade is free of anchoring
-    on the model.
-
-    Always hidden on a certification image the clinician has not graded yet: a model trained on
-    its reference grade would give the answer away."""
-    from grading.selectors.certification import reference_hidden
-
-    if reference_hidden(image=image, user=user):
-        return True
-    if not workbench_settings_get().blind_first_grader:
-        return False
-    return reader_is_independent(image=image, user=user)
+    see the model's opinion until their own grade is saved; nor does a clinician on a
+    certification image they have not graded (the visibility rule, ``selectors/visibility``)."""
+    return image_others_hidden(image=image, user=user, model=True)
 
 
 def images_read_independently_by(*, user: User) -> QuerySet[Image]:
-    """The pending images this user may grade and has not graded: they see no other grader's
-    grade of them (whatever the blind-mode setting, which is about the model)."""
-    if not user.has_perm("grading.grade_image"):
-        return Image.objects.none()
-    graded = Grade.objects.filter(kind=Grade.Kind.GRADER, grader=user).values("image_id")
-    return Image.objects.filter(grading_state=Image.GradingState.PENDING).exclude(pk__in=graded)
+    """The images whose other grades this user may not see (``selectors/visibility``)."""
+    return images_others_hidden(user=user)
 
 
 def images_blind_for(*, user: User) -> QuerySet[Image]:
-    """The images whose predictions this user may not see yet (blind mode): pending images they
-    may grade and have not graded. Empty when blind mode is off or the user does not grade."""
-    # The permission first: it is cached on the user, the settings row is a query.
-    if not user.has_perm("grading.grade_image") or not workbench_settings_get().blind_first_grader:
-        return Image.objects.none()
-    return images_read_independently_by(user=user)
+    """The images whose predictions this user may not see yet (``selectors/visibility``)."""
+    return images_others_hidden(user=user, model=True)
 
 
 @dataclass(frozen=True)

@@ -201,7 +201,14 @@ def patient_context_for(
     the other eye, or a retake of this one) and the other visits grouped by day, with their
     confirmed grades only (never another clinician's grade of a photograph still being graded,
     nor the reference grade of a certification image they have still to grade).
-    A photograph without a date is never assumed to belong to this visit."""
+    A photograph without a date is never assumed to belong to this visit.
+
+    Beside a certification image whose reference is hidden, no photograph of the patient shows
+    its grade: the other eye's, or a retake's, would hint at the reference."""
+    if image.pk in hidden_image_ids:
+        hidden_image_ids = set(
+            Image.objects.filter(patient_id=image.patient_id).values_list("pk", flat=True)
+        )
     others = _latest_first(
         images_reference_mask(
             list(

@@ -12,10 +12,11 @@ from typing import Any, Literal
 from django.db.models import Prefetch
 
 from grading.models import Grade, Image, Prediction
-from grading.selectors.assistance import prediction_hidden, reader_is_independent
+from grading.selectors.assistance import prediction_hidden
 from grading.selectors.certification import reference_hidden
 from grading.selectors.grader_agreement import BASIS_AGREEMENT, BASIS_OWN_SINGLE, grade_basis
 from grading.selectors.grading_scale import Scale, scale_get
+from grading.selectors.visibility import image_others_hidden
 
 EventKind = Literal["upload", "grade", "prediction", "confirmation"]
 # Among events with the same timestamp, the natural order: the upload, then grades, then
@@ -156,18 +157,9 @@ def grade_is_superseded(grade: Grade) -> bool:
 
 
 def timeline_hides_others(*, image: Image, viewer: Any) -> bool:
-    """Before an image is confirmed, a clinician sees only their own grades here: showing a colleague's
-    grade would break independent grading. Reviewers, who adjudicate, see everything. (Whether the
-    model's predictions are shown is decided as on the grading page: ``prediction_hidden``.)"""
-    if reference_hidden(image=image, user=viewer):
-        return True
-    if image.grading_state == Image.GradingState.CONFIRMED:
-        return False
-    if reader_is_independent(image=image, user=viewer):
-        return True  # an admin who may still grade it reads it blind, like any clinician
-    return not (
-        viewer.has_perm("grading.adjudicate_image") or viewer.has_perm("grading.review_agreement")
-    )
+    """Whether the history shows only the viewer's own grades: the visibility rule
+    (``selectors/visibility``), as on every other page."""
+    return image_others_hidden(image=image, user=viewer)
 
 
 def image_timeline(*, image_id: int, viewer: Any, scale: Scale | None = None) -> Timeline:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 from auditlog.context import set_actor
 from django.contrib.auth.models import User
@@ -31,12 +32,15 @@ def audit_registry_setup() -> None:
     from django.contrib.auth.models import Group, User
 
     from grading.models import (
+        CertificationItem,
+        CorrectionRequest,
         Grade,
         GradeLevel,
         Image,
         Job,
         ModelVersion,
         Patient,
+        Prediction,
         WorkbenchSettings,
     )
 
@@ -73,3 +77,71 @@ def audit_registry_setup() -> None:
         m2m_fields={"groups", "user_permissions"},
     )
     auditlog.register(Group, m2m_fields={"permissions"})
+    # The certification set's reference grades, readers' correction requests, and predictions
+    # (written in bulk by the worker, which sends no signal: what is recorded here are edits).
+    auditlog.register(CertificationItem)
+    auditlog.register(CorrectionRequest)
+    auditlog.register(Prediction)
+    _audit_signals_connect()
+
+
+def _token_logged(*, token: Any, action: int) -> None:
+    """An API token created or revoked, named by its owner: the key itself (the token's pk and
+    its str()) never goes into the trail."""
+    from auditlog.models import LogEntry
+    from django.contrib.contenttypes.models import ContentType
+    from rest_framework.authtoken.models import Token
+
+    owner = getattr(token, "user", None)
+    LogEntry.objects.create(
+        content_type=ContentType.objects.get_for_model(Token),
+        object_pk=str(token.user_id),
+        object_id=token.user_id,
+        object_repr=f"API token of {owner}",
+        action=action,
+        changes={
+            "token": ["–", "created"] if action == LogEntry.Action.CREATE else ["–", "revoked"]
+        },
+    )
+
+
+def _token_saved(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None:
+    from auditlog.models import LogEntry
+
+    if created:
+        _token_logged(token=instance, action=LogEntry.Action.CREATE)
+
+
+def _token_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
+    from auditlog.models import LogEntry
+
+    _token_logged(token=instance, action=LogEntry.Action.DELETE)
+
+
+def _password_saved(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None:
+    """A password set (changed on the account page, reset by e-mail, set by an admin or a
+    command): one entry without the hash. ``_password`` is what ``set_password`` leaves for
+    ``save`` (Django clears it after this signal)."""
+    from auditlog.models import LogEntry
+
+    if created or getattr(instance, "_password", None) is None:
+        return
+    LogEntry.objects.log_create(
+        instance,
+        action=LogEntry.Action.UPDATE,
+        changes={"password": ["–", "changed"]},
+        force_log=True,
+    )
+
+
+def _audit_signals_connect() -> None:
+    from django.contrib.auth.models import User
+    from django.db.models.signals import post_delete, post_save
+    from rest_framework.authtoken.models import Token, TokenProxy
+
+    for model in (Token, TokenProxy):
+        post_save.connect(_token_saved, sender=model, dispatch_uid=f"audit-token-{model.__name__}")
+        post_delete.connect(
+            _token_deleted, sender=model, dispatch_uid=f"audit-token-del-{model.__name__}"
+        )
+    post_save.connect(_password_saved, sender=User, dispatch_uid="audit-password")

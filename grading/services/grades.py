@@ -11,6 +11,10 @@ After every independent grade the image's state is worked out again from the cur
 
 An adjudicated or imported confirmation is never overturned by a grader's later correction; the
 correction is kept in the history for a reviewer to see.
+
+Once the image needs adjudication, or once a model has given an opinion of it (which the reader
+sees after saving), a correction is a ``CorrectionRequest`` with its reason, for the adjudicator: a reader who could re-confirm by agreement could find another
+reader's grade by trying values, or move towards the model, and so skip adjudication.
 """
 
 from __future__ import annotations
@@ -21,10 +25,15 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
-from grading.models import CertificationItem, Grade, GradeLevel, Image
+from grading.models import CertificationItem, CorrectionRequest, Grade, GradeLevel, Image
 from grading.selectors.certification import (
     certification_subject,
     grade_counts_towards_confirmation,
+)
+from grading.selectors.corrections import (
+    correction_goes_to_adjudicator,
+    correction_request_open_for,
+    correction_requests_open,
 )
 from grading.selectors.worklist import grades_current, workbench_settings_get
 from grading.services.claims import claim_release
@@ -48,6 +57,19 @@ class GradeInput:
     # The lesion rubric: None when it was not used (rubric off, or an API-style plain grade).
     findings: Findings | None = None
     override_reason: str = ""
+    # Why a correction is asked for: required once a correction goes to the adjudicator.
+    correction_reason: str = ""
+
+
+@dataclass(frozen=True)
+class GradeSaved:
+    """What a grade submission did: ``grade`` is the reader's current grade; ``request`` the
+    correction request it made instead of changing that grade (if it made one); ``changed``
+    whether anything was written."""
+
+    grade: Grade
+    request: CorrectionRequest | None = None
+    changed: bool = True
 
 
 @dataclass(frozen=True)
@@ -221,7 +243,8 @@ def image_confirmation_refresh(
         if image.grading_state != Image.GradingState.PENDING:
             _image_unconfirm(image=image, state=Image.GradingState.PENDING)
         return
-    if not _grades_agree(current):
+    if not _grades_agree(current) or correction_requests_open(image=image).exists():
+        # An open correction request is settled by an adjudicator, never by agreement.
         _image_unconfirm(image=image, state=Image.GradingState.ADJUDICATION)
         return
     # Any grader's macular oedema finding is kept: a missed oedema delays a referral, an extra
@@ -271,17 +294,79 @@ def certification_grade_submit(
 
 
 def grade_submit(*, image: Image, grader: User, choice: GradeInput) -> Grade:
+    """``grade_save`` for callers that need only the reader's current grade."""
+    return grade_save(image=image, grader=grader, choice=choice).grade
+
+
+def _correction_request_make(
+    *, image: Image, grader: User, previous: Grade, level: GradeLevel | None, choice: GradeInput
+) -> GradeSaved:
+    """A correction the reader may no longer make by themselves: kept as a request with its
+    reason, and the image goes to the adjudicator (a confirmed image too: the reader has seen
+    every grade of it already, so its leaving "confirmed" tells them nothing new)."""
+    reason = choice.correction_reason.strip()
+    if not reason:
+        raise GradeRejected(
+            "Your grade is saved and this image's model opinion or grading state is known, so a "
+            "correction goes to an adjudicator, who decides: give the reason for it."
+        )
+    if len(reason) > MAX_NOTES_LENGTH:
+        raise GradeRejected(f"The reason is limited to {MAX_NOTES_LENGTH} characters.")
+    open_request = correction_request_open_for(image=image, grader=grader)
+    if (
+        open_request is not None
+        and open_request.grade_id == (level.pk if level is not None else None)
+        and open_request.ungradable == choice.ungradable
+        and open_request.macular_oedema == choice.macular_oedema
+    ):
+        return GradeSaved(grade=previous, request=open_request, changed=False)
+    request = CorrectionRequest(
+        image=image,
+        grader=grader,
+        corrects=previous,
+        grade=level,
+        ungradable=choice.ungradable,
+        macular_oedema=choice.macular_oedema,
+        notes=choice.notes.strip(),
+        reason=reason,
+    )
+    request.full_clean()
+    request.save()
+    if image.grading_state == Image.GradingState.CONFIRMED:
+        # Whatever confirmed it (agreement, a single grade, an adjudication), a reviewer looks
+        # again; a pending image goes to them once its grades are in (image_confirmation_refresh).
+        _image_unconfirm(image=image, state=Image.GradingState.ADJUDICATION)
+    return GradeSaved(grade=previous, request=request)
+
+
+def _first_grade_check(*, image: Image, required: int) -> None:
+    if image.grading_state != Image.GradingState.PENDING:
+        raise GradeRejected(
+            "This image already has the independent grades it needs; your grade was not recorded."
+        )
+    if len(grades_current(image=image)) >= required:
+        raise GradeRejected(
+            "Other clinicians have already graded this image; your grade was not recorded."
+        )
+
+
+def grade_save(*, image: Image, grader: User, choice: GradeInput) -> GradeSaved:
     """Record a clinician's independent grade (or their correction of it) and update the image.
-    Idempotent: submitting what the grader's current grade already says returns that grade and
-    writes nothing. On a certification image, a clinician's grade is a certification grade
-    instead."""
+    Idempotent: submitting what the grader's current grade already says writes nothing. A
+    correction once the image needs adjudication or a model gave its opinion becomes a
+    correction request (``_correction_request_make``). On a certification image, a clinician's
+    grade is a certification grade instead."""
     level = _grade_level_resolve(choice)
     rubric = _rubric_resolve(choice, level)
     if (
         certification_subject(user=grader)
         and CertificationItem.objects.filter(image_id=image.pk).exists()
     ):
-        return certification_grade_submit(image=image, grader=grader, choice=choice, rubric=rubric)
+        before = Grade.objects.filter(
+            image_id=image.pk, grader=grader, kind=Grade.Kind.CERTIFICATION
+        ).first()
+        grade = certification_grade_submit(image=image, grader=grader, choice=choice, rubric=rubric)
+        return GradeSaved(grade=grade, changed=before is None)
     counts = grade_counts_towards_confirmation(grader=grader)
     with transaction.atomic():
         # Lock the image so two grades arriving together are counted one after the other.
@@ -289,20 +374,16 @@ def grade_submit(*, image: Image, grader: User, choice: GradeInput) -> Grade:
         previous = _grade_current(image=locked, kind=Grade.Kind.GRADER, grader=grader)
         required = workbench_settings_get().grades_required
         if previous is None:
-            if locked.grading_state != Image.GradingState.PENDING:
-                raise GradeRejected(
-                    "This image already has the independent grades it needs; "
-                    "your grade was not recorded."
-                )
-            if len(grades_current(image=locked)) >= required:
-                raise GradeRejected(
-                    "Other clinicians have already graded this image; your grade was not recorded."
-                )
-        if previous is not None and _grade_repeats(
-            previous, level=level, choice=choice, rubric=rubric
-        ):
+            _first_grade_check(image=locked, required=required)
+        elif _grade_repeats(previous, level=level, choice=choice, rubric=rubric):
             # A double submit (or "save" pressed again) changes nothing: no second row.
-            return previous
+            return GradeSaved(grade=previous, changed=False)
+        elif correction_goes_to_adjudicator(image=locked):
+            saved = _correction_request_make(
+                image=locked, grader=grader, previous=previous, level=level, choice=choice
+            )
+            image.refresh_from_db()
+            return saved
         grade = _grade_append(
             image=locked,
             kind=Grade.Kind.GRADER,
@@ -316,7 +397,7 @@ def grade_submit(*, image: Image, grader: User, choice: GradeInput) -> Grade:
         claim_release(image=locked, grader=grader)
         image_confirmation_refresh(image=locked, grades_required=required, last_grader=grader)
     image.refresh_from_db()
-    return grade
+    return GradeSaved(grade=grade)
 
 
 def grade_adjudicate(*, image: Image, reviewer: User, choice: GradeInput) -> Grade:
@@ -354,6 +435,9 @@ def grade_adjudicate(*, image: Image, reviewer: User, choice: GradeInput) -> Gra
             supersedes=_grade_current(image=locked, kind=Grade.Kind.ADJUDICATION),
             adjudicator_graded=was_grader,
         )
+        for request in correction_requests_open(image=locked):  # saved one by one: audited
+            request.resolved_by, request.resolved_at = reviewer, timezone.now()
+            request.save(update_fields=["resolved_by", "resolved_at"])
         _image_confirm(
             image=locked,
             grade_id=level.pk if level is not None else None,

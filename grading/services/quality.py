@@ -6,10 +6,10 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
-from django.utils import timezone
 
 from grading.models import Grade, Image, WorkbenchSettings
 from grading.selectors.worklist import workbench_settings_get
+from grading.services.grades import GradeInput, GradeRejected, grade_save
 from mlcore.data.quality import (
     QualityMeasures,
     QualityThresholds,
@@ -96,40 +96,49 @@ def images_quality_rescore() -> int:
     return changed
 
 
+QUALITY_UNGRADABLE_NOTE = "Ungradable at the quality check."
+
+
+def _ungradable_grade_record(*, image: Image, user: User) -> None:
+    """The "ungradable" decision is one reader's grade: the same certification gate, the same
+    number of readers as any grade (``grade_save``); the image is confirmed ungradable only when
+    the grades say so."""
+    if Grade.objects.filter(image=image, grader=user, kind=Grade.Kind.GRADER).exists():
+        raise QualityDecisionRejected(
+            f"You have already graded image #{image.pk}; correct your grade on its grading page."
+        )
+    try:
+        grade_save(
+            image=image,
+            grader=user,
+            choice=GradeInput(grade=None, ungradable=True, notes=QUALITY_UNGRADABLE_NOTE),
+        )
+    except GradeRejected as error:
+        raise QualityDecisionRejected(str(error)) from error
+    image.refresh_from_db()
+    if image.grading_state == Image.GradingState.CONFIRMED and image.confirmed_ungradable:
+        image.quality_review = Image.QualityReview.UNGRADABLE
+        image.quality_reviewed_by = user
+        image.save(update_fields=["quality_review", "quality_reviewed_by"])
+
+
 def image_quality_decide(*, image: Image, user: User, decision: str) -> Image:
-    """``pass``: the photograph goes on to grading. ``ungradable``: the clinician confirms it is
-    not gradable; recorded as their grade and the image is confirmed ungradable (re-take)."""
+    """``pass``: the photograph goes on to grading. ``ungradable``: the clinician's grade says it
+    cannot be graded (``_ungradable_grade_record``); it stays in the check queue of the other
+    readers until the grades confirm it ungradable (a re-take) or it goes on to grading."""
+    if decision not in ("pass", "ungradable"):
+        raise QualityDecisionRejected(f"Unknown decision {decision!r}.")
     with transaction.atomic():
         locked = Image.objects.select_for_update().get(pk=image.pk)
         if locked.quality_review != Image.QualityReview.CHECK:
             raise QualityDecisionRejected(
                 f"Image #{locked.pk} is not waiting for a quality check (someone decided already)."
             )
-        locked.quality_reviewed_by = user
         if decision == "pass":
             locked.quality_review = Image.QualityReview.PASSED
+            locked.quality_reviewed_by = user
             locked.save(update_fields=["quality_review", "quality_reviewed_by"])
-        elif decision == "ungradable":
-            grade = Grade(
-                image=locked,
-                kind=Grade.Kind.GRADER,
-                grader=user,
-                ungradable=True,
-                notes="Confirmed ungradable at the quality check.",
-            )
-            grade.full_clean()
-            grade.save()
-            locked.quality_review = Image.QualityReview.UNGRADABLE
-            locked.grading_state = Image.GradingState.CONFIRMED
-            locked.confirmed_grade = None
-            locked.confirmed_ungradable = True
-            locked.confirmed_macular_oedema = False
-            locked.confirmation_method = Image.ConfirmationMethod.SINGLE
-            locked.confirmed_by = user
-            locked.confirmed_at = timezone.now()
-            locked.full_clean(exclude=["file"])
-            locked.save()
         else:
-            raise QualityDecisionRejected(f"Unknown decision {decision!r}.")
+            _ungradable_grade_record(image=locked, user=user)
     image.refresh_from_db()
     return image

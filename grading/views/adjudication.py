@@ -16,6 +16,7 @@ from grading.pagination import IdsFirstPaginator, page_number
 from grading.selectors import patients as patient_selectors
 from grading.selectors import worklist as worklist_selectors
 from grading.selectors.assistance import model_view_for, reader_is_independent
+from grading.selectors.corrections import correction_requests_open
 from grading.selectors.model_versions import model_version_active
 from grading.services import grades as grade_services
 from grading.views.access import ADJUDICATE_PERMISSION, permission_required
@@ -101,6 +102,7 @@ def adjudicate(request: AuthenticatedHttpRequest, image_id: int) -> HttpResponse
         "form": form,
         "selected_grade": form.selected_grade(),
         "grades": [(grade, grade.pk in superseded_ids) for grade in grades],
+        "correction_requests": list(correction_requests_open(image=image)),
         "model_view": model_view,
         "context": patient_selectors.patient_context_for(image=image),
         "i_graded_it": any(

@@ -19,7 +19,9 @@ AUDIT_PAGE_SIZE = 100
 @require_GET
 @permission_required("auditlog.view_logentry", raise_exception=True)
 def audit_trail(request: AuthenticatedHttpRequest) -> HttpResponse:
-    page = Paginator(audit_entries(), AUDIT_PAGE_SIZE).get_page(request.GET.get("page"))
+    page = Paginator(audit_entries(viewer=request.user), AUDIT_PAGE_SIZE).get_page(
+        request.GET.get("page")
+    )
     rows = [(entry, audit_changes_text(entry)) for entry in page.object_list]
     return render(request, "grading/audit.html", {"page": page, "rows": rows})
 

@@ -8,7 +8,7 @@ from django.shortcuts import get_object_or_404, render
 from django.urls import path
 from django.views.decorators.http import require_GET
 
-from grading.http import AuthenticatedHttpRequest
+from grading.http import PATIENT_IMAGE_CACHE_CONTROL, AuthenticatedHttpRequest
 from grading.models import Image
 from grading.selectors import home as home_selectors
 from grading.selectors import images as image_selectors
@@ -49,7 +49,7 @@ def image_file(request: AuthenticatedHttpRequest, image_id: int) -> FileResponse
     except FileNotFoundError:
         raise Http404("The image file is missing from storage.") from None
     response = FileResponse(handle)  # the content type follows the stored .jpg/.png name
-    response["Cache-Control"] = "private, max-age=3600"
+    response["Cache-Control"] = PATIENT_IMAGE_CACHE_CONTROL
     return response
 
 

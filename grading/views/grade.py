@@ -15,6 +15,7 @@ from grading.forms.grade import HAEMORRHAGE_LEVELS, GradeForm
 from grading.http import AuthenticatedHttpRequest
 from grading.models import Grade, GradeLevel, Image
 from grading.selectors import certification as certification_selectors
+from grading.selectors import corrections as correction_selectors
 from grading.selectors import patients as patient_selectors
 from grading.selectors import worklist as worklist_selectors
 from grading.selectors.assistance import model_view_for
@@ -154,6 +155,13 @@ def _grade_page(
         "selected_grade": form.selected_grade(),
         "form": form,
         "my_grade": my_grade,
+        "my_request": (
+            correction_selectors.correction_request_open_for(image=image, grader=user)
+            if my_grade is not None and certification_item is None
+            else None
+        ),
+        "correction_requested": my_grade is not None
+        and correction_selectors.correction_goes_to_adjudicator(image=image),
         "can_grade_now": can_grade_now,
         "others_busy": others_busy,
         "grades_required": settings_row.grades_required,
@@ -191,17 +199,24 @@ def grade_image(request: AuthenticatedHttpRequest, image_id: int) -> HttpRespons
         return _grade_page(request, image, form=form, status=400)
     before = worklist_selectors.grade_current_for(image=image, grader=request.user)
     try:
-        grade = grade_services.grade_submit(
+        saved = grade_services.grade_save(
             image=image, grader=request.user, choice=form.grade_input()
         )
     except grade_services.GradeRejected as error:
         messages.error(request, str(error))
         return redirect("grade_image", image_id=image.pk)
-    if before is not None and grade.pk == before.pk:
-        messages.info(request, f"Your grade was already saved ({saved_text(grade)}); no change.")
-        return redirect("grade_image", image_id=image.pk)
-    verb = "Correction saved" if before is not None else "Grade saved"
-    messages.success(request, f"{verb}: {saved_text(grade)}.")
+    # The messages say only what the reader did: nothing about the other grades or the state
+    # their correction leads to.
+    if saved.request is not None:
+        verb = "was already sent" if not saved.changed else "is sent"
+        messages.success(request, f"Your correction request {verb} to an adjudicator, who decides.")
+    elif not saved.changed:
+        messages.info(
+            request, f"Your grade was already saved ({saved_text(saved.grade)}); no change."
+        )
+    else:
+        verb = "Correction saved" if before is not None else "Grade saved"
+        messages.success(request, f"{verb}: {saved_text(saved.grade)}.")
     return redirect("grade_image", image_id=image.pk)
 
 

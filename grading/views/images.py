@@ -10,7 +10,7 @@ from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.views.decorators.http import require_GET
 
-from grading.http import AuthenticatedHttpRequest
+from grading.http import PATIENT_IMAGE_CACHE_CONTROL, AuthenticatedHttpRequest
 from grading.models import Image
 from grading.selectors.assistance import (
     ModelView,
@@ -42,7 +42,7 @@ def viewer_ctx(image: Image, model_view: ModelView) -> dict[str, object]:
 
 def _png_response(path: Path) -> FileResponse:
     response = FileResponse(open(path, "rb"), content_type="image/png")  # noqa: SIM115
-    response["Cache-Control"] = "private, max-age=3600"
+    response["Cache-Control"] = PATIENT_IMAGE_CACHE_CONTROL
     return response
 
 

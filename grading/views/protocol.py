@@ -14,6 +14,7 @@ from grading.forms.protocol import CertificationBuildForm, ProtocolSettingsForm,
 from grading.http import AuthenticatedHttpRequest
 from grading.models import CertificationItem, GradeLevel, Image
 from grading.selectors import certification as certification_selectors
+from grading.selectors.visibility import images_read_independently
 from grading.selectors.worklist import workbench_settings_get
 from grading.services import certification as certification_services
 from grading.services import quality as quality_services
@@ -76,9 +77,13 @@ def certification_build(request: AuthenticatedHttpRequest) -> HttpResponse:
 @require_GET
 @permission_required(GRADE_PERMISSION, raise_exception=True)
 def quality_queue(request: AuthenticatedHttpRequest) -> HttpResponse:
-    waiting = Image.objects.filter(
-        grading_state=Image.GradingState.PENDING, quality_review=Image.QualityReview.CHECK
-    ).select_related("patient")
+    # The photographs this user may still decide on: those they read independently (the
+    # visibility rule), as the decision "ungradable" is their grade.
+    waiting = (
+        images_read_independently(user=request.user)
+        .filter(quality_review=Image.QualityReview.CHECK)
+        .select_related("patient")
+    )
     ctx = {
         "images": list(waiting.order_by("quality_score", "id")[:QUALITY_PAGE_SIZE]),
         "total": waiting.count(),

@@ -53,7 +53,8 @@ def upload_job(request: AuthenticatedHttpRequest, job_id: int) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 @permission_required(UPLOAD_PERMISSION, raise_exception=True)
 def upload(request: AuthenticatedHttpRequest) -> HttpResponse:
-    form = UploadForm(request.POST or None)
+    # Bound on every POST, an empty one too (its errors are read below).
+    form = UploadForm(request.POST if request.method == "POST" else None)
     files = request.FILES.getlist("files") if request.method == "POST" else []
     report = None
     status = 200

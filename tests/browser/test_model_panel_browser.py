@@ -96,3 +96,27 @@ class ModelPanelBrowserTests(MigrationDataKeptMixin, BrowserTestCase):
         self.assertLessEqual(thresholds[2], expected)
         self.assertGreater(thresholds[3], expected)
         self.screenshot("grading-model-panel-ordinal")
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+class BarsUnderTheStyleCspTests(MigrationDataKeptMixin, BrowserTestCase):
+    """Issue 20: the CSP has no 'unsafe-inline' for styles; the bars take their width from a class
+    (static/grading/widths.css), so they are still drawn to scale and nothing is blocked."""
+
+    def test_the_bars_are_drawn_to_scale_without_a_csp_violation(self):
+        workbench_set(blind_first_grader=False)
+        version = ModelVersion.objects.create(
+            name="v8", state=ModelVersion.State.ACTIVE, class_values=[0, 1, 2, 3, 4]
+        )
+        image = image_make(seed=73)
+        prediction_make(image=image, version=version, probabilities=[0.1, 0.15, 0.2, 0.5, 0.05])
+        self.login(self.alice)
+        self.driver.get(self.live_server_url + f"/grade/{image.pk}/")
+        self.wait_for(lambda d: d.find_elements(By.CSS_SELECTOR, ".model-panel .prediction"))
+        ratios = self.driver.execute_script(
+            "return [...document.querySelectorAll('.model-panel ul.probabilities .bar')]"
+            ".map(b => b.firstElementChild.getBoundingClientRect().width"
+            " / b.getBoundingClientRect().width);"
+        )
+        self.assertEqual([round(r, 2) for r in ratios], [0.1, 0.15, 0.2, 0.5, 0.05])
