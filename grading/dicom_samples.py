@@ -16,11 +16,11 @@ import PIL.Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
     UID,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
-    PYDICOM_IMPLEMENTATION_UID,
     generate_uid,
 )
 
