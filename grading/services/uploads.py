@@ -314,7 +314,7 @@ def upload_files_process(
             # An archive counts as one uploaded file but yields many photographs.
             progress(min(99, int(100 * index / total)), f"{index} photograph(s) checked")
     if report.accepted_ids:
-        report.prediction_queued = _predictions_enqueue(report.accepted_ids)
+        report.prediction_queued = predictions_enqueue_quietly(report.accepted_ids)
     return report
 
 
@@ -459,7 +459,7 @@ def uploads_leftovers_remove(*, older_than_seconds: float | None = None) -> int:
     return removed
 
 
-def _predictions_enqueue(image_ids: list[int]) -> bool:
+def predictions_enqueue_quietly(image_ids: list[int]) -> bool:
     from grading.services.predictions import images_predict_enqueue
 
     # Documented never to raise (False when Redis is down or no version is active); the upload

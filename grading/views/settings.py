@@ -9,9 +9,9 @@ from django.urls import path
 from django.views.decorators.http import require_http_methods
 
 from grading.forms.settings import WorkbenchSettingsForm
-from grading.selectors.dicom import dicom_import_policy
 from grading.http import AuthenticatedHttpRequest
 from grading.selectors import worklist as worklist_selectors
+from grading.selectors.dicom import dicom_import_policy
 from grading.services.workbench import workbench_settings_update
 from grading.views.access import SETTINGS_PERMISSION, permission_required
 
