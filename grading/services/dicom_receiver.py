@@ -19,15 +19,17 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import DatabaseError, close_old_connections, connection
 from django.utils import timezone
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.association import Association
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  generated at import
+from pynetdicom.dimse_primitives import C_STORE
 
 from grading.models import Job
 from grading.services.dicom import OP_SOP_CLASS
@@ -47,6 +49,7 @@ STATUS_SOP_CLASS_REFUSED = 0x0122
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
 UNKNOWN_PATIENT = "dicom-no-patient-id"
+VERIFICATION = UID("1.2.840.10008.1.1")
 
 
 @dataclass
@@ -85,15 +88,19 @@ class ReceiveSession:
         }
 
 
+# Each association's session, for as long as pynetdicom keeps the association.
+_SESSIONS: weakref.WeakKeyDictionary[Association, ReceiveSession] = weakref.WeakKeyDictionary()
+
+
 def _session(assoc: Association) -> ReceiveSession:
-    session = getattr(assoc, "funduscope_session", None)
+    session = _SESSIONS.get(assoc)
     if session is None:
         requestor = assoc.requestor
         session = ReceiveSession(
             calling_ae=str(requestor.ae_title).strip(),
             peer=f"{requestor.address}:{requestor.port}",
         )
-        assoc.funduscope_session = session  # type: ignore[attr-defined]  one per association
+        _SESSIONS[assoc] = session
     return session
 
 
@@ -176,12 +183,15 @@ def dicom_association_finish(*, session: ReceiveSession, how: str) -> None:
 def _on_store(event: evt.Event) -> Dataset | int:
     close_old_connections()
     session = _session(event.assoc)
+    request = event.request
+    if not isinstance(request, C_STORE):  # only C-STORE requests reach this handler
+        return _failure(STATUS_CANNOT_UNDERSTAND, "Not a C-STORE request")
     try:
         return dicom_instance_store(
             session=session,
             dataset_bytes=event.encoded_dataset(),
-            sop_class=str(event.request.AffectedSOPClassUID),
-            sop_instance=str(event.request.AffectedSOPInstanceUID),
+            sop_class=str(request.AffectedSOPClassUID),
+            sop_instance=str(request.AffectedSOPInstanceUID),
         )
     except DatabaseError as error:
         logger.exception("DICOM instance from %s not stored", session.calling_ae)
@@ -190,7 +200,7 @@ def _on_store(event: evt.Event) -> Dataset | int:
 
 def _finisher(how: str) -> Any:
     def handler(event: evt.Event) -> None:
-        session: ReceiveSession | None = getattr(event.assoc, "funduscope_session", None)
+        session = _SESSIONS.get(event.assoc)
         try:
             if session is not None and not session.finished:
                 session.finished = True  # a release is followed by the connection's close
@@ -208,13 +218,15 @@ def dicom_receiver_ae(*, ae_title: str, allowed_aes: list[str]) -> AE:
     at negotiation (so a refused one gets a C-STORE failure status, not a silent rejection)."""
     ae = AE(ae_title=ae_title)
     ae.require_calling_aet = list(allowed_aes)
-    ae.add_supported_context(Verification)
+    ae.add_supported_context(VERIFICATION)
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        if context.abstract_syntax is not None:
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     return ae
 
 
-HANDLERS = [
+# pynetdicom's event constants are typed as plain tuples, which its own signature does not accept.
+HANDLERS: list[Any] = [
     (evt.EVT_C_STORE, _on_store),
     (evt.EVT_RELEASED, _finisher("released")),
     (evt.EVT_ABORTED, _finisher("aborted")),
