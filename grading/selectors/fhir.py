@@ -111,10 +111,12 @@ def _grade_observation(image: Image, patient_ref: str) -> Observation:
                 "valueBoolean": image.confirmed_macular_oedema,
             }
         ]
-    site = EYE_SITES.get(image.eye)
+    site = EYE_SITES.get(Image.Eye(image.eye))
     if site:
         fields["bodySite"] = {"coding": [{"system": SNOMED, "code": site[0], "display": site[1]}]}
-    return Observation(**{key: value for key, value in fields.items() if value is not None})
+    return Observation.model_validate(
+        {key: value for key, value in fields.items() if value is not None}
+    )
 
 
 def _prediction_observation(prediction: Prediction, patient_ref: str) -> Observation:
@@ -127,18 +129,20 @@ def _prediction_observation(prediction: Prediction, patient_ref: str) -> Observa
         }
         for level, probability in zip(levels, prediction.probabilities, strict=False)
     ]
-    return Observation(
-        id=f"prediction-{prediction.image_id}-v{version.pk}",
-        status="preliminary",
-        category=[_OBS_CATEGORY],
-        code=_code("dr-grade-model", "Diabetic retinopathy grade (model prediction)"),
-        subject={"reference": patient_ref},
-        issued=_when(prediction.created_at),
-        valueCodeableConcept=_grade_concept(prediction.predicted_grade),
-        method={"text": f"Funduscope model version {version.name}"},
-        device={"display": f"Funduscope model version {version.name}"},
-        note=[{"text": f"Model version {version.name}; not a clinician's grade."}],
-        component=components,
+    return Observation.model_validate(
+        dict(
+            id=f"prediction-{prediction.image_id}-v{version.pk}",
+            status="preliminary",
+            category=[_OBS_CATEGORY],
+            code=_code("dr-grade-model", "Diabetic retinopathy grade (model prediction)"),
+            subject={"reference": patient_ref},
+            issued=_when(prediction.created_at),
+            valueCodeableConcept=_grade_concept(prediction.predicted_grade),
+            method={"text": f"Funduscope model version {version.name}"},
+            device={"display": f"Funduscope model version {version.name}"},
+            note=[{"text": f"Model version {version.name}; not a clinician's grade."}],
+            component=components,
+        )
     )
 
 
@@ -157,9 +161,11 @@ class _Visibility:
 
 
 def _patient_resource(patient: Patient) -> FhirPatient:
-    return FhirPatient(
-        id=f"patient-{patient.pk}",
-        identifier=[{"system": PATIENT_SYSTEM, "value": patient.pseudonym}],
+    return FhirPatient.model_validate(
+        {
+            "id": f"patient-{patient.pk}",
+            "identifier": [{"system": PATIENT_SYSTEM, "value": patient.pseudonym}],
+        }
     )
 
 
@@ -179,16 +185,18 @@ def _visit_entries(
     first = images[0]
     visit = first.acquired_on or first.uploaded_at.date()
     all_confirmed = len(confirmed) == len(images)
-    report = DiagnosticReport(
-        id=f"report-{first.patient_id}-{visit.isoformat()}",
-        status="final" if all_confirmed else ("partial" if confirmed else "registered"),
-        category=[{"text": "Diabetic retinopathy screening"}],
-        code=_code("dr-screening", "Diabetic retinopathy screening (fundus photographs)"),
-        subject={"reference": patient_ref},
-        effectiveDateTime=visit.isoformat(),
-        issued=_when(max((i.confirmed_at for i in confirmed if i.confirmed_at), default=None)),
-        result=[{"reference": f"Observation/{resource.id}"} for resource in results] or None,
-        identifier=_study_identifiers(images) or None,
+    report = DiagnosticReport.model_validate(
+        dict(
+            id=f"report-{first.patient_id}-{visit.isoformat()}",
+            status="final" if all_confirmed else ("partial" if confirmed else "registered"),
+            category=[{"text": "Diabetic retinopathy screening"}],
+            code=_code("dr-screening", "Diabetic retinopathy screening (fundus photographs)"),
+            subject={"reference": patient_ref},
+            effectiveDateTime=visit.isoformat(),
+            issued=_when(max((i.confirmed_at for i in confirmed if i.confirmed_at), default=None)),
+            result=[{"reference": f"Observation/{resource.id}"} for resource in results] or None,
+            identifier=_study_identifiers(images) or None,
+        )
     )
     return [report, *results]
 
@@ -237,12 +245,14 @@ def _bundle(patient: Patient, images: list[Image], user: User) -> dict[str, Any]
     resources: list[Any] = [patient_resource]
     for visit in sorted(visits):
         resources.extend(_visit_entries(visits[visit], patient_ref, seen, predictions))
-    bundle = Bundle(
-        type="collection",
-        entry=[
-            {"fullUrl": f"urn:funduscope:{type(r).__name__}/{r.id}", "resource": r}
-            for r in resources
-        ],
+    bundle = Bundle.model_validate(
+        {
+            "type": "collection",
+            "entry": [
+                {"fullUrl": f"urn:funduscope:{type(r).__name__}/{r.id}", "resource": r}
+                for r in resources
+            ],
+        }
     )
     return bundle.model_dump(mode="json", exclude_none=True)
 
