@@ -15,7 +15,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import PIL.Image
@@ -205,9 +205,7 @@ def image_create(
                 source=source[:255],
                 original_filename=original_filename[:255],
                 uploaded_by=uploaded_by,
-                study_instance_uid=uids.study_instance_uid,
-                series_instance_uid=uids.series_instance_uid,
-                sop_instance_uid=uids.sop_instance_uid,
+                **asdict(uids),
                 **quality,
             )
             image.file.name = name
