@@ -6,6 +6,9 @@ nothing is ever half-stored. Runs on SQLite and on PostgreSQL (CI runs both)."""
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,7 +22,7 @@ from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 
-from grading.dicom_samples import CT_IMAGE_STORAGE, SYNTAXES, op_dataset
+from grading.dicom_samples import CT_IMAGE_STORAGE, SYNTAXES, op_dataset, op_instance_bytes
 from grading.models import Image, Job
 from grading.services.dicom import OP_SOP_CLASS, patient_pseudonym_for
 from grading.services.dicom_receiver import dicom_listener_start
@@ -89,6 +92,20 @@ class ListenerTests(MigrationDataKeptMixin, MediaMixin, TransactionTestCase):
         self.assertContains(self.client.get(reverse("jobs")), "DICOM photographs received")
         grade_page = self.client.get(reverse("grade_image", args=[images[0].pk]))
         self.assertEqual(grade_page.status_code, 200)
+
+    def test_pynetdicoms_storescu_sends_a_folder_of_photographs(self):
+        with tempfile.TemporaryDirectory() as folder:
+            for index, syntax in enumerate(SYNTAXES):
+                data = op_instance_bytes(jpeg=photo(30 + index), syntax=syntax, patient_id="SYN-9")
+                Path(folder, f"{syntax}.dcm").write_bytes(data)
+            command = [sys.executable, "-m", "pynetdicom", "storescu", "127.0.0.1", str(self.port),
+                       folder, "-r", "-cx", "-aet", CALLING_AE, "-aec", "FUNDUSCOPE"]  # fmt: skip
+            sent = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        self.assertEqual(sent.returncode, 0, sent.stderr)
+        job = self.wait_for_job(Job.State.SUCCEEDED)
+        self.assertEqual(job.result["accepted"], 3)
+        pseudonym = patient_pseudonym_for(patient_id="SYN-9")
+        self.assertEqual(Image.objects.filter(patient__pseudonym=pseudonym).count(), 3)
 
     def test_a_refused_sop_class_and_an_unreadable_photograph_get_failure_statuses(self):
         assoc = self.associate(sop_classes=(OP_SOP_CLASS, CT_IMAGE_STORAGE))

@@ -31,6 +31,11 @@ class Command(BaseCommand):
         allowed = [title.strip() for title in allowed_aes.split(",") if title.strip()]
         if not 0 < len(ae_title.strip()) <= 16:
             raise CommandError(f"--ae-title {ae_title!r} must be 1-16 characters")
+        if not allowed:
+            raise CommandError(
+                "No calling AE title is allowed: set FUNDUS_DICOM_ALLOWED_AES (or --allowed-aes) "
+                "to the AE titles of the cameras and PACS that may send photographs."
+            )
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
         self.stdout.write(
             f"DICOM listener {ae_title} on {host}:{port}; accepting from {', '.join(allowed)}"
