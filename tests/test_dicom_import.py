@@ -112,6 +112,7 @@ class DicomUploadTests(DicomTestCase):
             dcm("multi.dcm", dataset_bytes(multi)),
             dcm("video.dcm", dataset_bytes(video)),
             dcm("nolat.dcm", op_instance_bytes(jpeg=jpeg, syntax="raw", laterality="")),
+            dcm("cut.dcm", op_instance_bytes(jpeg=jpeg, syntax="jpeg")[:-100]),
             dcm("good.dcm", op_instance_bytes(jpeg=photo_jpeg(6), syntax="jpeg")),
         )
         for expected in (
@@ -121,6 +122,7 @@ class DicomUploadTests(DicomTestCase):
             "holds 2 frames (a multi-frame image)",
             "MPEG-4 AVC/H.264 High Profile / Level 4.1 (1.2.840.10008.1.2.4.102) cannot be decoded",
             "gives no laterality (ImageLaterality or Laterality)",
+            "the DICOM file is damaged or truncated",
         ):
             self.assertContains(response, expected)
         self.assertContains(response, "<strong>1</strong> stored")

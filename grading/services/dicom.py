@@ -22,6 +22,7 @@ import datetime as dt
 import hashlib
 import hmac
 import io
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,13 +110,21 @@ def _dicom_date(value: object) -> dt.date | None:
 
 def _dataset_read(data: bytes, name: str) -> Dataset:
     try:
-        return pydicom.dcmread(io.BytesIO(data))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            dataset = pydicom.dcmread(io.BytesIO(data))
     except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError) as error:
         detail = "" if isinstance(error, InvalidDicomError) else f" ({error})"
         raise DicomRejected(
             f"{name}: this is not a DICOM file{detail}; expected a DICOM Part 10 file "
             "(a 128-byte preamble followed by DICM)."
         ) from None
+    # pydicom reads what it can of a cut-off file and warns; a partial photograph is no photograph.
+    ended = [w for w in caught if "end of file" in str(w.message).lower()]
+    lost = "SOPClassUID" not in dataset and "MediaStorageSOPClassUID" in dataset.file_meta
+    if ended or lost:
+        raise DicomRejected(f"{name}: the DICOM file is damaged or truncated (it ends too early).")
+    return dataset
 
 
 def _kind_check(dataset: Dataset, name: str) -> None:
@@ -163,7 +172,10 @@ def _photograph_bytes(dataset: Dataset, name: str) -> bytes:
         )
     if syntax == JPEGBaseline8Bit:
         # The camera's own JPEG, stored as it is: decoding and re-encoding would lose quality.
-        return next(pydicom.encaps.generate_frames(dataset.PixelData, number_of_frames=1))
+        try:
+            return next(pydicom.encaps.generate_frames(dataset.PixelData, number_of_frames=1))
+        except (ValueError, KeyError, TypeError, StopIteration) as error:
+            raise DicomRejected(f"{name}: the JPEG pixel data cannot be read ({error}).") from None
     try:
         decoder = pydicom.pixels.get_decoder(syntax)
     except NotImplementedError:
