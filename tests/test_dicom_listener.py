@@ -26,6 +26,7 @@ from grading.dicom_samples import CT_IMAGE_STORAGE, SYNTAXES, op_dataset, op_ins
 from grading.models import Image, Job
 from grading.services.dicom import OP_SOP_CLASS, patient_pseudonym_for
 from grading.services.dicom_receiver import dicom_listener_start
+from grading.services.jobs import JobStateError, job_retry
 from tests.base import MediaMixin
 from tests.factories import fundus_jpeg_bytes, user_make
 from tests.factories_grading import MigrationDataKeptMixin
@@ -144,6 +145,8 @@ class ListenerTests(MigrationDataKeptMixin, MediaMixin, TransactionTestCase):
         assoc.abort()
         job = self.wait_for_job(Job.State.FAILED)
         self.assertIn("nothing of an unfinished instance was kept", job.error)
+        with self.assertRaisesMessage(JobStateError, "sender resends"):
+            job_retry(job=job)  # the sender resends, not Funduscope
         self.assertEqual(Image.objects.count(), 1)
         self.assertEqual(len(self.stored_files()), 1)
         # The listener keeps running: the next association is served.

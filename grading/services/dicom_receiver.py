@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +51,8 @@ STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
 UNKNOWN_PATIENT = "dicom-no-patient-id"
 VERIFICATION = UID("1.2.840.10008.1.1")
+# How long a closed connection waits for the association's own thread to say it was released.
+RELEASE_SETTLE_SECONDS = 1.0
 
 
 @dataclass
@@ -60,6 +63,8 @@ class ReceiveSession:
     peer: str
     job_id: int | None = None
     finished: bool = False
+    # The release (association thread) and the close (network thread) may both try to finish.
+    finish_lock: threading.Lock = field(default_factory=threading.Lock)
     outcomes: list[UploadOutcome] = field(default_factory=list)
 
     def count(self, status: str) -> int:
@@ -203,14 +208,31 @@ def _finisher(how: str) -> Any:
         session = _SESSIONS.get(event.assoc)
         try:
             if session is not None and not session.finished:
-                session.finished = True  # a release is followed by the connection's close
-                dicom_association_finish(session=session, how=how)
+                ended = _how_it_ended(event.assoc) if how == "dropped" else how
+                with session.finish_lock:
+                    first = not session.finished
+                    session.finished = True  # a release or an abort is followed by a close
+                if first:
+                    dicom_association_finish(session=session, how=ended)
         finally:
             # Each association runs in threads of its own: their database connections end here.
             if threading.current_thread() is not threading.main_thread():
                 connection.close()
 
     return handler
+
+
+def _how_it_ended(assoc: Association) -> str:
+    """The connection closed: after a release or an abort (pynetdicom's association thread sets
+    its flag a moment after the peer may already have closed the connection), or dropped."""
+    deadline = time.monotonic() + RELEASE_SETTLE_SECONDS
+    while time.monotonic() < deadline:
+        if assoc.is_released:
+            return "released"
+        if assoc.is_aborted:
+            return "aborted"
+        time.sleep(0.02)
+    return "dropped"
 
 
 def dicom_receiver_ae(*, ae_title: str, allowed_aes: list[str]) -> AE:
