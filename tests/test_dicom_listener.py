@@ -91,6 +91,8 @@ class ListenerTests(MigrationDataKeptMixin, MediaMixin, TransactionTestCase):
         admin = user_make("adam", "admin")
         self.client.force_login(admin)
         self.assertContains(self.client.get(reverse("jobs")), "DICOM photographs received")
+        detail = self.client.get(reverse("job_detail", args=[job.pk]))
+        self.assertContains(detail, "3 stored, 1 already stored, 0 refused")
         grade_page = self.client.get(reverse("grade_image", args=[images[0].pk]))
         self.assertEqual(grade_page.status_code, 200)
 
