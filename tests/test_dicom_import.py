@@ -6,7 +6,9 @@ message for every kind of DICOM file that is refused. Test data: synthetic OP in
 from __future__ import annotations
 
 import datetime as dt
+import io
 import tempfile
+import zipfile
 from io import StringIO
 from pathlib import Path
 from unittest import mock
@@ -82,6 +84,14 @@ class DicomUploadTests(DicomTestCase):
         # It can be graded: the grading page opens on it.
         page = self.client.get(reverse("grade_image", args=[images["raw.dcm"].pk]))
         self.assertEqual(page.status_code, 200)
+
+    def test_dicom_files_inside_a_zip_are_imported(self):
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            archive.writestr("series/1.dcm", op_instance_bytes(jpeg=photo_jpeg(8), laterality="L"))
+        response = self.upload(SimpleUploadedFile("series.zip", buffer.getvalue()))
+        self.assertContains(response, "<strong>1</strong> stored")
+        self.assertEqual(Image.objects.get().eye, "L")
 
     def test_the_same_sop_instance_twice_is_one_image(self):
         uid = generate_uid()
