@@ -243,6 +243,15 @@ FUNDUS_UPLOAD_LEFTOVER_SECONDS = env_int("FUNDUS_UPLOAD_LEFTOVER_SECONDS", 3600,
 # Photographs smaller than this on their short side cannot be graded (a thumbnail, an icon).
 FUNDUS_MIN_IMAGE_SIDE = env_int("FUNDUS_MIN_IMAGE_SIDE", 128, minimum=1)
 
+# DICOM in (grading.services.dicom) and the C-STORE listener (manage.py dicom_listener). Patient
+# identifiers become keyed hashes unless kept; names and birth dates are dropped unless kept.
+FUNDUS_PSEUDONYM_KEY = env_str("FUNDUS_PSEUDONYM_KEY")  # empty: derived from SECRET_KEY
+FUNDUS_DICOM_KEEP_IDENTIFIERS = env_bool("FUNDUS_DICOM_KEEP_IDENTIFIERS", False)
+FUNDUS_DICOM_KEEP_DEMOGRAPHICS = env_bool("FUNDUS_DICOM_KEEP_DEMOGRAPHICS", False)
+FUNDUS_DICOM_AE_TITLE = env_str("FUNDUS_DICOM_AE_TITLE", "FUNDUSCOPE")
+FUNDUS_DICOM_PORT = env_int("FUNDUS_DICOM_PORT", 11112, minimum=1)
+FUNDUS_DICOM_ALLOWED_AES = env_list("FUNDUS_DICOM_ALLOWED_AES", [])
+
 # ML core.
 FUNDUS_WEIGHTS_DIR = env_path("FUNDUS_WEIGHTS_DIR", BASE_DIR / "var" / "weights")
 FUNDUS_FEATURE_STORE = env_path("FUNDUS_FEATURE_STORE", BASE_DIR / "var" / "features")

@@ -72,6 +72,17 @@ class ExportContentTests(BaseTestCase):
         self.assertEqual(bobs["image_confirmed_grade"], "2")
         self.assertEqual(bobs["image_confirmation_method"], "adjudication")
 
+    def test_both_exports_carry_the_dicom_uids_when_known(self):
+        Image.objects.filter(pk=self.image.pk).update(
+            study_instance_uid="1.2.826.0.1.3680043.8.498.1",
+            sop_instance_uid="1.2.826.0.1.3680043.8.498.2",
+        )
+        self.login(self.rita)
+        for url in ("/export/grades.csv", "/export/predictions.csv"):
+            row = read_csv(self.client.get(url))[0]
+            self.assertEqual(row["study_instance_uid"], "1.2.826.0.1.3680043.8.498.1")
+            self.assertEqual(row["sop_instance_uid"], "1.2.826.0.1.3680043.8.498.2")
+
     def test_free_text_cannot_become_a_spreadsheet_formula(self):
         self.login(self.rita)
         correction = read_csv(self.client.get("/export/grades.csv"))[1]

@@ -62,6 +62,9 @@ class Patient(models.Model):
         max_length=8, choices=DiabetesType.choices, blank=True, default=""
     )
     notes = models.TextField(blank=True, default="")
+    # From DICOM headers, and only when FUNDUS_DICOM_KEEP_DEMOGRAPHICS says so (empty otherwise).
+    name = models.CharField(max_length=255, blank=True, default="")
+    birth_date = models.DateField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -158,6 +161,11 @@ class Image(models.Model):
     quality_reviewed_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # DICOM UIDs of a photograph imported from a DICOM object (empty otherwise): traceability to
+    # the camera's or PACS's study, and de-duplication (one image per SOP instance).
+    study_instance_uid = models.CharField(max_length=64, blank=True, default="")
+    series_instance_uid = models.CharField(max_length=64, blank=True, default="")
+    sop_instance_uid = models.CharField(max_length=64, blank=True, default="")
 
     class Meta:
         ordering = ["-uploaded_at", "-id"]
@@ -193,6 +201,11 @@ class Image(models.Model):
                 condition=Q(sha256__regex=r"^[0-9a-f]{64}$"), name="image_sha256_is_hex"
             ),
             models.CheckConstraint(condition=Q(width__gt=0, height__gt=0), name="image_has_pixels"),
+            models.UniqueConstraint(
+                fields=["sop_instance_uid"],
+                condition=~Q(sop_instance_uid=""),
+                name="image_one_per_sop_instance",
+            ),
             # A confirmed image has either a grade or the ungradable flag, never both.
             models.CheckConstraint(
                 condition=~Q(grading_state="confirmed")

@@ -19,6 +19,7 @@ class Job(models.Model):
         PREDICTIONS_REFRESH = "predictions_refresh", "Batch prediction"
         IMAGES_PREDICT = "images_predict", "Prediction of new uploads"
         IMAGES_IMPORT = "images_import", "Import of a large upload"
+        DICOM_RECEIVE = "dicom_receive", "DICOM photographs received (C-STORE)"
 
     class State(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -55,11 +56,11 @@ class Job(models.Model):
         constraints = [
             models.CheckConstraint(condition=Q(progress__lte=100), name="job_progress_max_100"),
             # Two retrain requests at once must produce one job, whatever the race. Per-upload
-            # jobs (predictions, imports) run side by side.
+            # jobs (predictions, imports, DICOM associations) run side by side.
             models.UniqueConstraint(
                 fields=["kind"],
                 condition=Q(state__in=["queued", "running"])
-                & ~Q(kind__in=["images_predict", "images_import"]),
+                & ~Q(kind__in=["images_predict", "images_import", "dicom_receive"]),
                 name="one_open_job_per_kind",
             ),
         ]

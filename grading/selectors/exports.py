@@ -32,6 +32,9 @@ _IMAGE_COLUMNS: tuple[Column, ...] = (
     ("patient", "image__patient__pseudonym"),
     ("eye", "image__eye"),
     ("acquired_on", "image__acquired_on"),
+    # The DICOM instance the photograph came from (empty for a JPEG or PNG upload).
+    ("study_instance_uid", "image__study_instance_uid"),
+    ("sop_instance_uid", "image__sop_instance_uid"),
 )
 
 _GRADE_EXPORT: tuple[Column, ...] = (

@@ -15,7 +15,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import PIL.Image
@@ -27,12 +27,30 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from grading.models import Grade, GradeLevel, Image, Patient
+from grading.services.dicom import (
+    DicomPhotograph,
+    DicomRejected,
+    DicomUids,
+    dicom_looks_like,
+    dicom_photograph_read,
+)
 from grading.services.quality import quality_measures_or_none
 from mlcore.data.pipelining import map_ahead
 from mlcore.data.quality import QualityMeasures
 
 ACCEPTED_FORMATS = {"JPEG": "jpg", "PNG": "png"}
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp"}
+IMAGE_SUFFIXES = {
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".tif",
+    ".tiff",
+    ".bmp",
+    ".gif",
+    ".webp",
+    ".dcm",
+    ".dicom",
+}
 EYE_ALIASES = {
     "l": Image.Eye.LEFT, "left": Image.Eye.LEFT, "os": Image.Eye.LEFT,
     "r": Image.Eye.RIGHT, "right": Image.Eye.RIGHT, "od": Image.Eye.RIGHT,
@@ -101,6 +119,21 @@ def image_validate(*, data: bytes, name: str = "file") -> ValidatedImage:
     )
 
 
+def image_read(*, data: bytes, name: str = "file") -> tuple[ValidatedImage, DicomPhotograph | None]:
+    """A JPEG or PNG file, or a DICOM Ophthalmic Photography instance (its photograph, validated
+    like any upload, and what its header says about the patient, visit and eye)."""
+    if not dicom_looks_like(data=data, name=name):
+        return image_validate(data=data, name=name), None
+    if len(data) > settings.FUNDUS_MAX_UPLOAD_BYTES:
+        limit_mb = settings.FUNDUS_MAX_UPLOAD_BYTES / 1024 / 1024
+        raise ImageRejected(f"{name}: the file is larger than {limit_mb:.0f} MB.")
+    try:
+        photograph = dicom_photograph_read(data=data, name=name)
+    except DicomRejected as error:
+        raise ImageRejected(str(error)) from None
+    return image_validate(data=photograph.data, name=name), photograph
+
+
 def image_size_check(*, validated: ValidatedImage, name: str = "file") -> None:
     """Refuse a photograph too small to grade (a thumbnail, an icon, a 1x1 tracking pixel)."""
     minimum = settings.FUNDUS_MIN_IMAGE_SIDE
@@ -124,6 +157,13 @@ def _file_store(validated: ValidatedImage) -> tuple[str, bool]:
     return saved, True
 
 
+def _image_existing(sha256: str, sop_instance_uid: str) -> Image | None:
+    existing = Image.objects.filter(sha256=sha256).first()
+    if existing is None and sop_instance_uid:
+        existing = Image.objects.filter(sop_instance_uid=sop_instance_uid).first()
+    return existing
+
+
 def image_create(
     *,
     validated: ValidatedImage,
@@ -136,10 +176,13 @@ def image_create(
     confirmed_grade: GradeLevel | None = None,
     import_source: str = "",
     quality_measures: QualityMeasures | None = None,
+    dicom_uids: DicomUids | None = None,
 ) -> Image:
     """Store one validated photograph (and, for imports, its confirmed grade) or raise
-    DuplicateImage. ``quality_measures``: the photograph's, when the caller measured it already."""
-    existing = Image.objects.filter(sha256=validated.sha256).first()
+    DuplicateImage. ``quality_measures``: the photograph's, when the caller measured it already;
+    ``dicom_uids``: the DICOM instance it came from (one image per SOP instance)."""
+    uids = dicom_uids or DicomUids()
+    existing = _image_existing(validated.sha256, uids.sop_instance_uid)
     if existing is not None:
         raise DuplicateImage(existing)
     from grading.services.quality import quality_fields_for
@@ -162,6 +205,7 @@ def image_create(
                 source=source[:255],
                 original_filename=original_filename[:255],
                 uploaded_by=uploaded_by,
+                **asdict(uids),
                 **quality,
             )
             image.file.name = name
@@ -185,7 +229,7 @@ def image_create(
         # A concurrent upload of the same photo won the race; report it as the duplicate it is.
         if wrote_file:
             default_storage.delete(name)
-        existing = Image.objects.filter(sha256=validated.sha256).first()
+        existing = _image_existing(validated.sha256, uids.sop_instance_uid)
         if existing is not None:
             raise DuplicateImage(existing) from None
         raise
@@ -358,6 +402,7 @@ class _Prepared:
     validated: ValidatedImage | None = None
     measures: QualityMeasures | None = None
     rejected: ImageRejected | None = None
+    dicom: DicomPhotograph | None = None
 
 
 def _import_prepare(path: Path, known_sha: set[str]) -> _Prepared:
@@ -366,12 +411,13 @@ def _import_prepare(path: Path, known_sha: set[str]) -> _Prepared:
             data = path.read_bytes()
         except OSError as error:
             raise ImageRejected(f"{path}: cannot be read ({error.strerror}).") from None
-        validated = image_validate(data=data, name=str(path))
+        validated, dicom = image_read(data=data, name=str(path))
     except ImageRejected as error:
         return _Prepared(rejected=error)
     if validated.sha256 in known_sha:  # a duplicate is skipped: no need to measure it
-        return _Prepared(validated=validated)
-    return _Prepared(validated=validated, measures=quality_measures_or_none(data=data))
+        return _Prepared(validated=validated, dicom=dicom)
+    measures = quality_measures_or_none(data=validated.data)
+    return _Prepared(validated=validated, measures=measures, dicom=dicom)
 
 
 def images_import(
@@ -426,7 +472,7 @@ def _import_one(
         raise ImageRejected(f"{item.path}: grade {item.grade_label!r} is not in the scale.")
     eye = _parse_eye(item.eye, item.path)
     acquired_on = _parse_date(item.date, item.path)
-    validated = prepared.validated
+    validated, dicom = prepared.validated, prepared.dicom
     if prepared.rejected is not None or validated is None:
         # _import_prepare sets exactly one of the two.
         raise prepared.rejected or ImageRejected(f"{item.path}: the file was not read.")
@@ -434,13 +480,21 @@ def _import_one(
         summary.duplicates += 1
         return
     pseudonym = item.patient_id or f"img-{validated.sha256[:16]}"
+    if dicom is not None:  # the header's facts, where the CSV leaves them out
+        pseudonym = item.patient_id or dicom.patient_pseudonym or pseudonym
+        eye = eye if item.eye else dicom.eye
+        acquired_on = acquired_on or dicom.acquired_on
     with transaction.atomic():
-        patient, _ = Patient.objects.get_or_create(pseudonym=pseudonym)
+        patient, _ = Patient.objects.get_or_create(
+            pseudonym=pseudonym,
+            defaults={"name": dicom.patient_name, "birth_date": dicom.birth_date} if dicom else {},
+        )
         image = image_create(
             validated=validated,
             patient=patient,
             eye=eye,
             acquired_on=acquired_on,
+            dicom_uids=dicom.uids if dicom else None,
             source=source,
             original_filename=item.path.name,
             confirmed_grade=level,

@@ -209,6 +209,11 @@ def job_retry(*, job: Job, user: User | None = None) -> Job:
             f"Only failed or cancelled jobs can be retried; this job is "
             f"{job.get_state_display().lower()}."
         )
+    if job.kind == Job.Kind.DICOM_RECEIVE:
+        raise JobStateError(
+            "A DICOM association cannot be run again from here: what it stored is kept, and the "
+            "sender resends what it did not get an answer for."
+        )
     params = dict(job.params)
     params["retry_of"] = job.pk
     new_job, _created = job_enqueue(

@@ -28,12 +28,13 @@ from django.core.files import File
 from django.db import transaction
 
 from grading.models import Image, Job, Patient
+from grading.services.dicom import dicom_patient_get, image_for_sop_instance
 from grading.services.images import (
     DuplicateImage,
     ImageRejected,
     image_create,
+    image_read,
     image_size_check,
-    image_validate,
 )
 
 ZIP_MAX_MEMBERS = 500
@@ -41,6 +42,7 @@ ZIP_MAX_UNCOMPRESSED_BYTES = 2 * 1024**3
 ZIP_MAX_BYTES = 1024**3
 SYSTEM_FILE_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
 UPLOAD_SOURCE = "upload"
+DICOM_SOURCE = "upload:dicom"
 
 logger = logging.getLogger(__name__)
 
@@ -241,29 +243,46 @@ def upload_item_import(
     if data is None:
         return UploadOutcome(name, "rejected", problem)
     try:
-        validated = image_validate(data=data, name=name)
+        validated, dicom = image_read(data=data, name=name)
         image_size_check(validated=validated, name=name)
     except ImageRejected as error:
         return UploadOutcome(name, "rejected", str(error).removeprefix(f"{name}: "))
     existing = Image.objects.filter(sha256=validated.sha256).select_related("patient").first()
+    if existing is None and dicom is not None:
+        existing = image_for_sop_instance(sop_instance_uid=dicom.uids.sop_instance_uid)
     if existing is None:
         try:
+            # A DICOM photograph's header names its patient, visit date and eye: those win over
+            # the form's (the form's patient stands in when the header has no PatientID).
             image = image_create(
                 validated=validated,
-                patient=patient.get(),
-                eye=patient.visit.eye,
-                acquired_on=patient.visit.acquired_on,
+                patient=(
+                    dicom_patient_get(
+                        photograph=dicom, fallback_pseudonym=patient.visit.patient_pseudonym
+                    )
+                    if dicom is not None
+                    else patient.get()
+                ),
+                eye=dicom.eye if dicom is not None else patient.visit.eye,
+                acquired_on=(dicom.acquired_on if dicom else None) or patient.visit.acquired_on,
                 uploaded_by=uploaded_by,
-                source=UPLOAD_SOURCE,
+                source=DICOM_SOURCE if dicom is not None else UPLOAD_SOURCE,
                 original_filename=name,
+                dicom_uids=dicom.uids if dicom is not None else None,
             )
         except DuplicateImage as duplicate:  # a concurrent upload stored it first
             existing = duplicate.existing
         else:
+            where = (
+                f", patient {image.patient}, {image.get_eye_display().lower()} eye, from the "
+                "DICOM header"
+                if dicom is not None
+                else ""
+            )
             return UploadOutcome(
                 name,
                 "accepted",
-                f"Stored as image #{image.pk} ({validated.width}x{validated.height}).",
+                f"Stored as image #{image.pk} ({validated.width}x{validated.height}{where}).",
                 image_id=image.pk,
             )
     return UploadOutcome(
@@ -295,7 +314,7 @@ def upload_files_process(
             # An archive counts as one uploaded file but yields many photographs.
             progress(min(99, int(100 * index / total)), f"{index} photograph(s) checked")
     if report.accepted_ids:
-        report.prediction_queued = _predictions_enqueue(report.accepted_ids)
+        report.prediction_queued = predictions_enqueue_quietly(report.accepted_ids)
     return report
 
 
@@ -440,7 +459,7 @@ def uploads_leftovers_remove(*, older_than_seconds: float | None = None) -> int:
     return removed
 
 
-def _predictions_enqueue(image_ids: list[int]) -> bool:
+def predictions_enqueue_quietly(image_ids: list[int]) -> bool:
     from grading.services.predictions import images_predict_enqueue
 
     # Documented never to raise (False when Redis is down or no version is active); the upload

@@ -18,6 +18,7 @@ from rest_framework import generics, serializers
 from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import BasePermission, IsAuthenticated
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
@@ -25,9 +26,10 @@ from rest_framework.routers import APIRootView
 from rest_framework.views import APIView
 
 from grading.http import AuthenticatedRequest
-from grading.models import Grade, GradeLevel, Image, ModelVersion, Prediction
+from grading.models import Grade, GradeLevel, Image, ModelVersion, Patient, Prediction
 from grading.pagination import IdsFirstPaginator
 from grading.selectors.assistance import images_blind_for, images_read_independently_by
+from grading.selectors.fhir import image_fhir_bundle, patient_fhir_bundle
 from grading.selectors.model_versions import model_version_active
 from grading.serializers import (
     GradeSerializer,
@@ -219,6 +221,42 @@ class ImageGrades(ReadOnlyApiView, generics.ListAPIView):
         )
 
 
+class FhirRenderer(JSONRenderer):
+    media_type = "application/fhir+json"
+    format = "fhir"
+
+
+class ImageFhir(ReadOnlyApiView):
+    """The photograph's report as a FHIR R4 Bundle (DiagnosticReport, an Observation for the eye,
+    the model's prediction as its own Observation), within what this reader may see."""
+
+    required_permissions = READ_PREDICTIONS
+    renderer_classes = [FhirRenderer, JSONRenderer]
+
+    def get(self, request: Request, image_id: int) -> Response:
+        image = get_object_or_404(Image, pk=image_id)
+        return Response(image_fhir_bundle(image=image, user=self.request.user))
+
+
+class PatientPseudonymSerializer(serializers.Serializer):
+    # A pseudonym is at most 64 characters; a NUL byte is refused (PostgreSQL cannot store it).
+    pseudonym = serializers.CharField(max_length=64)
+
+
+class PatientFhir(ReadOnlyApiView):
+    """Every visit of one patient (by pseudonym) as a FHIR R4 Bundle."""
+
+    required_permissions = READ_PREDICTIONS
+    renderer_classes = [FhirRenderer, JSONRenderer]
+
+    def get(self, request: Request, pseudonym: str) -> Response:
+        params = PatientPseudonymSerializer(data={"pseudonym": pseudonym})
+        if not params.is_valid():
+            raise Http404("No such patient.")
+        patient = get_object_or_404(Patient, pseudonym=params.validated_data["pseudonym"])
+        return Response(patient_fhir_bundle(patient=patient, user=self.request.user))
+
+
 class ModelVersionList(ReadOnlyApiView, generics.ListAPIView):
     serializer_class = ModelVersionSerializer
     # Versions carry hold-out metrics: a reviewer's view, like predictions (README: 403 for
@@ -282,6 +320,8 @@ urlpatterns = [
     path("images/", ImageList.as_view(), name="api_images"),
     path("images/<int:image_id>/", ImageDetail.as_view(), name="api_image"),
     path("images/<int:image_id>/grades/", ImageGrades.as_view(), name="api_image_grades"),
+    path("images/<int:image_id>/fhir/", ImageFhir.as_view(), name="api_image_fhir"),
+    path("patients/<str:pseudonym>/fhir/", PatientFhir.as_view(), name="api_patient_fhir"),
     path("model-versions/", ModelVersionList.as_view(), name="api_model_versions"),
     path(
         "model-versions/<str:name>/predictions/",

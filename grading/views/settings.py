@@ -11,6 +11,7 @@ from django.views.decorators.http import require_http_methods
 from grading.forms.settings import WorkbenchSettingsForm
 from grading.http import AuthenticatedHttpRequest
 from grading.selectors import worklist as worklist_selectors
+from grading.selectors.dicom import dicom_import_policy
 from grading.services.workbench import workbench_settings_update
 from grading.views.access import SETTINGS_PERMISSION, permission_required
 
@@ -32,9 +33,16 @@ def workbench_settings(request: AuthenticatedHttpRequest) -> HttpResponse:
             messages.success(request, f"Grading settings saved.{note}")
             return redirect("workbench_settings")
         return render(
-            request, "grading/grading/workbench_settings.html", {"form": form}, status=400
+            request,
+            "grading/grading/workbench_settings.html",
+            {"form": form, "dicom": dicom_import_policy()},
+            status=400,
         )
-    return render(request, "grading/grading/workbench_settings.html", {"form": form})
+    return render(
+        request,
+        "grading/grading/workbench_settings.html",
+        {"form": form, "dicom": dicom_import_policy()},
+    )
 
 
 urlpatterns = [path("settings/grading/", workbench_settings, name="workbench_settings")]
