@@ -124,7 +124,16 @@ class ReviewPageTests(BaseTestCase):
         self.assertEqual(response.context["page"].paginator.count, 10)
         self.assertEqual(
             response.context["not_compared"],
-            {"ungradable": 1, "unconfirmed": 1, "training": 0, "training_included": 0},
+            {
+                "ungradable": 1,
+                "unconfirmed": 1,
+                "training": 0,
+                "training_included": 0,
+                "abstained": 0,
+                "answered": 10,
+                "abstention_rate": 0.0,
+                "abstention_percent": 0.0,
+            },
         )
 
     def test_a_chosen_version_is_measured_instead_of_the_active_one(self):

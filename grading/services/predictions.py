@@ -269,6 +269,7 @@ def _predict_from_store(
 ) -> tuple[list[Image], list[Image]]:
     """(images predicted from cached features and written, images left to predict from files)."""
     from mlcore.features.store import feature_key
+    from mlcore.pipelines.ood import ood_scores_stored
     from mlcore.pipelines.predict import predict_from_store
 
     if not images:
@@ -282,13 +283,23 @@ def _predict_from_store(
     if not rows:
         return [], images
     done = [images[i] for i in rows]
-    _probabilities_write(model_version, artifact, done, proba, grades)
+    ood = ood_scores_stored(
+        artifact,
+        [feature_key(image.sha256) for image in done],
+        store_dir=ml_config.feature_store_dir(),
+    )
+    _probabilities_write(model_version, artifact, done, proba, grades, ood)
     found = set(rows)
     return done, [image for i, image in enumerate(images) if i not in found]
 
 
 def _probabilities_write(
-    model_version: ModelVersion, artifact: Any, images: list[Image], proba: Any, grades: Any
+    model_version: ModelVersion,
+    artifact: Any,
+    images: list[Image],
+    proba: Any,
+    grades: Any,
+    ood_scores: Sequence[float | None],
 ) -> int:
     scale = list(GradeLevel.objects.order_by("value").values_list("value", flat=True))
     columns = {grade: position for position, grade in enumerate(artifact.classes)}
@@ -300,10 +311,13 @@ def _probabilities_write(
             [row[columns[grade]] if grade in columns else 0.0 for grade in scale] for row in proba
         ],
         predicted_grades=[int(grade) for grade in grades],
+        ood_scores=ood_scores,
     )
 
 
 def _prediction_rows_from(model_version: ModelVersion, artifact: Any, results: list) -> int:
+    from mlcore.pipelines.ood import ood_scores_images
+
     if not results:
         return 0
     scale = list(GradeLevel.objects.order_by("value").values_list("value", flat=True))
@@ -317,6 +331,12 @@ def _prediction_rows_from(model_version: ModelVersion, artifact: Any, results: l
             for _, result in results
         ],
         predicted_grades=[result.grade for _, result in results],
+        ood_scores=ood_scores_images(
+            artifact,
+            [image.media_path for image, _ in results],
+            store_dir=ml_config.feature_store_dir(),
+            weights_dir=ml_config.weights_dir(),
+        ),
     )
 
 
@@ -345,8 +365,10 @@ def prediction_rows_write(
     image_ids: Sequence[int],
     probabilities: Any,
     predicted_grades: Sequence[int],
+    ood_scores: Sequence[float | None] | None = None,
 ) -> int:
     """Store predictions (probabilities in scale order); existing ones are kept as they are.
+    ``ood_scores``: each image's out-of-distribution score (None: not measured).
 
     Each row records whether the version was trained on its image (``in_training``), so that
     agreement figures can leave those optimistic rows out."""
@@ -367,8 +389,15 @@ def prediction_rows_write(
             entropy=probabilities_entropy(proba),
             predicted_grade=levels[int(grade)],
             in_training=shas.get(image_id) in trained_on,
+            ood_score=ood,
         )
-        for image_id, proba, grade in zip(image_ids, probabilities, predicted_grades, strict=True)
+        for image_id, proba, grade, ood in zip(
+            image_ids,
+            probabilities,
+            predicted_grades,
+            ood_scores if ood_scores is not None else [None] * len(image_ids),
+            strict=True,
+        )
     ]
     with transaction.atomic():
         Prediction.objects.bulk_create(rows, ignore_conflicts=True, batch_size=2000)

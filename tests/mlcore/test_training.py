@@ -233,3 +233,14 @@ def test_training_maps_raw_photographs_into_the_training_domain_like_prediction(
         mapped, backbone=TOY, preprocessing=RAW_TO_FILTERED, feature_dim=TOY_DIM
     ) as cached:
         assert np.array_equal(cached.get(photo_keys), trained_on)
+
+
+def test_it_stores_an_out_of_distribution_distance_set_on_the_inner_split(trained, dataset):
+    from mlcore.models.ood import ood_load
+
+    result, _ = trained
+    scorer = ood_load(result.artifact_dir)
+    assert scorer is not None
+    assert scorer.n_fit_ + scorer.n_check_ == result.n_train
+    features = np.random.default_rng(0).normal(size=(3, scorer.mean_.size)) * 100
+    assert (scorer.score(features) > 1).all()
