@@ -4,15 +4,18 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('grading', '0008_model_flag_index'),
+        ("grading", "0008_model_flag_index"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='prediction',
-            name='ood_score',
-            field=models.FloatField(blank=True, help_text='Out-of-distribution score (above 1: outside training).', null=True),
+            model_name="prediction",
+            name="ood_score",
+            field=models.FloatField(
+                blank=True,
+                help_text="Out-of-distribution score (above 1: outside training).",
+                null=True,
+            ),
         ),
     ]
