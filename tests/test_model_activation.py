@@ -139,7 +139,7 @@ class RegistryColumnsTests(BrokerMixin, BaseTestCase):
         page = self.client.get(reverse("model_versions"))
         self.assertContains(page, "5-fold CV, 120 images")
         self.assertContains(page, "0.833")
-        self.assertContains(page, "0.801–0.861")
+        self.assertContains(page, "[0.801, 0.861]")
         self.assertContains(page, "0.041")  # ECE
 
     def test_trained_shows_when_training_finished_and_how_long_it_took(self):

@@ -325,6 +325,7 @@ def _abstentions(counts: dict[str, Any]) -> dict[str, Any]:
     rate = counts["abstained"] / total if total else None
     return {
         **counts,
+        "comparable": total,
         "abstention_rate": rate,
         "abstention_percent": None if rate is None else 100 * rate,
     }

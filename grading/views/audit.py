@@ -10,8 +10,8 @@ from django.shortcuts import render
 from django.urls import path
 from django.views.decorators.http import require_GET
 
-from grading.http import AuthenticatedHttpRequest
 from grading.forms.audit import AuditFilterForm
+from grading.http import AuthenticatedHttpRequest
 from grading.selectors.audit import (
     audit_changes_text,
     audit_entries,
