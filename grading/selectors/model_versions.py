@@ -88,7 +88,10 @@ def model_version_training_job(*, version: ModelVersion) -> Job | None:
 
 
 def model_version_auto_activated(*, version: ModelVersion) -> bool:
-    """Whether this version was activated automatically as the first model (setup)."""
+    """Whether this version's current activation is the automatic one of the first model (setup):
+    once someone re-activates it (a rollback), its activation has a person behind it."""
+    if version.state != ModelVersion.State.ACTIVE or version.activated_by_id is not None:
+        return False
     job = model_version_training_job(version=version)
     return bool(job and job.result.get("auto_activated"))
 
