@@ -269,3 +269,30 @@ class AutoActivationLabelTests(BrokerMixin, BaseTestCase):
         self.assertNotContains(page, "activated automatically (first model)")
         detail = self.client.get(reverse("model_version_detail", args=[v1.pk]))
         self.assertNotContains(detail, "activated automatically")
+
+
+class DurationTests(BrokerMixin, BaseTestCase):
+    def test_the_registry_and_the_jobs_page_give_one_duration_for_one_training(self):
+        redis_flush()
+        folder = Path(tempfile.mkdtemp(prefix="funduscope-durations-"))
+        version = model_version_make("v1", artifact_dir=folder / "v1")
+        started = version.created_at
+        # The model is ready after 5 min 36 s; predicting every image ends the job at 6 min 14 s.
+        ModelVersion.objects.filter(pk=version.pk).update(
+            trained_at=started + dt.timedelta(minutes=5, seconds=36)
+        )
+        Job.objects.create(
+            kind=Job.Kind.MODEL_TRAIN,
+            state=Job.State.SUCCEEDED,
+            model_version=version,
+            started_at=started,
+            finished_at=started + dt.timedelta(minutes=6, seconds=14),
+        )
+        self.login(self.adam)
+        registry = self.client.get(reverse("model_versions"))
+        self.assertContains(registry, '<span class="took">6 min 14 s</span>')
+        self.assertNotContains(registry, "5 min 36 s")
+        self.assertContains(self.client.get(reverse("jobs")), "6 min 14 s")
+        detail = self.client.get(reverse("model_version_detail", args=[version.pk]))
+        self.assertContains(detail, "took 6 min 14 s")
+        self.assertContains(detail, "the model was ready after 5 min 36 s")

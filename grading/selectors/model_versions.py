@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,6 +86,16 @@ def model_version_ever_activated() -> bool:
 
 def model_version_training_job(*, version: ModelVersion) -> Job | None:
     return version.jobs.filter(kind=Job.Kind.MODEL_TRAIN).order_by("-created_at").first()
+
+
+def model_version_took(*, version: ModelVersion) -> dt.timedelta | None:
+    """How long the version took, as the jobs page counts it: its training job from start to
+    finish (training, then predicting every image). Versions without a finished job: from
+    creation to the end of training."""
+    job = model_version_training_job(version=version)
+    if job is not None and job.finished_at is not None and job.started_at is not None:
+        return job.finished_at - job.started_at
+    return version.training_duration
 
 
 def model_version_auto_activated(*, version: ModelVersion) -> bool:

@@ -82,6 +82,7 @@ def model_versions(request: AuthenticatedHttpRequest) -> HttpResponse:
                 key=lambda item: item[0],
             ),
             "auto_activated": version_selectors.model_version_auto_activated(version=version),
+            "took": version_selectors.model_version_took(version=version),
         }
         for version in versions
     ]
@@ -123,6 +124,7 @@ def model_version_detail(request: AuthenticatedHttpRequest, version_id: int) -> 
         "evaluation_job": version_selectors.model_version_evaluation_job(version=version),
         "cv": cv,
         "auto_activated": version_selectors.model_version_auto_activated(version=version),
+        "took": version_selectors.model_version_took(version=version),
         "predictions": version.predictions.count(),
     }
     return render(request, "grading/models/detail.html", ctx)
