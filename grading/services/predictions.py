@@ -139,6 +139,7 @@ def predictions_refresh(*, model_version: ModelVersion, progress: Progress) -> i
             images=without_cam,
             model_version=model_version,
             progress=progress_span(progress, 50, 100),
+            step="step 2 of 2",
         )
     progress(
         100,
@@ -197,6 +198,7 @@ def images_predict(
             model_version=model_version,
             progress=progress_span(progress, 50, 100),
             failures=failures,
+            step="step 2 of 2",
         )
     if failures:
         logger.warning("Predictions with %s skipped: %s", model_version.name, "; ".join(failures))
@@ -211,16 +213,27 @@ def cams_draw(
     model_version: ModelVersion,
     progress: Progress,
     failures: list[str] | None = None,
+    step: str = "",
 ) -> int:
-    """CAM overlay PNGs of the predicted grade, for images that have none yet."""
+    """CAM overlay PNGs of the predicted grade, for images that have none yet. ``step``: which
+    part of its job this is ("step 2 of 2"), said in the progress text so that "heatmap 1 of 17"
+    beside a bar at half-way reads right."""
     from mlcore.pipelines.cam import cam_overlay_png
 
     errors = _prediction_errors()
-    artifact = model_artifact_load(model_version=model_version)
+    artifact = None  # loaded for the first map to draw (none, when every map exists)
     drawn = 0
     for index, image in enumerate(images, start=1):
+        if _retired(model_version):  # a rollback while this job ran: nobody will see these maps
+            progress(
+                100,
+                f"Stopped after {index - 1} of {len(images)} heatmaps: {model_version.name} "
+                "was retired",
+            )
+            break
         target = cam_path(model_version_id=model_version.pk, sha256=image.sha256)
         if not target.is_file():
+            artifact = artifact or model_artifact_load(model_version=model_version)
             try:
                 cam_overlay_png(
                     artifact, image.media_path, target, weights_dir=ml_config.weights_dir()
@@ -230,10 +243,18 @@ def cams_draw(
                 if failures is None:
                     raise
                 failures.append(f"image #{image.pk} (heatmap): {error}")
+        where = f", {step}" if step else ""
         progress(
-            100 * index // len(images), f"Heatmap {index} of {len(images)} ({model_version.name})"
+            100 * index // len(images),
+            f"Heatmap {index} of {len(images)} ({model_version.name}{where})",
         )
     return drawn
+
+
+def _retired(model_version: ModelVersion) -> bool:
+    return ModelVersion.objects.filter(
+        pk=model_version.pk, state=ModelVersion.State.RETIRED
+    ).exists()
 
 
 def _predict_batch(
