@@ -82,7 +82,9 @@ def qwk_by_month_figure(*, series: Sequence[VersionSeries]):
                 markerfacecolor=line.get_color() if point.is_reliable else "white",
                 markersize=6,
             )
-    axes.set_ylim(min([-0.05, *(p.qwk for s in series for p in s.points)]), 1.02)
+    # A margin beyond the lowest and highest QWK, so that no marker sits half outside the axes.
+    values = [p.qwk for s in series for p in s.points]
+    axes.set_ylim(min([-0.05, *values]) - 0.08, max([1.0, *values]) + 0.08)
     axes.set_ylabel("QWK vs confirmed")
     # The axis spans the months that have data (half a month either side): left to itself,
     # matplotlib widens a single month to five years of overlapping month labels. One tick per
@@ -100,7 +102,14 @@ def qwk_by_month_figure(*, series: Sequence[VersionSeries]):
     axes.xaxis.set_major_formatter(DateFormatter("%Y-%m"))
     axes.grid(alpha=0.3)
     if series:
-        axes.legend(fontsize=8, loc="lower left", title="Model version", title_fontsize=8)
+        # Beside the plot, not over it: a legend in a corner hid the points that fell there.
+        axes.legend(
+            fontsize=8,
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            title="Model version",
+            title_fontsize=8,
+        )
     else:
         axes.text(0.5, 0.5, "No compared predictions", ha="center", transform=axes.transAxes)
     axes.set_title(
