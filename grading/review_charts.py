@@ -56,6 +56,9 @@ def confusion_png(*, matrix: Sequence[Sequence[int]], labels: Sequence[str]) -> 
     return _png(figure)
 
 
+VERSION_MARKERS = (("o", "-"), ("s", "--"), ("^", "-."), ("D", ":"), ("v", "-"), ("P", "--"))
+
+
 def qwk_by_month_png(*, series: Sequence[VersionSeries]) -> bytes:
     """One line per model version: QWK against the confirmed grades, month by month. Months with
     fewer than MONTH_MIN_IMAGES images are drawn hollow (too few to trust)."""
@@ -68,16 +71,27 @@ def qwk_by_month_figure(*, series: Sequence[VersionSeries]):
 
     figure = Figure(figsize=(7.5, 3.2))
     axes = figure.add_subplot()
-    for entry in series:
+    for index, entry in enumerate(series):
         # Dates as matplotlib's day numbers, as its date converter would make them.
         days = date2num([point.month for point in entry.points])
         values = [point.qwk for point in entry.points]
-        (line,) = axes.plot(days, values, "-", linewidth=1.6, label=entry.model_version.name)
+        # Each version has its own marker and dash as well as its colour: colour alone is not
+        # enough to tell the lines apart (WCAG 1.4.1).
+        marker, dashes = VERSION_MARKERS[index % len(VERSION_MARKERS)]
+        (line,) = axes.plot(
+            days,
+            values,
+            dashes,
+            linewidth=1.6,
+            marker=marker,
+            markevery=[],  # the markers are drawn per point below; the legend shows this one
+            label=entry.model_version.name,
+        )
         for point in entry.points:
             axes.plot(
                 [date2num(point.month)],
                 [point.qwk],
-                "o",
+                marker,
                 color=line.get_color(),
                 markerfacecolor=line.get_color() if point.is_reliable else "white",
                 markersize=6,

@@ -20,8 +20,8 @@ def marker_boxes(figure):
     axes = figure.axes[0]
     boxes = []
     for line in axes.get_lines():
-        if line.get_marker() in (None, "None", ""):
-            continue
+        if line.get_marker() in (None, "None", "") or line.get_markevery() == []:
+            continue  # no marker drawn (a version's line; its markers are drawn one by one)
         radius = line.get_markersize() / 2 * figure.dpi / 72
         for x, y in zip(line.get_xdata(), line.get_ydata(), strict=True):
             px, py = axes.transData.transform((x, y))
@@ -30,6 +30,19 @@ def marker_boxes(figure):
 
 
 class QwkChartPointsTests(SimpleTestCase):
+    def test_versions_differ_by_marker_and_dash_not_only_by_colour(self):
+        series = [
+            VersionSeries(
+                model_version=ModelVersion(name=f"v{i}"),
+                points=[MonthPoint(dt.date(2026, 11, 1), 40, 0.5 + i / 10, 0.5)],
+            )
+            for i in range(3)
+        ]
+        axes = qwk_by_month_figure(series=series).axes[0]
+        handles = axes.get_legend().legend_handles
+        styles = {(h.get_marker(), h.get_linestyle()) for h in handles}
+        self.assertEqual(len(styles), 3)
+
     def test_every_marker_lies_inside_the_axes_and_outside_the_legend(self):
         versions = [ModelVersion(name="v1"), ModelVersion(name="v2")]
         series = [
