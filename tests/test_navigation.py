@@ -61,3 +61,14 @@ class SettingsIndexTests(GradingTestCase):
         response = self.client.get(url)
         self.assertContains(response, reverse("workbench_settings"))
         self.assertContains(response, reverse("protocol_settings"))
+
+
+class QualityQueueThumbnailTests(GradingTestCase):
+    def test_a_photo_cell_is_never_blank_while_its_thumbnail_renders(self):
+        image = image_make()
+        Image.objects.update(quality_review=Image.QualityReview.CHECK)
+        self.login(self.alice)
+        response = self.client.get(reverse("quality_queue"))
+        self.assertContains(response, "data-thumb-placeholder")
+        self.assertContains(response, f"#{image.pk}<br>loading…")
+        self.assertContains(response, 'width="96" height="96"')
