@@ -135,19 +135,30 @@ def ood_load(folder: str | Path) -> FeatureDistance | None:
     return scorer
 
 
+# More rows add little to 32 components and a 99th percentile, and cost memory (float64 copies).
+MAX_FIT_ROWS = 6000
+
+
 def ood_fit_save(
     folder: str | Path,
     features: npt.ArrayLike,
     grades: npt.ArrayLike,
     groups: npt.ArrayLike | None,
     *,
+    rows: npt.NDArray[np.int64] | None = None,
     seed: int = DEFAULT_SEED,
 ) -> FeatureDistance | None:
-    """Fit the distance on a model's training features and store it in its folder; None (and
-    nothing stored) when there are too few images to set a threshold."""
-    rows = np.asarray(features)
-    if rows.ndim != 2 or rows.shape[0] < 20:
+    """Fit the distance on a model's training features (``rows`` of them: the training side of
+    its hold-out split; at most ``MAX_FIT_ROWS``, drawn at random) and store it in its folder.
+    None, and nothing stored, when there are too few images to set a threshold."""
+    matrix = np.asarray(features)
+    chosen = np.arange(len(matrix)) if rows is None else np.asarray(rows)
+    if matrix.ndim != 2 or chosen.size < 20:
         return None
-    scorer = FeatureDistance(seed=seed).fit(rows, grades, groups)
+    if chosen.size > MAX_FIT_ROWS:
+        chosen = np.sort(np.random.default_rng(seed).choice(chosen, MAX_FIT_ROWS, replace=False))
+    labels = np.asarray(grades)[chosen]
+    grouping = None if groups is None else np.asarray(groups)[chosen]
+    scorer = FeatureDistance(seed=seed).fit(matrix[chosen], labels, grouping)
     scorer.save(folder)
     return scorer

@@ -439,9 +439,8 @@ class _HeadSteps:
 
     def finish(self, fitted: HeadClassifier, out: Path) -> None:
         plot_history(fitted.history_, out / "curves.png", best_epoch=fitted.best_epoch_)
-        if self.train_rows is not None:  # the out-of-distribution score (issue 21)
-            rows, data = self.train_rows, self.data
-            ood_fit_save(out, data.X[rows], data.y[rows], data.groups[rows], seed=self.config.seed)
+        if self.train_rows is not None:  # the out-of-distribution distance, beside the head
+            ood_fit_save(out, self.data.X, self.data.y, self.data.groups, rows=self.train_rows)
 
 
 def train_model(

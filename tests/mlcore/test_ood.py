@@ -43,3 +43,15 @@ def test_it_is_stored_in_the_model_folder_and_loads_to_the_same_scores(tmp_path)
 def test_too_few_images_store_nothing_and_a_folder_without_it_loads_none(tmp_path):
     assert ood_fit_save(tmp_path, np.zeros((5, 4)), np.zeros(5), None) is None
     assert ood_load(tmp_path) is None
+
+
+def test_it_fits_on_the_given_rows_only_and_caps_their_number(tmp_path, monkeypatch):
+    import mlcore.models.ood as ood
+
+    rng = np.random.default_rng(4)
+    X = _training(rng, n=300)
+    fitted = ood_fit_save(tmp_path, X, np.zeros(len(X), np.int64), None, rows=np.arange(100))
+    assert fitted is not None and fitted.n_fit_ + fitted.n_check_ == 100
+    monkeypatch.setattr(ood, "MAX_FIT_ROWS", 50)
+    capped = ood_fit_save(tmp_path, X, np.zeros(len(X), np.int64), None)
+    assert capped is not None and capped.n_fit_ + capped.n_check_ == 50
