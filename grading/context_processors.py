@@ -15,4 +15,8 @@ def workbench(request: HttpRequest) -> dict[str, bool]:
         "can_retrain": user.has_perm("grading.retrain_model"),
         "can_change_settings": user.has_perm("grading.change_workbenchsettings"),
         "can_view_audit": user.has_perm("auditlog.view_logentry"),
+        # Clinicians take the certification set; admins and reviewers manage or read it.
+        "can_see_certification": user.has_perm("grading.grade_image")
+        or user.has_perm("grading.manage_certification")
+        or user.has_perm("grading.review_agreement"),
     }

@@ -5,8 +5,8 @@ To add a key, append a ``KeyBinding``. Most keys need no JavaScript: ``toggle`` 
 matched by ``target`` (a CSS selector), ``click`` clicks the element it matches (a radio button, a
 button) and ``viewer`` calls ``window.funduscopeViewer[target]()``. A binding whose target is not on
 the page does nothing (and is still listed: the help describes the page's keys, not its state).
-The other actions (``grade``, ``save``, ``skip``, ``next``, ``previous``, ``leave``) are handled by
-name in grade.js.
+The other actions (``grade``, ``save``, ``skip``, ``next``, ``previous``, ``leave``, ``help``) are
+handled by name in grade.js.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ ACTIONS = frozenset(
         "viewer",
         "leave",
         "finding_row",
+        "help",
     }
 )
 
@@ -101,6 +102,7 @@ KEY_BINDINGS: list[KeyBinding] = [
         labels=("C",),
     ),
     KeyBinding(("escape",), "leave", "leave the notes field", labels=("Esc",)),
+    KeyBinding(("?",), "help", "these shortcuts, as a dialog (Esc closes it)", labels=("?",)),
 ]
 
 

@@ -56,6 +56,9 @@ def confusion_png(*, matrix: Sequence[Sequence[int]], labels: Sequence[str]) -> 
     return _png(figure)
 
 
+VERSION_MARKERS = (("o", "-"), ("s", "--"), ("^", "-."), ("D", ":"), ("v", "-"), ("P", "--"))
+
+
 def qwk_by_month_png(*, series: Sequence[VersionSeries]) -> bytes:
     """One line per model version: QWK against the confirmed grades, month by month. Months with
     fewer than MONTH_MIN_IMAGES images are drawn hollow (too few to trust)."""
@@ -68,21 +71,34 @@ def qwk_by_month_figure(*, series: Sequence[VersionSeries]):
 
     figure = Figure(figsize=(7.5, 3.2))
     axes = figure.add_subplot()
-    for entry in series:
+    for index, entry in enumerate(series):
         # Dates as matplotlib's day numbers, as its date converter would make them.
         days = date2num([point.month for point in entry.points])
         values = [point.qwk for point in entry.points]
-        (line,) = axes.plot(days, values, "-", linewidth=1.6, label=entry.model_version.name)
+        # Each version has its own marker and dash as well as its colour: colour alone is not
+        # enough to tell the lines apart (WCAG 1.4.1).
+        marker, dashes = VERSION_MARKERS[index % len(VERSION_MARKERS)]
+        (line,) = axes.plot(
+            days,
+            values,
+            dashes,
+            linewidth=1.6,
+            marker=marker,
+            markevery=[],  # the markers are drawn per point below; the legend shows this one
+            label=entry.model_version.name,
+        )
         for point in entry.points:
             axes.plot(
                 [date2num(point.month)],
                 [point.qwk],
-                "o",
+                marker,
                 color=line.get_color(),
                 markerfacecolor=line.get_color() if point.is_reliable else "white",
                 markersize=6,
             )
-    axes.set_ylim(min([-0.05, *(p.qwk for s in series for p in s.points)]), 1.02)
+    # A margin beyond the lowest and highest QWK, so that no marker sits half outside the axes.
+    values = [p.qwk for s in series for p in s.points]
+    axes.set_ylim(min([-0.05, *values]) - 0.08, max([1.0, *values]) + 0.08)
     axes.set_ylabel("QWK vs confirmed")
     # The axis spans the months that have data (half a month either side): left to itself,
     # matplotlib widens a single month to five years of overlapping month labels. One tick per
@@ -100,7 +116,14 @@ def qwk_by_month_figure(*, series: Sequence[VersionSeries]):
     axes.xaxis.set_major_formatter(DateFormatter("%Y-%m"))
     axes.grid(alpha=0.3)
     if series:
-        axes.legend(fontsize=8, loc="lower left", title="Model version", title_fontsize=8)
+        # Beside the plot, not over it: a legend in a corner hid the points that fell there.
+        axes.legend(
+            fontsize=8,
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            title="Model version",
+            title_fontsize=8,
+        )
     else:
         axes.text(0.5, 0.5, "No compared predictions", ha="center", transform=axes.transAxes)
     axes.set_title(

@@ -396,9 +396,10 @@ CONTENT_SECURITY_POLICY = {
         "frame-ancestors": ["'none'"],
     }
 }
-# Browser features a grading workbench never uses.
+# Browser features a grading workbench never uses. Only features browsers know: Chromium logs
+# "Unrecognized feature" on every page for others (it did for "bluetooth").
 FUNDUS_PERMISSIONS_POLICY = (
-    "camera=(), microphone=(), geolocation=(), payment=(), usb=(), serial=(), bluetooth=()"
+    "camera=(), microphone=(), geolocation=(), payment=(), usb=(), serial=()"
 )
 
 # Security. Production turns on every HTTPS protection; `manage.py check --deploy` stays clean.
@@ -463,6 +464,9 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
+        # Django's own console handler on "django" printed each record a second time beside the
+        # root's (with DEBUG on): its records go to the root's handler only.
+        "django": {"handlers": [], "propagate": True},
         # A refused request is routine: one line with user and path, no traceback.
         "django.request": {"filters": ["forbidden_one_line"]},
         "django.security": {"filters": ["forbidden_one_line"]},

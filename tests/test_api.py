@@ -226,3 +226,23 @@ class ApiModelVersionTests(ApiTestCase):
         self.assertEqual(len(body["results"]), 100)
         self.assertIsNotNone(body["next"])
         self.assertEqual(Image.objects.count(), 108)
+
+
+# What Chromium sends when it opens a page.
+BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+
+
+class ApiBrowserDenialTests(ApiTestCase):
+    def test_a_clinicians_browser_gets_the_friendly_403_page_naming_the_role(self):
+        self.client.force_login(self.alice)
+        response = self.client.get("/api/", HTTP_ACCEPT=BROWSER_ACCEPT)
+        self.assertEqual(response.status_code, 403)
+        self.assertTrue(response["Content-Type"].startswith("text/html"))
+        self.assertContains(response, "reviewer", status_code=403)
+        self.assertContains(response, "<nav", status_code=403)
+
+    def test_an_api_client_still_gets_json(self):
+        self.client.force_login(self.alice)
+        response = self.client.get("/api/images/", HTTP_ACCEPT="application/json")
+        self.assertEqual(response.status_code, 403)
+        self.assertIn("detail", response.json())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import numpy as np
 import PIL.Image
 from django.conf import settings
 from django.urls import reverse
@@ -100,3 +101,23 @@ class ImageCamTests(GradingTestCase):
         response = self.client.get(reverse("image_cam", args=[self.image.pk]))
         self.assertEqual(response.status_code, 403)
         self.assertIn(b"hidden until you save your grade", response.content)
+
+
+class BenGrahamMaskTests(GradingTestCase):
+    def test_the_ben_graham_view_is_grey_outside_a_disc_cut_at_top_and_bottom(self):
+        from grading.services.renderings import _render
+
+        # A wide camera photograph: an orange disc taller than the frame, black around it.
+        height, width = 300, 450
+        rows, cols = np.ogrid[:height, :width]
+        disc = (rows - height / 2) ** 2 + (cols - width / 2) ** 2 < 190**2
+        pixels = np.zeros((height, width, 3), np.uint8)
+        pixels[disc] = (180, 80, 40)
+        view = np.asarray(_render(Path("unused.jpg"), "ben_graham", pixels)).astype(int)
+        size = view.shape[0]
+        # The padding above and below the cropped disc (inside the filter's circle), where the
+        # blurred fundus used to bleed in as blue-green arcs.
+        band = view[int(size * 0.06) : int(size * 0.10), size // 2 - 20 : size // 2 + 20]
+        self.assertTrue((band == 128).all(), band.reshape(-1, 3)[:5])
+        centre = view[size // 2, size // 2]
+        self.assertTrue((abs(centre - 128) < 40).all())

@@ -100,13 +100,23 @@ class ActivationConfirmationTests(BrokerMixin, BaseTestCase):
         self.assertContains(page, "Activate v2 (replacing v1)")
         self.v2.refresh_from_db()
         self.assertEqual(self.v2.state, ModelVersion.State.CANDIDATE, "a GET changes nothing")
+        # v2 is worse: the button alone does not activate it, the explicit second confirmation does.
+        self.assertContains(page, 'name="accept_worse"')
+        refused = self.client.post(reverse("model_version_activate", args=[self.v2.pk]))
+        self.assertContains(refused, "Not activated", status_code=400)
+        self.v2.refresh_from_db()
+        self.assertEqual(self.v2.state, ModelVersion.State.CANDIDATE)
         response = self.client.post(
-            reverse("model_version_activate", args=[self.v2.pk]), follow=True
+            reverse("model_version_activate", args=[self.v2.pk]),
+            {"accept_worse": "on"},
+            follow=True,
         )
         self.assertContains(response, "v2 is now the active model")
 
     def test_the_rollback_button_says_what_it_does_and_asks_first(self):
-        self.client.post(reverse("model_version_activate", args=[self.v2.pk]))
+        self.client.post(
+            reverse("model_version_activate", args=[self.v2.pk]), {"accept_worse": "on"}
+        )
         self.client.post(reverse("model_rollback"))  # back to v1; v2 (newer) is now "previous"
         page = self.client.get(reverse("model_versions"))
         self.assertContains(page, "Re-activate the previously active version, v2")
@@ -118,6 +128,28 @@ class ActivationConfirmationTests(BrokerMixin, BaseTestCase):
         self.assertContains(confirm, "Re-activate v2 (replacing v1)")
         self.v1.refresh_from_db()
         self.assertEqual(self.v1.state, ModelVersion.State.ACTIVE, "a GET changes nothing")
+
+    def test_a_better_version_needs_no_second_confirmation(self):
+        self.client.post(
+            reverse("model_version_activate", args=[self.v2.pk]), {"accept_worse": "on"}
+        )
+        page = self.client.get(reverse("model_version_activate", args=[self.v1.pk]))
+        self.assertNotContains(page, 'name="accept_worse"')
+        self.client.post(reverse("model_version_activate", args=[self.v1.pk]))
+        self.v1.refresh_from_db()
+        self.assertEqual(self.v1.state, ModelVersion.State.ACTIVE)
+
+    def test_rolling_back_to_a_worse_version_needs_the_second_confirmation_too(self):
+        self.client.post(
+            reverse("model_version_activate", args=[self.v2.pk]), {"accept_worse": "on"}
+        )
+        self.client.post(reverse("model_rollback"))  # v1 is better: no second confirmation
+        self.v1.refresh_from_db()
+        self.assertEqual(self.v1.state, ModelVersion.State.ACTIVE)
+        refused = self.client.post(reverse("model_rollback"))  # back to v2, worse
+        self.assertEqual(refused.status_code, 400)
+        self.v1.refresh_from_db()
+        self.assertEqual(self.v1.state, ModelVersion.State.ACTIVE)
 
     def test_only_admins_see_the_confirmation(self):
         self.login(self.rita)
@@ -139,7 +171,7 @@ class RegistryColumnsTests(BrokerMixin, BaseTestCase):
         page = self.client.get(reverse("model_versions"))
         self.assertContains(page, "5-fold CV, 120 images")
         self.assertContains(page, "0.833")
-        self.assertContains(page, "0.801–0.861")
+        self.assertContains(page, "[0.801, 0.861]")
         self.assertContains(page, "0.041")  # ECE
 
     def test_trained_shows_when_training_finished_and_how_long_it_took(self):
@@ -212,3 +244,55 @@ class HomeBetterCandidateTests(BaseTestCase):
         self.assertEqual(
             [candidate for candidate, _ in candidates_better_than_active(active=active)], [better]
         )
+
+
+class AutoActivationLabelTests(BrokerMixin, BaseTestCase):
+    def test_a_rollback_relabels_the_first_models_automatic_activation(self):
+        redis_flush()
+        folder = Path(tempfile.mkdtemp(prefix="funduscope-relabel-"))
+        v1 = model_version_make("v1", artifact_dir=folder / "v1", state=ModelVersion.State.ACTIVE)
+        ModelVersion.objects.filter(pk=v1.pk).update(activated_at="2024-01-01T00:00:00Z")
+        Job.objects.create(
+            kind=Job.Kind.MODEL_TRAIN,
+            state=Job.State.SUCCEEDED,
+            model_version=v1,
+            result={"auto_activated": True},
+        )
+        v2 = model_version_make("v2", artifact_dir=folder / "v2")
+        self.login(self.adam)
+        self.assertContains(self.client.get(reverse("model_versions")), "activated automatically")
+        self.client.post(reverse("model_version_activate", args=[v2.pk]))
+        self.client.post(reverse("model_rollback"))
+        v1.refresh_from_db()
+        self.assertEqual(v1.state, ModelVersion.State.ACTIVE)
+        page = self.client.get(reverse("model_versions"))
+        self.assertNotContains(page, "activated automatically (first model)")
+        detail = self.client.get(reverse("model_version_detail", args=[v1.pk]))
+        self.assertNotContains(detail, "activated automatically")
+
+
+class DurationTests(BrokerMixin, BaseTestCase):
+    def test_the_registry_and_the_jobs_page_give_one_duration_for_one_training(self):
+        redis_flush()
+        folder = Path(tempfile.mkdtemp(prefix="funduscope-durations-"))
+        version = model_version_make("v1", artifact_dir=folder / "v1")
+        started = version.created_at
+        # The model is ready after 5 min 36 s; predicting every image ends the job at 6 min 14 s.
+        ModelVersion.objects.filter(pk=version.pk).update(
+            trained_at=started + dt.timedelta(minutes=5, seconds=36)
+        )
+        Job.objects.create(
+            kind=Job.Kind.MODEL_TRAIN,
+            state=Job.State.SUCCEEDED,
+            model_version=version,
+            started_at=started,
+            finished_at=started + dt.timedelta(minutes=6, seconds=14),
+        )
+        self.login(self.adam)
+        registry = self.client.get(reverse("model_versions"))
+        self.assertContains(registry, '<span class="took">6 min 14 s</span>')
+        self.assertNotContains(registry, "5 min 36 s")
+        self.assertContains(self.client.get(reverse("jobs")), "6 min 14 s")
+        detail = self.client.get(reverse("model_version_detail", args=[version.pk]))
+        self.assertContains(detail, "took 6 min 14 s")
+        self.assertContains(detail, "the model was ready after 5 min 36 s")

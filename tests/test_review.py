@@ -117,14 +117,24 @@ class ReviewPageTests(BaseTestCase):
             self.assertLessEqual(low, report[key])
             self.assertGreaterEqual(high, report[key])
         # 7 of 10 right: the Wilson interval is wide, and the page says so.
-        self.assertContains(self.get(), 'data-interval="accuracy">95 % CI 0.397')
+        self.assertContains(self.get(), 'data-interval="accuracy">95 % CI [0.397')
 
     def test_it_leaves_out_and_counts_unconfirmed_and_ungradable_images(self):
         response = self.get()
         self.assertEqual(response.context["page"].paginator.count, 10)
         self.assertEqual(
             response.context["not_compared"],
-            {"ungradable": 1, "unconfirmed": 1, "training": 0, "training_included": 0},
+            {
+                "ungradable": 1,
+                "unconfirmed": 1,
+                "training": 0,
+                "training_included": 0,
+                "abstained": 0,
+                "answered": 10,
+                "comparable": 10,
+                "abstention_rate": 0.0,
+                "abstention_percent": 0.0,
+            },
         )
 
     def test_a_chosen_version_is_measured_instead_of_the_active_one(self):

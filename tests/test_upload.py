@@ -60,7 +60,7 @@ class UploadTests(GradingTestCase):
     def post(self, *files: SimpleUploadedFile, **fields):
         data = {"patient_id": "P-UP-1", "eye": "L", "acquired_on": "2024-03-05", **fields}
         data["files"] = list(files)
-        return self.client.post(URL, data)
+        return self.client.post(URL, data, follow=True)  # POST/redirect/GET
 
     def test_only_uploaders_see_the_page(self):
         self.assertStatusByUser(URL, alice=200, adam=200, rita=403, nora=403)
@@ -171,7 +171,9 @@ class ZipUploadTests(GradingTestCase):
 
     def post_zip(self, data: bytes, name: str = "visit.zip"):
         return self.client.post(
-            URL, {"patient_id": "P-ZIP", "eye": "R", "files": [upload_file(name, data)]}
+            URL,
+            {"patient_id": "P-ZIP", "eye": "R", "files": [upload_file(name, data)]},
+            follow=True,
         )
 
     def test_it_unpacks_photographs_and_handles_junk_safely(self):
@@ -218,3 +220,40 @@ class ZipUploadTests(GradingTestCase):
         archive = zip_bytes({"a.jpg": fundus_jpeg_bytes()})
         response = self.post_zip(archive[: len(archive) // 2])
         self.assertContains(response, "not a readable .zip archive")
+
+
+class UploadPostRedirectGetTests(GradingTestCase):
+    def setUp(self):
+        self.login(self.alice)
+        self.enqueue = mock.patch(ENQUEUE, return_value=True)
+        self.enqueue.start()
+        self.addCleanup(self.enqueue.stop)
+
+    def test_the_result_is_a_get_page_and_a_reload_uploads_nothing_again(self):
+        data = {
+            "patient_id": "P-PRG",
+            "eye": "L",
+            "files": [upload_file("a.jpg", fundus_jpeg_bytes(seed=5))],
+        }
+        response = self.client.post(URL, data)
+        self.assertRedirects(response, URL, fetch_redirect_response=False)
+        result = self.client.get(URL)
+        self.assertContains(result, "Stored")
+        self.assertContains(result, "P-PRG")
+        reload = self.client.get(URL)  # the browser's reload repeats the GET, not the POST
+        self.assertNotContains(reload, "upload-report")
+        self.assertEqual(Image.objects.filter(patient__pseudonym="P-PRG").count(), 1)
+
+    @override_settings(FUNDUS_QUALITY_GATE=True)
+    def test_a_photo_held_for_a_quality_check_says_so_instead_of_grade_it(self):
+        data = {
+            "patient_id": "P-HELD",
+            "eye": "R",
+            "files": [upload_file("small.jpg", fundus_jpeg_bytes(seed=6))],
+        }
+        result = self.client.post(URL, data, follow=True)
+        image = Image.objects.get(patient__pseudonym="P-HELD")
+        self.assertEqual(image.quality_review, Image.QualityReview.CHECK)
+        self.assertContains(result, "Held for a quality check")
+        self.assertContains(result, reverse("quality_queue"))
+        self.assertNotContains(result, reverse("grade_image", args=[image.pk]))

@@ -29,7 +29,9 @@ class UploadRulesTests(GradingTestCase):
         self.login(self.alice)
 
     def post(self, *files, patient_id: str = "P-NEW"):
-        return self.client.post(URL, {"patient_id": patient_id, "eye": "R", "files": list(files)})
+        return self.client.post(
+            URL, {"patient_id": patient_id, "eye": "R", "files": list(files)}, follow=True
+        )
 
     def test_a_duplicate_only_upload_creates_no_patient(self):
         data = fundus_jpeg_bytes(size=160, seed=7)

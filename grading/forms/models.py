@@ -16,3 +16,11 @@ class RetrainForm(forms.Form):
     mode = forms.ChoiceField(
         choices=list(version_services.TRAINING_MODES.items()), required=False, initial="head"
     )
+
+
+class ActivationConfirmForm(forms.Form):
+    """The confirmation page's POST. ``accept_worse``: the second, explicit confirmation needed
+    when the paired comparison finds the version worse than the active one."""
+
+    accept_worse = forms.BooleanField(required=False)
+    next = forms.CharField(required=False, max_length=500)

@@ -86,6 +86,11 @@ class Prediction(models.Model):
     entropy = models.FloatField(
         null=True, blank=True, help_text="Shannon entropy (nats) of the probabilities."
     )
+    # Distance of the photograph's features to the version's training features over the threshold
+    # set on its inner split (mlcore.models.ood): above 1, the model abstains. None: not measured.
+    ood_score = models.FloatField(
+        null=True, blank=True, help_text="Out-of-distribution score (above 1: outside training)."
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:

@@ -10,6 +10,7 @@ from django.contrib.auth.models import User
 from django.db.models import QuerySet
 
 from grading.models import GradeLevel, Image, ModelVersion, Prediction
+from grading.selectors.abstention import prediction_abstention_reason
 from grading.selectors.visibility import image_others_hidden, images_others_hidden
 
 # Re-exported for the pages that send an independent reader to the grading page.
@@ -57,12 +58,15 @@ class OrdinalView:
 @dataclass(frozen=True)
 class ModelView:
     """What the template shows in the model panel; ``state`` is one of hidden, no_model, pending,
-    ready. ``ordinal``: set when the stored grade is not the most probable one (ordinal
+    abstained, ready. ``ordinal``: set when the stored grade is not the most probable one (ordinal
     decoding), so the panel shows the quantities that chose it instead of per-grade bars that
     would contradict it."""
 
     state: str
     model_version: ModelVersion | None = None
+    # Set (with state "abstained") when the photograph is below the gradability threshold or
+    # outside the version's training domain: the panel shows no grade (selectors/abstention.py).
+    abstention: str | None = None
     prediction: Prediction | None = None
     bars: list[ProbabilityBar] = field(default_factory=list)
     cam_available: bool = False
@@ -151,6 +155,11 @@ def model_view_for(*, image: Image, user: User | None, reveal: bool = False) -> 
     prediction = prediction_for_image(image=image, model_version=active)
     if prediction is None:
         return ModelView(state="pending", model_version=active)
+    abstention = prediction_abstention_reason(prediction=prediction)
+    if abstention is not None:
+        return ModelView(
+            state="abstained", model_version=active, prediction=prediction, abstention=abstention
+        )
     bars = _probability_bars(prediction)
     ordinal = None if _predicted_is_most_probable(prediction, bars) else _ordinal_view(bars, active)
     return ModelView(

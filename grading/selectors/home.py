@@ -44,6 +44,7 @@ class AdminHome:
     failed_jobs: list[Job]
     adjudication_waiting: int
     better_candidates: list[tuple[ModelVersion, dict]]
+    quality_waiting: int = 0
 
 
 def _week_start(today: dt.date) -> dt.date:
@@ -147,4 +148,7 @@ def home_admin() -> AdminHome:
             grading_state=Image.GradingState.ADJUDICATION
         ).count(),
         better_candidates=candidates_better_than_active(active=active),
+        quality_waiting=Image.objects.filter(
+            grading_state=Image.GradingState.PENDING, quality_review=Image.QualityReview.CHECK
+        ).count(),
     )

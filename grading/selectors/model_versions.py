@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,8 +88,21 @@ def model_version_training_job(*, version: ModelVersion) -> Job | None:
     return version.jobs.filter(kind=Job.Kind.MODEL_TRAIN).order_by("-created_at").first()
 
 
+def model_version_took(*, version: ModelVersion) -> dt.timedelta | None:
+    """How long the version took, as the jobs page counts it: its training job from start to
+    finish (training, then predicting every image). Versions without a finished job: from
+    creation to the end of training."""
+    job = model_version_training_job(version=version)
+    if job is not None and job.finished_at is not None and job.started_at is not None:
+        return job.finished_at - job.started_at
+    return version.training_duration
+
+
 def model_version_auto_activated(*, version: ModelVersion) -> bool:
-    """Whether this version was activated automatically as the first model (setup)."""
+    """Whether this version's current activation is the automatic one of the first model (setup):
+    once someone re-activates it (a rollback), its activation has a person behind it."""
+    if version.state != ModelVersion.State.ACTIVE or version.activated_by_id is not None:
+        return False
     job = model_version_training_job(version=version)
     return bool(job and job.result.get("auto_activated"))
 

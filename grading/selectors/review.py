@@ -34,6 +34,7 @@ from django.db.models.fields.json import KT
 from django.db.models.functions import Abs, Cast, Floor, TruncMonth
 
 from grading.models import Grade, Image, ModelVersion, Prediction
+from grading.selectors.abstention import prediction_abstains_q
 from grading.selectors.dates import day_start
 from grading.selectors.grader_agreement import grader_agreement as grader_agreement
 from grading.selectors.grading_scale import Scale, scale_get
@@ -164,11 +165,12 @@ def _honest(queryset: QuerySet[Prediction], filters: ReviewFilters) -> QuerySet[
 
 
 def _compared_predictions() -> QuerySet[Prediction]:
-    """Predictions of images with a confirmed, gradable grade: the pairs that can be compared."""
+    """Predictions of images with a confirmed, gradable grade: the pairs that can be compared.
+    Abstentions (selectors/abstention.py) gave no grade: they are counted apart, as a rate."""
     return Prediction.objects.filter(
         image__grading_state=Image.GradingState.CONFIRMED,
         image__confirmed_grade__isnull=False,
-    )
+    ).exclude(prediction_abstains_q())
 
 
 def review_predictions(*, filters: ReviewFilters, scale: Scale | None = None) -> QuerySet:
@@ -274,7 +276,13 @@ def review_not_compared_counts(*, filters: ReviewFilters) -> dict[str, int]:
     ``filters.include_training`` (then 0 are left out, and ``training_included`` says how many
     optimistic rows the figures hold)."""
     if filters.model_version is None:
-        return {"ungradable": 0, "unconfirmed": 0, "training": 0, "training_included": 0}
+        return {
+            "ungradable": 0,
+            "unconfirmed": 0,
+            "training": 0,
+            "training_included": 0,
+            **_abstentions({"abstained": 0, "answered": 0}),
+        }
     queryset = _population_filter(
         Prediction.objects.filter(model_version=filters.model_version), filters
     )
@@ -286,12 +294,40 @@ def review_not_compared_counts(*, filters: ReviewFilters) -> dict[str, int]:
             "pk",
             filter=confirmed & Q(image__confirmed_grade__isnull=False, in_training=True),
         ),
+        **_abstention_counts(filters),
     )
     trained_on = counts.pop("trained_on")
     return {
-        **counts,
+        **_abstentions(counts),
         "training": 0 if filters.include_training else trained_on,
         "training_included": trained_on if filters.include_training else 0,
+    }
+
+
+def _abstention_counts(filters: ReviewFilters) -> dict[str, Count]:
+    """Among the comparable predictions (confirmed gradable, honest unless asked), those the model
+    abstained on and those it answered."""
+    comparable = Q(
+        image__grading_state=Image.GradingState.CONFIRMED, image__confirmed_grade__isnull=False
+    )
+    if not filters.include_training:
+        comparable &= Q(in_training=False)
+    abstains = prediction_abstains_q()
+    return {
+        "abstained": Count("pk", filter=comparable & abstains),
+        "answered": Count("pk", filter=comparable & ~abstains),
+    }
+
+
+def _abstentions(counts: dict[str, Any]) -> dict[str, Any]:
+    """``counts`` with the abstention rate (None when nothing was comparable)."""
+    total = counts["abstained"] + counts["answered"]
+    rate = counts["abstained"] / total if total else None
+    return {
+        **counts,
+        "comparable": total,
+        "abstention_rate": rate,
+        "abstention_percent": None if rate is None else 100 * rate,
     }
 
 

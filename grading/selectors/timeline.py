@@ -50,6 +50,14 @@ class TimelineEvent:
     def sort_key(self) -> tuple[Any, ...]:
         return (self.at, _KIND_ORDER[self.kind], self.sequence)
 
+    @property
+    def decoded_beyond_the_tallest_bar(self) -> bool:
+        """The predicted grade is not the most probable one (ordinal decoding chose it)."""
+        if not self.probabilities:
+            return False
+        top = max(bar.probability for bar in self.probabilities)
+        return not any(b.is_predicted and b.probability >= top - 1e-9 for b in self.probabilities)
+
 
 @dataclass
 class Timeline:

@@ -23,6 +23,7 @@ from grading.models import (
     Prediction,
     WorkbenchSettings,
 )
+from grading.selectors.abstention import prediction_abstains_q
 from grading.selectors.dates import day_start
 
 QUEUE_ORDERS = tuple(WorkbenchSettings.QueueOrder.values)
@@ -177,12 +178,14 @@ def worklist_sources(
                 required=required,
                 now=now,
             )
+            # An abstention's entropy says nothing: those images queue with the unpredicted.
+            predictions = predictions.exclude(prediction_abstains_q())
             if excluded:
                 predictions = predictions.exclude(image_id__in=excluded)
             has_prediction = Prediction.objects.filter(
                 model_version=active, image=OuterRef("pk"), entropy__isnull=False
-            )
-            # ...then the images it has not predicted yet, oldest first.
+            ).exclude(prediction_abstains_q())
+            # ...then the images it has not predicted yet (or abstained on), oldest first.
             return [
                 predictions.order_by("-entropy", "id").values_list("image_id", flat=True),
                 candidates.filter(~Exists(has_prediction))
@@ -338,6 +341,7 @@ def model_disagreements(*, min_difference: int = 2) -> QuerySet[Prediction]:
             image__confirmed_grade__isnull=False,
         )
         .exclude(image__confirmation_method=Image.ConfirmationMethod.ADJUDICATION)
+        .exclude(prediction_abstains_q())  # an abstention gives no grade to disagree with
         .alias(difference=Abs(F("predicted_grade_id") - F("image__confirmed_grade_id")))
         .filter(difference__gte=min_difference)
         .select_related("image", "image__patient", "predicted_grade", "image__confirmed_grade")

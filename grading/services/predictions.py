@@ -139,6 +139,7 @@ def predictions_refresh(*, model_version: ModelVersion, progress: Progress) -> i
             images=without_cam,
             model_version=model_version,
             progress=progress_span(progress, 50, 100),
+            step="step 2 of 2",
         )
     progress(
         100,
@@ -197,6 +198,7 @@ def images_predict(
             model_version=model_version,
             progress=progress_span(progress, 50, 100),
             failures=failures,
+            step="step 2 of 2",
         )
     if failures:
         logger.warning("Predictions with %s skipped: %s", model_version.name, "; ".join(failures))
@@ -211,16 +213,27 @@ def cams_draw(
     model_version: ModelVersion,
     progress: Progress,
     failures: list[str] | None = None,
+    step: str = "",
 ) -> int:
-    """CAM overlay PNGs of the predicted grade, for images that have none yet."""
+    """CAM overlay PNGs of the predicted grade, for images that have none yet. ``step``: which
+    part of its job this is ("step 2 of 2"), said in the progress text so that "heatmap 1 of 17"
+    beside a bar at half-way reads right."""
     from mlcore.pipelines.cam import cam_overlay_png
 
     errors = _prediction_errors()
-    artifact = model_artifact_load(model_version=model_version)
+    artifact = None  # loaded for the first map to draw (none, when every map exists)
     drawn = 0
     for index, image in enumerate(images, start=1):
+        if _retired(model_version):  # a rollback while this job ran: nobody will see these maps
+            progress(
+                100,
+                f"Stopped after {index - 1} of {len(images)} heatmaps: {model_version.name} "
+                "was retired",
+            )
+            break
         target = cam_path(model_version_id=model_version.pk, sha256=image.sha256)
         if not target.is_file():
+            artifact = artifact or model_artifact_load(model_version=model_version)
             try:
                 cam_overlay_png(
                     artifact, image.media_path, target, weights_dir=ml_config.weights_dir()
@@ -230,10 +243,18 @@ def cams_draw(
                 if failures is None:
                     raise
                 failures.append(f"image #{image.pk} (heatmap): {error}")
+        where = f", {step}" if step else ""
         progress(
-            100 * index // len(images), f"Heatmap {index} of {len(images)} ({model_version.name})"
+            100 * index // len(images),
+            f"Heatmap {index} of {len(images)} ({model_version.name}{where})",
         )
     return drawn
+
+
+def _retired(model_version: ModelVersion) -> bool:
+    return ModelVersion.objects.filter(
+        pk=model_version.pk, state=ModelVersion.State.RETIRED
+    ).exists()
 
 
 def _predict_batch(
@@ -269,6 +290,7 @@ def _predict_from_store(
 ) -> tuple[list[Image], list[Image]]:
     """(images predicted from cached features and written, images left to predict from files)."""
     from mlcore.features.store import feature_key
+    from mlcore.pipelines.ood import ood_scores_stored
     from mlcore.pipelines.predict import predict_from_store
 
     if not images:
@@ -282,13 +304,23 @@ def _predict_from_store(
     if not rows:
         return [], images
     done = [images[i] for i in rows]
-    _probabilities_write(model_version, artifact, done, proba, grades)
+    ood = ood_scores_stored(
+        artifact,
+        [feature_key(image.sha256) for image in done],
+        store_dir=ml_config.feature_store_dir(),
+    )
+    _probabilities_write(model_version, artifact, done, proba, grades, ood)
     found = set(rows)
     return done, [image for i, image in enumerate(images) if i not in found]
 
 
 def _probabilities_write(
-    model_version: ModelVersion, artifact: Any, images: list[Image], proba: Any, grades: Any
+    model_version: ModelVersion,
+    artifact: Any,
+    images: list[Image],
+    proba: Any,
+    grades: Any,
+    ood_scores: Sequence[float | None],
 ) -> int:
     scale = list(GradeLevel.objects.order_by("value").values_list("value", flat=True))
     columns = {grade: position for position, grade in enumerate(artifact.classes)}
@@ -300,10 +332,13 @@ def _probabilities_write(
             [row[columns[grade]] if grade in columns else 0.0 for grade in scale] for row in proba
         ],
         predicted_grades=[int(grade) for grade in grades],
+        ood_scores=ood_scores,
     )
 
 
 def _prediction_rows_from(model_version: ModelVersion, artifact: Any, results: list) -> int:
+    from mlcore.pipelines.ood import ood_scores_images
+
     if not results:
         return 0
     scale = list(GradeLevel.objects.order_by("value").values_list("value", flat=True))
@@ -317,6 +352,12 @@ def _prediction_rows_from(model_version: ModelVersion, artifact: Any, results: l
             for _, result in results
         ],
         predicted_grades=[result.grade for _, result in results],
+        ood_scores=ood_scores_images(
+            artifact,
+            [image.media_path for image, _ in results],
+            store_dir=ml_config.feature_store_dir(),
+            weights_dir=ml_config.weights_dir(),
+        ),
     )
 
 
@@ -345,8 +386,10 @@ def prediction_rows_write(
     image_ids: Sequence[int],
     probabilities: Any,
     predicted_grades: Sequence[int],
+    ood_scores: Sequence[float | None] | None = None,
 ) -> int:
     """Store predictions (probabilities in scale order); existing ones are kept as they are.
+    ``ood_scores``: each image's out-of-distribution score (None: not measured).
 
     Each row records whether the version was trained on its image (``in_training``), so that
     agreement figures can leave those optimistic rows out."""
@@ -367,8 +410,15 @@ def prediction_rows_write(
             entropy=probabilities_entropy(proba),
             predicted_grade=levels[int(grade)],
             in_training=shas.get(image_id) in trained_on,
+            ood_score=ood,
         )
-        for image_id, proba, grade in zip(image_ids, probabilities, predicted_grades, strict=True)
+        for image_id, proba, grade, ood in zip(
+            image_ids,
+            probabilities,
+            predicted_grades,
+            ood_scores if ood_scores is not None else [None] * len(image_ids),
+            strict=True,
+        )
     ]
     with transaction.atomic():
         Prediction.objects.bulk_create(rows, ignore_conflicts=True, batch_size=2000)

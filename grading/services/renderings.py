@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
+import PIL.ImageFilter
 import PIL.ImageOps
 from django.conf import settings
 from django.db import transaction
@@ -78,10 +79,27 @@ def _render(source: Path, mode: str, pixels: np.ndarray | None = None) -> PIL.Im
         green = PIL.Image.fromarray(np.ascontiguousarray(cropped[:, :, 1]))
         return PIL.ImageOps.autocontrast(green, cutoff=0.5)
     if mode == "ben_graham":
-        # Exactly the model's "ben_graham" preprocessing (crop, pad to a square, filter), only
-        # larger, so the clinician sees the picture the model is given.
-        return PIL.Image.fromarray(PREPROCESSING["ben_graham"](pixels, max_size))
+        # The model's "ben_graham" preprocessing (crop, pad to a square, filter), only larger, so
+        # the clinician sees the picture the model is given, grey outside the fundus.
+        return PIL.Image.fromarray(
+            _outside_fundus_grey(PREPROCESSING["ben_graham"](pixels, max_size), pixels, max_size)
+        )
     raise ValueError(f"unknown view {mode!r}; known: {', '.join(VIEW_MODES)}")
+
+
+def _outside_fundus_grey(filtered: np.ndarray, pixels: np.ndarray, size: int) -> np.ndarray:
+    """Grey (128, the filter's zero) wherever the padded photograph was camera border. The
+    filter's circle assumes a whole disc: where a wide photograph cuts the disc at the top and
+    bottom, the blurred fundus bled into the black padding as blue-green arcs."""
+    from mlcore.data.preprocessing import BORDER_THRESHOLD, crop_to_fundus, resize_pad
+
+    square = resize_pad(crop_to_fundus(pixels), size)
+    inside = PIL.Image.fromarray(
+        ((square.mean(axis=2) > BORDER_THRESHOLD) * 255).astype(np.uint8)
+    ).filter(PIL.ImageFilter.MinFilter(5))  # a few pixels in: the edge itself is JPEG noise
+    masked = filtered.copy()
+    masked[np.asarray(inside) == 0] = 128
+    return masked
 
 
 def _source_path(image: Image) -> Path:

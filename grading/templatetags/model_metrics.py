@@ -51,16 +51,17 @@ def duration(value: dt.timedelta | None) -> str:
 
 @register.filter
 def interval(value: list[float] | None, style: str = "metric") -> str:
-    """A 95 % interval ``[low, high]`` as ``0.801–0.846`` (``style="percent"``: ``80.1–84.6 %``),
-    or an empty string when there is none."""
+    """A 95 % interval ``[low, high]`` as ``[0.801, 0.846]`` (``style="percent"``:
+    ``[80.1, 84.6] %``), or an empty string when there is none. Brackets and a comma, because a
+    dash between two negative bounds read "-0.134–-0.005"."""
     if not value or len(value) != 2:
         return ""
     low, high = (_number(bound) for bound in value)
     if low is None or high is None:
         return ""
     if style == "percent":
-        return f"{100 * low:.1f}–{100 * high:.1f} %"
-    return f"{low:.3f}–{high:.3f}"
+        return f"[{100 * low:.1f}, {100 * high:.1f}] %"
+    return f"[{low:.3f}, {high:.3f}]"
 
 
 @register.filter

@@ -8,10 +8,13 @@ redirecting to the login page. Reading needs the same ``view_*`` permissions as 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import wraps
 from typing import Any
 
 from django.db.models import Prefetch, QuerySet
-from django.http import Http404
+from django.http import Http404, HttpRequest
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404
 from django.urls import path
 from rest_framework import generics, serializers
@@ -38,6 +41,8 @@ from grading.serializers import (
     PredictionListParams,
     PredictionSerializer,
 )
+from grading.views.access import PermissionRequired
+from grading.views.errors import permission_denied
 
 # Predictions next to confirmed grades are a reviewer's view: a clinician reading them through the
 # API would defeat blind grading, so the API needs the review permission as well.
@@ -315,17 +320,41 @@ class ModelVersionPredictions(ReadOnlyApiView, generics.ListAPIView):
         return response
 
 
+def friendly_denial(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
+    """A browser (it asks for HTML) that opens the API without the role gets the product's 403
+    page, which names the role needed, instead of a bare JSON line; API clients keep the JSON."""
+
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        response = view(request, *args, **kwargs)
+        if response.status_code == 403 and "text/html" in request.META.get("HTTP_ACCEPT", ""):
+            return permission_denied(request, PermissionRequired(READ_PREDICTIONS))
+        return response
+
+    return wrapped
+
+
 urlpatterns = [
-    path("", ApiRoot.as_view(), name="api_root"),
-    path("images/", ImageList.as_view(), name="api_images"),
-    path("images/<int:image_id>/", ImageDetail.as_view(), name="api_image"),
-    path("images/<int:image_id>/grades/", ImageGrades.as_view(), name="api_image_grades"),
-    path("images/<int:image_id>/fhir/", ImageFhir.as_view(), name="api_image_fhir"),
-    path("patients/<str:pseudonym>/fhir/", PatientFhir.as_view(), name="api_patient_fhir"),
-    path("model-versions/", ModelVersionList.as_view(), name="api_model_versions"),
+    path("", friendly_denial(ApiRoot.as_view()), name="api_root"),
+    path("images/", friendly_denial(ImageList.as_view()), name="api_images"),
+    path("images/<int:image_id>/", friendly_denial(ImageDetail.as_view()), name="api_image"),
+    path(
+        "images/<int:image_id>/grades/",
+        friendly_denial(ImageGrades.as_view()),
+        name="api_image_grades",
+    ),
+    path(
+        "images/<int:image_id>/fhir/", friendly_denial(ImageFhir.as_view()), name="api_image_fhir"
+    ),
+    path(
+        "patients/<str:pseudonym>/fhir/",
+        friendly_denial(PatientFhir.as_view()),
+        name="api_patient_fhir",
+    ),
+    path("model-versions/", friendly_denial(ModelVersionList.as_view()), name="api_model_versions"),
     path(
         "model-versions/<str:name>/predictions/",
-        ModelVersionPredictions.as_view(),
+        friendly_denial(ModelVersionPredictions.as_view()),
         name="api_model_version_predictions",
     ),
 ]

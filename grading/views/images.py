@@ -71,7 +71,9 @@ def image_cam(request: AuthenticatedHttpRequest, image_id: int) -> HttpResponse 
             content_type="text/plain",
         )
     model_view = model_view_for(image=image, user=request.user, reveal=True)
-    cam = prediction_cam_file(prediction=model_view.prediction) if model_view.prediction else None
+    # An abstention has no grade whose map could be shown.
+    prediction = model_view.prediction if model_view.state == "ready" else None
+    cam = prediction_cam_file(prediction=prediction) if prediction is not None else None
     if cam is None:
         raise Http404("No class activation map is available for this image.")
     return _png_response(cam)

@@ -17,7 +17,7 @@ from django.urls import path, reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from grading.forms.models import ModelCompareForm, RetrainForm
+from grading.forms.models import ActivationConfirmForm, ModelCompareForm, RetrainForm
 from grading.http import AuthenticatedHttpRequest
 from grading.models import GradeLevel, Job, ModelVersion
 from grading.selectors import jobs as job_selectors
@@ -82,6 +82,7 @@ def model_versions(request: AuthenticatedHttpRequest) -> HttpResponse:
                 key=lambda item: item[0],
             ),
             "auto_activated": version_selectors.model_version_auto_activated(version=version),
+            "took": version_selectors.model_version_took(version=version),
         }
         for version in versions
     ]
@@ -123,6 +124,7 @@ def model_version_detail(request: AuthenticatedHttpRequest, version_id: int) -> 
         "evaluation_job": version_selectors.model_version_evaluation_job(version=version),
         "cv": cv,
         "auto_activated": version_selectors.model_version_auto_activated(version=version),
+        "took": version_selectors.model_version_took(version=version),
         "predictions": version.predictions.count(),
     }
     return render(request, "grading/models/detail.html", ctx)
@@ -198,8 +200,25 @@ def model_artifact_file(
     return response
 
 
+def _worse_not_accepted(request: AuthenticatedHttpRequest, target: ModelVersion) -> bool:
+    """A POST that would activate a version the paired comparison finds worse than the active
+    one, without the explicit second confirmation."""
+    active = version_selectors.model_version_active()
+    if active is None or active.pk == target.pk:
+        return False
+    paired = version_selectors.model_versions_compare(first=active, second=target).paired
+    form = ActivationConfirmForm(request.POST)
+    accepted = form.is_valid() and form.cleaned_data["accept_worse"]
+    return bool(paired and paired["verdict"] == "worse" and not accepted)
+
+
 def _confirmation(
-    request: AuthenticatedHttpRequest, *, target: ModelVersion, action: str, action_url: str
+    request: AuthenticatedHttpRequest,
+    *,
+    target: ModelVersion,
+    action: str,
+    action_url: str,
+    status: int = 200,
 ) -> HttpResponse:
     """The page that asks before a version is switched: what will change, and the paired
     comparison of the version to activate with the one now active."""
@@ -218,8 +237,9 @@ def _confirmation(
             version_selectors.model_version_headline(version=active) if active else None
         ),
         "next": request.GET.get("next", ""),
+        "worse_refused": status == 400,
     }
-    return render(request, "grading/models/confirm.html", ctx)
+    return render(request, "grading/models/confirm.html", ctx, status=status)
 
 
 @require_http_methods(["GET", "POST"])
@@ -233,6 +253,14 @@ def model_version_activate(request: AuthenticatedHttpRequest, version_id: int) -
             target=version,
             action="activate",
             action_url=reverse("model_version_activate", args=[version.pk]),
+        )
+    if _worse_not_accepted(request, version):
+        return _confirmation(
+            request,
+            target=version,
+            action="activate",
+            action_url=reverse("model_version_activate", args=[version.pk]),
+            status=400,
         )
     try:
         activation = version_services.model_version_activate(version=version, user=request.user)
@@ -255,6 +283,15 @@ def model_rollback(request: AuthenticatedHttpRequest) -> HttpResponse:
             return redirect("model_versions")
         return _confirmation(
             request, target=target, action="rollback", action_url=reverse("model_rollback")
+        )
+    target = version_selectors.model_version_rollback_target()
+    if target is not None and _worse_not_accepted(request, target):
+        return _confirmation(
+            request,
+            target=target,
+            action="rollback",
+            action_url=reverse("model_rollback"),
+            status=400,
         )
     try:
         activation = version_services.model_version_rollback(user=request.user)

@@ -6,7 +6,7 @@ from django.contrib import messages
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import path
-from django.views.decorators.http import require_http_methods
+from django.views.decorators.http import require_GET, require_http_methods
 
 from grading.forms.settings import WorkbenchSettingsForm
 from grading.http import AuthenticatedHttpRequest
@@ -45,4 +45,13 @@ def workbench_settings(request: AuthenticatedHttpRequest) -> HttpResponse:
     )
 
 
-urlpatterns = [path("settings/grading/", workbench_settings, name="workbench_settings")]
+@require_GET
+@permission_required(SETTINGS_PERMISSION, raise_exception=True)
+def settings_index(request: AuthenticatedHttpRequest) -> HttpResponse:
+    return render(request, "grading/grading/settings_index.html")
+
+
+urlpatterns = [
+    path("settings/", settings_index, name="settings_index"),
+    path("settings/grading/", workbench_settings, name="workbench_settings"),
+]

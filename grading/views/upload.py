@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+from typing import Any
+
 from django.conf import settings
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -10,11 +13,13 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from grading.forms.upload import UploadForm
 from grading.http import AuthenticatedHttpRequest
-from grading.models import Job, Patient
+from grading.models import Image, Job, Patient
 from grading.selectors.model_versions import model_version_active
 from grading.services.jobs import QueueUnavailable
 from grading.services.uploads import (
     ZIP_MAX_MEMBERS,
+    UploadOutcome,
+    UploadReport,
     UploadVisit,
     upload_files_process,
     upload_is_large,
@@ -50,6 +55,34 @@ def upload_job(request: AuthenticatedHttpRequest, job_id: int) -> HttpResponse:
     return render(request, "grading/grading/upload_job.html", {"job": job})
 
 
+REPORT_SESSION_KEY = "upload_report"
+
+
+def _report_page(request: AuthenticatedHttpRequest, stored: dict[str, Any]) -> HttpResponse:
+    """The result of the upload just made (shown once: a reload shows the empty form). A stored
+    photograph held for a quality check says so instead of offering to grade it."""
+    report = UploadReport(
+        outcomes=[UploadOutcome(**outcome) for outcome in stored["outcomes"]],
+        prediction_queued=stored["prediction_queued"],
+    )
+    fields = stored["fields"]
+    held = set(
+        Image.objects.filter(
+            pk__in=report.accepted_ids, quality_review=Image.QualityReview.CHECK
+        ).values_list("pk", flat=True)
+    )
+    ctx = {
+        "form": UploadForm(initial=fields),
+        "report": report,
+        "held_ids": held,
+        "patient": Patient.objects.filter(pseudonym=fields.get("patient_id", "")).first(),
+        "zip_max_members": ZIP_MAX_MEMBERS,
+        "active_model": model_version_active(),
+        **_upload_limits(),
+    }
+    return render(request, "grading/grading/upload.html", ctx)
+
+
 @require_http_methods(["GET", "POST"])
 @permission_required(UPLOAD_PERMISSION, raise_exception=True)
 def upload(request: AuthenticatedHttpRequest) -> HttpResponse:
@@ -77,17 +110,16 @@ def upload(request: AuthenticatedHttpRequest) -> HttpResponse:
             report = upload_files_process(
                 files=files, visit=_upload_visit(form), uploaded_by=request.user
             )
-            patient = Patient.objects.filter(pseudonym=form.cleaned_data["patient_id"]).first()
-            ctx = {
-                "form": UploadForm(initial=form.cleaned_data),
-                "report": report,
-                "patient": patient,
-                "zip_max_members": ZIP_MAX_MEMBERS,
-                "active_model": model_version_active(),
-                **_upload_limits(),
+            # POST/redirect/GET: the result page is a GET, so reloading it uploads nothing again.
+            request.session[REPORT_SESSION_KEY] = {
+                "outcomes": [asdict(outcome) for outcome in report.outcomes],
+                "prediction_queued": report.prediction_queued,
+                "fields": {name: form.data.get(name, "") for name in UploadForm.base_fields},
             }
-            return render(request, "grading/grading/upload.html", ctx)
+            return redirect("upload")
         status = 400
+    elif REPORT_SESSION_KEY in request.session:
+        return _report_page(request, request.session.pop(REPORT_SESSION_KEY))
     ctx = {
         "form": form,
         "report": report,

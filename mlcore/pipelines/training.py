@@ -41,6 +41,7 @@ from mlcore.features.config import FeatureConfig, default_store_dir, default_wei
 from mlcore.models.artifact import DOMAIN_FILTERED, DOMAINS, save_artifact
 from mlcore.models.classifier import HeadClassifier, predict_with_tta
 from mlcore.models.holdout import HoldoutPlan, Progress, Rows, train_with_holdout
+from mlcore.models.ood import ood_fit_save
 from mlcore.pipelines.domain_features import (
     Copies,
     DomainSpec,
@@ -368,9 +369,11 @@ class _HeadSteps:
     started: float
     extraction_seconds: float = 0.0
     test_variants: Copies | None = None
+    train_rows: Rows | None = None
 
     def fit(self, train_idx: Rows, test_idx: Rows) -> HeadClassifier:
         config, data = self.config, self.data
+        self.train_rows = train_idx
         train_variants = None
         if config.augment.variants:
             needed = np.concatenate([train_idx, test_idx]) if config.tta else train_idx
@@ -436,6 +439,8 @@ class _HeadSteps:
 
     def finish(self, fitted: HeadClassifier, out: Path) -> None:
         plot_history(fitted.history_, out / "curves.png", best_epoch=fitted.best_epoch_)
+        if self.train_rows is not None:  # the out-of-distribution distance, beside the head
+            ood_fit_save(out, self.data.X, self.data.y, self.data.groups, rows=self.train_rows)
 
 
 def train_model(

@@ -15,6 +15,13 @@
   const bindings = tableElement ? JSON.parse(tableElement.textContent) : [];
   const byKey = new Map();
   bindings.forEach((binding) => binding.keys.forEach((key) => byKey.set(key, binding)));
+  const helpDialog = document.querySelector("[data-key-help-dialog]");
+  // How each element got the focus: by the keyboard (Tab) or by the pointer.
+  const focusedBy = new WeakMap();
+  let lastInput = "keyboard";
+  document.addEventListener("pointerdown", () => { lastInput = "pointer"; }, true);
+  document.addEventListener("keydown", () => { lastInput = "keyboard"; }, true);
+  document.addEventListener("focusin", (event) => { focusedBy.set(event.target, lastInput); });
   let dirty = false;
   let submitting = false;
 
@@ -117,6 +124,14 @@
   // opens it, so a correction stays one keystroke away while Enter alone moves on.
   function openCorrection() { if (correction && !correction.open) correction.open = true; }
 
+  // "Grade saved": written into the live region after load, so that it is announced (a region
+  // that already holds its text when the page loads is not).
+  const liveStatus = document.querySelector("[data-live-status]");
+  const inlineMessages = document.querySelector("[data-inline-messages]");
+  if (liveStatus && inlineMessages) {
+    setTimeout(() => { liveStatus.textContent = inlineMessages.textContent.trim().replace(/\s+/g, " "); }, 150);
+  }
+
   if (form) {
     form.addEventListener("change", (event) => {
       const target = event.target;
@@ -179,6 +194,10 @@
   function enterActsNatively(target) {
     if (!target) return false;
     if (target.tagName === "A") return true;
+    // The keyboard help's summary reached with the keyboard: Enter opens it (it used to warn
+    // "choose a grade"). After a mouse click it keeps the focus, and Enter saves as elsewhere.
+    if (target.tagName === "SUMMARY" && target.closest("[data-keyboard-help]") &&
+        focusedBy.get(target) === "keyboard") return true;
     return (target.tagName === "BUTTON" || target.tagName === "INPUT") && target.type === "submit";
   }
 
@@ -234,7 +253,12 @@
       viewer[binding.target]();
       return true;
     },
-    leave() { return false; },  // handled before the table: Esc only matters inside a text field
+    leave() { return false; },
+    help() {
+      if (!helpDialog || helpDialog.open) return false;
+      helpDialog.showModal();
+      return true;
+    },  // handled before the table: Esc only matters inside a text field
     finding_row(key, binding) {
       if (!rubric) return false;
       openCorrection();
@@ -248,6 +272,7 @@
 
   document.addEventListener("keydown", (event) => {
     if (event.ctrlKey || event.metaKey || event.altKey) return;
+    if (helpDialog && helpDialog.open) return;  // the dialog keeps its keys (Esc, Tab, Enter)
     const target = event.target;
     if (typing(target)) {
       if (event.key === "Escape") target.blur();

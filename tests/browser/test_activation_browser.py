@@ -73,6 +73,10 @@ class ActivationBrowserTests(MigrationDataKeptMixin, BrokerMixin, BrowserTestCas
         rollback.click()
         self.assertEqual(self.confirm_page("models-confirm-rollback"), "worse")
         self.assertIn("v1 is worse than v2", self.driver.page_source)
+        # A worse version takes the explicit second confirmation: the button alone does nothing.
+        self.driver.find_element(By.ID, "confirm-activate").click()
+        self.assertEqual(ModelVersion.objects.get(state=ModelVersion.State.ACTIVE).name, "v2")
+        self.driver.find_element(By.ID, "id_accept_worse").click()
         self.driver.find_element(By.ID, "confirm-activate").click()
         self.wait_for(lambda d: "v1 is now the active model" in d.page_source)
         self.assertEqual(ModelVersion.objects.get(state=ModelVersion.State.ACTIVE).name, "v1")

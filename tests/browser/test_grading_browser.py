@@ -196,6 +196,8 @@ class GradingBrowserTests(MigrationDataKeptMixin, BrowserTestCase):
         self.assertIn("Predicts", page)
         self.press("2")
         notes = self.driver.find_element(By.ID, "id_notes")
+        # Out from under the sticky Save bar, as a reader scrolls to it.
+        self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", notes)
         notes.click()
         notes.send_keys("IRMA present; beading not convincing.")
         notes.send_keys(Keys.ESCAPE)

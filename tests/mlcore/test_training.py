@@ -233,3 +233,33 @@ def test_training_maps_raw_photographs_into_the_training_domain_like_prediction(
         mapped, backbone=TOY, preprocessing=RAW_TO_FILTERED, feature_dim=TOY_DIM
     ) as cached:
         assert np.array_equal(cached.get(photo_keys), trained_on)
+
+
+def test_it_stores_an_out_of_distribution_distance_set_on_the_inner_split(trained, dataset):
+    from mlcore.models.ood import ood_load
+
+    result, _ = trained
+    scorer = ood_load(result.artifact_dir)
+    assert scorer is not None
+    assert scorer.n_fit_ + scorer.n_check_ == result.n_train
+    features = np.random.default_rng(0).normal(size=(3, scorer.mean_.size)) * 100
+    assert (scorer.score(features) > 1).all()
+
+
+def test_prediction_scores_photos_against_the_stored_distance(trained, dataset):
+    from mlcore.features.store import feature_key
+    from mlcore.pipelines.ood import ood_scores_images, ood_scores_stored
+
+    root, paths, _, _ = dataset
+    result, _ = trained
+    artifact = load_artifact(result.artifact_dir)
+    weights = write_toy_weights(root / "weights").parent
+    from_files = ood_scores_images(
+        artifact, paths[:3], store_dir=root / "store", weights_dir=weights
+    )
+    assert all(isinstance(score, float) and score >= 0 for score in from_files)
+    keys = [feature_key(key.split("#")[0]) for key in result.train_keys[:3]]
+    from_store = ood_scores_stored(artifact, keys, store_dir=root / "store")
+    assert all(isinstance(score, float) for score in from_store)
+    # The training photographs themselves lie inside the domain, as most must.
+    assert sum(score <= 1.0 for score in from_store) >= 2
