@@ -6,7 +6,9 @@ from django.urls import URLPattern, URLResolver, get_resolver
 
 from tests.base import BaseTestCase
 
-PUBLIC_NAMES = {"login", "healthz", "favicon"}
+# Probes need no login: /readyz tells only which checks pass; /metrics is closed by its token
+# setting instead (tests/test_operations.py).
+PUBLIC_NAMES = {"login", "healthz", "favicon", "readyz", "metrics"}
 
 
 def concrete_paths() -> list[tuple[str, str]]:

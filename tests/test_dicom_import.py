@@ -53,7 +53,8 @@ class DicomTestCase(GradingTestCase):
 
     def upload(self, *files: SimpleUploadedFile, patient_id: str = "P-FORM"):
         self.login(self.alice)
-        return self.client.post(URL, {"patient_id": patient_id, "eye": "U", "files": list(files)})
+        data = {"patient_id": patient_id, "eye": "U", "files": list(files)}
+        return self.client.post(URL, data, follow=True)  # POST/redirect/GET
 
 
 class DicomUploadTests(DicomTestCase):

@@ -209,8 +209,9 @@ class WebProcessKilledDuringUploadTests(MediaMixin, MigrationDataKeptMixin, Tran
                 answer = b""
                 while chunk := sock.recv(65536):
                     answer += chunk
-        self.assertTrue(answer.startswith(b"HTTP/1.1 200"), answer[:300])
-        self.assertIn(b"Stored as image", answer)
+        # POST/redirect/GET: the upload answers with a redirect to its report page.
+        self.assertTrue(answer.startswith(b"HTTP/1.1 302"), answer[:300])
+        self.assertIn(b"Location: /upload/", answer)
         self.assertEqual(Image.objects.filter(patient__pseudonym="P-KILLED").count(), 1)
         self.assertEqual(len(self._files_under(self.media)), 1)
 

@@ -44,9 +44,11 @@ PAGES = [
     ),
     ("review by grader", "reviewer", "GET", lambda d: f"/review/?grader={d['grader_id']}", 21),
     ("grader agreement", "reviewer", "GET", lambda d: "/review/graders/", 10),
-    # Registry and version page: + the open cross-validation job(s), for "evaluating… n %".
+    # Registry and version page: + the open cross-validation job(s), for "evaluating… n %",
+    # + the latest training job, for the duration the jobs page gives: every version's in one query
+    # on the registry, the version's own on its page.
     ("registry", "admin", "GET", lambda d: "/models/", 14),
-    ("a model version", "admin", "GET", lambda d: f"/models/{d['v2']}/", 11),
+    ("a model version", "admin", "GET", lambda d: f"/models/{d['v2']}/", 12),
     ("jobs", "admin", "GET", lambda d: "/jobs/", 7),
     ("a job", "admin", "GET", lambda d: f"/jobs/{d['job']}/", 6),
     # API pages beyond the only one read their ids first (IdsFirstPaginator): +1.

@@ -29,7 +29,7 @@ class WorkbenchSettingsTests(GradingTestCase):
         self.assertEqual(workbench_settings_get().grades_required, 1)
 
     def test_the_menu_links_to_the_settings_for_admins_only(self):
-        link = f'<a href="{URL}">Settings</a>'
+        link = f'<a href="{reverse("settings_index")}">Settings</a>'
         self.login(self.adam)
         self.assertContains(self.client.get(reverse("patients")), link)
         for user in (self.alice, self.rita):

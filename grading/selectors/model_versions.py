@@ -88,11 +88,18 @@ def model_version_training_job(*, version: ModelVersion) -> Job | None:
     return version.jobs.filter(kind=Job.Kind.MODEL_TRAIN).order_by("-created_at").first()
 
 
-def model_version_took(*, version: ModelVersion) -> dt.timedelta | None:
-    """How long the version took, as the jobs page counts it: its training job from start to
+def model_version_training_jobs() -> dict[int, Job]:
+    """The latest training job of every version (one query for the registry)."""
+    jobs = Job.objects.filter(kind=Job.Kind.MODEL_TRAIN, model_version__isnull=False).order_by(
+        "created_at"
+    )
+    return {job.model_version_id: job for job in jobs if job.model_version_id is not None}
+
+
+def model_version_took(*, version: ModelVersion, job: Job | None) -> dt.timedelta | None:
+    """How long the version took, as the jobs page counts it: its training ``job`` from start to
     finish (training, then predicting every image). Versions without a finished job: from
     creation to the end of training."""
-    job = model_version_training_job(version=version)
     if job is not None and job.finished_at is not None and job.started_at is not None:
         return job.finished_at - job.started_at
     return version.training_duration

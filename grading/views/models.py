@@ -72,6 +72,7 @@ def model_versions(request: AuthenticatedHttpRequest) -> HttpResponse:
     versions = list(version_selectors.model_versions_list())
     active = next((v for v in versions if v.state == ModelVersion.State.ACTIVE), None)
     evaluation_jobs = version_selectors.model_version_evaluation_jobs()
+    training_jobs = version_selectors.model_version_training_jobs()
     rows = [
         {
             "version": version,
@@ -82,7 +83,9 @@ def model_versions(request: AuthenticatedHttpRequest) -> HttpResponse:
                 key=lambda item: item[0],
             ),
             "auto_activated": version_selectors.model_version_auto_activated(version=version),
-            "took": version_selectors.model_version_took(version=version),
+            "took": version_selectors.model_version_took(
+                version=version, job=training_jobs.get(version.pk)
+            ),
         }
         for version in versions
     ]
@@ -124,7 +127,9 @@ def model_version_detail(request: AuthenticatedHttpRequest, version_id: int) -> 
         "evaluation_job": version_selectors.model_version_evaluation_job(version=version),
         "cv": cv,
         "auto_activated": version_selectors.model_version_auto_activated(version=version),
-        "took": version_selectors.model_version_took(version=version),
+        "took": version_selectors.model_version_took(
+            version=version, job=version_selectors.model_version_training_job(version=version)
+        ),
         "predictions": version.predictions.count(),
     }
     return render(request, "grading/models/detail.html", ctx)
