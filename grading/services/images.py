@@ -28,6 +28,7 @@ from django.utils import timezone
 
 from grading.models import Grade, GradeLevel, Image, Patient
 from grading.services.quality import quality_measures_or_none
+from mlcore.data.near_duplicates import perceptual_hash_of_bytes
 from mlcore.data.pipelining import map_ahead
 from mlcore.data.quality import QualityMeasures
 
@@ -149,6 +150,7 @@ def image_create(
     quality = quality_fields_for(data=validated.data, measures=quality_measures)
     if confirmed_grade is not None and quality:
         quality["quality_review"] = Image.QualityReview.NONE
+    picture_hash = perceptual_hash_of_bytes(validated.data)
     name, wrote_file = _file_store(validated)
     try:
         with transaction.atomic():
@@ -157,6 +159,7 @@ def image_create(
                 eye=eye,
                 acquired_on=acquired_on,
                 sha256=validated.sha256,
+                perceptual_hash=picture_hash,
                 width=validated.width,
                 height=validated.height,
                 source=source[:255],
