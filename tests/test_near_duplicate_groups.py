@@ -50,7 +50,9 @@ class NearDuplicateGroupTests(BaseTestCase):
 
         images = training_images()
         groups = np.asarray(training_groups(images=images))
-        copy_rows = {k for k, image in enumerate(images) if image.image_id in {i.pk for i in stored}}
+        copy_rows = {
+            k for k, image in enumerate(images) if image.image_id in {i.pk for i in stored}
+        }
         self.assertEqual(len(set(groups[list(copy_rows)])), 1)
         self.assertEqual(len(set(groups)), len(images) - 3)  # the others are their own group
         grades = np.asarray([image.grade for image in images])

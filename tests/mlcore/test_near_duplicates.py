@@ -48,7 +48,9 @@ def copies_of(image: Image.Image) -> list[bytes]:
 
 def test_copies_of_a_photograph_hash_close_and_distinct_photographs_far():
     original = photo(0)
-    hashes = [perceptual_hash(original)] + [perceptual_hash_of_bytes(c) for c in copies_of(original)]
+    hashes = [perceptual_hash(original)] + [
+        perceptual_hash_of_bytes(c) for c in copies_of(original)
+    ]
     others = [perceptual_hash(photo(seed)) for seed in range(1, 40)]
     assert all(len(h) == HASH_HEX_DIGITS for h in hashes + others)
     distances = hamming_distances(hashes + others)
@@ -62,7 +64,9 @@ def test_copies_of_a_photograph_hash_close_and_distinct_photographs_far():
 def test_copies_never_straddle_a_split():
     """Six copies of one photograph among 60 photographs, each under its own patient (the
     registry has no idea they are one eye): every fold and hold-out keeps them together."""
-    copies = [perceptual_hash(photo(0))] + [perceptual_hash_of_bytes(c) for c in copies_of(photo(0))]
+    copies = [perceptual_hash(photo(0))] + [
+        perceptual_hash_of_bytes(c) for c in copies_of(photo(0))
+    ]
     hashes = copies + [perceptual_hash(photo(seed)) for seed in range(1, 55)]
     patients = [f"patient:{i}" for i in range(len(hashes))]
     grades = np.asarray([i % 3 for i in range(len(hashes))])

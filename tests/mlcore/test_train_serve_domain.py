@@ -71,8 +71,7 @@ def test_training_its_hold_out_and_prediction_see_a_mixed_set_alike(mixed_set, t
         weights=None,
     )  # fmt: skip
     served = {
-        p.path: p
-        for p in predict_images(result.artifact_dir, paths, store_dir=tmp_path / "store")
+        p.path: p for p in predict_images(result.artifact_dir, paths, store_dir=tmp_path / "store")
     }
 
     # Training mapped its raw photographs as prediction maps them.
