@@ -384,6 +384,8 @@ def figures(y: np.ndarray, pred: np.ndarray, proba: np.ndarray, groups: np.ndarr
         }
         for name, value in values.items()
     }
+    out["ece_decoded"] = report["ece_decoded"]
+    out["undefined_resamples"] = intervals["undefined_resamples"]
     out["referable_sensitivity"] = report["referable"]["sensitivity"]
     out["referable_specificity"] = report["referable"]["specificity"]
     out["confusion"] = report["confusion"]
