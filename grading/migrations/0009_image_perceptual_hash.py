@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('grading', '0008_model_flag_index'),
+        ("grading", "0008_model_flag_index"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='image',
-            name='perceptual_hash',
-            field=models.CharField(blank=True, default='', editable=False, max_length=64),
+            model_name="image",
+            name="perceptual_hash",
+            field=models.CharField(blank=True, default="", editable=False, max_length=64),
         ),
     ]

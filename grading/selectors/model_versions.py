@@ -74,8 +74,14 @@ def _training_set_read(path: str, stamp: int) -> tuple[TrainingRow, ...]:
         )
 
 
-def model_version_training_sha256(*, version: ModelVersion) -> frozenset[str]:
-    """The sha256 of the images ``version`` was trained on (see ``model_version_training_set``)."""
+def model_version_training_sha256(*, version: ModelVersion) -> frozenset[str] | None:
+    """The sha256 of the images ``version`` was trained on (see ``model_version_training_set``);
+    ``None`` when unknown: the version has a model folder but its ``training_set.csv`` is
+    missing (deleted, or never copied), so any image may have been trained on."""
+    from pathlib import Path
+
+    if version.artifact_path and not (Path(version.artifact_path) / TRAINING_SET_FILE).is_file():
+        return None
     return frozenset(row.sha256 for row in model_version_training_set(version=version))
 
 

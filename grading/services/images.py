@@ -58,6 +58,9 @@ class ValidatedImage:
     width: int
     height: int
     extension: str
+    # Near-duplicate detection (mlcore.data.near_duplicates); computed here, in the import's
+    # reading threads, rather than inside the write.
+    perceptual_hash: str = ""
 
 
 def image_validate(*, data: bytes, name: str = "file") -> ValidatedImage:
@@ -99,6 +102,7 @@ def image_validate(*, data: bytes, name: str = "file") -> ValidatedImage:
         width=width,
         height=height,
         extension=ACCEPTED_FORMATS[image_format],
+        perceptual_hash=perceptual_hash_of_bytes(data),
     )
 
 
@@ -150,7 +154,6 @@ def image_create(
     quality = quality_fields_for(data=validated.data, measures=quality_measures)
     if confirmed_grade is not None and quality:
         quality["quality_review"] = Image.QualityReview.NONE
-    picture_hash = perceptual_hash_of_bytes(validated.data)
     name, wrote_file = _file_store(validated)
     try:
         with transaction.atomic():
@@ -159,7 +162,7 @@ def image_create(
                 eye=eye,
                 acquired_on=acquired_on,
                 sha256=validated.sha256,
-                perceptual_hash=picture_hash,
+                perceptual_hash=validated.perceptual_hash,
                 width=validated.width,
                 height=validated.height,
                 source=source[:255],

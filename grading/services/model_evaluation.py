@@ -106,8 +106,10 @@ def model_evaluate(*, version: ModelVersion, progress: Progress) -> dict[str, An
 
     try:
         rows, paths, hashes = _training_set_on_disk(version)
-        training_config = ml_config.training_config_from_settings(
-            classes=tuple(version.class_values), referable_from=ml_config.scale_classes()[1]
+        training_config, recipe_source = ml_config.training_config_of_version(
+            artifact_path=version.artifact_path,
+            classes=tuple(version.class_values),
+            referable_from=ml_config.scale_classes()[1],
         )
         progress(2, f"{version.name}: features of {len(rows)} training images")
         y = np.asarray([row.grade for row in rows], dtype=np.int64)
@@ -129,6 +131,7 @@ def model_evaluate(*, version: ModelVersion, progress: Progress) -> dict[str, An
         )
         progress(85, f"{version.name}: bootstrap intervals")
         figures = _cv_figures(version, rows, y, groups, cv, training_config)
+        figures["recipe_from"] = recipe_source
         metrics = {**version.metrics, "cv": figures, "evaluation": EVALUATION_DONE}
         metrics["ece"] = cv.pooled.get("ece")
         ModelVersion.objects.filter(pk=version.pk).update(metrics=metrics)
