@@ -61,3 +61,33 @@ class NearDuplicateGroupTests(BaseTestCase):
         ]
         for train, test in splits:
             self.assertTrue(copy_rows <= set(train.tolist()) or copy_rows <= set(test.tolist()))
+
+
+class GroupsFileImportTests(BaseTestCase):
+    def test_photographs_of_one_listed_group_are_imported_as_one_patient(self):
+        import tempfile
+        from io import StringIO
+        from pathlib import Path
+
+        from django.core.management import call_command
+
+        from grading.models import Image
+
+        root = Path(tempfile.mkdtemp(prefix="import-groups-"))
+        names = ["aptos2019_aa11", "aptos2019_bb22", "aptos2019_cc33", "dd44"]
+        for seed, name in enumerate(names):
+            (root / f"{name}.jpg").write_bytes(fundus_jpeg_bytes(seed=300 + seed))
+        (root / "labels.csv").write_text(
+            "filename,grade\n" + "".join(f"{name}.jpg,{i % 2}\n" for i, name in enumerate(names))
+        )
+        (root / "groups.txt").write_text("# same eye\naa11 cc33 dd44\n")
+        call_command(
+            "import_images", "--labels", str(root / "labels.csv"), "--groups",
+            str(root / "groups.txt"), str(root), "--no-progress", stdout=StringIO(),
+        )  # fmt: skip
+        patient = dict(Image.objects.values_list("original_filename", "patient__pseudonym"))
+        self.assertEqual(
+            {patient[f"{n}.jpg"] for n in ("aptos2019_aa11", "aptos2019_cc33", "dd44")},
+            {"group-aa11"},
+        )
+        self.assertNotEqual(patient["aptos2019_bb22.jpg"], "group-aa11")

@@ -335,6 +335,30 @@ def import_items_from_csv(labels: Path, root: Path, *, ungraded: bool = False) -
     ]
 
 
+def import_items_grouped(items: list[ImportItem], groups_file: Path) -> list[ImportItem]:
+    """Photographs listed together in a near-duplicate groups file (one group of ids per line,
+    ``#`` comments; an id is a file's stem or the last ``_``-separated part of it, as in the
+    shared set's ``near_duplicate_groups.txt``) become one patient, so every training split
+    keeps them on one side; a patient_id given in the labels CSV wins."""
+    from dataclasses import replace
+
+    from mlcore.data.splits import read_near_duplicate_groups
+
+    try:
+        groups = read_near_duplicate_groups(groups_file)
+    except (OSError, UnicodeDecodeError) as error:
+        raise ImportRejected(f"{groups_file}: cannot read the groups file ({error}).") from None
+    owner = {member: f"group-{min(members)}" for members in groups for member in members}
+    grouped = []
+    for item in items:
+        stem = item.path.stem
+        key = stem if stem in owner else stem.rsplit("_", 1)[-1]
+        if key in owner and not item.patient_id:
+            item = replace(item, patient_id=owner[key])
+        grouped.append(item)
+    return grouped
+
+
 def _parse_eye(value: str, path: Path) -> str:
     try:
         return EYE_ALIASES[value.strip().lower()]
