@@ -268,3 +268,61 @@ def confusion_intervals(
             low, high = np.quantile(qwks, [alpha, 1 - alpha])
             out["qwk"] = (float(low), float(high))
     return out
+
+
+def _quantile_interval(values: npt.NDArray[np.float64]) -> tuple[float, float] | None:
+    defined = values[np.isfinite(values)]
+    if defined.size < max(2, values.size / 2):
+        return None
+    alpha = (1 - CONFIDENCE) / 2
+    low, high = np.quantile(defined, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
+def patient_confusion_intervals(
+    patient_matrices: npt.ArrayLike,
+    *,
+    referable_position: int,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+) -> dict[str, tuple[float, float] | None]:
+    """95 % intervals of QWK, accuracy and referable sensitivity and specificity from one
+    confusion matrix per patient (P, k, k), resampling whole *patients* with replacement (a
+    patient's eyes and visits are not independent images).
+
+    Aggregated in SQL like :func:`confusion_intervals`: patients with the same matrix are
+    interchangeable, so drawing P patients is drawing a multinomial over the distinct matrices,
+    whatever the number of patients. Resamples where a figure is undefined are dropped. When
+    every patient has one image, patients are images: :func:`confusion_intervals` (its Wilson
+    intervals of the proportions are the better ones at small n and at 0 % / 100 %)."""
+    matrices = np.asarray(patient_matrices, dtype=np.int64)
+    if matrices.size and (matrices.sum(axis=(1, 2)) == 1).all():
+        return confusion_intervals(
+            matrices.sum(axis=0), referable_position=referable_position, resamples=resamples,
+            seed=seed,
+        )  # fmt: skip
+    out: dict[str, tuple[float, float] | None] = dict.fromkeys(
+        ("qwk", "accuracy", "sensitivity", "specificity")
+    )
+    n_patients = matrices.shape[0]
+    if n_patients < 2:
+        return out
+    k = matrices.shape[-1]
+    patterns, counts = np.unique(matrices.reshape(n_patients, -1), axis=0, return_counts=True)
+    draws = np.random.default_rng(seed).multinomial(n_patients, counts / n_patients, resamples)
+    resampled = (draws @ patterns).reshape(resamples, k, k).astype(np.float64)
+    totals = resampled.sum(axis=(1, 2))
+    referable = resampled[:, referable_position:, :]
+    other = resampled[:, :referable_position, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        figures = {
+            "qwk": _qwk_of_matrices(resampled),
+            "accuracy": np.trace(resampled, axis1=1, axis2=2) / totals,
+            "sensitivity": referable[:, :, referable_position:].sum(axis=(1, 2))
+            / referable.sum(axis=(1, 2)),
+            "specificity": other[:, :, :referable_position].sum(axis=(1, 2))
+            / other.sum(axis=(1, 2)),
+        }
+    for name, values in figures.items():
+        out[name] = _quantile_interval(np.asarray(values, dtype=np.float64))
+    return out

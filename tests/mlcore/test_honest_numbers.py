@@ -53,3 +53,27 @@ def test_an_interval_with_mostly_undefined_resamples_is_refused():
     proba = np.full((30, 5), 0.2)
     intervals = metric_intervals(truth, np.zeros(30, np.int64), proba, n_resamples=200)
     assert intervals["referable_auc"] is None
+
+
+def test_review_intervals_resample_patients_not_images():
+    """40 patients with 4 eyes/visits each, all graded alike within a patient: resampling the
+    160 images as if independent understates the spread; resampling patients does not."""
+    from mlcore.evaluation.intervals import confusion_intervals, patient_confusion_intervals
+
+    rng = np.random.default_rng(3)
+    k = 3
+    matrices = np.zeros((40, k, k), np.int64)
+    for p in range(40):
+        true = p % k
+        predicted = true if rng.random() < 0.7 else (true + 1) % k
+        matrices[p, true, predicted] = 4
+    by_patient = patient_confusion_intervals(matrices, referable_position=2, resamples=500)
+    by_image = confusion_intervals(matrices.sum(axis=0), referable_position=2)
+    for name in ("qwk", "accuracy"):
+        patient_width = by_patient[name][1] - by_patient[name][0]
+        image_width = by_image[name][1] - by_image[name][0]
+        assert patient_width > 1.5 * image_width
+    pooled = matrices.sum(axis=0)
+    accuracy = np.trace(pooled) / pooled.sum()
+    assert by_patient["accuracy"][0] <= accuracy <= by_patient["accuracy"][1]
+    assert patient_confusion_intervals(matrices[:1], referable_position=2)["qwk"] is None
