@@ -295,9 +295,11 @@ class Candidate:
     takes_split: bool = False
 
     def score(self, ctx: Context, train: np.ndarray, test: np.ndarray, split: str) -> Scored:
-        """Train on ``train`` and score ``test``; finished scorings are kept on disk (ensembles
-        and reruns reuse them)."""
-        stored = ctx.work / "scored" / ctx.tag / split / f"{self.name}-{_rows_digest(train, test)}"
+        """Train on ``train`` and score ``test``; finished scorings are kept on disk, keyed by
+        the candidate's settings and rows (ensembles and reruns reuse them)."""
+        settings = json.dumps(self.options, sort_keys=True, default=str).encode()
+        digest = hashlib.sha256(settings + _rows_digest(train, test).encode()).hexdigest()[:12]
+        stored = ctx.work / "scored" / ctx.tag / split / f"{self.name}-{digest}"
         if ctx.epochs is not None:
             stored = stored.with_name(f"{stored.name}-e{ctx.epochs}")
         if stored.with_suffix(".npz").is_file():
