@@ -487,6 +487,32 @@ def run(args: argparse.Namespace) -> int:
     return 0 if row["status"] == "done" else 3
 
 
+def table(results: Path) -> str:
+    """The README's markdown table of every row in ``results`` (figures with 95 % intervals)."""
+
+    def cell(figure: dict[str, Any] | None) -> str:
+        if not figure or figure.get("value") is None:
+            return "—"
+        ci = figure.get("ci95")
+        return f"{figure['value']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+    lines = [
+        "| candidate | protocol | QWK [95 % CI] | accuracy | referable AUC | ECE | CPU min | wall min |",
+        "|---|---|---|---|---|---|---:|---:|",
+    ]
+    rows = json.loads(results.read_text()).get("rows", []) if results.is_file() else []
+    for row in sorted(rows, key=lambda r: (r.get("protocol", ""), r["candidate"])):
+        f = row.get("figures") or {}
+        lines.append(
+            f"| `{row['candidate']}` | {row.get('protocol')}"
+            + ("" if row.get("status") == "done" else f" ({row.get('status')})")
+            + f" | {cell(f.get('qwk'))} | {cell(f.get('accuracy'))} | "
+            f"{cell(f.get('referable_auc'))} | {cell(f.get('ece'))} | "
+            f"{row.get('cpu_minutes')} | {row.get('wall_minutes')} |"
+        )
+    return "\n".join(lines)
+
+
 def _time_up(signum: int, frame: Any) -> None:
     raise TimeUp()
 
@@ -495,6 +521,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--candidate", choices=sorted(CANDIDATES))
     parser.add_argument("--list", action="store_true", help="list the candidates and exit")
+    parser.add_argument("--table", action="store_true", help="print the README table of --out")
     parser.add_argument("--cv", type=int, help="grouped k-fold CV instead of the 80/20 split")
     parser.add_argument("--max-minutes", type=float, help="stop (resumably) after this long")
     parser.add_argument("--limit", type=int, help="about N images only (smoke runs)")
@@ -510,7 +537,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.store = args.store or args.work / "features"
     if args.out is None:
         args.out = args.work / "smoke.json" if (args.limit or args.epochs) else RESULTS
-    if not args.list and not args.candidate:
+    if not (args.list or args.table or args.candidate):
         parser.error("give --candidate NAME (or --list)")
     if args.cv is not None and args.cv < 2:
         parser.error("--cv needs at least 2 folds")
@@ -519,6 +546,9 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
+    if args.table:
+        print(table(args.out))
+        return 0
     if args.list:
         for c in CANDIDATES.values():
             print(f"{c.name:22s} {c.description}")
