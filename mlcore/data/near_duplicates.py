@@ -50,12 +50,52 @@ def perceptual_hash_of_bytes(data: bytes) -> str:
 
 def hamming_distances(hashes: Sequence[str]) -> npt.NDArray[np.int64]:
     """All pairwise Hamming distances (n, n) of hex hashes."""
-    raw = np.frombuffer(b"".join(bytes.fromhex(h) for h in hashes), dtype=np.uint8)
-    bits = np.unpackbits(raw.reshape(len(hashes), -1), axis=1).astype(np.float32)
+    bits = _bits(hashes).astype(np.float32)
     # distance = ones(a) + ones(b) - 2 * common ones (exact in float32 up to 2**24 bits)
     ones = bits.sum(axis=1)
     distances = ones[:, None] + ones[None, :] - 2.0 * (bits @ bits.T)
     return np.asarray(np.rint(distances), dtype=np.int64)
+
+
+def _bits(hashes: Sequence[str]) -> npt.NDArray[np.uint8]:
+    raw = np.frombuffer(b"".join(bytes.fromhex(h) for h in hashes), dtype=np.uint8)
+    return np.unpackbits(raw.reshape(len(hashes), -1), axis=1)
+
+
+def close_pairs(
+    hashes: Sequence[str], *, max_distance: int = MAX_DISTANCE
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(i, j) with i < j for every pair of hashes within ``max_distance`` bits, without the
+    all-pairs matrix (100,000 images would need 40 GB): the bits are cut into
+    ``max_distance + 1`` segments, and two hashes that close agree on at least one whole
+    segment (pigeonhole), so only images sharing a segment's value are compared."""
+    bits = _bits(hashes)
+    n, width = bits.shape
+    found_i: list[npt.NDArray[np.int64]] = []
+    found_j: list[npt.NDArray[np.int64]] = []
+    for segment in np.array_split(np.arange(width), min(width, max_distance + 1)):
+        keys = bits[:, segment].astype(np.int64) @ (1 << np.arange(segment.size, dtype=np.int64))
+        order = np.argsort(keys, kind="stable")
+        buckets = np.split(order, np.flatnonzero(np.diff(keys[order])) + 1)
+        for bucket in (b for b in buckets if b.size > 1):
+            first, second = np.triu_indices(bucket.size, 1)
+            found_i.append(bucket[first])
+            found_j.append(bucket[second])
+    if not found_i:
+        empty = np.zeros(0, np.int64)
+        return empty, empty
+    pairs = np.unique(
+        np.sort(np.stack([np.concatenate(found_i), np.concatenate(found_j)], axis=1), axis=1),
+        axis=0,
+    )
+    distances = np.concatenate(
+        [
+            (bits[pairs[s : s + 65536, 0]] != bits[pairs[s : s + 65536, 1]]).sum(axis=1)
+            for s in range(0, len(pairs), 65536)
+        ]
+    )
+    close = pairs[distances <= max_distance]
+    return close[:, 0].astype(np.int64), close[:, 1].astype(np.int64)
 
 
 def near_duplicate_labels(
@@ -63,14 +103,18 @@ def near_duplicate_labels(
 ) -> list[str | None]:
     """A group label per image: images within ``max_distance`` bits of each other (transitively)
     share one; an image with no close neighbour, or no hash (``None`` or ""), gets ``None``."""
+    from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
     known = [i for i, h in enumerate(hashes) if h]
     labels: list[str | None] = [None] * len(hashes)
     if len(known) < 2:
         return labels
-    close = hamming_distances([str(hashes[i]) for i in known]) <= max_distance
-    _, component = connected_components(close, directed=False)
+    first, second = close_pairs([str(hashes[i]) for i in known], max_distance=max_distance)
+    graph = coo_matrix(
+        (np.ones(first.size, np.int8), (first, second)), shape=(len(known), len(known))
+    )
+    _, component = connected_components(graph, directed=False)
     sizes = np.bincount(component)
     for k, i in enumerate(known):
         if sizes[component[k]] > 1:

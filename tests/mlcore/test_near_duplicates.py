@@ -85,3 +85,22 @@ def test_images_without_a_hash_are_their_own_group():
     assert near_duplicate_labels(["", None, perceptual_hash(photo(1))]) == [None, None, None]
     with pytest.raises(ValueError, match="2 patients but 1 hashes"):
         split_groups(["a", "b"], ["00"])
+
+
+def test_close_pairs_finds_exactly_the_pairs_the_full_matrix_finds():
+    """The segment index is exact (pigeonhole), not an approximation."""
+    from mlcore.data.near_duplicates import close_pairs
+
+    rng = np.random.default_rng(7)
+    base = rng.integers(0, 2, (30, 256), dtype=np.uint8)
+    hashes = []
+    for row in base:  # each base hash and three copies with 0..24 flipped bits
+        for flips in (0, *rng.integers(0, 25, 3)):
+            copy = row.copy()
+            copy[rng.choice(256, flips, replace=False)] ^= 1
+            hashes.append(np.packbits(copy).tobytes().hex())
+    distances = hamming_distances(hashes)
+    expected = {(i, j) for i, j in zip(*np.nonzero(np.triu(distances <= MAX_DISTANCE, 1)))}
+    first, second = close_pairs(hashes)
+    assert set(zip(first.tolist(), second.tolist(), strict=True)) == expected
+    assert len(expected) > 30
