@@ -102,8 +102,17 @@ def image_validate(*, data: bytes, name: str = "file") -> ValidatedImage:
         width=width,
         height=height,
         extension=ACCEPTED_FORMATS[image_format],
-        perceptual_hash=perceptual_hash_of_bytes(data),
+        perceptual_hash=_perceptual_hash_or_blank(data),
     )
+
+
+def _perceptual_hash_or_blank(data: bytes) -> str:
+    """The photograph's perceptual hash; blank (its own group) for a pixel format the hash
+    cannot read, rather than refusing a photograph that decodes."""
+    try:
+        return perceptual_hash_of_bytes(data)
+    except (OSError, ValueError):
+        return ""
 
 
 def image_size_check(*, validated: ValidatedImage, name: str = "file") -> None:
