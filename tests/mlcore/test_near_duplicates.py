@@ -100,7 +100,27 @@ def test_close_pairs_finds_exactly_the_pairs_the_full_matrix_finds():
             copy[rng.choice(256, flips, replace=False)] ^= 1
             hashes.append(np.packbits(copy).tobytes().hex())
     distances = hamming_distances(hashes)
-    expected = {(i, j) for i, j in zip(*np.nonzero(np.triu(distances <= MAX_DISTANCE, 1)))}
+    rows, cols = np.nonzero(np.triu(distances <= MAX_DISTANCE, 1))
+    expected = set(zip(rows.tolist(), cols.tolist(), strict=True))
     first, second = close_pairs(hashes)
     assert set(zip(first.tolist(), second.tolist(), strict=True)) == expected
     assert len(expected) > 30
+
+
+def test_the_command_lines_labels_group_copies_with_their_listed_groups(tmp_path):
+    from mlcore.pipelines.labels import LabeledImages, with_near_duplicates
+
+    paths = []
+    for name, data in [("a.jpg", jpeg(photo(0), 95)), ("a-copy.jpg", jpeg(photo(0), 90))] + [
+        (f"other{seed}.jpg", jpeg(photo(seed), 95)) for seed in range(1, 5)
+    ]:
+        (tmp_path / name).write_bytes(data)
+        paths.append(tmp_path / name)
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    paths.append(tmp_path / "broken.jpg")
+    listed = ["p1", "p2", "p3", "p3", "p4", "p5", "p6"]  # other2 and other3: one patient
+    grouped = with_near_duplicates(LabeledImages(paths, [0] * 7, listed)).groups
+    assert grouped is not None
+    assert grouped[0] == grouped[1]  # the copy joins its original's group
+    assert grouped[2] == grouped[3]  # a listed patient stays together
+    assert len(set(grouped)) == 5
