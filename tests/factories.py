@@ -30,12 +30,22 @@ def fundus_jpeg_bytes(
     seed: int | None = None,
     lesion: tuple[int, int] | None = None,
     fmt: str = "JPEG",
+    framed: bool = False,
 ) -> bytes:
-    """A small synthetic fundus: an orange disc on black with noise, unique per seed."""
+    """A small synthetic fundus: an orange disc on black with noise, unique per seed.
+
+    Only the noise differs between seeds, so two of them are near-duplicates to a perceptual
+    hash; ``framed`` also moves and sizes the disc by seed (a differently framed photograph),
+    for sets that must be distinct pictures (training splits group near-duplicates)."""
     seed = next(_counter) if seed is None else seed
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size]
-    inside = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size * 0.45) ** 2
+    centre_y, centre_x, radius = size / 2, size / 2, size * 0.45
+    if framed:
+        centre_y += rng.uniform(-0.12, 0.12) * size
+        centre_x += rng.uniform(-0.12, 0.12) * size
+        radius = size * rng.uniform(0.30, 0.42)
+    inside = (yy - centre_y) ** 2 + (xx - centre_x) ** 2 < radius**2
     pixels = np.zeros((size, size, 3), dtype=np.float32)
     pixels[inside] = (180, 80, 40)
     pixels += rng.normal(0, 12, pixels.shape) * inside[..., None]

@@ -343,7 +343,7 @@ def confirmed_images_make(count: int = 20, *, patients: int = 10) -> list[Image]
     images = []
     for index in range(count):
         grade = 2 if index % 2 else 0
-        data = fundus_jpeg_bytes(seed=5000 + index, lesion=(20, 40) if grade else None)
+        data = fundus_jpeg_bytes(seed=5000 + index, lesion=(64, 64) if grade else None, framed=True)
         images.append(
             image_create(
                 validated=image_validate(data=data),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sklearn.metrics import cohen_kappa_score
 
-from grading.models import Image, ModelVersion
+from grading.models import Image, ModelVersion, Patient
 from grading.selectors import review as review_selectors
 from tests.base import BaseTestCase
 from tests.factories_review import (
@@ -36,6 +36,10 @@ class ReviewPageTests(BaseTestCase):
         cls.images = images_bulk_make(
             len(PAIRS), confirmed_grades=[true for true, _ in PAIRS], uploaded=at(10, month=1)
         )
+        # One patient per image: the review's intervals resample patients.
+        for number, image in enumerate(cls.images):
+            patient = Patient.objects.create(pseudonym=f"REVIEW{number:03d}")
+            Image.objects.filter(pk=image.pk).update(patient=patient)
         for image, (true, predicted) in zip(cls.images, PAIRS, strict=True):
             prediction_make(
                 image=image, model_version=cls.active, grade=predicted, created=at(5, month=2)

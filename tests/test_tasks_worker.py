@@ -229,7 +229,9 @@ class WorkerTaskTests(TrainingMixin, BrokerMixin, TransactionTestCase):
             grade = 2 if index % 2 else 0
             folder = demo / str(grade)
             folder.mkdir(parents=True, exist_ok=True)
-            data = fundus_jpeg_bytes(seed=7000 + index, lesion=(20, 40) if grade else None)
+            data = fundus_jpeg_bytes(
+                seed=7000 + index, lesion=(64, 64) if grade else None, framed=True
+            )
             (folder / f"img{index}.jpg").write_bytes(data)
         with override_settings(FUNDUS_DEMO_DIR=str(demo)):
             call_command("bootstrap", stdout=io.StringIO())

@@ -104,6 +104,9 @@ class Image(models.Model):
     acquired_on = models.DateField(null=True, blank=True)
     file = models.FileField(upload_to="images/", max_length=255)
     sha256 = models.CharField(max_length=64, unique=True, editable=False)
+    # A 256-bit DCT hash of the picture (mlcore.data.near_duplicates), computed at import:
+    # copies of one photograph are kept on one side of every training split. Blank: unknown.
+    perceptual_hash = models.CharField(max_length=64, blank=True, default="", editable=False)
     width = models.PositiveIntegerField()
     height = models.PositiveIntegerField()
     original_filename = models.CharField(max_length=255, blank=True, default="")

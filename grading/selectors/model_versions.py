@@ -75,8 +75,14 @@ def _training_set_read(path: str, stamp: int) -> tuple[TrainingRow, ...]:
         )
 
 
-def model_version_training_sha256(*, version: ModelVersion) -> frozenset[str]:
-    """The sha256 of the images ``version`` was trained on (see ``model_version_training_set``)."""
+def model_version_training_sha256(*, version: ModelVersion) -> frozenset[str] | None:
+    """The sha256 of the images ``version`` was trained on (see ``model_version_training_set``);
+    ``None`` when unknown: the version has a model folder but its ``training_set.csv`` is
+    missing (deleted, or never copied), so any image may have been trained on."""
+    from pathlib import Path
+
+    if version.artifact_path and not (Path(version.artifact_path) / TRAINING_SET_FILE).is_file():
+        return None
     return frozenset(row.sha256 for row in model_version_training_set(version=version))
 
 
@@ -202,6 +208,30 @@ class VersionComparison:
     disagreements: int = 0
     note: str = ""
     paired: dict[str, Any] | None = None
+    # Like with like: "out-of-fold" (both versions' fold models) or "released" (both released
+    # models on images neither trained on); images where the two differ are left out and counted.
+    basis: str = ""
+    mixed_left_out: int = 0
+
+
+def _like_with_like(
+    first: dict[str, HonestPrediction], second: dict[str, HonestPrediction]
+) -> tuple[set[str], str, int]:
+    """(the images both versions predicted the same way, which way, how many shared images were
+    predicted one way by one version and the other way by the other): fold models are compared
+    with fold models, released models with released models, never one with the other."""
+
+    def kind(prediction: HonestPrediction) -> str:
+        return "out-of-fold" if prediction.source == "out-of-fold" else "released"
+
+    shared = set(first) & set(second)
+    by_kind = {
+        basis: {sha for sha in shared if kind(first[sha]) == kind(second[sha]) == basis}
+        for basis in ("out-of-fold", "released")
+    }
+    basis = max(by_kind, key=lambda b: (len(by_kind[b]), b == "out-of-fold"))
+    mixed = len(shared) - len(by_kind["out-of-fold"]) - len(by_kind["released"])
+    return by_kind[basis], basis, mixed
 
 
 @dataclass(frozen=True)
@@ -267,7 +297,9 @@ def model_versions_compare(*, first: ModelVersion, second: ModelVersion) -> Vers
         first.pk: model_version_honest_predictions(version=first),
         second.pk: model_version_honest_predictions(version=second),
     }
-    shared = set(predictions[first.pk]) & set(predictions[second.pk])
+    shared, comparison.basis, comparison.mixed_left_out = _like_with_like(
+        predictions[first.pk], predictions[second.pk]
+    )
     if not shared:
         comparison.note = (
             "These versions have no image in common that neither was trained on (no "

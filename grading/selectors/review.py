@@ -40,7 +40,7 @@ from grading.selectors.grader_agreement import grader_agreement as grader_agreem
 from grading.selectors.grading_scale import Scale, scale_get
 from grading.selectors.review_cache import review_cached
 from mlcore.evaluation import metrics as mlmetrics
-from mlcore.evaluation.intervals import confusion_intervals
+from mlcore.evaluation.intervals import patient_confusion_intervals
 
 DateField = Literal["uploaded", "predicted"]
 
@@ -415,12 +415,34 @@ def review_metrics(*, predictions: QuerySet, scale: Scale | None = None) -> dict
         referable_from=scale.referable_from,
         referable_auc=review_referable_auc(predictions=predictions, scale=scale),
     )
-    # A filtered set is often small: every figure carries its 95 % interval.
-    report["intervals"] = confusion_intervals(
-        matrix,
+    # A filtered set is often small: every figure carries its 95 % interval, resampling
+    # patients (their eyes and visits are not independent images).
+    report["intervals"] = patient_confusion_intervals(
+        _patient_confusion_counts(predictions, scale),
         referable_position=sum(1 for grade in scale.classes if grade < scale.referable_from),
     )
     return report
+
+
+def _patient_confusion_counts(predictions: QuerySet, scale: Scale) -> np.ndarray:
+    """One confusion matrix per patient (P, k, k), counted in the database."""
+    rows = (
+        predictions.order_by()
+        .values("image__patient_id", "image__confirmed_grade_id", "predicted_grade_id")
+        .annotate(n=Count("pk"))
+        .values_list("image__patient_id", "image__confirmed_grade_id", "predicted_grade_id", "n")
+    )
+    position = {value: i for i, value in enumerate(scale.classes)}
+    patients: dict[int, int] = {}
+    cells: list[tuple[int, int, int, int]] = []
+    for patient, true, predicted, count in rows:
+        index = patients.setdefault(patient, len(patients))
+        cells.append((index, position[true], position[predicted], count))
+    k = len(scale.classes)
+    matrices = np.zeros((len(patients), k, k), dtype=np.int64)
+    for index, true_position, predicted_position, count in cells:
+        matrices[index, true_position, predicted_position] += count
+    return matrices
 
 
 def review_summary(*, filters: ReviewFilters, scale: Scale | None = None) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from grading.services.dicom import (
     dicom_photograph_read,
 )
 from grading.services.quality import quality_measures_or_none
+from mlcore.data.near_duplicates import perceptual_hash_of_bytes
 from mlcore.data.pipelining import map_ahead
 from mlcore.data.quality import QualityMeasures
 
@@ -75,6 +76,9 @@ class ValidatedImage:
     width: int
     height: int
     extension: str
+    # Near-duplicate detection (mlcore.data.near_duplicates); computed here, in the import's
+    # reading threads, rather than inside the write.
+    perceptual_hash: str = ""
 
 
 def image_validate(*, data: bytes, name: str = "file") -> ValidatedImage:
@@ -116,6 +120,7 @@ def image_validate(*, data: bytes, name: str = "file") -> ValidatedImage:
         width=width,
         height=height,
         extension=ACCEPTED_FORMATS[image_format],
+        perceptual_hash=_perceptual_hash_or_blank(data),
     )
 
 
@@ -132,6 +137,15 @@ def image_read(*, data: bytes, name: str = "file") -> tuple[ValidatedImage, Dico
     except DicomRejected as error:
         raise ImageRejected(str(error)) from None
     return image_validate(data=photograph.data, name=name), photograph
+
+
+def _perceptual_hash_or_blank(data: bytes) -> str:
+    """The photograph's perceptual hash; blank (its own group) for a pixel format the hash
+    cannot read, rather than refusing a photograph that decodes."""
+    try:
+        return perceptual_hash_of_bytes(data)
+    except (OSError, ValueError):
+        return ""
 
 
 def image_size_check(*, validated: ValidatedImage, name: str = "file") -> None:
@@ -162,6 +176,19 @@ def _image_existing(sha256: str, sop_instance_uid: str) -> Image | None:
     if existing is None and sop_instance_uid:
         existing = Image.objects.filter(sop_instance_uid=sop_instance_uid).first()
     return existing
+
+
+def _import_grade_confirm(image: Image, grade: GradeLevel, source: str) -> None:
+    """An imported photograph arrives graded: its grade row and its confirmation (inside the
+    caller's transaction)."""
+    Grade.objects.create(image=image, kind=Grade.Kind.IMPORT, source=source, grade=grade)
+    Image.objects.filter(pk=image.pk).update(
+        grading_state=Image.GradingState.CONFIRMED,
+        confirmed_grade=grade,
+        confirmation_method=Image.ConfirmationMethod.IMPORT,
+        confirmed_at=timezone.now(),
+    )
+    image.refresh_from_db()
 
 
 def image_create(
@@ -200,6 +227,7 @@ def image_create(
                 eye=eye,
                 acquired_on=acquired_on,
                 sha256=validated.sha256,
+                perceptual_hash=validated.perceptual_hash,
                 width=validated.width,
                 height=validated.height,
                 source=source[:255],
@@ -212,19 +240,7 @@ def image_create(
             image.full_clean(exclude=["file"])
             image.save()
             if confirmed_grade is not None:
-                Grade.objects.create(
-                    image=image,
-                    kind=Grade.Kind.IMPORT,
-                    source=import_source or source or "import",
-                    grade=confirmed_grade,
-                )
-                Image.objects.filter(pk=image.pk).update(
-                    grading_state=Image.GradingState.CONFIRMED,
-                    confirmed_grade=confirmed_grade,
-                    confirmation_method=Image.ConfirmationMethod.IMPORT,
-                    confirmed_at=timezone.now(),
-                )
-                image.refresh_from_db()
+                _import_grade_confirm(image, confirmed_grade, import_source or source or "import")
     except IntegrityError:
         # A concurrent upload of the same photo won the race; report it as the duplicate it is.
         if wrote_file:
@@ -371,6 +387,30 @@ def import_items_from_csv(labels: Path, root: Path, *, ungraded: bool = False) -
         )
         for row in rows
     ]
+
+
+def import_items_grouped(items: list[ImportItem], groups_file: Path) -> list[ImportItem]:
+    """Photographs listed together in a near-duplicate groups file (one group of ids per line,
+    ``#`` comments; an id is a file's stem or the last ``_``-separated part of it, as in the
+    shared set's ``near_duplicate_groups.txt``) become one patient, so every training split
+    keeps them on one side; a patient_id given in the labels CSV wins."""
+    from dataclasses import replace
+
+    from mlcore.data.splits import read_near_duplicate_groups
+
+    try:
+        groups = read_near_duplicate_groups(groups_file)
+    except (OSError, UnicodeDecodeError) as error:
+        raise ImportRejected(f"{groups_file}: cannot read the groups file ({error}).") from None
+    owner = {member: f"group-{min(members)}" for members in groups for member in members}
+    grouped = []
+    for item in items:
+        stem = item.path.stem
+        key = stem if stem in owner else stem.rsplit("_", 1)[-1]
+        if key in owner and not item.patient_id:
+            item = replace(item, patient_id=owner[key])
+        grouped.append(item)
+    return grouped
 
 
 def _parse_eye(value: str, path: Path) -> str:

@@ -85,6 +85,44 @@ def training_config_from_settings(
     )
 
 
+def training_config_of_version(
+    *, artifact_path: str, classes: tuple[int, ...], referable_from: int
+) -> tuple[TrainingConfig, str]:
+    """(the head recipe a version was trained with, where it came from): its head parameters,
+    augmentation, test-time averaging and seed as its ``metadata.json`` records them, so that
+    re-scoring a version re-runs *its* recipe and not today's settings. Only the number of
+    folds (how it is scored) comes from the settings. Falls back to today's settings, and says
+    so, for a folder without readable metadata."""
+    from dataclasses import fields
+
+    from mlcore.data.augment import AugmentConfig
+    from mlcore.models.artifact import ArtifactError, read_metadata
+    from mlcore.pipelines.training import TrainingConfig
+
+    try:
+        meta = read_metadata(artifact_path)
+    except ArtifactError:
+        fallback = training_config_from_settings(classes=classes, referable_from=referable_from)
+        return fallback, "today's settings (the version's metadata is missing)"
+    params = dict(meta["head"]["params"])
+    for decided_by_caller in ("classes", "seed", "verbose"):
+        params.pop(decided_by_caller, None)
+    recorded = dict(meta.get("augmentation") or {})
+    names = {f.name for f in fields(AugmentConfig)}
+    augment = AugmentConfig(**{k: v for k, v in recorded.items() if k in names})
+    config = TrainingConfig(
+        classes=classes,
+        referable_from=referable_from,
+        seed=int(meta.get("seed", 2017)),
+        holdout_fraction=0.0,
+        n_splits=settings.FUNDUS_CV_FOLDS,
+        augment=augment,
+        tta=bool(recorded.get("tta")) and augment.variants > 0,
+        head=params,
+    )
+    return config, "the version's metadata"
+
+
 def finetune_config_from_settings(*, classes: tuple[int, ...], seed: int = 2017) -> FinetuneConfig:
     """The fine-tuning recipe (``FUNDUS_FINETUNE_*``) for a grading scale."""
     from mlcore.models.finetune import FinetuneConfig

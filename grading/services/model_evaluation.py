@@ -21,6 +21,7 @@ from grading.models import GradeLevel, Image, Job, ModelVersion
 from grading.selectors.model_versions import OOF_FILE, TrainingRow, model_version_training_set
 from grading.services import ml_config
 from grading.services.jobs import Progress, QueueUnavailable, job_enqueue, progress_span
+from mlcore.data.near_duplicates import split_groups
 
 if TYPE_CHECKING:
     from mlcore.pipelines.training import CVResult, TrainingConfig
@@ -104,13 +105,18 @@ def model_evaluate(*, version: ModelVersion, progress: Progress) -> dict[str, An
     from mlcore.pipelines.training import evaluate_cv
 
     try:
-        rows, paths = _training_set_on_disk(version)
-        training_config = ml_config.training_config_from_settings(
-            classes=tuple(version.class_values), referable_from=ml_config.scale_classes()[1]
+        rows, paths, hashes = _training_set_on_disk(version)
+        training_config, recipe_source = ml_config.training_config_of_version(
+            artifact_path=version.artifact_path,
+            classes=tuple(version.class_values),
+            referable_from=ml_config.scale_classes()[1],
         )
         progress(2, f"{version.name}: features of {len(rows)} training images")
         y = np.asarray([row.grade for row in rows], dtype=np.int64)
-        groups = [f"patient:{row.patient_id}" for row in rows]
+        groups = [
+            f"group:{g}"
+            for g in split_groups([f"patient:{row.patient_id}" for row in rows], hashes).tolist()
+        ]
         cv = evaluate_cv(
             paths,
             [row.grade for row in rows],
@@ -125,6 +131,7 @@ def model_evaluate(*, version: ModelVersion, progress: Progress) -> dict[str, An
         )
         progress(85, f"{version.name}: bootstrap intervals")
         figures = _cv_figures(version, rows, y, groups, cv, training_config)
+        figures["recipe_from"] = recipe_source
         metrics = {**version.metrics, "cv": figures, "evaluation": EVALUATION_DONE}
         metrics["ece"] = cv.pooled.get("ece")
         ModelVersion.objects.filter(pk=version.pk).update(metrics=metrics)
@@ -138,18 +145,21 @@ def model_evaluate(*, version: ModelVersion, progress: Progress) -> dict[str, An
         raise
 
 
-def _training_set_on_disk(version: ModelVersion) -> tuple[list[TrainingRow], list[Path]]:
+def _training_set_on_disk(
+    version: ModelVersion,
+) -> tuple[list[TrainingRow], list[Path], list[str]]:
     """The version's training set, less the images deleted since training (they cannot be
-    re-read; the figures say how many remain), with each image's file."""
+    re-read; the figures say how many remain), with each image's file and perceptual hash
+    (near-duplicates are one group in the folds)."""
     rows = model_version_training_set(version=version)
-    paths_by_sha = {
-        sha: Path(settings.MEDIA_ROOT) / name
-        for sha, name in Image.objects.filter(sha256__in=[r.sha256 for r in rows]).values_list(
-            "sha256", "file"
-        )
+    stored = {
+        sha: (Path(settings.MEDIA_ROOT) / name, picture_hash)
+        for sha, name, picture_hash in Image.objects.filter(
+            sha256__in=[r.sha256 for r in rows]
+        ).values_list("sha256", "file", "perceptual_hash")
     }
-    rows = [row for row in rows if row.sha256 in paths_by_sha]
-    return rows, [paths_by_sha[row.sha256] for row in rows]
+    rows = [row for row in rows if row.sha256 in stored]
+    return rows, [stored[row.sha256][0] for row in rows], [stored[row.sha256][1] for row in rows]
 
 
 def _cv_figures(

@@ -29,6 +29,7 @@ from grading.services.predictions import images_predict
 from grading.services.training_set import (
     TrainingImage,
     training_data_check,
+    training_groups,
     training_images,
     training_set_write,
 )
@@ -157,7 +158,7 @@ def _train_head(
         [image.path for image in images],
         [image.grade for image in images],
         out_dir=out_dir,
-        groups=[f"patient:{image.patient_id}" for image in images],
+        groups=training_groups(images=images),
         feature_config=feature_config,
         training_config=training_config,
         store_dir=ml_config.feature_store_dir(),
@@ -219,7 +220,7 @@ def _train_finetuned(
         [image.path for image in images],
         [image.grade for image in images],
         out_dir=out_dir,
-        groups=[f"patient:{image.patient_id}" for image in images],
+        groups=training_groups(images=images),
         config=config,
         holdout_fraction=settings.FUNDUS_FINETUNE_HOLDOUT_PERCENT / 100,
         preprocessing=preprocessing,

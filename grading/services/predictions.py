@@ -397,11 +397,21 @@ def prediction_rows_write(
 
     levels = {level.value: level for level in GradeLevel.objects.all()}
     trained_on = model_version_training_sha256(version=model_version)
+    # Unknown training set: fail closed, every image counts as trained on except the ones the
+    # version recorded as held out.
+    held_out = frozenset(model_version.holdout_sha256 or []) if trained_on is None else None
     shas = (
         dict(Image.objects.filter(pk__in=list(image_ids)).values_list("pk", "sha256"))
-        if trained_on
+        if trained_on is None or trained_on
         else {}
     )
+
+    def in_training(image_id: int) -> bool:
+        sha = shas.get(image_id)
+        if held_out is not None:
+            return sha not in held_out
+        return trained_on is not None and sha in trained_on
+
     rows = [
         Prediction(
             image_id=image_id,
@@ -409,7 +419,7 @@ def prediction_rows_write(
             probabilities=[float(p) for p in proba],
             entropy=probabilities_entropy(proba),
             predicted_grade=levels[int(grade)],
-            in_training=shas.get(image_id) in trained_on,
+            in_training=in_training(image_id),
             ood_score=ood,
         )
         for image_id, proba, grade, ood in zip(

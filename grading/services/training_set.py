@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,19 @@ class TrainingImage:
     path: Path
     grade: int
     patient_id: int
+    perceptual_hash: str = ""
+
+
+def training_groups(*, images: Sequence[TrainingImage]) -> list[str]:
+    """The group of each image for every split (hold-out, inner split, cross-validation): its
+    patient, merged with the patients of its near-duplicate photographs."""
+    from mlcore.data.near_duplicates import split_groups
+
+    merged = split_groups(
+        [f"patient:{image.patient_id}" for image in images],
+        [image.perceptual_hash for image in images],
+    )
+    return [f"group:{group}" for group in merged.tolist()]
 
 
 def training_images() -> list[TrainingImage]:
@@ -43,7 +57,7 @@ def training_images() -> list[TrainingImage]:
             confirmed_grade__isnull=False,
         )
         .order_by("id")
-        .values_list("id", "sha256", "file", "confirmed_grade_id", "patient_id")
+        .values_list("id", "sha256", "file", "confirmed_grade_id", "patient_id", "perceptual_hash")
     )
     media_root = Path(settings.MEDIA_ROOT)
     return [
@@ -53,8 +67,9 @@ def training_images() -> list[TrainingImage]:
             path=media_root / name,
             grade=int(grade),
             patient_id=patient_id,
+            perceptual_hash=picture_hash,
         )
-        for image_id, sha256, name, grade, patient_id in rows
+        for image_id, sha256, name, grade, patient_id, picture_hash in rows
     ]
 
 

@@ -206,9 +206,12 @@ def _train_finetune(args: argparse.Namespace, labels: LabeledImages) -> int:
 
 @_user_errors
 def _train(args: argparse.Namespace) -> int:
+    from mlcore.pipelines.labels import with_near_duplicates
     from mlcore.pipelines.training import read_labels_csv, train_model
 
-    labels = read_labels_csv(args.labels, images_dir=args.images, groups_file=args.groups_file)
+    labels = with_near_duplicates(
+        read_labels_csv(args.labels, images_dir=args.images, groups_file=args.groups_file)
+    )
     if args.mode == "finetune":
         return _train_finetune(args, labels)
     progress, close = _progress_bar(args.quiet)
@@ -251,9 +254,12 @@ def _print_headline(report: Mapping[str, Any], title: str) -> None:
 
 @_user_errors
 def _evaluate(args: argparse.Namespace) -> int:
+    from mlcore.pipelines.labels import with_near_duplicates
     from mlcore.pipelines.training import evaluate_cv, read_labels_csv
 
-    labels = read_labels_csv(args.labels, images_dir=args.images, groups_file=args.groups_file)
+    labels = with_near_duplicates(
+        read_labels_csv(args.labels, images_dir=args.images, groups_file=args.groups_file)
+    )
     progress, close = _progress_bar(args.quiet)
     try:
         result = evaluate_cv(

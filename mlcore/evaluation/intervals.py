@@ -1,8 +1,8 @@
 """Bootstrap 95 % intervals of the headline metrics, and paired comparison of two models.
 
 Both resample images with replacement, or whole patients when each image's patient is given
-(``scipy.stats.bootstrap``, percentile method, a fixed seed so a page shows the same interval on
-every load). A version's figures come from its
+(percentile bootstrap, a fixed seed so a page shows the same interval on every load; resamples
+where a figure is undefined are dropped and counted). A version's figures come from its
 out-of-fold predictions; two versions are compared on the same images, resampled together
 (paired), so the interval is on the difference itself and not on two independent noises.
 
@@ -46,18 +46,18 @@ def _interval(
     n_resamples: int,
     seed: int,
     groups: Groups | None = None,
-) -> tuple[float, float] | None:
-    """Percentile interval of ``statistic(indices)`` over bootstrap resamples of ``range(n)``.
+) -> tuple[float, float, int] | None:
+    """Percentile interval of ``statistic(indices)`` over bootstrap resamples of ``range(n)``,
+    and how many resamples were undefined (NaN: e.g. an AUC on a resample with one class).
 
-    With ``groups`` (a patient per image) whole groups are resampled: the two eyes and the visits
-    of one patient are not independent, and resampling them apart would narrow the interval."""
-    from scipy.stats import bootstrap
-
+    The undefined resamples are dropped, not allowed to void the interval; with more than
+    half of them undefined there is no interval (None). With ``groups`` (a patient per image)
+    whole groups are resampled: the two eyes and the visits of one patient are not
+    independent, and resampling them apart would narrow the interval."""
     if n < 2:
         return None
     if groups is None:
-        units = None
-        data = np.arange(n)
+        units = [np.asarray([i]) for i in range(n)]
     else:
         if len(groups) != n:
             raise ValueError(f"{n} images but {len(groups)} group entries")
@@ -67,27 +67,21 @@ def _interval(
         units = np.split(order, bounds)
         if len(units) < 2:
             return None
-        data = np.arange(len(units))
-
-    def resampled(sample: npt.NDArray[np.int64]) -> float:
-        chosen = np.asarray(sample, dtype=np.int64)
-        if units is None:
-            return statistic(chosen)
-        return statistic(np.concatenate([units[g] for g in chosen]))
-
-    result = bootstrap(
-        (data,),
-        resampled,
-        vectorized=False,
-        n_resamples=n_resamples,
-        confidence_level=CONFIDENCE,
-        method="percentile",
-        rng=np.random.default_rng(seed),
+    rng = np.random.default_rng(seed)
+    values = np.asarray(
+        [
+            statistic(np.concatenate([units[u] for u in rng.integers(0, len(units), len(units))]))
+            for _ in range(n_resamples)
+        ],
+        dtype=np.float64,
     )
-    low, high = result.confidence_interval
-    if not (np.isfinite(low) and np.isfinite(high)):
+    defined = values[np.isfinite(values)]
+    undefined = int(values.size - defined.size)
+    if defined.size < max(2, values.size / 2):
         return None
-    return float(low), float(high)
+    alpha = (1 - CONFIDENCE) / 2
+    low, high = np.quantile(defined, [alpha, 1 - alpha])
+    return float(low), float(high), undefined
 
 
 def _fast_qwk(true_pos: npt.NDArray[np.int64], pred_pos: npt.NDArray[np.int64], k: int) -> float:
@@ -113,7 +107,7 @@ def _auc(true_referable: npt.NDArray[np.bool_], scores: npt.NDArray[np.float64])
     from sklearn.metrics import roc_auc_score
 
     if true_referable.all() or not true_referable.any():
-        return float("nan")  # a resample with one class: no AUC (scipy drops NaN resamples)
+        return float("nan")  # a resample with one class: no AUC (dropped, and counted)
     return float(roc_auc_score(true_referable, scores))
 
 
@@ -127,10 +121,11 @@ def metric_intervals(
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
     groups: Groups | None = None,
-) -> dict[str, list[float] | None]:
+) -> dict[str, Any]:
     """95 % bootstrap intervals ``[low, high]`` of QWK, accuracy, referable sensitivity,
     specificity and AUC, and ECE (the last two need ``proba``); ``None`` where undefined.
-    ``groups``: a patient per image, resampled whole."""
+    ``groups``: a patient per image, resampled whole. ``undefined_resamples``: per figure, how
+    many resamples had no value and were dropped (only figures with some)."""
     true = np.asarray(y_true, dtype=np.int64)
     pred = np.asarray(y_pred, dtype=np.int64)
     true_ref, pred_ref = true >= referable_from, pred >= referable_from
@@ -154,12 +149,16 @@ def metric_intervals(
         scores = referable_probability(array, classes=classes, referable_from=referable_from)
         statistics["referable_auc"] = lambda i: _auc(true_ref[i], scores[i])
         statistics["ece"] = lambda i: expected_calibration_error(true[i], array[i], classes=classes)
-    out: dict[str, list[float] | None] = {}
+    out: dict[str, Any] = {}
+    undefined: dict[str, int] = {}
     for name, statistic in statistics.items():
         interval = _interval(
             statistic, true.size, n_resamples=n_resamples, seed=seed, groups=groups
         )
         out[name] = None if interval is None else [interval[0], interval[1]]
+        if interval is not None and interval[2]:
+            undefined[name] = interval[2]
+    out["undefined_resamples"] = undefined
     return out
 
 
@@ -194,7 +193,8 @@ def paired_qwk_difference(
         if true.size
         else float("nan")
     )
-    interval = _interval(difference, true.size, n_resamples=n_resamples, seed=seed, groups=groups)
+    found = _interval(difference, true.size, n_resamples=n_resamples, seed=seed, groups=groups)
+    interval = None if found is None else found[:2]
     verdict = INDISTINGUISHABLE
     if interval is not None and interval[0] > 0:
         verdict = BETTER
@@ -267,4 +267,62 @@ def confusion_intervals(
             alpha = (1 - CONFIDENCE) / 2
             low, high = np.quantile(qwks, [alpha, 1 - alpha])
             out["qwk"] = (float(low), float(high))
+    return out
+
+
+def _quantile_interval(values: npt.NDArray[np.float64]) -> tuple[float, float] | None:
+    defined = values[np.isfinite(values)]
+    if defined.size < max(2, values.size / 2):
+        return None
+    alpha = (1 - CONFIDENCE) / 2
+    low, high = np.quantile(defined, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
+def patient_confusion_intervals(
+    patient_matrices: npt.ArrayLike,
+    *,
+    referable_position: int,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+) -> dict[str, tuple[float, float] | None]:
+    """95 % intervals of QWK, accuracy and referable sensitivity and specificity from one
+    confusion matrix per patient (P, k, k), resampling whole *patients* with replacement (a
+    patient's eyes and visits are not independent images).
+
+    Aggregated in SQL like :func:`confusion_intervals`: patients with the same matrix are
+    interchangeable, so drawing P patients is drawing a multinomial over the distinct matrices,
+    whatever the number of patients. Resamples where a figure is undefined are dropped. When
+    every patient has one image, patients are images: :func:`confusion_intervals` (its Wilson
+    intervals of the proportions are the better ones at small n and at 0 % / 100 %)."""
+    matrices = np.asarray(patient_matrices, dtype=np.int64)
+    if matrices.size and (matrices.sum(axis=(1, 2)) == 1).all():
+        return confusion_intervals(
+            matrices.sum(axis=0), referable_position=referable_position, resamples=resamples,
+            seed=seed,
+        )  # fmt: skip
+    out: dict[str, tuple[float, float] | None] = dict.fromkeys(
+        ("qwk", "accuracy", "sensitivity", "specificity")
+    )
+    n_patients = matrices.shape[0]
+    if n_patients < 2:
+        return out
+    k = matrices.shape[-1]
+    patterns, counts = np.unique(matrices.reshape(n_patients, -1), axis=0, return_counts=True)
+    draws = np.random.default_rng(seed).multinomial(n_patients, counts / n_patients, resamples)
+    resampled = (draws @ patterns).reshape(resamples, k, k).astype(np.float64)
+    totals = resampled.sum(axis=(1, 2))
+    referable = resampled[:, referable_position:, :]
+    other = resampled[:, :referable_position, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        figures = {
+            "qwk": _qwk_of_matrices(resampled),
+            "accuracy": np.trace(resampled, axis1=1, axis2=2) / totals,
+            "sensitivity": referable[:, :, referable_position:].sum(axis=(1, 2))
+            / referable.sum(axis=(1, 2)),
+            "specificity": other[:, :, :referable_position].sum(axis=(1, 2))
+            / other.sum(axis=(1, 2)),
+        }
+    for name, values in figures.items():
+        out[name] = _quantile_interval(np.asarray(values, dtype=np.float64))
     return out

@@ -197,6 +197,34 @@ def expected_calibration_error(
     return float(error)
 
 
+def decoded_calibration_error(
+    y_true: npt.ArrayLike,
+    y_pred: npt.ArrayLike,
+    proba: npt.ArrayLike,
+    *,
+    classes: Sequence[int] = ICDR_GRADES,
+    n_bins: int = 10,
+) -> float:
+    """ECE of the grade actually reported: |accuracy - confidence| per equal-width bin, where
+    the confidence is the probability of the *decoded* grade (with ordinal thresholds it is not
+    always the most probable one, so the top-label ECE does not describe it)."""
+    true, pred = _check_pair(y_true, y_pred, classes)
+    array = _check_proba(proba, true.size, classes)
+    if n_bins < 1:
+        raise ValueError("n_bins must be >= 1")
+    position = {grade: i for i, grade in enumerate(classes)}
+    columns = np.asarray([position[int(g)] for g in pred], dtype=np.int64)
+    confidence = array[np.arange(true.size), columns]
+    correct = (pred == true).astype(np.float64)
+    bin_index = np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
+    error = 0.0
+    for b in range(n_bins):
+        in_bin = bin_index == b
+        if in_bin.any():
+            error += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return float(error)
+
+
 def metrics_report(
     y_true: npt.ArrayLike,
     y_pred: npt.ArrayLike,
@@ -222,6 +250,9 @@ def metrics_report(
             true, pred, proba, classes=classes, referable_from=referable_from
         ),
         "ece": expected_calibration_error(true, proba, classes=classes)
+        if proba is not None
+        else None,
+        "ece_decoded": decoded_calibration_error(true, pred, proba, classes=classes)
         if proba is not None
         else None,
     }

@@ -35,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from mlcore.data.augment import AugmentConfig
-from mlcore.data.domain import RAW_TO_FILTERED
+from mlcore.data.domain import DOMAIN_FILTERED, DOMAINS, RAW_TO_FILTERED
 from mlcore.data.splits import DEFAULT_SEED
 from mlcore.evaluation.metrics import ICDR_LABELS, REFERABLE_FROM
 from mlcore.evaluation.reports import _jsonable
@@ -55,9 +55,6 @@ KIND_FINETUNED = "finetuned"
 
 # Image domains a model can be trained on. The shared APTOS set is already Ben-Graham filtered
 # ("gaussian_filtered"); a model trained on it sees raw photographs only after the same filter.
-DOMAIN_FILTERED = "gaussian_filtered"
-DOMAIN_RAW = "raw"
-DOMAINS = (DOMAIN_FILTERED, DOMAIN_RAW)
 
 _LIBRARIES = {
     "numpy": ("numpy",),

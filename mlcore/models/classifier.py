@@ -137,6 +137,7 @@ class HeadClassifier:
         validation_fraction: float = 0.1,
         decoding: str = "auto",
         calibration: str = "temperature",
+        label_smoothing: float = 0.0,
         seed: int = DEFAULT_SEED,
         verbose: int = 0,
     ) -> None:
@@ -152,6 +153,7 @@ class HeadClassifier:
         self.validation_fraction = validation_fraction
         self.decoding = decoding
         self.calibration = calibration
+        self.label_smoothing = label_smoothing
         self.seed = seed
         self.verbose = verbose
 
@@ -172,6 +174,7 @@ class HeadClassifier:
                 "validation_fraction",
                 "decoding",
                 "calibration",
+                "label_smoothing",
                 "seed",
                 "verbose",
             )
@@ -224,7 +227,7 @@ class HeadClassifier:
         )
         model.compile(
             optimizer=optimizer,
-            loss="categorical_crossentropy",
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=self.label_smoothing),
             metrics=["accuracy"],
             # One graph call per epoch-sized chunk of steps: Keras' per-step Python overhead
             # is ~5 ms, far more than this head's arithmetic.
@@ -277,6 +280,8 @@ class HeadClassifier:
             raise ValueError(f"decoding must be one of {DECODINGS}, got {self.decoding!r}")
         if self.calibration not in CALIBRATIONS:
             raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {self.calibration!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if len(set(self.classes)) != len(self.classes) or len(self.classes) < 2:
             raise ValueError(f"classes must be >= 2 distinct grades, got {list(self.classes)}")
 

@@ -27,7 +27,7 @@ from mlcore.data.domain import input_geometry, preprocess_for
 from mlcore.data.preprocessing import load_rgb
 from mlcore.models.artifact import ModelArtifact, load_artifact
 from mlcore.models.finetune import FinetunedModel
-from mlcore.pipelines.domain_features import preprocessing_for
+from mlcore.pipelines.domain_features import image_domain
 
 
 @dataclass
@@ -80,7 +80,8 @@ def class_activation_map(
     artifact = model if isinstance(model, ModelArtifact) else load_artifact(model)
     classifier = artifact.classifier
     image = load_rgb(image_path)
-    method = preprocessing_for(artifact, image, name=str(image_path))
+    # Decided as prediction decides it (the same decode and check), so both see one picture.
+    method = image_domain(artifact).method_for(image_path)
     weights_folder = Path(weights_dir) if weights_dir is not None else default_weights_dir()
     if isinstance(classifier, FinetunedModel):
         # A fine-tuned network ends in pooling -> dense too: its own last maps and dense layer.

@@ -28,22 +28,23 @@ import numpy as np
 import numpy.typing as npt
 
 from mlcore.data.augment import AugmentConfig, make_augment_transform
-from mlcore.data.domain import RAW_TO_FILTERED, preprocess_for
+from mlcore.data.domain import (
+    DOMAIN_CHECK_SIZE,
+    RAW_TO_FILTERED,
+    DomainMismatchError,
+    ImageDomain,
+    preprocess_for,
+)
 from mlcore.data.preprocessing import load_rgb, looks_gaussian_filtered
 from mlcore.features.config import FeatureConfig, default_store_dir, default_weights_dir
 from mlcore.features.extraction import ImageItem
-from mlcore.models.artifact import DOMAIN_FILTERED
 
 Features = npt.NDArray[np.float32]
 # Augmented copies' features (n, copies, d), float64 as averaged into the predictions.
 Copies = npt.NDArray[np.float64]
 
-# Decoding a 4288 x 2848 JPEG at reduced scale is enough to tell a raw photo from a filtered one.
-DOMAIN_CHECK_SIZE = 256
-
-
-class DomainMismatchError(ValueError):
-    """An image cannot be brought into the domain the model was trained on."""
+# Re-exported: the web app and the CLI catch the error and size the check from here.
+__all__ = ["DOMAIN_CHECK_SIZE", "DomainMismatchError", "image_domain"]
 
 
 class TrainingDomain(Protocol):
@@ -177,23 +178,17 @@ def images_look_filtered(
     return [known[sha] for sha in shas]
 
 
+def image_domain(spec: TrainingDomain) -> ImageDomain:
+    """How images reach ``spec``'s model (one definition for training and prediction)."""
+    return ImageDomain(
+        training_domain=spec.training_domain,
+        preprocessing=spec.feature_config.preprocessing,
+        raw_photo_preprocessing=spec.raw_photo_preprocessing,
+    )
+
+
 def _preprocessing_for_domain(spec: TrainingDomain, filtered: bool, name: str) -> str:
-    trained_with = spec.feature_config.preprocessing
-    if spec.training_domain == DOMAIN_FILTERED:
-        if filtered:
-            return trained_with
-        if spec.raw_photo_preprocessing is None:
-            raise DomainMismatchError(
-                f"{name} looks like a raw photograph but the model was trained on "
-                f"Gaussian-filtered images and records no preprocessing to filter it"
-            )
-        return spec.raw_photo_preprocessing
-    if filtered:
-        raise DomainMismatchError(
-            f"{name} looks already Gaussian (Ben Graham) filtered, but the model was trained on "
-            f"raw photographs (preprocessing {trained_with!r}); upload the original photograph"
-        )
-    return trained_with
+    return image_domain(spec).method_for_filtered(filtered, name)
 
 
 def domain_features(

@@ -105,3 +105,25 @@ def check_inputs(
     if missing:
         raise FileNotFoundError(f"{len(missing)} image(s) not found, e.g. {missing[:3]}")
     return checked, y.astype(np.int64)
+
+
+def with_near_duplicates(labels: LabeledImages) -> LabeledImages:
+    """The same images with copies of one photograph (perceptual hashes within
+    :data:`~mlcore.data.near_duplicates.MAX_DISTANCE` bits) in one group, merged with their
+    patients or listed groups, so that no split separates them. An unreadable file keeps its
+    own group (training reports it)."""
+    from mlcore.data.near_duplicates import perceptual_hash_of_bytes, split_groups
+
+    def picture_hash(path: Path) -> str:
+        try:
+            return perceptual_hash_of_bytes(path.read_bytes())
+        except (OSError, ValueError):
+            return ""
+
+    patients = labels.groups or [f"image:{path}" for path in labels.paths]
+    merged = split_groups(list(patients), [picture_hash(path) for path in labels.paths])
+    return LabeledImages(
+        paths=list(labels.paths),
+        grades=list(labels.grades),
+        groups=[f"group:{group}" for group in merged.tolist()],
+    )

@@ -18,12 +18,13 @@ from mlcore.data.preprocessing import load_rgb
 from mlcore.evaluation.metrics import referable_probability
 from mlcore.models.artifact import ModelArtifact, load_artifact
 from mlcore.models.classifier import HeadClassifier, predict_with_tta
-from mlcore.models.finetune import FinetunedModel, load_images
+from mlcore.models.finetune import FinetunedModel
 from mlcore.pipelines.domain_features import (
     DOMAIN_CHECK_SIZE,
     DomainMismatchError,
     DomainSpec,
     domain_features,
+    image_domain,
     preprocessing_for,
 )
 
@@ -205,18 +206,13 @@ def _predict_finetuned(
     from mlcore.features.extraction import image_items
 
     image_paths = [Path(p) for p in paths]
-    methods = [
-        preprocessing_for(artifact, load_rgb(p, min_size=DOMAIN_CHECK_SIZE), name=str(p))
-        for p in image_paths
-    ]
+    domain = image_domain(artifact)
+    methods = [domain.method_for(p) for p in image_paths]
     keys = [item.key for item in image_items(image_paths)]
     blocks = []
     for start in range(0, len(image_paths), chunk):
-        images = load_images(
-            image_paths[start : start + chunk],
-            size=model.input_size,
-            preprocessing=methods[start : start + chunk],
-        )
+        rows = slice(start, start + chunk)
+        images, _ = domain.load(image_paths[rows], size=model.input_size, methods=methods[rows])
         blocks.append(model.predict_proba(images))
         if progress is not None:
             progress(min(len(image_paths), start + chunk), len(image_paths))

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from mlcore.data.augment import AugmentConfig
-from mlcore.data.domain import RAW_TO_FILTERED, is_known
+from mlcore.data.domain import DOMAIN_FILTERED, DOMAINS, RAW_TO_FILTERED, is_known
 from mlcore.data.splits import (
     DEFAULT_SEED,
     grouped_kfold,
@@ -38,7 +38,7 @@ from mlcore.evaluation.metrics import (
 )
 from mlcore.evaluation.reports import plot_confusion, plot_history, write_json
 from mlcore.features.config import FeatureConfig, default_store_dir, default_weights_dir
-from mlcore.models.artifact import DOMAIN_FILTERED, DOMAINS, save_artifact
+from mlcore.models.artifact import save_artifact
 from mlcore.models.classifier import HeadClassifier, predict_with_tta
 from mlcore.models.holdout import HoldoutPlan, Progress, Rows, train_with_holdout
 from mlcore.models.ood import ood_fit_save

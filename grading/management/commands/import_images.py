@@ -11,6 +11,7 @@ from grading.services.images import (
     images_import,
     import_items_from_csv,
     import_items_from_folders,
+    import_items_grouped,
     import_items_ungraded_from_folder,
 )
 
@@ -39,6 +40,12 @@ class Command(BaseCommand):
         parser.add_argument(
             "--source", help="name of the import source (default: import:<DIR name>)"
         )
+        parser.add_argument(
+            "--groups",
+            type=Path,
+            help="near-duplicate groups file (one group of file ids per line): each group is "
+            "imported as one patient, so no training split separates its photographs",
+        )
         parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
 
     def handle(
@@ -48,6 +55,7 @@ class Command(BaseCommand):
         labels: Path | None,
         ungraded: bool,
         source: str | None,
+        groups: Path | None = None,
         **options,
     ):
         directory = directory.expanduser().resolve()
@@ -63,6 +71,8 @@ class Command(BaseCommand):
                 items, others = import_items_ungraded_from_folder(directory)
             else:
                 items = import_items_from_folders(directory)
+            if groups is not None:
+                items = import_items_grouped(items, groups)
         except ImportRejected as error:
             raise CommandError(str(error)) from None
         source = source or f"import:{directory.name}"

@@ -13,12 +13,12 @@ import numpy as np
 import numpy.typing as npt
 
 from mlcore.data.augment import augment_batch
+from mlcore.data.domain import ImageDomain
 from mlcore.models.finetune.config import FinetuneConfig, Progress
 from mlcore.models.finetune.network import (
     FinetuneNetwork,
     Images,
     build_network,
-    load_images,
 )
 from mlcore.models.finetuned import scaled_for_backbone
 
@@ -59,7 +59,7 @@ def cache_bottom_maps(
     paths: Sequence[str | Path],
     *,
     config: FinetuneConfig,
-    preprocessing: str = "none",
+    domain: ImageDomain | None = None,
     weights: str | Path | None = "imagenet",
     weights_dir: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -79,7 +79,7 @@ def cache_bottom_maps(
     done = 0
     for start in range(0, len(paths), chunk):
         rows = slice(start, start + chunk)
-        images = load_images(paths[rows], size=size, preprocessing=preprocessing)
+        images, _ = (domain or ImageDomain()).load(paths[rows], size=size)
         for version in range(versions):
             cache[version, rows] = bottom_maps(
                 net, images, config=config, variant=version, index_offset=start

@@ -26,6 +26,7 @@ class FinetuneConfig:
       split picks one (each costs a training run).
     - ``variants``: augmented copies of each image whose bottom maps are cached (cached mode;
       an epoch draws one version of each image); the whole-network mode augments every epoch.
+    - ``label_smoothing``: the cross-entropy's target is (1 - s) one-hot + s / k (0: none).
     - ``mixed_precision``: ``"auto"`` uses float16 compute only when TensorFlow sees a GPU.
     """
 
@@ -39,6 +40,7 @@ class FinetuneConfig:
     dropout: float = 0.3
     warmup_fraction: float = 0.3
     class_weight: str | None = "sqrt"
+    label_smoothing: float = 0.0
     validation_fraction: float = 0.15
     variants: int = 1
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -63,6 +65,8 @@ class FinetuneConfig:
             raise ValueError("variants must be >= 0")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError("label_smoothing must be in [0, 1)")
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise ValueError("warmup_fraction must be in [0, 1)")
 

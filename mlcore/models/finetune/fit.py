@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from mlcore.data.domain import ImageDomain
 from mlcore.data.splits import grouped_holdout
 from mlcore.evaluation.metrics import expected_calibration_error
 from mlcore.models.calibration import apply_temperature, choose_decoding, fit_temperature
@@ -28,7 +29,7 @@ from mlcore.models.finetune.loop import (
     train_candidate,
     validation_logits,
 )
-from mlcore.models.finetune.network import FinetuneNetwork, Images, build_network, load_images
+from mlcore.models.finetune.network import FinetuneNetwork, Images, build_network
 from mlcore.models.finetuned import FinetunedModel
 
 
@@ -65,7 +66,7 @@ def finetune_fit(
     groups: Sequence[object] | None = None,
     config: FinetuneConfig | None = None,
     checkpoint_dir: str | Path,
-    preprocessing: str = "none",
+    domain: ImageDomain | None = None,
     weights: str | Path | None = "imagenet",
     weights_dir: str | Path | None = None,
     images: Images | None = None,
@@ -79,7 +80,9 @@ def finetune_fit(
     :func:`~mlcore.models.finetune.cache.cache_bottom_maps` (the bottom is frozen ImageNet
     layers and sees no grade, so cross-validation computes them once for all folds).
     ``checkpoint_dir``: where epochs are checkpointed; a second call with the same folder and
-    data resumes."""
+    data resumes. ``domain``: how image files reach the network when neither ``images`` nor
+    ``bottom_cache`` is given (default: the shared set's filtered domain, raw photographs
+    mapped into it), the same :meth:`~mlcore.data.domain.ImageDomain.load` prediction uses."""
     from mlcore.features.backbones import get_backbone
     from mlcore.models.classifier import seed_everything
 
@@ -99,7 +102,7 @@ def finetune_fit(
     initial = net.top.get_weights()
     if bottom_cache is None and images is None:
         progress(1, "decoding images")
-        images = load_images(paths, size=spec.input_size, preprocessing=preprocessing)
+        images, _ = (domain or ImageDomain()).load(paths, size=spec.input_size)
     cache_started = time.perf_counter()
     data, val_inputs = training_inputs(
         net,

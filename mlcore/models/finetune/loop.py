@@ -163,14 +163,20 @@ def _optimizer(config: FinetuneConfig, learning_rate: float) -> Any:
 
 
 def _train_step_function(
-    top: Any, optimizer: Any, class_weights: npt.NDArray[np.float64], k: int
+    top: Any,
+    optimizer: Any,
+    class_weights: npt.NDArray[np.float64],
+    k: int,
+    label_smoothing: float = 0.0,
 ) -> Callable[[Any, Any], Any]:
     """One weighted cross-entropy step of the top, compiled once."""
     import keras
     import tensorflow as tf
 
     weights = tf.constant(class_weights, tf.float32)
-    loss_fn = keras.losses.CategoricalCrossentropy(from_logits=True, reduction=None)
+    loss_fn = keras.losses.CategoricalCrossentropy(
+        from_logits=True, label_smoothing=label_smoothing, reduction=None
+    )
 
     def train_step(x: Any, y: Any) -> Any:
         target = tf.one_hot(y, k)
@@ -280,7 +286,9 @@ def train_candidate(
         config=config,
         learning_rate=learning_rate,
         optimizer=optimizer,
-        train_step=_train_step_function(top, optimizer, weights, len(config.classes)),
+        train_step=_train_step_function(
+            top, optimizer, weights, len(config.classes), config.label_smoothing
+        ),
         report=report,
     )
     started = time.perf_counter()

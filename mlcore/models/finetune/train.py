@@ -8,20 +8,19 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from mlcore.data.domain import RAW_TO_FILTERED
+from mlcore.data.domain import DOMAIN_FILTERED, RAW_TO_FILTERED, ImageDomain
 from mlcore.data.splits import merge_groups
 from mlcore.evaluation.metrics import REFERABLE_FROM
-from mlcore.models.artifact import DOMAIN_FILTERED, TrainingRecord, save_finetuned_model
+from mlcore.models.artifact import TrainingRecord, save_finetuned_model
 from mlcore.models.finetune.config import FinetuneConfig, Progress
 from mlcore.models.finetune.fit import FinetuneResult, finetune_fit
-from mlcore.models.finetune.network import load_images
 from mlcore.models.holdout import HoldoutPlan, Rows, train_with_holdout
 
 
@@ -99,6 +98,10 @@ class FinetuneTrainResult:
     n_test: int
     train_paths: list[Path]
     test_paths: list[Path]
+    # How each image reached the network (``ImageDomain.load``), as prediction brings it there.
+    train_preprocessing: list[str]
+    test_preprocessing: list[str]
+    holdout_proba: npt.NDArray[np.float64] | None
 
 
 @dataclass
@@ -109,6 +112,14 @@ class _Domain:
     training_domain: str
     raw_photo_preprocessing: str | None
     referable_from: int
+
+    @property
+    def images(self) -> ImageDomain:
+        return ImageDomain(
+            training_domain=self.training_domain,
+            preprocessing=self.preprocessing,
+            raw_photo_preprocessing=self.raw_photo_preprocessing,
+        )
 
 
 @dataclass
@@ -125,18 +136,28 @@ class _FinetuneSteps:
     weights: str | Path | None
     weights_dir: str | Path | None
     progress: Progress
+    train_preprocessing: list[str] = field(default_factory=list)
+    test_preprocessing: list[str] = field(default_factory=list)
+    holdout_proba: npt.NDArray[np.float64] | None = None
 
     def fit(self, train_idx: Rows, test_idx: Rows) -> FinetuneResult:
+        from mlcore.features.backbones import get_backbone
+
         def fit_progress(percent: int, message: str) -> None:
             self.progress(int(percent * 0.9), message)
 
+        paths = [self.paths[i] for i in train_idx]
+        self.progress(1, "decoding images")
+        images, self.train_preprocessing = self.domain.images.load(
+            paths, size=get_backbone(self.config.backbone).input_size
+        )
         return finetune_fit(
-            [self.paths[i] for i in train_idx],
+            paths,
             self.y[train_idx],
             groups=[self.groups[i] for i in train_idx],
             config=self.config,
             checkpoint_dir=self.checkpoint,
-            preprocessing=self.domain.preprocessing,
+            images=images,
             weights=self.weights,
             weights_dir=self.weights_dir,
             progress=fit_progress,
@@ -145,12 +166,11 @@ class _FinetuneSteps:
     def holdout_predictions(
         self, fitted: FinetuneResult, test_idx: Rows
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
-        images = load_images(
-            [self.paths[i] for i in test_idx],
-            size=fitted.model.input_size,
-            preprocessing=self.domain.preprocessing,
+        images, self.test_preprocessing = self.domain.images.load(
+            [self.paths[i] for i in test_idx], size=fitted.model.input_size
         )
         proba = fitted.model.predict_proba(images)
+        self.holdout_proba = proba
         return proba, fitted.model.decode(proba)
 
     def save(
@@ -262,4 +282,7 @@ def train_finetuned_model(
         n_test=int(run.test_idx.size),
         train_paths=[image_paths[i] for i in run.train_idx],
         test_paths=[image_paths[i] for i in run.test_idx],
+        train_preprocessing=steps.train_preprocessing,
+        test_preprocessing=steps.test_preprocessing,
+        holdout_proba=steps.holdout_proba,
     )

@@ -1,0 +1,61 @@
+"""The recipe-search harness (``bench/recipes.py``): its protocol is fixed and grouped, its rows
+replace their earlier selves, and every candidate the issue asks for is listed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from bench import recipes
+
+
+def context(tmp_path: Path) -> recipes.Context:
+    y = np.asarray([i % 5 for i in range(200)])
+    groups = np.asarray([i // 4 for i in range(200)])  # groups of four near-duplicates
+    return recipes.Context(
+        paths=[tmp_path / f"{i}.png" for i in range(200)], y=y, groups=groups,
+        work=tmp_path, store=tmp_path, weights_dir=tmp_path,
+    )  # fmt: skip
+
+
+def test_the_search_split_is_fixed_grouped_and_about_80_20(tmp_path):
+    ctx = context(tmp_path)
+    protocol, [(train, test)] = recipes.splits(ctx, None)
+    assert protocol == "holdout80-20"
+    assert not set(ctx.groups[train]) & set(ctx.groups[test])
+    assert 0.15 < test.size / 200 < 0.25
+    _, [(train_again, test_again)] = recipes.splits(ctx, None)
+    assert np.array_equal(test, test_again) and np.array_equal(train, train_again)
+    protocol, folds = recipes.splits(ctx, 5)
+    assert protocol == "cv5" and len(folds) == 5
+    assert sorted(np.concatenate([t for _, t in folds]).tolist()) == list(range(200))
+    for fold_train, fold_test in folds:
+        assert not set(ctx.groups[fold_train]) & set(ctx.groups[fold_test])
+
+
+def test_a_rerun_replaces_its_row_and_keeps_the_others(tmp_path):
+    out = tmp_path / "recipes.json"
+    recipes.write_row(out, {"candidate": "head", "protocol": "holdout80-20", "cpu_minutes": 9})
+    recipes.write_row(out, {"candidate": "head", "protocol": "cv5", "cpu_minutes": 40})
+    recipes.write_row(out, {"candidate": "head", "protocol": "holdout80-20", "cpu_minutes": 8})
+    saved = json.loads(out.read_text())
+    assert "seed 2017" in saved["protocol"]
+    assert sorted((r["protocol"], r["cpu_minutes"]) for r in saved["rows"]) == [
+        ("cv5", 40),
+        ("holdout80-20", 8),
+    ]
+
+
+def test_it_lists_every_kind_of_candidate(capsys):
+    assert recipes.main(["--list"]) == 0
+    listed = capsys.readouterr().out
+    for name in (
+        "head", "head_tta", "head_regression", "head_smooth", "ft_top4_v4", "ft_top8_v6",
+        "ft_whole", "ft_lite1_top4_v4", "ft_lite2_top4_v4", "ft_top4_v4_tta", "ens_ft_head",
+        "ens_ft_folds5",
+    ):  # fmt: skip
+        assert f"{name} " in listed
+    args = recipes.parse(["--candidate", "head", "--limit", "40"])
+    assert args.out.name == "smoke.json"  # smoke runs never touch bench/results
