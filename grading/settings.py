@@ -318,22 +318,23 @@ FUNDUS_BOOTSTRAP_RESAMPLES = env_int("FUNDUS_BOOTSTRAP_RESAMPLES", 1000, minimum
 FUNDUS_AUGMENT_VARIANTS = env_int("FUNDUS_AUGMENT_VARIANTS", 0, minimum=0)
 # Fine-tuning retrains (Retrain -> "Fine-tune backbone"): the backbone, how many of its top
 # EfficientNet-Lite blocks train on cached maps of the frozen rest ("all": the whole network on
-# augmented images, hours on CPU), epochs of the one-cycle schedule, and the peak learning rates
-# tried (several: the inner validation split picks one; each costs a training run).
+# augmented images), epochs of the one-cycle schedule, and the peak learning rates tried (several:
+# the inner validation split picks one; each costs a training run). The defaults are the recipe
+# search's best candidate (README, "Recipe search"): the whole network, 20 epochs, peak 3e-4.
 FUNDUS_FINETUNE_BACKBONE = env_str("FUNDUS_FINETUNE_BACKBONE", "efficientnet_lite0")
-FUNDUS_FINETUNE_TOP_BLOCKS = env_str("FUNDUS_FINETUNE_TOP_BLOCKS", "4")
+FUNDUS_FINETUNE_TOP_BLOCKS = env_str("FUNDUS_FINETUNE_TOP_BLOCKS", "all")
 if FUNDUS_FINETUNE_TOP_BLOCKS != "all" and not FUNDUS_FINETUNE_TOP_BLOCKS.isdigit():
     raise ImproperlyConfigured(
         f"FUNDUS_FINETUNE_TOP_BLOCKS={FUNDUS_FINETUNE_TOP_BLOCKS!r} must be a number or 'all'"
     )
-FUNDUS_FINETUNE_EPOCHS = env_int("FUNDUS_FINETUNE_EPOCHS", 8, minimum=1)
+FUNDUS_FINETUNE_EPOCHS = env_int("FUNDUS_FINETUNE_EPOCHS", 20, minimum=1)
 # A fine-tuned version is scored on a grouped hold-out of this share of the patients (the k-fold
 # evaluation re-trains heads on cached features and cannot measure a fine-tuned network).
 FUNDUS_FINETUNE_HOLDOUT_PERCENT = env_int("FUNDUS_FINETUNE_HOLDOUT_PERCENT", 10, minimum=1)
 if FUNDUS_FINETUNE_HOLDOUT_PERCENT >= 50:
     raise ImproperlyConfigured("FUNDUS_FINETUNE_HOLDOUT_PERCENT must be below 50")
 FUNDUS_FINETUNE_BATCH_SIZE = env_int("FUNDUS_FINETUNE_BATCH_SIZE", 32, minimum=1)
-FUNDUS_FINETUNE_LEARNING_RATES = env_list("FUNDUS_FINETUNE_LEARNING_RATES", ["3e-4", "1e-3"])
+FUNDUS_FINETUNE_LEARNING_RATES = env_list("FUNDUS_FINETUNE_LEARNING_RATES", ["3e-4"])
 try:
     _rates = [float(rate) for rate in FUNDUS_FINETUNE_LEARNING_RATES]
 except ValueError:

@@ -117,7 +117,9 @@ class ModelRegistryPageTests(BrokerMixin, BaseTestCase):
     def test_the_retrain_button_offers_the_fast_and_the_fine_tuning_mode(self):
         response = self.client.get(reverse("model_versions"))
         self.assertContains(response, "Fast: head on cached features (seconds)")
-        self.assertContains(response, "Fine-tune backbone (hours on CPU, minutes on a GPU)")
+        self.assertContains(
+            response, "Fine-tune the whole network (about 35 min on 2 CPU cores, minutes on a GPU)"
+        )
         self.assertContains(response, 'name="mode" value="head" checked')
 
     def test_fine_tuning_is_queued_as_a_retrain_job_in_finetune_mode(self):

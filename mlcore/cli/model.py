@@ -158,7 +158,7 @@ def _finetune_config(args: argparse.Namespace) -> FinetuneConfig:
         return FinetuneConfig(
             backbone=args.backbone,
             top_blocks=top_blocks,
-            epochs=args.epochs or 8,
+            epochs=args.epochs or FinetuneConfig.epochs,
             learning_rates=rates,
             batch_size=args.batch_size,
             variants=args.variants if args.variants else 1,
@@ -389,15 +389,15 @@ def _add_finetune_options(finetune: argparse._ArgumentGroup) -> None:
     )
     finetune.add_argument(
         "--top-blocks",
-        default="4",
+        default="all",
         help="EfficientNet-Lite MBConv blocks to train on cached maps of the frozen rest, or "
-        "'all' for the whole network on augmented images (default 4)",
+        "'all' for the whole network on augmented images (default all)",
     )
     finetune.add_argument(
         "--learning-rates",
-        default="3e-4,1e-3",
+        default="3e-4",
         help="peak one-cycle learning rates, comma separated; with several, an inner "
-        "validation split picks one (default 3e-4,1e-3)",
+        "validation split picks one (default 3e-4)",
     )
     finetune.add_argument("--batch-size", type=int, default=32)
     finetune.add_argument(
