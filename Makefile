@@ -42,9 +42,10 @@ worker: venv
 test: venv
 	REDIS_URL=$${TEST_REDIS_URL:-redis://127.0.0.1:6379/15} $(BIN)/pytest
 
-# Everything but the browser tests and the tests that start a real Celery worker (CI runs all).
+# Everything but the browser tests, the tests that start a real Celery worker and the few marked
+# slow (the whole shared dataset, cross-validation): the loop while editing. CI runs all.
 test-fast: venv
-	REDIS_URL=$${TEST_REDIS_URL:-redis://127.0.0.1:6379/15} $(BIN)/pytest -m "not browser and not worker"
+	REDIS_URL=$${TEST_REDIS_URL:-redis://127.0.0.1:6379/15} $(BIN)/pytest -m "not browser and not worker and not slow"
 
 lint: venv
 	$(BIN)/ruff check .
