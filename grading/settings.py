@@ -316,7 +316,7 @@ FUNDUS_TRAIN_EPOCHS = env_int("FUNDUS_TRAIN_EPOCHS", 0, minimum=0)
 FUNDUS_CV_FOLDS = env_int("FUNDUS_CV_FOLDS", 5, minimum=2)
 FUNDUS_BOOTSTRAP_RESAMPLES = env_int("FUNDUS_BOOTSTRAP_RESAMPLES", 1000, minimum=100)
 FUNDUS_AUGMENT_VARIANTS = env_int("FUNDUS_AUGMENT_VARIANTS", 0, minimum=0)
-# Fine-tuning retrains (Retrain -> "Fine-tune backbone"): the backbone, how many of its top
+# Fine-tuning retrains (Retrain -> "Fine-tune the whole network"): the backbone, how many of its top
 # EfficientNet-Lite blocks train on cached maps of the frozen rest ("all": the whole network on
 # augmented images), epochs of the one-cycle schedule, and the peak learning rates tried (several:
 # the inner validation split picks one; each costs a training run). The defaults are the recipe

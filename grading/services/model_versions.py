@@ -40,7 +40,7 @@ class ModelVersionError(ValueError):
 
 TRAINING_MODES = {
     "head": "Fast: head on cached features (seconds)",
-    "finetune": "Fine-tune backbone (hours on CPU, minutes on a GPU)",
+    "finetune": "Fine-tune the whole network (about 35 min on 2 CPU cores, minutes on a GPU)",
 }
 
 
