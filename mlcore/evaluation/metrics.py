@@ -186,7 +186,13 @@ def expected_calibration_error(
         raise ValueError("n_bins must be >= 1")
     confidence = array.max(axis=1)
     predicted = np.asarray(classes)[array.argmax(axis=1)]
-    correct = (predicted == true).astype(np.float64)
+    return _binned_calibration_error((predicted == true).astype(np.float64), confidence, n_bins)
+
+
+def _binned_calibration_error(
+    correct: npt.NDArray[np.float64], confidence: npt.NDArray[np.float64], n_bins: int
+) -> float:
+    """Sum over equal-width confidence bins of (share of rows) x |accuracy - mean confidence|."""
     # Bins are (lo, hi]; confidence 0 cannot happen with >= 2 classes summing to 1.
     bin_index = np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
     error = 0.0
@@ -215,14 +221,7 @@ def decoded_calibration_error(
     position = {grade: i for i, grade in enumerate(classes)}
     columns = np.asarray([position[int(g)] for g in pred], dtype=np.int64)
     confidence = array[np.arange(true.size), columns]
-    correct = (pred == true).astype(np.float64)
-    bin_index = np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
-    error = 0.0
-    for b in range(n_bins):
-        in_bin = bin_index == b
-        if in_bin.any():
-            error += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
-    return float(error)
+    return _binned_calibration_error((pred == true).astype(np.float64), confidence, n_bins)
 
 
 def metrics_report(
