@@ -11,8 +11,12 @@ handled by name in grade.js.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+
+from django.template.loader import render_to_string
+from django.utils.safestring import SafeString
 
 GRADE_PAGE = "grade"
 ADJUDICATE_PAGE = "adjudicate"
@@ -183,3 +187,32 @@ def keyboard_ctx(
         "keyboard_bindings": [binding.for_script() for binding in bindings],
         "keyboard_help": [binding.for_help() for binding in bindings],
     }
+
+
+@functools.lru_cache(maxsize=64)
+def _keyboard_help_html(
+    page: str,
+    grade_values: tuple[int, ...],
+    extra: tuple[KeyBinding, ...],
+    table: tuple[KeyBinding, ...],
+) -> str:
+    # ``table`` (KEY_BINDINGS as it stands) is only part of the key: a binding added to the
+    # table is listed at once, whatever was rendered before.
+    return render_to_string(
+        "grading/grading/_keyboard_help.html",
+        keyboard_ctx(page=page, grade_values=grade_values, extra=extra),
+    )
+
+
+def keyboard_help_html(
+    *, page: str, grade_values: Sequence[int], extra: Iterable[KeyBinding] = ()
+) -> SafeString:
+    """The keyboard help (the side-panel list, the ``?`` dialog and grade.js's table) as HTML.
+
+    It depends only on the table, the page, the grading scale and the rubric switch, and it was
+    the largest part of the grading page's rendering (two lists of every binding): rendered once
+    per process and set of inputs.
+    """
+    return SafeString(
+        _keyboard_help_html(page, tuple(grade_values), tuple(extra), tuple(KEY_BINDINGS))
+    )

@@ -110,6 +110,8 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "grading.middleware.SecurityHeadersMiddleware",
     "csp.middleware.CSPMiddleware",
+    # The settings row and the grading scale are read once per request (grading/request_memo.py).
+    "grading.request_memo.RequestMemoMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     # Before CSRF, which reads the body first: too many files or too large a body is answered
@@ -191,7 +193,8 @@ AUTH_PASSWORD_VALIDATORS = [
 # the password is even checked.
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
-    "django.contrib.auth.backends.ModelBackend",
+    # ModelBackend with the permissions read in one query instead of two.
+    "grading.auth_backend.RoleBackend",
 ]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"

@@ -7,7 +7,13 @@ import datetime as dt
 from django.utils import timezone
 
 from grading.models import GradingClaim
-from grading.services.claims import claim_next, claim_release, claim_take
+from grading.services.claims import (
+    claim_next,
+    claim_release,
+    claim_take,
+    claims_expired_sweep,
+    claims_sweep_reset,
+)
 from tests.factories import image_make
 from tests.factories_grading import GradingTestCase, grade_give, workbench_set
 
@@ -53,7 +59,24 @@ class ClaimNextTests(GradingTestCase):
         claim_next(grader=self.alice, order="oldest")
         GradingClaim.objects.update(expires_at=timezone.now() - dt.timedelta(seconds=1))
         self.assertEqual(claim_next(grader=self.bob, order="oldest"), self.first)
+
+    def test_expired_leases_are_swept_at_most_once_a_minute_per_process(self):
+        claim_next(grader=self.alice, order="oldest")
+        GradingClaim.objects.update(expires_at=timezone.now() - dt.timedelta(seconds=1))
+        claims_sweep_reset()
+        self.assertEqual(claims_expired_sweep(now=timezone.now()), 1)
         self.assertFalse(GradingClaim.objects.filter(grader=self.alice).exists())
+        claim_next(grader=self.alice, order="oldest")
+        GradingClaim.objects.update(expires_at=timezone.now() - dt.timedelta(seconds=1))
+        self.assertIsNone(claims_expired_sweep(now=timezone.now()))  # not due yet
+        self.assertTrue(GradingClaim.objects.filter(grader=self.alice).exists())
+
+    def test_a_clinician_reclaims_their_own_expired_lease_in_place(self):
+        held = claim_next(grader=self.alice, order="oldest")
+        GradingClaim.objects.update(expires_at=timezone.now() - dt.timedelta(seconds=1))
+        self.assertTrue(claim_take(image=held, grader=self.alice))
+        claim = GradingClaim.objects.get(grader=self.alice)
+        self.assertGreater(claim.expires_at, timezone.now())
 
     def test_a_graded_image_is_not_served_to_its_grader_again(self):
         workbench_set(grades_required=2)

@@ -11,6 +11,7 @@ from django.db.models import QuerySet
 
 from grading.models import GradeLevel, Image, ModelVersion, Prediction
 from grading.selectors.abstention import prediction_abstention_reason
+from grading.selectors.grading_scale import scale_get
 from grading.selectors.visibility import image_others_hidden, images_others_hidden
 
 # Re-exported for the pages that send an independent reader to the grading page.
@@ -125,7 +126,7 @@ def _predicted_is_most_probable(prediction: Prediction, bars: list[ProbabilityBa
 
 
 def _probability_bars(prediction: Prediction) -> list[ProbabilityBar]:
-    levels = list(GradeLevel.objects.order_by("value"))
+    levels = scale_get().levels
     probabilities = list(prediction.probabilities or [])
     class_values = list(prediction.model_version.class_values or [])
     if len(class_values) == len(probabilities) and class_values:

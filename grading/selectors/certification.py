@@ -15,6 +15,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 
 from grading.models import CertificationItem, Grade, GradeLevel, Image, WorkbenchSettings
+from grading.request_memo import request_memo
 from grading.selectors.worklist import workbench_settings_get
 from mlcore.evaluation.agreement import AgreementFigures, agreement_figures
 
@@ -28,6 +29,18 @@ def certification_subject(*, user: User) -> bool:
         user.is_authenticated
         and user.has_perm(GRADE_PERMISSION)
         and not user.has_perm(REVIEW_PERMISSION)
+    )
+
+
+CERTIFICATION_IDS_MEMO_KEY = "certification_image_ids"
+
+
+def certification_image_ids() -> frozenset[int]:
+    """The images of the certification set (a few dozen), read once per request: the grading
+    page, "Next image" and a save each ask several times whether an image is one of them."""
+    return request_memo(
+        CERTIFICATION_IDS_MEMO_KEY,
+        lambda: frozenset(CertificationItem.objects.values_list("image_id", flat=True)),
     )
 
 
@@ -45,6 +58,8 @@ def certification_grade_for(*, image: Image, grader: User) -> Grade | None:
 
 
 def certification_item_for(*, image: Image) -> CertificationItem | None:
+    if image.pk not in certification_image_ids():
+        return None
     return CertificationItem.objects.filter(image=image).select_related("reference_grade").first()
 
 
@@ -54,7 +69,7 @@ def reference_hidden(*, image: Image, user: User) -> bool:
     has not saved their certification grade of a certification image."""
     if not certification_subject(user=user):
         return False
-    if not CertificationItem.objects.filter(image_id=image.pk).exists():
+    if image.pk not in certification_image_ids():
         return False
     return not Grade.objects.filter(
         image_id=image.pk, grader=user, kind=Grade.Kind.CERTIFICATION
@@ -65,10 +80,13 @@ def reference_hidden_ids(*, user: User) -> set[int]:
     """The certification images whose reference is hidden from this user (for lists)."""
     if not certification_subject(user=user):
         return set()
-    graded = Grade.objects.filter(grader=user, kind=Grade.Kind.CERTIFICATION).values("image_id")
-    return set(
-        CertificationItem.objects.exclude(image_id__in=graded).values_list("image_id", flat=True)
-    )
+    items = certification_image_ids()
+    if not items:
+        return set()
+    graded = Grade.objects.filter(
+        grader=user, kind=Grade.Kind.CERTIFICATION, image_id__in=items
+    ).values_list("image_id", flat=True)
+    return set(items) - set(graded)
 
 
 def _random_key(seed: str, image_id: int) -> str:
@@ -166,7 +184,7 @@ def grade_counts_towards_confirmation(*, grader: User) -> bool:
     settings_row = workbench_settings_get()
     if not settings_row.certification_gates_confirmation:
         return True
-    if not certification_subject(user=grader) or not CertificationItem.objects.exists():
+    if not certification_subject(user=grader) or not certification_image_ids():
         return True
     return certification_result(user=grader, settings_row=settings_row).passed
 

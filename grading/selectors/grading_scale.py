@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from grading.models import GradeLevel
+from grading.request_memo import request_memo
 from mlcore.evaluation import metrics as mlmetrics
 
 
@@ -23,6 +24,12 @@ class Scale:
         referable = [level.value for level in self.levels if level.is_referable]
         return min(referable) if referable else mlmetrics.REFERABLE_FROM
 
+    def level_of(self, value: int | None) -> GradeLevel | None:
+        for level in self.levels:
+            if level.value == value:
+                return level
+        return None
+
     def label(self, value: int | None) -> str:
         for level in self.levels:
             if level.value == value:
@@ -30,5 +37,11 @@ class Scale:
         return "" if value is None else str(value)
 
 
+SCALE_MEMO_KEY = "grading_scale"
+
+
 def scale_get() -> Scale:
-    return Scale(levels=tuple(GradeLevel.objects.order_by("value")))
+    """The scale (read once per request: the grading page and a save consult it several times)."""
+    return request_memo(
+        SCALE_MEMO_KEY, lambda: Scale(levels=tuple(GradeLevel.objects.order_by("value")))
+    )

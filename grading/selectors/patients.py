@@ -205,18 +205,17 @@ def patient_context_for(
 
     Beside a certification image whose reference is hidden, no photograph of the patient shows
     its grade: the other eye's, or a retake's, would hint at the reference."""
+    # Every photograph of the patient in one query: the visits and the referable status both
+    # come from it (a patient has a handful of photographs, not thousands).
+    patient_images = list(
+        Image.objects.filter(patient_id=image.patient_id).select_related("confirmed_grade")
+    )
     if image.pk in hidden_image_ids:
-        hidden_image_ids = set(
-            Image.objects.filter(patient_id=image.patient_id).values_list("pk", flat=True)
-        )
+        hidden_image_ids = {other.pk for other in patient_images}
+    hidden = set(hidden_image_ids)
     others = _latest_first(
         images_reference_mask(
-            list(
-                Image.objects.filter(patient_id=image.patient_id)
-                .exclude(pk=image.pk)
-                .select_related("confirmed_grade")
-            ),
-            hidden_image_ids,
+            [other for other in patient_images if other.pk != image.pk], hidden_image_ids
         )
     )
     this_visit = [
@@ -237,5 +236,11 @@ def patient_context_for(
             Visit(day=day, images=sorted(images, key=lambda other: eye_rank.get(other.eye, 9)))
             for day, images in by_day.items()
         ],
-        status=patient_referable_status(patient=image.patient, hidden_image_ids=hidden_image_ids),
+        status=_status_from(
+            [
+                other
+                for other in patient_images
+                if other.grading_state == Image.GradingState.CONFIRMED and other.pk not in hidden
+            ]
+        ),
     )

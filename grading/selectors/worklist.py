@@ -23,16 +23,25 @@ from grading.models import (
     Prediction,
     WorkbenchSettings,
 )
+from grading.request_memo import request_memo
 from grading.selectors.abstention import prediction_abstains_q
 from grading.selectors.dates import day_start
 
 QUEUE_ORDERS = tuple(WorkbenchSettings.QueueOrder.values)
 
 
-def workbench_settings_get() -> WorkbenchSettings:
-    """The single settings row (the data migration creates it; recreated if someone deleted it)."""
+WORKBENCH_SETTINGS_MEMO_KEY = "workbench_settings"
+
+
+def _workbench_settings_read() -> WorkbenchSettings:
     found = WorkbenchSettings.objects.order_by("pk").first()
     return found if found is not None else WorkbenchSettings.objects.create()
+
+
+def workbench_settings_get() -> WorkbenchSettings:
+    """The single settings row (the data migration creates it; recreated if someone deleted it),
+    read once per request: "Next image" and the grading page consult it five times each."""
+    return request_memo(WORKBENCH_SETTINGS_MEMO_KEY, _workbench_settings_read)
 
 
 def grades_current(*, image: Image) -> list[Grade]:

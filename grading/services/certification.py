@@ -10,6 +10,8 @@ from django.contrib.auth.models import User
 from django.db import transaction
 
 from grading.models import CertificationItem, Image
+from grading.request_memo import request_memo_forget
+from grading.selectors.certification import CERTIFICATION_IDS_MEMO_KEY
 
 
 class CertificationSetError(ValueError):
@@ -103,4 +105,6 @@ def certification_items_add(
             # Every image has a confirmed grade (checked above); the test tells the type checker.
             if image.pk not in existing and image.confirmed_grade_id is not None
         ]
-        return CertificationItem.objects.bulk_create(items)
+        created = CertificationItem.objects.bulk_create(items)
+    request_memo_forget(CERTIFICATION_IDS_MEMO_KEY)
+    return created

@@ -9,6 +9,8 @@ of waiting. (SQLite ignores row locks but serialises writers, which is enough fo
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 from collections.abc import Collection
 
 from django.contrib.auth.models import User
@@ -28,15 +30,46 @@ from grading.selectors.worklist import (
 MAX_CANDIDATES_TRIED = 50
 
 
+# Every read ignores expired claims (they filter on ``expires_at``), so deleting them is only
+# housekeeping: once a minute per process is plenty, and spares "Next image" and the grading page
+# a write transaction each.
+CLAIM_SWEEP_SECONDS = 60.0
+_sweep_lock = threading.Lock()
+_sweep_last = -CLAIM_SWEEP_SECONDS
+
+
 def claims_expired_delete(*, now: dt.datetime | None = None) -> int:
     deleted, _ = GradingClaim.objects.filter(expires_at__lte=now or timezone.now()).delete()
     return deleted
 
 
+def claims_expired_sweep(*, now: dt.datetime) -> int | None:
+    """Delete the expired claims if this process has not done so in the last minute; returns how
+    many were deleted, or None when it was not due."""
+    global _sweep_last
+    with _sweep_lock:
+        if time.monotonic() - _sweep_last < CLAIM_SWEEP_SECONDS:
+            return None
+        _sweep_last = time.monotonic()
+    return claims_expired_delete(now=now)
+
+
+def claims_sweep_reset() -> None:
+    """Make the next sweep due now (tests, and after the admin shortens the lease)."""
+    global _sweep_last
+    with _sweep_lock:
+        _sweep_last = -CLAIM_SWEEP_SECONDS
+
+
 def _claim_write(*, image: Image, grader: User, now: dt.datetime) -> None:
+    """Write or renew the lease in one statement (INSERT ... ON CONFLICT DO UPDATE): an expired
+    lease of the same clinician may still be there until the next sweep."""
     lease = dt.timedelta(minutes=workbench_settings_get().claim_minutes)
-    GradingClaim.objects.update_or_create(
-        image=image, grader=grader, defaults={"expires_at": now + lease}
+    GradingClaim.objects.bulk_create(
+        [GradingClaim(image=image, grader=grader, expires_at=now + lease)],
+        update_conflicts=True,
+        unique_fields=["image", "grader"],
+        update_fields=["expires_at"],
     )
 
 
@@ -97,7 +130,7 @@ def claim_next(
     once each get a different image without scanning the queue.
     """
     now = timezone.now()
-    claims_expired_delete(now=now)
+    claims_expired_sweep(now=now)
     excluded = set(exclude_ids)
     for image_id in claim_held(grader=grader, now=now):
         if image_id in excluded:
@@ -137,7 +170,16 @@ def claim_take(*, image: Image, grader: User) -> bool:
     held by others; the caller tells the clinician instead of serving it.
     """
     now = timezone.now()
-    claims_expired_delete(now=now)
+    lease = dt.timedelta(minutes=workbench_settings_get().claim_minutes)
+    # Served by "Next image" a moment ago (the usual way here), or reopened within the first half
+    # of the lease: the lease stands, and renewing it would cost a locked re-check of the queue.
+    # A lease is only ever written while the image needs this clinician's grade, and it keeps
+    # the slot from everyone else until it expires.
+    if GradingClaim.objects.filter(
+        image=image, grader=grader, expires_at__gt=now + lease / 2
+    ).exists():
+        return True
+    claims_expired_sweep(now=now)
     return _claim_try(image_id=image.pk, grader=grader, skip_locked=False, now=now) is not None
 
 

@@ -25,8 +25,9 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
-from grading.models import CertificationItem, CorrectionRequest, Grade, GradeLevel, Image
+from grading.models import CorrectionRequest, Grade, GradeLevel, Image
 from grading.selectors.certification import (
+    certification_image_ids,
     certification_subject,
     grade_counts_towards_confirmation,
 )
@@ -35,6 +36,7 @@ from grading.selectors.corrections import (
     correction_request_open_for,
     correction_requests_open,
 )
+from grading.selectors.grading_scale import scale_get
 from grading.selectors.worklist import grades_current, workbench_settings_get
 from grading.services.claims import claim_release
 from mlcore.data.rubric import Findings, icdr_grade_derive
@@ -70,6 +72,7 @@ class GradeSaved:
     grade: Grade
     request: CorrectionRequest | None = None
     changed: bool = True
+    corrected: bool = False  # it replaced the reader's earlier grade
 
 
 @dataclass(frozen=True)
@@ -96,11 +99,10 @@ def _grade_level_resolve(choice: GradeInput) -> GradeLevel | None:
         raise GradeRejected(f"Notes are limited to {MAX_NOTES_LENGTH} characters.")
     if choice.ungradable or choice.grade is None:  # None: ungradable, as checked above
         return None
-    level = GradeLevel.objects.filter(value=choice.grade).first()
+    scale = scale_get()
+    level = scale.level_of(choice.grade)
     if level is None:
-        known = ", ".join(
-            str(value) for value in GradeLevel.objects.values_list("value", flat=True)
-        )
+        known = ", ".join(str(value) for value in scale.classes)
         raise GradeRejected(f"Grade {choice.grade} is not on the grading scale ({known}).")
     return level
 
@@ -118,7 +120,7 @@ def _rubric_resolve(choice: GradeInput, level: GradeLevel | None) -> RubricRecor
             )
         return RubricRecord(used=True, findings={})
     derived = icdr_grade_derive(choice.findings)
-    derived_level = GradeLevel.objects.filter(value=derived.grade).first()
+    derived_level = scale_get().level_of(derived.grade)
     reason = choice.override_reason.strip()
     if level is not None and derived_level is not None and level.value != derived_level.value:
         if not reason:
@@ -164,6 +166,15 @@ def _grade_repeats(
     )
 
 
+# confirmed_grade_id rather than confirmed_grade: copying them reads no related row.
+_CONFIRMATION_ATTNAMES = tuple(
+    field.attname
+    for field in Image._meta.concrete_fields
+    if field.name in Image.CONFIRMATION_FIELDS
+)
+_GRADE_RELATIONS = ["image", "grader", "grade", "derived_grade", "supersedes"]
+
+
 def _grade_append(
     *,
     image: Image,
@@ -193,7 +204,10 @@ def _grade_append(
         override_reason=rubric.override_reason,
         counts_towards_confirmation=counts,
     )
-    grade.full_clean()
+    # The related rows were just read, and the check constraints are the database's to enforce
+    # (the inputs were checked above with messages for the clinician): validate the fields' own
+    # rules only, without a query per foreign key and a savepoint per constraint.
+    grade.full_clean(exclude=_GRADE_RELATIONS, validate_unique=False, validate_constraints=False)
     grade.save()
     return grade
 
@@ -214,7 +228,9 @@ def _image_confirm(
     image.confirmation_method = method
     image.confirmed_by = confirmed_by
     image.confirmed_at = timezone.now()
-    image.full_clean(exclude=["file"])
+    # Values set here from the code's own enums; the database's check constraints hold the
+    # confirmed state consistent (a full_clean() cost 17 queries per save: foreign keys, the
+    # sha256 uniqueness and every constraint of the image, none of which a confirmation touches).
     image.save(update_fields=Image.CONFIRMATION_FIELDS)
 
 
@@ -358,10 +374,7 @@ def grade_save(*, image: Image, grader: User, choice: GradeInput) -> GradeSaved:
     grade is a certification grade instead."""
     level = _grade_level_resolve(choice)
     rubric = _rubric_resolve(choice, level)
-    if (
-        certification_subject(user=grader)
-        and CertificationItem.objects.filter(image_id=image.pk).exists()
-    ):
+    if certification_subject(user=grader) and image.pk in certification_image_ids():
         before = Grade.objects.filter(
             image_id=image.pk, grader=grader, kind=Grade.Kind.CERTIFICATION
         ).first()
@@ -370,7 +383,10 @@ def grade_save(*, image: Image, grader: User, choice: GradeInput) -> GradeSaved:
     counts = grade_counts_towards_confirmation(grader=grader)
     with transaction.atomic():
         # Lock the image so two grades arriving together are counted one after the other.
-        locked = Image.objects.select_for_update().get(pk=image.pk)
+        # (with its patient: the audit log names the image by it)
+        locked = (
+            Image.objects.select_for_update(of=("self",)).select_related("patient").get(pk=image.pk)
+        )
         previous = _grade_current(image=locked, kind=Grade.Kind.GRADER, grader=grader)
         required = workbench_settings_get().grades_required
         if previous is None:
@@ -396,8 +412,10 @@ def grade_save(*, image: Image, grader: User, choice: GradeInput) -> GradeSaved:
         )
         claim_release(image=locked, grader=grader)
         image_confirmation_refresh(image=locked, grades_required=required, last_grader=grader)
-    image.refresh_from_db()
-    return GradeSaved(grade=grade)
+    # The caller's instance takes the state the locked row was saved with (no second read).
+    for attname in _CONFIRMATION_ATTNAMES:
+        setattr(image, attname, getattr(locked, attname))
+    return GradeSaved(grade=grade, corrected=previous is not None)
 
 
 def grade_adjudicate(*, image: Image, reviewer: User, choice: GradeInput) -> Grade:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from django.db import transaction
 
 from grading.models import WorkbenchSettings
-from grading.selectors.worklist import workbench_settings_get
+from grading.request_memo import request_memo_forget
+from grading.selectors.worklist import WORKBENCH_SETTINGS_MEMO_KEY, workbench_settings_get
 from grading.services.grades import images_confirmation_refresh_all
 
 EDITABLE_FIELDS = (
@@ -41,13 +42,19 @@ def workbench_settings_update(**values: object) -> tuple[WorkbenchSettings, int]
     unknown = set(values) - set(EDITABLE_FIELDS) - set(PROTOCOL_FIELDS)
     if unknown:
         raise TypeError(f"not editable: {', '.join(sorted(unknown))}")
-    with transaction.atomic():
-        current = workbench_settings_get()
-        before = current.grades_required
-        for name, value in values.items():
-            setattr(current, name, value)
-        current.full_clean()
-        current.save()
+    # The request's memo must never hold a half-edited row (when validation refuses it) nor the
+    # old one after the change: forget it either way.
+    request_memo_forget(WORKBENCH_SETTINGS_MEMO_KEY)
+    try:
+        with transaction.atomic():
+            current = workbench_settings_get()
+            before = current.grades_required
+            for name, value in values.items():
+                setattr(current, name, value)
+            current.full_clean()
+            current.save()
+    finally:
+        request_memo_forget(WORKBENCH_SETTINGS_MEMO_KEY)
     settled = images_confirmation_refresh_all() if current.grades_required < before else 0
     if _QUALITY_FIELDS & set(values):
         from grading.services.quality import images_quality_rescore

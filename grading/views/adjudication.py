@@ -110,7 +110,7 @@ def adjudicate(request: AuthenticatedHttpRequest, image_id: int) -> HttpResponse
         ),
         "self_adjudication_allowed": worklist_selectors.workbench_settings_get().allow_self_adjudication,
         **viewer_ctx(image, model_view),
-        **keyboard.keyboard_ctx(
+        "keyboard_help_html": keyboard.keyboard_help_html(
             page=keyboard.ADJUDICATE_PAGE, grade_values=[level.value for level in levels]
         ),
     }

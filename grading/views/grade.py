@@ -19,6 +19,7 @@ from grading.selectors import corrections as correction_selectors
 from grading.selectors import patients as patient_selectors
 from grading.selectors import worklist as worklist_selectors
 from grading.selectors.assistance import model_view_for
+from grading.selectors.grading_scale import scale_get
 from grading.services import claims as claim_services
 from grading.services import grades as grade_services
 from grading.views.access import GRADE_PERMISSION, permission_required
@@ -30,7 +31,7 @@ from mlcore.data.rubric import QUADRANT_NAMES, QUADRANTS
 
 def grade_levels() -> list[GradeLevel]:
     """The grading scale, lowest first: the grade form's choices (grading and adjudication)."""
-    return list(GradeLevel.objects.order_by("value"))
+    return list(scale_get().levels)
 
 
 def saved_text(grade: Grade) -> str:
@@ -59,7 +60,7 @@ RUBRIC_QUADRANT_ROWS = (
 
 def _rubric_available() -> bool:
     """The rule grades on ICDR 0-4: on another scale (FUNDUS_GRADE_SCALE) the rubric is off."""
-    values = set(GradeLevel.objects.values_list("value", flat=True))
+    values = set(scale_get().classes)
     return worklist_selectors.workbench_settings_get().rubric_enabled and values == set(
         RUBRIC_ICDR_VALUES
     )
@@ -173,7 +174,7 @@ def _grade_page(
         ),
         "previous_id": history_previous(request, image.pk),
         **viewer_ctx(image, model_view),
-        **keyboard.keyboard_ctx(
+        "keyboard_help_html": keyboard.keyboard_help_html(
             page=keyboard.GRADE_PAGE,
             grade_values=[level.value for level in levels],
             extra=keyboard.RUBRIC_KEY_BINDINGS if rubric_on else (),
@@ -197,7 +198,6 @@ def grade_image(request: AuthenticatedHttpRequest, image_id: int) -> HttpRespons
     form = GradeForm(request.POST, levels=grade_levels())
     if not form.is_valid():
         return _grade_page(request, image, form=form, status=400)
-    before = worklist_selectors.grade_current_for(image=image, grader=request.user)
     try:
         saved = grade_services.grade_save(
             image=image, grader=request.user, choice=form.grade_input()
@@ -215,7 +215,7 @@ def grade_image(request: AuthenticatedHttpRequest, image_id: int) -> HttpRespons
             request, f"Your grade was already saved ({saved_text(saved.grade)}); no change."
         )
     else:
-        verb = "Correction saved" if before is not None else "Grade saved"
+        verb = "Correction saved" if saved.corrected else "Grade saved"
         messages.success(request, f"{verb}: {saved_text(saved.grade)}.")
     return redirect("grade_image", image_id=image.pk)
 
