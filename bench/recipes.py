@@ -28,9 +28,12 @@ Usage::
 Each run appends (or replaces) its row, keyed by candidate and protocol, in
 ``bench/results/recipes.json`` (``--limit`` runs go to ``var/recipes/smoke.json``). Fine-tuning
 checkpoints every epoch under ``var/recipes/work``: a run stopped by ``--max-minutes`` (its row
-says ``"status": "stopped"``) resumes where it stopped when started again. Candidates that share
-a training (``ft_top4_v4`` and ``ft_top4_v4_tta``) share its checkpoints, so the second costs
-only its scoring; ensembles reuse their members' stored predictions.
+says ``"status": "stopped"`` and how many folds were scored) resumes where it stopped when
+started again. Every finished split's scoring (its test rows' probabilities) is kept under
+``bench/results/recipes-scored`` and committed, so a CV that outlasts a session resumes at its
+next fold in a later session or on a GPU machine (``bench/recipes_remaining.sh``). Candidates that
+share a training (``ft_top4_v4`` and ``ft_top4_v4_tta``) share its checkpoints, so the second
+costs only its scoring; ensembles reuse their members' stored predictions.
 """
 
 from __future__ import annotations
@@ -65,6 +68,10 @@ TEST_FRACTION = 0.2
 RESAMPLES = 1000
 TARGET = {"qwk": 0.90, "accuracy": 0.80, "referable_auc": 0.98}
 RESULTS = REPO / "bench/results/recipes.json"
+# Each split's finished scoring (the test rows' probabilities, a few kB) is committed: a 5-fold CV
+# of a 25-minute recipe outlasts a session on 2 CPU cores, and the next session (or a GPU run)
+# resumes it at the next unscored fold.
+SCORED = REPO / "bench/results/recipes-scored"
 
 # (probabilities of the test rows, decoded grades, what the candidate chose on its inner split)
 Scored = tuple[np.ndarray, np.ndarray, dict[str, Any]]
@@ -89,12 +96,15 @@ class Context:
     work: Path
     store: Path
     weights_dir: Path
+    scored: Path
     epochs: int | None = None
     cache: dict[str, Any] = field(default_factory=dict)
 
     @property
     def tag(self) -> str:
-        digest = hashlib.sha256("\n".join(str(p) for p in self.paths).encode()).hexdigest()
+        # File names, not paths: the tag (and the stored scorings under it) must be the same on
+        # any machine and in any checkout.
+        digest = hashlib.sha256("\n".join(p.name for p in self.paths).encode()).hexdigest()
         return f"n{len(self.paths)}-{digest[:8]}"
 
 
@@ -116,6 +126,7 @@ def load_data(args: argparse.Namespace) -> Context:
         y=y,
         groups=groups,
         work=args.work,
+        scored=args.scored,
         store=args.store,
         weights_dir=args.weights_dir,
         epochs=args.epochs,
@@ -250,6 +261,11 @@ def run_finetune(
         "train_seconds": round(fit.train_seconds, 1),
         "config": config.as_dict(),
     }
+    if tta:
+        # The same training scored without test-time averaging: stored for the sibling
+        # candidate by Candidate.score, so the pair costs one training (also across sessions).
+        plain = proba_of(test_inputs)
+        info["without_tta"] = {"proba": plain, "pred": fit.model.decode(plain)}
     return proba, fit.model.decode(proba), info
 
 
@@ -294,24 +310,44 @@ class Candidate:
     options: dict[str, Any] = field(default_factory=dict)
     takes_split: bool = False
 
+    def stored_at(self, ctx: Context, train: np.ndarray, test: np.ndarray, split: str) -> Path:
+        settings = json.dumps(self.options, sort_keys=True, default=str).encode()
+        digest = hashlib.sha256(settings + _rows_digest(train, test).encode()).hexdigest()[:12]
+        stored = ctx.scored / ctx.tag / split / f"{self.name}-{digest}.npz"
+        if ctx.epochs is not None:
+            stored = stored.with_name(f"{self.name}-{digest}-e{ctx.epochs}.npz")
+        return stored
+
     def score(self, ctx: Context, train: np.ndarray, test: np.ndarray, split: str) -> Scored:
         """Train on ``train`` and score ``test``; finished scorings are kept on disk, keyed by
         the candidate's settings and rows (ensembles and reruns reuse them)."""
-        settings = json.dumps(self.options, sort_keys=True, default=str).encode()
-        digest = hashlib.sha256(settings + _rows_digest(train, test).encode()).hexdigest()[:12]
-        stored = ctx.work / "scored" / ctx.tag / split / f"{self.name}-{digest}"
-        if ctx.epochs is not None:
-            stored = stored.with_name(f"{stored.name}-e{ctx.epochs}")
-        if stored.with_suffix(".npz").is_file():
-            saved = np.load(stored.with_suffix(".npz"))
+        stored = self.stored_at(ctx, train, test, split)
+        if stored.is_file():
+            saved = np.load(stored)
             return saved["proba"], saved["pred"], json.loads(str(saved["info"]))
         options = dict(self.options)
         if self.takes_split:
             options["split"] = split
         proba, pred, info = self.run(ctx, train, test, **options)
-        stored.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(stored, proba=proba, pred=pred, info=json.dumps(info, default=float))
+        plain = info.pop("without_tta", None)
+        _store(stored, proba, pred, info)
+        sibling = next(
+            (
+                c
+                for c in CANDIDATES.values()
+                if c.run is self.run
+                and c.options == {k: v for k, v in self.options.items() if k != "tta"}
+            ),
+            None,
+        )
+        if plain is not None and sibling is not None and sibling is not self:
+            _store(sibling.stored_at(ctx, train, test, split), plain["proba"], plain["pred"], info)
         return proba, pred, info
+
+
+def _store(path: Path, proba: np.ndarray, pred: np.ndarray, info: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, proba=proba, pred=pred, info=json.dumps(info, default=float))
 
 
 def _rows_digest(train: np.ndarray, test: np.ndarray) -> str:
@@ -423,12 +459,14 @@ def evaluate(ctx: Context, candidate: Candidate, cv: int | None) -> dict[str, An
     pred = np.zeros(ctx.y.size, np.int64)
     scored = np.zeros(ctx.y.size, bool)
     choices = []
+    ctx.cache["splits"] = (0, len(folds))
     for f, (train, test) in enumerate(folds):
         log(f"{candidate.name}: {protocol} split {f + 1}/{len(folds)}, {train.size} train, "
             f"{test.size} test")  # fmt: skip
         fold_proba, fold_pred, info = candidate.score(ctx, train, test, f"{protocol}-{f}")
         proba[test], pred[test], scored[test] = fold_proba, fold_pred, True
         choices.append(info)
+        ctx.cache["splits"] = (f + 1, len(folds))
     rows = np.flatnonzero(scored)
     return {
         "protocol": protocol,
@@ -474,7 +512,11 @@ def run(args: argparse.Namespace) -> int:
         row.update(evaluate(ctx, candidate, args.cv))
         row["status"] = "done"
     except TimeUp:
-        row["status"] = f"stopped after --max-minutes {args.max_minutes}; rerun to resume"
+        done, total = ctx.cache.get("splits", (0, 0))
+        row["status"] = (
+            f"stopped after --max-minutes {args.max_minutes} with {done} of {total} splits "
+            "scored; rerun to resume"
+        )
     finally:
         signal.alarm(0)
     row["cpu_minutes"] = round((time.process_time() - cpu) / 60, 2)
@@ -531,12 +573,17 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=REPO / "var/recipes")
     parser.add_argument("--store", type=Path, help="feature store (default WORK/features)")
     parser.add_argument(
+        "--scored", type=Path, help="finished scorings (default bench/results/recipes-scored)"
+    )
+    parser.add_argument(
         "--out", type=Path, help="results file (default bench/results/recipes.json)"
     )
     args = parser.parse_args(argv)
     args.store = args.store or args.work / "features"
+    smoke = bool(args.limit or args.epochs)
+    args.scored = args.scored or (args.work / "scored" if smoke else SCORED)
     if args.out is None:
-        args.out = args.work / "smoke.json" if (args.limit or args.epochs) else RESULTS
+        args.out = args.work / "smoke.json" if smoke else RESULTS
     if not (args.list or args.table or args.candidate):
         parser.error("give --candidate NAME (or --list)")
     if args.cv is not None and args.cv < 2:
