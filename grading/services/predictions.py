@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
 
+from grading import storage
 from grading.models import GradeLevel, Image, Job, ModelVersion, Prediction, probabilities_entropy
 from grading.selectors.model_versions import model_version_active
 from grading.selectors.predictions import cam_path
 from grading.services import ml_config
+from grading.services.feature_shards import features_prepare_local
 from grading.services.jobs import Progress, QueueUnavailable, job_enqueue, progress_span
 
 logger = logging.getLogger(__name__)
@@ -171,6 +173,14 @@ def images_predict(
         progress(100, "Nothing to predict")
         return 0
     artifact = model_artifact_load(model_version=model_version)
+    # Remote storage: this worker's cache gets the photographs and the published features.
+    features_prepare_local(
+        config=ml_config.feature_config(
+            backbones=model_version.backbones, preprocessing=model_version.preprocessing
+        ),
+        names=[image.file.name for image in images],
+        sha256s=[image.sha256 for image in images],
+    )
     predicting = progress_span(progress, 0, 50) if cams else progress
     failures: list[str] = []
     # Images whose features are cached (after a retrain: every training image) are predicted in
@@ -236,7 +246,13 @@ def cams_draw(
             artifact = artifact or model_artifact_load(model_version=model_version)
             try:
                 cam_overlay_png(
-                    artifact, image.media_path, target, weights_dir=ml_config.weights_dir()
+                    artifact,
+                    storage.media_local(image.file.name),
+                    target,
+                    weights_dir=ml_config.weights_dir(),
+                )
+                storage.product_upload(
+                    name=target.relative_to(settings.MEDIA_ROOT).as_posix(), cache_path=target
                 )
                 drawn += 1
             except errors as error:
@@ -368,7 +384,7 @@ def model_artifact_load(*, model_version: ModelVersion) -> Any:
     """The version's loaded model, cached in the worker (loading Keras takes ~0.5 s per call)."""
     from mlcore.models.artifact import METADATA_FILE, load_artifact
 
-    folder = Path(model_version.artifact_path)
+    folder = storage.model_folder_local(model_version.artifact_path)
     stamp = (folder / METADATA_FILE).stat().st_mtime
     cached = _artifact_cache.get(str(folder))
     if cached is not None and cached[0] == stamp:
