@@ -210,6 +210,34 @@ STATIC_ROOT = env_path("STATIC_ROOT", BASE_DIR / "staticfiles")
 # (MEDIA_ROOT, FUNDUS_MODEL_DIR, FUNDUS_FEATURE_STORE); "s3" keeps them in an S3 bucket that
 # every web server and worker shares, and those folders become caches any machine may lose.
 FUNDUS_STORAGE = env_choice("FUNDUS_STORAGE", "local", ("local", "s3"))
+
+
+def s3_storage(
+    *, endpoint: str, bucket: str, access_key: str, secret_key: str, region: str, url_seconds: int
+) -> dict[str, object]:
+    """The STORAGES entry of a bucket: django-storages' S3Storage and its options."""
+    return {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "endpoint_url": endpoint,
+            "bucket_name": bucket,
+            "access_key": access_key,
+            "secret_key": secret_key,
+            "region_name": region,
+            # Path-style addressing: SeaweedFS, MinIO and private endpoints have no per-bucket DNS.
+            "addressing_style": "path",
+            "signature_version": "s3v4",
+            # Clinical data: never public; a URL it signs expires within url_seconds.
+            "default_acl": None,
+            "querystring_auth": True,
+            "querystring_expire": url_seconds,
+            # Content-addressed names: the same name is the same bytes, so an overwrite is harmless
+            # and Django's "find a free name" round trips are not needed.
+            "file_overwrite": True,
+        },
+    }
+
+
 FUNDUS_S3_ENDPOINT = env_str("FUNDUS_S3_ENDPOINT").strip()
 FUNDUS_S3_BUCKET = env_str("FUNDUS_S3_BUCKET", "funduscope").strip()
 FUNDUS_S3_ACCESS_KEY = env_str("FUNDUS_S3_ACCESS_KEY").strip()
@@ -232,26 +260,14 @@ if FUNDUS_STORAGE == "s3":
         raise ImproperlyConfigured(
             f"FUNDUS_S3_ENDPOINT={FUNDUS_S3_ENDPOINT!r} must be an http:// or https:// URL"
         )
-    _default_storage: dict[str, object] = {
-        "BACKEND": "storages.backends.s3.S3Storage",
-        "OPTIONS": {
-            "endpoint_url": FUNDUS_S3_ENDPOINT,
-            "bucket_name": FUNDUS_S3_BUCKET,
-            "access_key": FUNDUS_S3_ACCESS_KEY,
-            "secret_key": FUNDUS_S3_SECRET_KEY,
-            "region_name": FUNDUS_S3_REGION,
-            # Path-style addressing: SeaweedFS, MinIO and private endpoints have no per-bucket DNS.
-            "addressing_style": "path",
-            "signature_version": "s3v4",
-            # Clinical data: never public, never a guessable URL; any URL it signs expires soon.
-            "default_acl": None,
-            "querystring_auth": True,
-            "querystring_expire": FUNDUS_S3_URL_SECONDS,
-            # Content-addressed names: the same name is the same bytes, so an overwrite is harmless
-            # and Django's "find a free name" round trips are not needed.
-            "file_overwrite": True,
-        },
-    }
+    _default_storage = s3_storage(
+        endpoint=FUNDUS_S3_ENDPOINT,
+        bucket=FUNDUS_S3_BUCKET,
+        access_key=FUNDUS_S3_ACCESS_KEY,
+        secret_key=FUNDUS_S3_SECRET_KEY,
+        region=FUNDUS_S3_REGION,
+        url_seconds=FUNDUS_S3_URL_SECONDS,
+    )
 else:
     _default_storage = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
 STORAGES = {
