@@ -57,6 +57,25 @@ def object_storage() -> Storage:
     return default_storage
 
 
+def bucket_ensure() -> bool:
+    """Create the bucket when it does not exist yet (remote storage, first start); returns
+    whether it was created. Any other error (a wrong key, an unreachable endpoint) is raised."""
+    if not storage_is_remote():
+        return False
+    from botocore.exceptions import ClientError
+
+    bucket: Any = object_storage()  # django-storages' S3Storage
+    client = bucket.connection.meta.client
+    try:
+        client.head_bucket(Bucket=bucket.bucket_name)
+        return False
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
+            raise
+    client.create_bucket(Bucket=bucket.bucket_name)
+    return True
+
+
 def media_cache_path(name: str) -> Path:
     """Where a media object (photograph, render, activation map) is on this machine's disk."""
     return Path(settings.MEDIA_ROOT) / name
