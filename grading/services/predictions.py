@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -134,7 +135,7 @@ def predictions_refresh(*, model_version: ModelVersion, progress: Progress) -> i
     without_cam = [
         image
         for image in to_grade.order_by("id")
-        if not cam_path(model_version_id=model_version.pk, sha256=image.sha256).is_file()
+        if not _cam_stored(cam_path(model_version_id=model_version.pk, sha256=image.sha256))
     ]
     if without_cam:
         cams_draw(
@@ -148,6 +149,14 @@ def predictions_refresh(*, model_version: ModelVersion, progress: Progress) -> i
         f"{len(missing)} prediction(s) and {len(without_cam)} heatmap(s) by {model_version.name}",
     )
     return len(missing) + len(without_cam)
+
+
+def _cam_stored(path: Path) -> bool:
+    """Drawn already, here or (remote storage) by a worker on another machine."""
+    if path.is_file():
+        return True
+    name = path.relative_to(settings.MEDIA_ROOT).as_posix()
+    return storage.storage_is_remote() and storage.object_exists(name)
 
 
 class PredictionFailed(RuntimeError):
