@@ -250,12 +250,13 @@ def job_claim(*, job_id: int, task_id: str, worker: str) -> Job | None:
     return Job.objects.get(pk=job_id)
 
 
-def job_hand_off(*, job_id: int, message: str) -> bool:
+def job_hand_off(*, job_id: int) -> bool:
     """The task that claimed a running job handed the rest to other tasks: no worker holds it
     until ``job_continue_claim`` (so a restart of the first worker does not fail it)."""
     return bool(
+        # The message stays: its chunks may already have moved it on.
         Job.objects.filter(pk=job_id, state=Job.State.RUNNING).update(
-            worker="", message=message[:500], heartbeat_at=timezone.now()
+            worker="", heartbeat_at=timezone.now()
         )
     )
 
