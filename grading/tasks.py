@@ -99,8 +99,7 @@ class JobTask(Task):
         with job_services.JobHeartbeat(job.pk), audit_actor(job.created_by):
             result = service(job=job, progress=reporter)
         if result.get(job_services.JOB_CONTINUES):
-            job_services.job_hand_off(job_id=job.pk)
-            return result
+            return result  # handed to its chunks (job_hand_off); the last step marks it
         job_services.job_succeed(
             job_id=job.pk, result=result, message=result.get("message", "Done")
         )

@@ -30,7 +30,7 @@ from django.utils import timezone
 from grading import storage
 from grading.models import FeatureChunk, FeatureShardRow, Image, Job
 from grading.services import ml_config
-from grading.services.jobs import Progress
+from grading.services.jobs import Progress, job_hand_off
 
 if TYPE_CHECKING:
     from mlcore.features.config import FeatureConfig
@@ -113,6 +113,9 @@ def features_distribute(
         return 0
     with transaction.atomic():
         chunks = feature_chunks_create(job=job, image_ids=missing)
+        # Handed off in the same commit that sends the chunks: the step after them may run
+        # on any worker, even before this task has returned.
+        job_hand_off(job_id=job.pk)
         feature_chunks_dispatch(job=job, chunks=chunks, then=then)
     progress(
         1,
