@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from django.conf import settings
 from django.core.files.storage import Storage, default_storage
@@ -104,6 +104,30 @@ def object_download(*, name: str, target: Path) -> Path:
 
     _atomic_write(target, write)
     return target
+
+
+def media_open(name: str | None) -> tuple[IO[bytes], int | None]:
+    """(a readable stream of media object ``name``, its size): a local file, or the body of one
+    S3 GET (no HEAD first, no download to a temporary file: a web server streams photographs
+    without keeping them). Raises ``StorageMissing``."""
+    if not name:
+        raise StorageMissing("the image has no stored file")
+    if not storage_is_remote():
+        path = media_cache_path(name)
+        try:
+            return path.open("rb"), path.stat().st_size
+        except FileNotFoundError:
+            raise StorageMissing(f"{name} is missing from the media folder") from None
+    from botocore.exceptions import ClientError
+
+    bucket: Any = object_storage()  # django-storages' S3Storage
+    try:
+        answer = bucket.connection.meta.client.get_object(Bucket=bucket.bucket_name, Key=name)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+            raise StorageMissing(f"{name} is missing from the object storage") from None
+        raise
+    return answer["Body"], answer.get("ContentLength")
 
 
 def object_upload(*, path: Path, name: str) -> str:
