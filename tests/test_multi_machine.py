@@ -180,6 +180,14 @@ class MultiMachineTests(TrainingMixin, BrokerMixin, TransactionTestCase):
             evaluation = Job.objects.get(kind=Job.Kind.MODEL_EVALUATE, model_version=candidate)
             job_wait(evaluation, states=(Job.State.SUCCEEDED, Job.State.FAILED), timeout=300)
             self.assertEqual(evaluation.state, Job.State.SUCCEEDED, evaluation.error)
+            # Incremental: an extraction of every image computes what the retrain did not
+            # need (if anything); a second one finds everything published and does nothing.
+            for _run in ("first", "second"):
+                extraction, _ = job_enqueue(kind=Job.Kind.FEATURES_EXTRACT)
+                job_wait(extraction, states=(Job.State.SUCCEEDED, Job.State.FAILED), timeout=180)
+                self.assertEqual(extraction.state, Job.State.SUCCEEDED, extraction.error)
+            self.assertEqual((extraction.result["chunks"], extraction.result["computed"]), (0, 0))
+            self.assertFalse(FeatureChunk.objects.filter(job=extraction).exists())
 
         # A fresh worker (empty caches) predicts with the candidate: the model comes from the
         # bucket, and so do the photograph and its features.
