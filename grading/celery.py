@@ -35,6 +35,7 @@ ML_TASKS = (
     "grading.tasks.model_evaluate",
     "grading.tasks.predictions_refresh",
     "grading.tasks.images_predict",
+    "grading.tasks.images_predict_continue",
 )
 TRAINING_TASKS = (
     "grading.tasks.model_train",

@@ -188,6 +188,11 @@ def features_extract_continue(self: ChunkTask, job_id: int) -> dict[str, Any]:
     return self.continue_job(job_id, features.features_extract_continue_job)
 
 
+@shared_task(bind=True, base=ChunkTask, name="grading.tasks.images_predict_continue")
+def images_predict_continue(self: ChunkTask, job_id: int) -> dict[str, Any]:
+    return self.continue_job(job_id, predictions.images_predict_continue_job)
+
+
 @shared_task(bind=True, base=JobTask, name="grading.tasks.features_extract")
 def features_extract(self: JobTask, job_id: int) -> dict[str, Any]:
     return self.run_job(job_id, features.features_extract_job)
@@ -321,6 +326,7 @@ __all__ = [
     "images_augment",
     "images_import",
     "images_predict",
+    "images_predict_continue",
     "jobs_housekeeping",
     "model_evaluate",
     "model_train",

@@ -48,6 +48,9 @@ class FeatureChunk(models.Model):
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="feature_chunks")
     index = models.PositiveIntegerField()
     image_ids = models.JSONField(default=list)
+    # The features it extracts: mlcore's FeatureConfig as a dict (backbones, preprocessing,
+    # dtype, batch size), fixed when the job split its work.
+    feature_config = models.JSONField(default=dict)
     state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
     worker = models.CharField(max_length=255, blank=True, default="")
     attempts = models.PositiveSmallIntegerField(default=0)

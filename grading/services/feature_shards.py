@@ -89,15 +89,40 @@ def images_missing_features(*, config: FeatureConfig, image_ids: Sequence[int]) 
     ]
 
 
-def feature_chunks_create(*, job: Job, image_ids: Sequence[int]) -> list[FeatureChunk]:
+def feature_chunks_create(
+    *, job: Job, config: FeatureConfig, image_ids: Sequence[int]
+) -> list[FeatureChunk]:
     """Split ``image_ids`` into the job's chunks of ``FUNDUS_FEATURE_CHUNK_IMAGES``."""
     size = settings.FUNDUS_FEATURE_CHUNK_IMAGES
+    recorded = {
+        "backbones": list(config.backbones),
+        "preprocessing": config.preprocessing,
+        "dtype": config.dtype,
+        "batch_size": config.batch_size,
+    }
     with transaction.atomic():
         FeatureChunk.objects.filter(job=job).delete()
         return FeatureChunk.objects.bulk_create(
-            FeatureChunk(job=job, index=index, image_ids=list(image_ids[start : start + size]))
+            FeatureChunk(
+                job=job,
+                index=index,
+                image_ids=list(image_ids[start : start + size]),
+                feature_config=recorded,
+            )
             for index, start in enumerate(range(0, len(image_ids), size))
         )
+
+
+def feature_chunk_config(chunk: FeatureChunk) -> FeatureConfig:
+    from mlcore.features.config import FeatureConfig
+
+    recorded = chunk.feature_config
+    return FeatureConfig(
+        backbones=tuple(recorded["backbones"]),
+        preprocessing=recorded["preprocessing"],
+        dtype=recorded["dtype"],
+        batch_size=int(recorded["batch_size"]),
+    )
 
 
 def features_distribute(
@@ -112,7 +137,7 @@ def features_distribute(
     if not missing:
         return 0
     with transaction.atomic():
-        chunks = feature_chunks_create(job=job, image_ids=missing)
+        chunks = feature_chunks_create(job=job, config=config, image_ids=missing)
         # Handed off in the same commit that sends the chunks: the step after them may run
         # on any worker, even before this task has returned.
         job_hand_off(job_id=job.pk)
@@ -160,7 +185,7 @@ def feature_chunk_claim(*, job_id: int, chunk_id: int, worker: str) -> FeatureCh
     return FeatureChunk.objects.get(pk=chunk_id) if claimed else None
 
 
-def feature_chunk_extract(*, chunk: FeatureChunk, config: FeatureConfig) -> int:
+def feature_chunk_extract(*, chunk: FeatureChunk) -> int:
     """Extract the chunk's features that the manifest still lacks, publish them as shards and
     record them; returns how many images were computed."""
     from mlcore.features.backbones import get_backbone
@@ -168,6 +193,7 @@ def feature_chunk_extract(*, chunk: FeatureChunk, config: FeatureConfig) -> int:
     from mlcore.features.shards import write_shard
     from mlcore.features.store import FeatureStore, store_path
 
+    config = feature_chunk_config(chunk)
     wanted = images_missing_features(config=config, image_ids=chunk.image_ids)
     images = list(Image.objects.filter(pk__in=wanted).order_by("id"))
     if not images:

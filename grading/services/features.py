@@ -128,14 +128,8 @@ def features_chunk_run(*, job_id: int, chunk_id: int, worker: str) -> dict[str, 
     chunk = feature_chunk_claim(job_id=job_id, chunk_id=chunk_id, worker=worker)
     if chunk is None:
         return {"skipped": True}
-    kind = Job.objects.filter(pk=job_id).values_list("kind", flat=True).first()
-    config = (
-        feature_config_current()
-        if kind == Job.Kind.FEATURES_EXTRACT
-        else ml_config.feature_config()
-    )
     with JobHeartbeat(job_id):
-        computed = feature_chunk_extract(chunk=chunk, config=config)
+        computed = feature_chunk_extract(chunk=chunk)
     done, total = feature_chunk_finish(chunk=chunk, computed=computed)
     return {"chunk": chunk.index, "computed": computed, "done": done, "total": total}
 

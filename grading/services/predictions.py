@@ -20,8 +20,14 @@ from grading.models import GradeLevel, Image, Job, ModelVersion, Prediction, pro
 from grading.selectors.model_versions import model_version_active
 from grading.selectors.predictions import cam_path
 from grading.services import ml_config
-from grading.services.feature_shards import features_prepare_local
-from grading.services.jobs import Progress, QueueUnavailable, job_enqueue, progress_span
+from grading.services.feature_shards import features_distribute, features_prepare_local
+from grading.services.jobs import (
+    JOB_CONTINUES,
+    Progress,
+    QueueUnavailable,
+    job_enqueue,
+    progress_span,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -85,9 +91,29 @@ def predictions_refresh_enqueue(*, created_by: User | None = None) -> Job | None
 def images_predict_job(*, job: Job, progress: Progress) -> dict[str, Any]:
     """The `images_predict` task: new uploads, predicted by the version active *now* (if the
     admin switched versions since the upload, the new one is the one that should answer)."""
-    version = model_version_active()
+    version = _version_to_predict_with(job)
     if version is None:
-        version = ModelVersion.objects.filter(pk=job.params.get("model_version_id")).first()
+        return {"predicted": 0, "message": "No model version to predict with"}
+    image_ids = list(job.params.get("image_ids", []))
+    if len(image_ids) > settings.FUNDUS_FEATURE_CHUNK_IMAGES:
+        # A large import (remote storage): its features are extracted by every ML worker first.
+        chunks = features_distribute(
+            job=job,
+            config=ml_config.feature_config(
+                backbones=version.backbones, preprocessing=version.preprocessing
+            ),
+            image_ids=image_ids,
+            then="grading.tasks.images_predict_continue",
+            progress=progress,
+        )
+        if chunks:
+            return {JOB_CONTINUES: True, "chunks": chunks}
+    return images_predict_continue_job(job=job, progress=progress)
+
+
+def images_predict_continue_job(*, job: Job, progress: Progress) -> dict[str, Any]:
+    """Predict the job's images (after their distributed extraction, if any)."""
+    version = _version_to_predict_with(job)
     if version is None:
         return {"predicted": 0, "message": "No model version to predict with"}
     images = list(Image.objects.filter(pk__in=job.params.get("image_ids", [])))
@@ -97,6 +123,13 @@ def images_predict_job(*, job: Job, progress: Progress) -> dict[str, Any]:
         "model_version_id": version.pk,
         "message": f"{written} image(s) predicted with {version.name}",
     }
+
+
+def _version_to_predict_with(job: Job) -> ModelVersion | None:
+    version = model_version_active()
+    if version is None:
+        version = ModelVersion.objects.filter(pk=job.params.get("model_version_id")).first()
+    return version
 
 
 def predictions_refresh_job(*, job: Job, progress: Progress) -> dict[str, Any]:
