@@ -12,7 +12,7 @@ one run, each with its baseline from the same run.
    two. Each worker is a `celery worker --pool solo` process with its own cache folders; the
    time is the job's, from queued to succeeded, TensorFlow's start in each worker included.
 2. Photograph latency: ``GET /images/<id>/file`` (the grading page's photograph) through the
-   Django stack in this process (test client, logged in), alternating request by request
+   Django stack in this process (test client, logged in), alternating blocks of 25 requests
    between local storage (the same files under a local MEDIA_ROOT) and the S3 bucket.
 
 The database must be PostgreSQL (the workers share it) and is created if missing; SeaweedFS is
@@ -22,6 +22,7 @@ started on free ports of 9300-9399 (tests/s3.py) and removed afterwards.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -233,15 +234,18 @@ def _latency(images: list, scratch: Path, requests: int) -> dict:
         assert response.status_code == 200 and body, response.status_code
         return (time.perf_counter() - began) * 1000
 
+    # Alternating blocks share the machine's ups and downs. Not request by request: switching
+    # STORAGES makes Django build a new storage, and a new S3Storage opens a new boto3 session
+    # (about 70 ms), which a server process pays once, not per photograph. The first request of
+    # each block is a warm-up, not counted.
     timings: dict[str, list[float]] = {"local": [], "s3": []}
-    for index in range(requests):
-        image = images[index % len(images)]
-        for where in ("local", "s3") if index % 2 else ("s3", "local"):
-            if where == "local":
-                with local:
-                    timings["local"].append(fetch(image))
-            else:
-                timings["s3"].append(fetch(image))
+    block = 25
+    for start in range(0, requests, block):
+        for where in ("local", "s3") if (start // block) % 2 else ("s3", "local"):
+            with local if where == "local" else contextlib.nullcontext():
+                fetch(images[start % len(images)])
+                for index in range(start, min(start + block, requests)):
+                    timings[where].append(fetch(images[index % len(images)]))
     summary = {
         where: {
             "requests": len(values),
