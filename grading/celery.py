@@ -26,14 +26,22 @@ DEFAULT_QUEUE = "default"
 ML_QUEUE = "ml"
 # Tasks that import TensorFlow: they must run in the solo-pool `ml` worker.
 ML_TASKS = (
+    "grading.tasks.features_chunk",
     "grading.tasks.features_extract",
+    "grading.tasks.features_extract_continue",
     "grading.tasks.images_augment",
     "grading.tasks.model_train",
+    "grading.tasks.model_train_continue",
     "grading.tasks.model_evaluate",
     "grading.tasks.predictions_refresh",
     "grading.tasks.images_predict",
+    "grading.tasks.images_predict_continue",
 )
-TRAINING_TASKS = ("grading.tasks.model_train", "grading.tasks.model_evaluate")
+TRAINING_TASKS = (
+    "grading.tasks.model_train",
+    "grading.tasks.model_train_continue",
+    "grading.tasks.model_evaluate",
+)
 # How often beat runs the housekeeping task (stale jobs, automatic retraining). A job is declared
 # stale only after settings.FUNDUS_JOB_STALE_SECONDS without a heartbeat, so this is only the
 # detection delay on top of that.

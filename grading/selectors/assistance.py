@@ -9,6 +9,7 @@ from pathlib import Path
 from django.contrib.auth.models import User
 from django.db.models import QuerySet
 
+from grading import storage
 from grading.models import GradeLevel, Image, ModelVersion, Prediction
 from grading.selectors.abstention import prediction_abstention_reason
 from grading.selectors.grading_scale import scale_get
@@ -85,9 +86,9 @@ def _version_thresholds(version: ModelVersion) -> list[float] | None:
 
     thresholds = (version.metrics or {}).get("thresholds")
     if thresholds is None and version.artifact_path:
-        path = Path(version.artifact_path) / "metadata.json"
+        path = storage.model_file_local(version.artifact_path, "metadata.json")
         try:
-            metadata = json.loads(path.read_text())
+            metadata = json.loads(path.read_text()) if path is not None else {}
         except (OSError, ValueError):
             metadata = {}
         # "outputs" is what every artifact (head or fine-tuned) records for the pages; "head"

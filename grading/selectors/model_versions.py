@@ -9,6 +9,7 @@ from typing import Any
 
 from django.db.models import QuerySet
 
+from grading import storage
 from grading.models import GradeLevel, Image, Job, ModelVersion, Prediction
 
 # Plot files a training run writes into the version's folder, in the order the page shows them.
@@ -51,11 +52,12 @@ def model_version_training_set(*, version: ModelVersion) -> list[TrainingRow]:
     """The images ``version`` was trained on, with the grade it learnt; empty when it recorded
     none (versions made before this was recorded: the 0004 migration flagged their predictions
     from their hold-out list)."""
-    from pathlib import Path
 
     if not version.artifact_path:
         return []
-    path = Path(version.artifact_path) / TRAINING_SET_FILE
+    path = storage.model_file_local(version.artifact_path, TRAINING_SET_FILE)
+    if path is None:
+        return []
     try:
         stamp = path.stat().st_mtime_ns
     except OSError:
@@ -79,9 +81,10 @@ def model_version_training_sha256(*, version: ModelVersion) -> frozenset[str] | 
     """The sha256 of the images ``version`` was trained on (see ``model_version_training_set``);
     ``None`` when unknown: the version has a model folder but its ``training_set.csv`` is
     missing (deleted, or never copied), so any image may have been trained on."""
-    from pathlib import Path
 
-    if version.artifact_path and not (Path(version.artifact_path) / TRAINING_SET_FILE).is_file():
+    if version.artifact_path and not storage.model_file_local(
+        version.artifact_path, TRAINING_SET_FILE
+    ):
         return None
     return frozenset(row.sha256 for row in model_version_training_set(version=version))
 
@@ -122,12 +125,10 @@ def model_version_auto_activated(*, version: ModelVersion) -> bool:
 
 def model_version_plots(*, version: ModelVersion) -> list[str]:
     """Names of the plot files present in the version's folder."""
-    from pathlib import Path
 
     if not version.artifact_path:
         return []
-    folder = Path(version.artifact_path)
-    return [name for name in PLOT_FILES if (folder / name).is_file()]
+    return [name for name in PLOT_FILES if storage.model_file_local(version.artifact_path, name)]
 
 
 def model_version_headline(*, version: ModelVersion) -> dict[str, Any]:
@@ -247,7 +248,6 @@ def model_version_honest_predictions(*, version: ModelVersion) -> dict[str, Hone
     Versions with cross-validation: the out-of-fold prediction of each training image, plus the
     stored prediction of every image it never trained on. Older versions: the stored
     predictions of their hold-out images."""
-    from pathlib import Path
 
     import numpy as np
 
@@ -268,8 +268,10 @@ def model_version_honest_predictions(*, version: ModelVersion) -> dict[str, Hone
         "image__sha256", "predicted_grade_id", "probabilities"
     ).iterator(chunk_size=2000):
         honest[sha] = HonestPrediction(int(grade), list(probabilities), source)
-    oof_path = Path(version.artifact_path) / OOF_FILE if version.artifact_path else None
-    if oof_path is not None and oof_path.is_file():
+    oof_path = (
+        storage.model_file_local(version.artifact_path, OOF_FILE) if version.artifact_path else None
+    )
+    if oof_path is not None:
         with np.load(oof_path) as oof:
             classes = list(version.class_values)
             scale = [level.value for level in grade_scale()]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from django.conf import settings
 
+from grading import storage
 from grading.models import Image, ModelVersion, Prediction
 from grading.selectors.model_versions import model_version_active
 
@@ -33,7 +34,8 @@ def prediction_for_image(
 def prediction_cam_path(*, prediction: Prediction) -> Path | None:
     """The CAM overlay PNG of the prediction's grade, or None if the worker has not written it."""
     path = cam_path(model_version_id=prediction.model_version_id, sha256=prediction.image.sha256)
-    return path if path.is_file() else None
+    # Drawn by a worker on another machine: the bucket has it (remote storage only).
+    return storage.media_cached(path)
 
 
 def predictions_missing_count(*, model_version: ModelVersion) -> int:

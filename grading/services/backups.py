@@ -36,6 +36,8 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from grading import storage
+
 MANIFEST = "manifest.json"
 PG_DUMP_FILE = "database.pgdump"
 SQLITE_FILE = "database.sqlite3"
@@ -45,6 +47,17 @@ _CHUNK = 1024 * 1024
 
 class BackupError(RuntimeError):
     """The backup or restore cannot go on; the message says why and what to do."""
+
+
+def _local_storage_only() -> None:
+    # With FUNDUS_STORAGE=s3 the folders are caches: a backup of them would look complete and
+    # miss most photographs and models. The bucket needs its own backup (versioning, replication).
+    if storage.storage_is_remote():
+        raise BackupError(
+            "FUNDUS_STORAGE=s3: the photographs and models are in the bucket, not in local "
+            "folders. Back up the database with pg_dump and the bucket with the object "
+            "storage's own tools (versioning, replication); this command covers local storage."
+        )
 
 
 @dataclass(frozen=True)
@@ -125,6 +138,7 @@ def _copy_tree(source: Path, dest: Path) -> None:
 
 def backup_create(*, dest: Path) -> BackupSummary:
     """Write a complete backup into ``dest`` (a new or empty folder)."""
+    _local_storage_only()
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):
         raise BackupError(f"{dest} is not empty: back up into a new folder.")
@@ -216,6 +230,7 @@ def _model_paths_remap(*, old_dir: Path, new_dir: Path) -> int:
 def backup_restore(*, src: Path) -> dict[str, Any]:
     """Rebuild this (empty) installation from the backup in ``src``: database, MEDIA_ROOT and
     FUNDUS_MODEL_DIR. Refuses, before writing anything, a damaged backup or a target in use."""
+    _local_storage_only()
     src = Path(src)
     manifest = backup_verify(src=src)
     if connection.introspection.table_names():

@@ -15,10 +15,18 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 
+from grading import storage
 from grading.models import Image, Job
 from grading.selectors.model_versions import model_version_active
 from grading.services import ml_config
-from grading.services.jobs import Progress
+from grading.services.feature_shards import (
+    feature_chunk_claim,
+    feature_chunk_extract,
+    feature_chunk_finish,
+    feature_chunks_summary,
+    features_distribute,
+)
+from grading.services.jobs import JOB_CONTINUES, JobHeartbeat, Progress
 from grading.services.training_set import training_images
 
 if TYPE_CHECKING:
@@ -73,8 +81,22 @@ def features_extract(
 
 def features_extract_job(*, job: Job, progress: Progress) -> dict[str, Any]:
     """The `features_extract` task: every stored image lacking features for the current
-    backbone set."""
+    backbone set. With remote storage, the extraction is shared by every ML worker in chunks
+    (``feature_shards``) and ``features_extract_continue_job`` reports once they have run."""
     config = feature_config_current()
+    image_ids = list(Image.objects.order_by("id").values_list("id", flat=True))
+    chunks = features_distribute(
+        job=job,
+        config=config,
+        image_ids=image_ids,
+        then="grading.tasks.features_extract_continue",
+        progress=progress,
+    )
+    if chunks:
+        return {JOB_CONTINUES: True, "chunks": chunks}
+    if storage.storage_is_remote():
+        # Every image's features are published already: nothing to extract here.
+        return features_extract_continue_job(job=job, progress=progress)
     images = list(Image.objects.order_by("id"))
     result = features_extract(images=images, config=config, progress=progress)
     computed = max(result.computed.values(), default=0)
@@ -86,6 +108,30 @@ def features_extract_job(*, job: Job, progress: Progress) -> dict[str, Any]:
         "message": f"{computed} image(s) computed, {result.total - computed} already stored "
         f"({', '.join(config.backbones)})",
     }
+
+
+def features_extract_continue_job(*, job: Job, progress: Progress) -> dict[str, Any]:
+    """After the chunks of a distributed extraction: what they did."""
+    summary = feature_chunks_summary(job_id=job.pk)
+    progress(100, f"Features: {summary['chunks_done']} of {summary['chunks']} chunks extracted")
+    return {
+        **summary,
+        "images": Image.objects.count(),
+        "message": f"{summary['computed']} image(s) computed in {summary['chunks']} chunk(s) "
+        f"by {len(summary['chunks_by_worker'])} worker(s)",
+    }
+
+
+def features_chunk_run(*, job_id: int, chunk_id: int, worker: str) -> dict[str, Any]:
+    """The `features_chunk` task: one chunk of a running job's extraction, with the job's
+    heartbeat while it runs."""
+    chunk = feature_chunk_claim(job_id=job_id, chunk_id=chunk_id, worker=worker)
+    if chunk is None:
+        return {"skipped": True}
+    with JobHeartbeat(job_id):
+        computed = feature_chunk_extract(chunk=chunk)
+    done, total = feature_chunk_finish(chunk=chunk, computed=computed)
+    return {"chunk": chunk.index, "computed": computed, "done": done, "total": total}
 
 
 def images_augment_job(*, job: Job, progress: Progress) -> dict[str, Any]:
@@ -111,6 +157,11 @@ def images_augment_job(*, job: Job, progress: Progress) -> dict[str, Any]:
         progress(percent, f"Augmented copies: {done} of {total} computed")
 
     started = time.perf_counter()
+    # Remote storage: the photographs into this worker's cache. (The augmented copies' features
+    # stay in this worker's local store: they are not published as shards.)
+    storage.media_localize(
+        image.path.relative_to(settings.MEDIA_ROOT).as_posix() for image in images
+    )
     variant_features(
         [image.path for image in images],
         [feature_key(image.sha256) for image in images],

@@ -28,7 +28,7 @@ from django.contrib.auth.models import User
 from django.db import IntegrityError, close_old_connections, connection, transaction
 from django.utils import timezone
 
-from grading.models import Job, ModelVersion
+from grading.models import FeatureChunk, Job, ModelVersion
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,9 @@ OPEN_STATES = (Job.State.QUEUED, Job.State.RUNNING)
 TASK_NAMES = {kind: f"grading.tasks.{kind}" for kind in Job.Kind.values}
 
 Progress = Callable[[int, str], None]
+# A job service that returns {JOB_CONTINUES: True} handed its job to other tasks (the chunks of
+# a distributed extraction and the step after them): its task must not mark it succeeded.
+JOB_CONTINUES = "continues"
 
 
 class QueueUnavailable(RuntimeError):
@@ -247,6 +250,26 @@ def job_claim(*, job_id: int, task_id: str, worker: str) -> Job | None:
     return Job.objects.get(pk=job_id)
 
 
+def job_hand_off(*, job_id: int) -> bool:
+    """The task that claimed a running job handed the rest to other tasks: no worker holds it
+    until ``job_continue_claim`` (so a restart of the first worker does not fail it)."""
+    return bool(
+        # The message stays: its chunks may already have moved it on.
+        Job.objects.filter(pk=job_id, state=Job.State.RUNNING).update(
+            worker="", heartbeat_at=timezone.now()
+        )
+    )
+
+
+def job_continue_claim(*, job_id: int, worker: str) -> Job | None:
+    """The step after a job's chunks takes the running job over (once: a duplicate delivery of
+    it finds the job held by a worker and does nothing)."""
+    claimed = Job.objects.filter(
+        pk=job_id, state=Job.State.RUNNING, worker__in=("", worker)
+    ).update(worker=worker[:255], heartbeat_at=timezone.now())
+    return Job.objects.get(pk=job_id) if claimed else None
+
+
 def job_progress_write(*, job_id: int, percent: int, message: str) -> None:
     """Record progress; raises ``JobAbandoned`` if the job is no longer running."""
     updated = Job.objects.filter(pk=job_id, state=Job.State.RUNNING).update(
@@ -312,10 +335,20 @@ def jobs_mark_stale(*, restarted_worker: str | None = None, now: dt.datetime | N
     """
     now = now or timezone.now()
     stale_before = now - dt.timedelta(seconds=settings.FUNDUS_JOB_STALE_SECONDS)
+    # A chunk whose worker died comes back to another worker only after the broker's visibility
+    # timeout: until then a job with chunks left is waiting, not abandoned.
+    waiting_before = stale_before - dt.timedelta(seconds=settings.FUNDUS_BROKER_VISIBILITY_SECONDS)
     running = Job.objects.filter(state=Job.State.RUNNING)
+    with_chunks_left = set(
+        FeatureChunk.objects.filter(job__state=Job.State.RUNNING)
+        .exclude(state=FeatureChunk.State.DONE)
+        .values_list("job_id", flat=True)
+    )
     reasons: dict[int, str] = {}
     for job in running.only("id", "kind", "worker", "heartbeat_at", "started_at"):
         last_sign = job.heartbeat_at or job.started_at
+        if job.pk in with_chunks_left and last_sign is not None and last_sign >= waiting_before:
+            continue
         limit = _hard_time_limit(job.kind)
         if restarted_worker and job.worker == restarted_worker:
             reasons[job.pk] = (

@@ -17,9 +17,11 @@ import numpy.typing as npt
 from django.conf import settings
 from django.contrib.auth.models import User
 
+from grading import storage
 from grading.models import GradeLevel, Image, Job, ModelVersion
 from grading.selectors.model_versions import OOF_FILE, TrainingRow, model_version_training_set
 from grading.services import ml_config
+from grading.services.feature_shards import features_prepare_local
 from grading.services.jobs import Progress, QueueUnavailable, job_enqueue, progress_span
 from mlcore.data.near_duplicates import split_groups
 
@@ -106,8 +108,18 @@ def model_evaluate(*, version: ModelVersion, progress: Progress) -> dict[str, An
 
     try:
         rows, paths, hashes = _training_set_on_disk(version)
+        feature_config = ml_config.feature_config(
+            backbones=version.backbones, preprocessing=version.preprocessing
+        )
+        # Remote storage: the version's folder, photographs and features in this worker's cache.
+        folder = storage.model_folder_local(version.artifact_path)
+        features_prepare_local(
+            config=feature_config,
+            names=[path.relative_to(settings.MEDIA_ROOT).as_posix() for path in paths],
+            sha256s=[row.sha256 for row in rows],
+        )
         training_config, recipe_source = ml_config.training_config_of_version(
-            artifact_path=version.artifact_path,
+            artifact_path=str(folder),
             classes=tuple(version.class_values),
             referable_from=ml_config.scale_classes()[1],
         )
@@ -121,16 +133,14 @@ def model_evaluate(*, version: ModelVersion, progress: Progress) -> dict[str, An
             paths,
             [row.grade for row in rows],
             groups=groups,
-            feature_config=ml_config.feature_config(
-                backbones=version.backbones, preprocessing=version.preprocessing
-            ),
+            feature_config=feature_config,
             training_config=training_config,
             store_dir=ml_config.feature_store_dir(),
             weights_dir=ml_config.weights_dir(),
             progress=progress_span(progress, 2, 85),
         )
         progress(85, f"{version.name}: bootstrap intervals")
-        figures = _cv_figures(version, rows, y, groups, cv, training_config)
+        figures = _cv_figures(version, folder, rows, y, groups, cv, training_config)
         figures["recipe_from"] = recipe_source
         metrics = {**version.metrics, "cv": figures, "evaluation": EVALUATION_DONE}
         metrics["ece"] = cv.pooled.get("ece")
@@ -164,6 +174,7 @@ def _training_set_on_disk(
 
 def _cv_figures(
     version: ModelVersion,
+    folder: Path,
     rows: list[TrainingRow],
     y: npt.NDArray[np.int64],
     groups: list[str],
@@ -186,7 +197,7 @@ def _cv_figures(
         groups=groups,
     )
     np.savez_compressed(
-        Path(version.artifact_path) / OOF_FILE,
+        folder / OOF_FILE,
         sha256=np.asarray([row.sha256 for row in rows]),
         grade=y,
         predicted=cv.oof_pred,
@@ -194,11 +205,16 @@ def _cv_figures(
     )
     plot_confusion(
         cv.pooled["confusion"],
-        Path(version.artifact_path) / "confusion.png",
+        folder / "confusion.png",
         classes=classes,
         labels={level.value: level.name for level in GradeLevel.objects.all()},
         title=f"{training_config.n_splits}-fold CV, out-of-fold ({y.size} images)",
     )
+    # Published before the version's row says it is evaluated (remote storage).
+    for name in (OOF_FILE, "confusion.png"):
+        storage.object_upload(
+            path=folder / name, name=f"{storage.MODELS_PREFIX}/{folder.name}/{name}"
+        )
     return {
         "n": int(y.size),
         "folds": training_config.n_splits,

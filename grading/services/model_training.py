@@ -19,10 +19,16 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from grading import storage
 from grading.models import Image, Job, ModelVersion
 from grading.selectors.model_versions import model_version_ever_activated
 from grading.services import ml_config
-from grading.services.jobs import Progress, progress_span
+from grading.services.feature_shards import (
+    feature_chunks_summary,
+    features_distribute,
+    features_prepare_local,
+)
+from grading.services.jobs import JOB_CONTINUES, Progress, progress_span
 from grading.services.model_evaluation import EVALUATION_PENDING, model_evaluate_enqueue
 from grading.services.model_versions import model_version_activate, model_version_next_name
 from grading.services.predictions import images_predict
@@ -41,7 +47,27 @@ if TYPE_CHECKING:
 
 
 def model_train_job(*, job: Job, progress: Progress) -> dict[str, Any]:
-    """The `model_train` task's work; see ``model_train``."""
+    """The `model_train` task's work; see ``model_train``. With remote storage, a head retrain
+    whose images lack published features first hands their extraction to every ML worker
+    (``feature_shards``); ``model_train_continue_job`` then trains, on whichever worker runs
+    the last step."""
+    if job.params.get("mode", "head") == "head":
+        images = training_images()
+        training_data_check(images=images)
+        chunks = features_distribute(
+            job=job,
+            config=ml_config.feature_config(),
+            image_ids=[image.image_id for image in images],
+            then="grading.tasks.model_train_continue",
+            progress=progress,
+        )
+        if chunks:
+            return {JOB_CONTINUES: True, "chunks": chunks}
+    return model_train_continue_job(job=job, progress=progress)
+
+
+def model_train_continue_job(*, job: Job, progress: Progress) -> dict[str, Any]:
+    """Train (after the distributed extraction, if any) and report; see ``model_train``."""
     version = model_train(job=job, progress=progress)
     auto_activated = False
     if job.params.get("activate_if_first") and not model_version_ever_activated():
@@ -56,6 +82,7 @@ def model_train_job(*, job: Job, progress: Progress) -> dict[str, Any]:
         "n_train": version.metrics.get("n_train"),
         "mode": version.metrics.get("mode", "head"),
         "resumed_from_epoch": version.metrics.get("resumed_from_epoch"),
+        **feature_chunks_summary(job_id=job.pk),
         "message": (
             f"{version.name} trained and activated (first model)"
             if auto_activated
@@ -86,6 +113,13 @@ def model_train(*, job: Job, progress: Progress) -> ModelVersion:
     )
     version = _model_version_start(job=job, feature_config=feature_config, classes=classes)
     out_dir = _model_dir(version.name)
+    # Remote storage: the photographs, and the features the chunks published, into this
+    # worker's cache (mlcore reads local files).
+    features_prepare_local(
+        config=feature_config,
+        names=[image.path.relative_to(settings.MEDIA_ROOT).as_posix() for image in images],
+        sha256s=[image.sha256 for image in images] if mode != "finetune" else [],
+    )
     try:
         if mode == "finetune":
             progress(1, f"Fine-tuning {version.name} on {len(images)} confirmed images")
@@ -167,6 +201,8 @@ def _train_head(
     )
     training_set_write(folder=out_dir, images=images)
     metadata = read_metadata(out_dir)
+    # Published before the row points at it: any worker or web server can then fetch it.
+    storage.model_folder_upload(folder=out_dir)
     ModelVersion.objects.filter(pk=version.pk).update(
         artifact_path=str(out_dir),
         train_counts={str(k): int(v) for k, v in metadata["training_counts"].items()},
@@ -216,6 +252,10 @@ def _train_finetuned(
     from mlcore.models.finetune import train_finetuned_model
 
     config = ml_config.finetune_config_from_settings(classes=classes)
+    checkpoints = finetune_checkpoint_dir(images=images, config=config)
+    # Remote storage: resume from what a killed worker published, and publish each epoch's.
+    storage.checkpoints_fetch(folder=checkpoints)
+    progress = storage.checkpoints_publishing(folder=checkpoints, progress=progress)
     result = train_finetuned_model(
         [image.path for image in images],
         [image.grade for image in images],
@@ -225,7 +265,7 @@ def _train_finetuned(
         holdout_fraction=settings.FUNDUS_FINETUNE_HOLDOUT_PERCENT / 100,
         preprocessing=preprocessing,
         referable_from=referable_from,
-        checkpoint_dir=finetune_checkpoint_dir(images=images, config=config),
+        checkpoint_dir=checkpoints,
         weights_dir=ml_config.weights_dir(),
         progress=progress,
     )
@@ -234,6 +274,7 @@ def _train_finetuned(
     held_out_set = set(held_out)
     training_set_write(folder=out_dir, images=[i for i in images if i.sha256 not in held_out_set])
     metadata = read_metadata(out_dir)
+    storage.model_folder_upload(folder=out_dir)
     fit = result.fit
     ModelVersion.objects.filter(pk=version.pk).update(
         artifact_path=str(out_dir),

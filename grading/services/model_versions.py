@@ -13,13 +13,13 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from grading import storage
 from grading.models import Image, Job, ModelVersion, WorkbenchSettings
 from grading.selectors.model_versions import model_version_rollback_target
 from grading.services.audit import audit_actor
@@ -118,7 +118,9 @@ def model_version_activate(
             f"{version.name} is {version.get_state_display().lower()}; only a candidate or a "
             "retired version can be activated."
         )
-    if not version.artifact_path or not Path(version.artifact_path).is_dir():
+    if not version.artifact_path or not storage.model_file_local(
+        version.artifact_path, "metadata.json"
+    ):
         raise ModelVersionError(
             f"The files of {version.name} are missing ({version.artifact_path or 'no folder'}); "
             "it cannot be activated."

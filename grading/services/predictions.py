@@ -11,14 +11,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
 
+from grading import storage
 from grading.models import GradeLevel, Image, Job, ModelVersion, Prediction, probabilities_entropy
 from grading.selectors.model_versions import model_version_active
 from grading.selectors.predictions import cam_path
 from grading.services import ml_config
-from grading.services.jobs import Progress, QueueUnavailable, job_enqueue, progress_span
+from grading.services.feature_shards import features_distribute, features_prepare_local
+from grading.services.jobs import (
+    JOB_CONTINUES,
+    Progress,
+    QueueUnavailable,
+    job_enqueue,
+    progress_span,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -82,9 +91,29 @@ def predictions_refresh_enqueue(*, created_by: User | None = None) -> Job | None
 def images_predict_job(*, job: Job, progress: Progress) -> dict[str, Any]:
     """The `images_predict` task: new uploads, predicted by the version active *now* (if the
     admin switched versions since the upload, the new one is the one that should answer)."""
-    version = model_version_active()
+    version = _version_to_predict_with(job)
     if version is None:
-        version = ModelVersion.objects.filter(pk=job.params.get("model_version_id")).first()
+        return {"predicted": 0, "message": "No model version to predict with"}
+    image_ids = list(job.params.get("image_ids", []))
+    if len(image_ids) > settings.FUNDUS_FEATURE_CHUNK_IMAGES:
+        # A large import (remote storage): its features are extracted by every ML worker first.
+        chunks = features_distribute(
+            job=job,
+            config=ml_config.feature_config(
+                backbones=version.backbones, preprocessing=version.preprocessing
+            ),
+            image_ids=image_ids,
+            then="grading.tasks.images_predict_continue",
+            progress=progress,
+        )
+        if chunks:
+            return {JOB_CONTINUES: True, "chunks": chunks}
+    return images_predict_continue_job(job=job, progress=progress)
+
+
+def images_predict_continue_job(*, job: Job, progress: Progress) -> dict[str, Any]:
+    """Predict the job's images (after their distributed extraction, if any)."""
+    version = _version_to_predict_with(job)
     if version is None:
         return {"predicted": 0, "message": "No model version to predict with"}
     images = list(Image.objects.filter(pk__in=job.params.get("image_ids", [])))
@@ -94,6 +123,13 @@ def images_predict_job(*, job: Job, progress: Progress) -> dict[str, Any]:
         "model_version_id": version.pk,
         "message": f"{written} image(s) predicted with {version.name}",
     }
+
+
+def _version_to_predict_with(job: Job) -> ModelVersion | None:
+    version = model_version_active()
+    if version is None:
+        version = ModelVersion.objects.filter(pk=job.params.get("model_version_id")).first()
+    return version
 
 
 def predictions_refresh_job(*, job: Job, progress: Progress) -> dict[str, Any]:
@@ -132,7 +168,7 @@ def predictions_refresh(*, model_version: ModelVersion, progress: Progress) -> i
     without_cam = [
         image
         for image in to_grade.order_by("id")
-        if not cam_path(model_version_id=model_version.pk, sha256=image.sha256).is_file()
+        if not _cam_stored(cam_path(model_version_id=model_version.pk, sha256=image.sha256))
     ]
     if without_cam:
         cams_draw(
@@ -146,6 +182,14 @@ def predictions_refresh(*, model_version: ModelVersion, progress: Progress) -> i
         f"{len(missing)} prediction(s) and {len(without_cam)} heatmap(s) by {model_version.name}",
     )
     return len(missing) + len(without_cam)
+
+
+def _cam_stored(path: Path) -> bool:
+    """Drawn already, here or (remote storage) by a worker on another machine."""
+    if path.is_file():
+        return True
+    name = path.relative_to(settings.MEDIA_ROOT).as_posix()
+    return storage.storage_is_remote() and storage.object_exists(name)
 
 
 class PredictionFailed(RuntimeError):
@@ -171,6 +215,14 @@ def images_predict(
         progress(100, "Nothing to predict")
         return 0
     artifact = model_artifact_load(model_version=model_version)
+    # Remote storage: this worker's cache gets the photographs and the published features.
+    features_prepare_local(
+        config=ml_config.feature_config(
+            backbones=model_version.backbones, preprocessing=model_version.preprocessing
+        ),
+        names=[image.file.name for image in images],
+        sha256s=[image.sha256 for image in images],
+    )
     predicting = progress_span(progress, 0, 50) if cams else progress
     failures: list[str] = []
     # Images whose features are cached (after a retrain: every training image) are predicted in
@@ -236,7 +288,13 @@ def cams_draw(
             artifact = artifact or model_artifact_load(model_version=model_version)
             try:
                 cam_overlay_png(
-                    artifact, image.media_path, target, weights_dir=ml_config.weights_dir()
+                    artifact,
+                    storage.media_local(image.file.name),
+                    target,
+                    weights_dir=ml_config.weights_dir(),
+                )
+                storage.product_upload(
+                    name=target.relative_to(settings.MEDIA_ROOT).as_posix(), cache_path=target
                 )
                 drawn += 1
             except errors as error:
@@ -368,7 +426,7 @@ def model_artifact_load(*, model_version: ModelVersion) -> Any:
     """The version's loaded model, cached in the worker (loading Keras takes ~0.5 s per call)."""
     from mlcore.models.artifact import METADATA_FILE, load_artifact
 
-    folder = Path(model_version.artifact_path)
+    folder = storage.model_folder_local(model_version.artifact_path)
     stamp = (folder / METADATA_FILE).stat().st_mtime
     cached = _artifact_cache.get(str(folder))
     if cached is not None and cached[0] == stamp:

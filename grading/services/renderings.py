@@ -25,6 +25,7 @@ import PIL.ImageOps
 from django.conf import settings
 from django.db import transaction
 
+from grading import storage
 from grading.models import Image
 
 logger = logging.getLogger(__name__)
@@ -103,10 +104,11 @@ def _outside_fundus_grey(filtered: np.ndarray, pixels: np.ndarray, size: int) ->
 
 
 def _source_path(image: Image) -> Path:
+    """The photograph as a local file (downloaded into the cache with remote storage)."""
     try:
-        source = Path(image.file.path)
-    except NotImplementedError:
-        raise RenderingFailed("the photograph's storage has no local path") from None
+        source = storage.media_local(image.file.name)
+    except storage.StorageMissing:
+        raise RenderingFailed("the photograph is missing from storage") from None
     if not source.is_file():
         raise RenderingFailed("the photograph is missing from storage")
     return source
@@ -117,17 +119,26 @@ def image_view_render(*, image: Image, mode: str) -> Path:
     if mode not in VIEW_MODES:
         raise ValueError(f"unknown view {mode!r}; known: {', '.join(VIEW_MODES)}")
     target = image_view_cache_path(image=image, mode=mode)
-    if target.is_file():
-        return target
-    _write(target, _render(_source_path(image), mode))
-    return target
+    # Rendered once for every web server: this machine's cache, else the bucket, else now.
+    return storage.cached_product(
+        name=_view_name(image, mode),
+        cache_path=target,
+        produce=lambda path: _write(path, _render(_source_path(image), mode)),
+    )
+
+
+def _view_name(image: Image, mode: str) -> str:
+    return f"views/{mode}/{image.sha256}.png"
 
 
 def image_views_render(*, image: Image) -> list[str]:
     """Render every view not cached yet, decoding the photograph once; returns the modes
     rendered (none when all were cached)."""
     missing = [
-        mode for mode in VIEW_MODES if not image_view_cache_path(image=image, mode=mode).is_file()
+        mode
+        for mode in VIEW_MODES
+        if not image_view_cache_path(image=image, mode=mode).is_file()
+        and not (storage.storage_is_remote() and storage.object_exists(_view_name(image, mode)))
     ]
     if not missing:
         return []
@@ -135,7 +146,9 @@ def image_views_render(*, image: Image) -> list[str]:
     # Decoded once at the larger size; the thumbnail is fitted down from the same pixels.
     pixels = _load(source, VIEW_MAX_SIZE)
     for mode in missing:
-        _write(image_view_cache_path(image=image, mode=mode), _render(source, mode, pixels))
+        target = image_view_cache_path(image=image, mode=mode)
+        _write(target, _render(source, mode, pixels))
+        storage.product_upload(name=_view_name(image, mode), cache_path=target)
     return missing
 
 

@@ -27,6 +27,7 @@ from django.contrib.auth.models import Group, User
 from django.db import connection, models, transaction
 from django.utils import timezone
 
+from grading import storage
 from grading.models import (
     Grade,
     GradeLevel,
@@ -117,7 +118,9 @@ def _photos_install(*, photos_dir: Path | None, count: int) -> list[tuple[str, i
             data = _synthetic_photo_bytes(index)
             suffix = ".jpg"
         name = f"images/{SOURCE}/photo-{index}{suffix}"
-        (Path(settings.MEDIA_ROOT) / name).write_bytes(data)
+        local = Path(settings.MEDIA_ROOT) / name
+        local.write_bytes(data)
+        storage.object_upload(path=local, name=name)  # FUNDUS_STORAGE=s3: into the bucket
         with PIL.Image.open(io.BytesIO(data)) as photo:
             installed.append((name, photo.width, photo.height))
     return installed

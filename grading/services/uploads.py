@@ -27,6 +27,7 @@ from django.contrib.auth.models import User
 from django.core.files import File
 from django.db import transaction
 
+from grading import storage
 from grading.models import Image, Job, Patient
 from grading.services.dicom import dicom_patient_get, image_for_sop_instance
 from grading.services.images import (
@@ -348,6 +349,8 @@ def upload_stage(
             with open(target, "wb") as handle:
                 shutil.copyfileobj(upload, handle, 1024 * 1024)
             names.append(upload.name or "file")
+        # Remote storage: the import job may run on another machine; it fetches them back.
+        storage.folder_upload(folder=folder, prefix=_staging_prefix(folder))
         job, _ = job_enqueue(
             kind=Job.Kind.IMAGES_IMPORT,
             params={
@@ -363,6 +366,10 @@ def upload_stage(
         shutil.rmtree(folder, ignore_errors=True)
         raise
     return job
+
+
+def _staging_prefix(folder: Path) -> str:
+    return f"staging/{folder.name}"
 
 
 @dataclass(frozen=True)
@@ -393,6 +400,7 @@ def upload_staged_import_job(*, job: Job, progress: Callable[[int, str], None]) 
         _StagedFile(name=name, path=folder / f"{index:05d}")
         for index, name in enumerate(params["names"])
     ]
+    storage.folder_download(prefix=_staging_prefix(folder), folder=folder)
     missing = [item.name for item in staged if not item.path.is_file()]
     if missing:
         raise FileNotFoundError(f"staged files are missing: {', '.join(missing[:5])}")
@@ -405,6 +413,7 @@ def upload_staged_import_job(*, job: Job, progress: Callable[[int, str], None]) 
         total=len(staged),
     )
     shutil.rmtree(folder, ignore_errors=True)
+    storage.prefix_delete(_staging_prefix(folder))
     return {
         "outcomes": [
             {

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import mimetypes
+
 from django.contrib.auth.decorators import login_not_required
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import path
 from django.views.decorators.http import require_GET
 
+from grading import storage
 from grading.http import PATIENT_IMAGE_CACHE_CONTROL, AuthenticatedHttpRequest
 from grading.models import Image
 from grading.selectors import home as home_selectors
@@ -45,10 +48,14 @@ def image_file(request: AuthenticatedHttpRequest, image_id: int) -> FileResponse
     # Photographs are clinical data: served only to logged-in users, never from a public folder.
     image = get_object_or_404(Image, pk=image_id)
     try:
-        handle = image.file.open("rb")
-    except FileNotFoundError:
+        # Local file or, with FUNDUS_STORAGE=s3, the bucket's answer streamed through (one GET).
+        handle, size = storage.media_open(image.file.name)
+    except storage.StorageMissing:
         raise Http404("The image file is missing from storage.") from None
-    response = FileResponse(handle)  # the content type follows the stored .jpg/.png name
+    content_type = mimetypes.guess_type(image.file.name or "")[0] or "application/octet-stream"
+    response = FileResponse(handle, content_type=content_type)
+    if size is not None:
+        response["Content-Length"] = str(size)
     response["Cache-Control"] = PATIENT_IMAGE_CACHE_CONTROL
     return response
 

@@ -7,7 +7,6 @@ With Redis down every page still renders; actions that need the queue say it is 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from django.contrib import messages
@@ -17,6 +16,7 @@ from django.urls import path, reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from grading import storage
 from grading.forms.models import ActivationConfirmForm, ModelCompareForm, RetrainForm
 from grading.http import AuthenticatedHttpRequest
 from grading.models import GradeLevel, Job, ModelVersion
@@ -197,8 +197,8 @@ def model_artifact_file(
     version = get_object_or_404(ModelVersion, pk=version_id)
     if not version.artifact_path:
         raise Http404("This version has no files.")
-    file_path = Path(version.artifact_path) / filename
-    if not file_path.is_file():
+    file_path = storage.model_file_local(version.artifact_path, filename)
+    if file_path is None:
         raise Http404("The file is missing.")
     response = FileResponse(file_path.open("rb"), content_type="image/png")
     response["Cache-Control"] = "private, max-age=300"

@@ -9,6 +9,7 @@ from django.contrib.auth.models import Group, User
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
+from grading import storage
 from grading.models import Image, Job, ModelVersion
 
 DEMO_SOURCE = "import:demo"
@@ -24,6 +25,8 @@ class Command(BaseCommand):
     )
 
     def handle(self, *args, **options):
+        if storage.bucket_ensure():
+            self.stdout.write(f"Created the bucket {settings.FUNDUS_S3_BUCKET!r}.")
         self._admin_create()
         self._demo_import()
         self._certification_set_build()
