@@ -16,7 +16,7 @@ def context(tmp_path: Path) -> recipes.Context:
     groups = np.asarray([i // 4 for i in range(200)])  # groups of four near-duplicates
     return recipes.Context(
         paths=[tmp_path / f"{i}.png" for i in range(200)], y=y, groups=groups,
-        work=tmp_path, store=tmp_path, weights_dir=tmp_path,
+        work=tmp_path, store=tmp_path, weights_dir=tmp_path, scored=tmp_path / "scored",
     )  # fmt: skip
 
 
@@ -59,3 +59,31 @@ def test_it_lists_every_kind_of_candidate(capsys):
         assert f"{name} " in listed
     args = recipes.parse(["--candidate", "head", "--limit", "40"])
     assert args.out.name == "smoke.json"  # smoke runs never touch bench/results
+
+
+def test_the_stored_scorings_do_not_depend_on_where_the_dataset_lies(tmp_path):
+    here, there = context(tmp_path / "a"), context(tmp_path / "b")
+    assert here.tag == there.tag  # committed scorings resume on another machine or checkout
+
+
+def test_a_tta_run_stores_its_plain_twin_so_the_pair_costs_one_training(tmp_path, monkeypatch):
+    trainings = []
+
+    def run(ctx, train, test, tta=False):
+        trainings.append(tta)
+        proba = np.full((test.size, 5), 0.2)
+        info = {"best_epoch": 3}
+        if tta:
+            info["without_tta"] = {"proba": proba * 2, "pred": np.ones(test.size, np.int64)}
+        return proba, np.zeros(test.size, np.int64), info
+
+    plain = recipes.Candidate("plain", "", run, {})
+    averaged = recipes.Candidate("averaged", "", run, {"tta": True})
+    monkeypatch.setattr(recipes, "CANDIDATES", {"plain": plain, "averaged": averaged})
+    ctx = context(tmp_path)
+    train, test = np.arange(150), np.arange(150, 200)
+    averaged.score(ctx, train, test, "cv5-0")
+    proba, pred, info = plain.score(ctx, train, test, "cv5-0")
+    assert trainings == [True]  # the twin came from the stored scoring, not a second training
+    assert np.allclose(proba, 0.4) and pred.tolist() == [1] * 50
+    assert info == {"best_epoch": 3}
