@@ -55,7 +55,7 @@ def claims_expired_sweep(*, now: dt.datetime) -> int | None:
 
 
 def claims_sweep_reset() -> None:
-    """Make the next sweep due now (tests, and after the admin shortens the lease)."""
+    """Make the next sweep due now (tests)."""
     global _sweep_last
     with _sweep_lock:
         _sweep_last = -CLAIM_SWEEP_SECONDS
