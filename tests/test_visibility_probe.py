@@ -15,7 +15,7 @@ from tests.factories_grading import (
     prediction_make,
     workbench_set,
 )
-from tests.visibility_probe import Scenario, probe_run
+from tests.visibility_probe import Scenario, mark_shown, probe_run
 
 
 @pytest.mark.slow
@@ -71,3 +71,12 @@ class VisibilityProbeTests(GradingTestCase):
         )
         self.assertEqual(report.server_errors, [])
         self.assertEqual(report.leaks, [])
+
+
+def test_a_number_counts_as_shown_only_as_a_whole_number():
+    assert mark_shown("0.6173", '{"probabilities": [0.0412, 0.6173, 0.25]}')
+    assert mark_shown("61.7", "<td>61.7 %</td>")
+    assert mark_shown("probe-secret-alice-5d1", "note: probe-secret-alice-5d1.")
+    # A latency sum in /metrics is not image A's probability.
+    assert not mark_shown("0.6173", "django_http_requests_latency_seconds_sum 10.61731")
+    assert not mark_shown("61.7", "process_resident_memory_bytes 161.75")

@@ -136,6 +136,17 @@ def probe_urls(scenario: Scenario) -> list[str]:
     return sorted(urls)
 
 
+def mark_shown(mark: str, body: str) -> bool:
+    """Whether ``mark`` is in ``body``; a mark that starts or ends with a digit only as a whole
+    number (0.6173 is not the tail of 10.61731, the latency sum in /metrics that once matched)."""
+    pattern = re.escape(mark)
+    if mark[:1].isdigit():
+        pattern = r"(?<![\d.])" + pattern
+    if mark[-1:].isdigit():
+        pattern += r"(?![\d])"
+    return re.search(pattern, body) is not None
+
+
 def _body(response: Any) -> str:
     if getattr(response, "streaming", False):
         content = b"".join(response.streaming_content)
@@ -167,11 +178,11 @@ def probe_run(scenario: Scenario) -> ProbeReport:
             report.shown |= {
                 (user_key, image_key)
                 for image_key in scenario.expected.get(user_key, ())
-                if any(mark in body for mark in scenario.marks[image_key])
+                if any(mark_shown(mark, body) for mark in scenario.marks[image_key])
             }
             report.leaks += [
                 f"{user_key} {url}: image {image_key} ({mark})"
                 for image_key, mark in marks
-                if mark in body
+                if mark_shown(mark, body)
             ]
     return report
