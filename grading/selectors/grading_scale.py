@@ -31,9 +31,9 @@ class Scale:
         return None
 
     def label(self, value: int | None) -> str:
-        for level in self.levels:
-            if level.value == value:
-                return level.name
+        level = self.level_of(value)
+        if level is not None:
+            return level.name
         return "" if value is None else str(value)
 
 
