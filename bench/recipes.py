@@ -313,9 +313,9 @@ class Candidate:
     def stored_at(self, ctx: Context, train: np.ndarray, test: np.ndarray, split: str) -> Path:
         settings = json.dumps(self.options, sort_keys=True, default=str).encode()
         digest = hashlib.sha256(settings + _rows_digest(train, test).encode()).hexdigest()[:12]
-        stored = ctx.scored / ctx.tag / split / f"{self.name}-{digest}.npz"
+        stored = ctx.scored / ctx.tag / split / f"{self.name}-{digest}.json"
         if ctx.epochs is not None:
-            stored = stored.with_name(f"{self.name}-{digest}-e{ctx.epochs}.npz")
+            stored = stored.with_name(f"{self.name}-{digest}-e{ctx.epochs}.json")
         return stored
 
     def score(self, ctx: Context, train: np.ndarray, test: np.ndarray, split: str) -> Scored:
@@ -323,8 +323,8 @@ class Candidate:
         the candidate's settings and rows (ensembles and reruns reuse them)."""
         stored = self.stored_at(ctx, train, test, split)
         if stored.is_file():
-            saved = np.load(stored)
-            return saved["proba"], saved["pred"], json.loads(str(saved["info"]))
+            saved = json.loads(stored.read_text())
+            return np.asarray(saved["proba"]), np.asarray(saved["pred"]), saved["info"]
         options = dict(self.options)
         if self.takes_split:
             options["split"] = split
@@ -346,8 +346,15 @@ class Candidate:
 
 
 def _store(path: Path, proba: np.ndarray, pred: np.ndarray, info: dict[str, Any]) -> None:
+    """A split's scoring as JSON: results (the held-out rows' probabilities and grades), readable
+    and diffable, never model weights or features."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, proba=proba, pred=pred, info=json.dumps(info, default=float))
+    saved = {
+        "proba": np.round(np.asarray(proba, dtype=float), 6).tolist(),
+        "pred": np.asarray(pred).astype(int).tolist(),
+        "info": info,
+    }
+    path.write_text(json.dumps(saved, default=float) + "\n")
 
 
 def _rows_digest(train: np.ndarray, test: np.ndarray) -> str:

@@ -224,11 +224,7 @@ def s3_settings(endpoint: S3Endpoint, bucket: str) -> dict[str, Any]:
     from grading.settings import s3_storage
 
     return {
-        "FUNDUS_STORAGE": "s3",
-        "FUNDUS_S3_ENDPOINT": endpoint.url,
-        "FUNDUS_S3_BUCKET": bucket,
-        "FUNDUS_S3_ACCESS_KEY": endpoint.access_key,
-        "FUNDUS_S3_SECRET_KEY": endpoint.secret_key,
+        **s3_environment(endpoint, bucket),
         "STORAGES": {
             **settings.STORAGES,
             "default": s3_storage(
