@@ -14,7 +14,8 @@ Protocol
   the mlcore function that trains it; the outer test side is only scored.
 - Figures: QWK, exact accuracy, referable AUC and ECE of the test side, each with a 95 %
   percentile bootstrap interval resampling groups (1000 resamples, seed 2017); CPU minutes
-  (all threads of this process) and wall minutes; the machine.
+  (all threads of this process) and wall minutes, summed over the splits as each was scored
+  (an ensemble: its members'); the machine.
 - Written down before looking: the candidate list below, their settings, the split and seed.
 
 Usage::
@@ -223,7 +224,7 @@ def run_finetune(
     decoding), score the test rows, with flip (and augmented-copy) averaging when ``tta``."""
     from mlcore.models.calibration import apply_temperature
     from mlcore.models.finetune import finetune_fit, predict_logits
-    from mlcore.models.finetune.tta import averaged_proba
+    from mlcore.models.finetuned import NO_FLIPS, averaged_proba
 
     config = _finetune_config(ctx, options)
     fit_kwargs: dict[str, Any] = {}
@@ -249,7 +250,10 @@ def run_finetune(
         versions = [np.asarray(maps[v, test]) for v in range(maps.shape[0])] if tta else None
         test_inputs = np.asarray(maps[0, test])
     else:
-        proba_of = fit.model.predict_proba
+        # The candidate, not the model's default, says whether flips are averaged.
+        def proba_of(inputs: np.ndarray) -> np.ndarray:
+            return fit.model.predict_proba(inputs, flips=NO_FLIPS)
+
         versions = [images[test]] if tta else None
         test_inputs = images[test]
     proba = averaged_proba(proba_of, versions) if versions else proba_of(test_inputs)
@@ -281,15 +285,19 @@ def run_fold_ensemble(
     probabilities averaged; the decoding is chosen on the inner folds' out-of-fold predictions."""
     folds = grouped_kfold(ctx.y[train], ctx.groups[train], n_splits=k, seed=SEED)
     inner_proba = np.zeros((train.size, 5))
-    test_probas = []
+    test_probas, member_infos = [], []
     for f, (inner_train, inner_test) in enumerate(folds):
         rows = np.concatenate([train[inner_test], test])
-        proba, _, _ = CANDIDATES[member].score(ctx, train[inner_train], rows, f"{split}-inner{f}")
+        proba, _, info = CANDIDATES[member].score(
+            ctx, train[inner_train], rows, f"{split}-inner{f}"
+        )
+        member_infos.append(info)
         inner_proba[inner_test] = proba[: inner_test.size]
         test_probas.append(proba[inner_test.size :])
     decoding = choose_decoding(inner_proba, ctx.y[train], mode="auto", seed=SEED)
     proba = np.mean(test_probas, axis=0)
-    return proba, decoding.positions(proba), {"members": k, "decoding": decoding.as_dict()}
+    info = {"members": k, "decoding": decoding.as_dict(), "cost": total_cost(member_infos)}
+    return proba, decoding.positions(proba), info
 
 
 def run_blend(
@@ -297,9 +305,14 @@ def run_blend(
 ) -> Scored:
     """The members' calibrated test probabilities averaged, decoded by argmax (the members'
     inner splits differ, so there are no inner predictions common to all to tune a decoding)."""
-    probas = [CANDIDATES[m].score(ctx, train, test, split)[0] for m in members]
-    proba = np.mean(probas, axis=0)
-    return proba, proba.argmax(axis=1), {"members": list(members), "decoding": "argmax"}
+    scored = [CANDIDATES[m].score(ctx, train, test, split) for m in members]
+    proba = np.mean([proba for proba, _, _ in scored], axis=0)
+    info = {
+        "members": list(members),
+        "decoding": "argmax",
+        "cost": total_cost([info for _, _, info in scored]),
+    }
+    return proba, proba.argmax(axis=1), info
 
 
 @dataclass(frozen=True)
@@ -328,7 +341,13 @@ class Candidate:
         options = dict(self.options)
         if self.takes_split:
             options["split"] = split
+        cpu, wall = time.process_time(), time.perf_counter()
         proba, pred, info = self.run(ctx, train, test, **options)
+        # Ensembles carry their members' costs (members may come from earlier runs' scorings).
+        info.setdefault("cost", {
+            "cpu_minutes": round((time.process_time() - cpu) / 60, 2),
+            "wall_minutes": round((time.perf_counter() - wall) / 60, 2),
+        })  # fmt: skip
         plain = info.pop("without_tta", None)
         _store(stored, proba, pred, info)
         sibling = next(
@@ -355,6 +374,31 @@ def _store(path: Path, proba: np.ndarray, pred: np.ndarray, info: dict[str, Any]
         "info": info,
     }
     path.write_text(json.dumps(saved, default=float) + "\n")
+
+
+def split_cost(info: dict[str, Any]) -> dict[str, Any]:
+    """What a split's scoring cost: recorded with it, or, for scorings stored before costs
+    were, the fine-tuning's own wall time (``estimated``) or nothing known."""
+    if "cost" in info:
+        return dict(info["cost"])
+    if "train_seconds" in info:
+        wall = round(info["train_seconds"] / 60, 2)
+        return {"cpu_minutes": None, "wall_minutes": wall, "estimated": "training wall time"}
+    return {"cpu_minutes": None, "wall_minutes": None, "estimated": "not recorded"}
+
+
+def total_cost(infos: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The summed cost of several splits' (or members') scorings; a part without a recorded
+    CPU time counts its wall time, and the total says how many parts were estimated."""
+    costs = [split_cost(info) for info in infos]
+    estimated = sum("estimated" in c for c in costs)
+    total: dict[str, Any] = {
+        key: round(sum(c[key] if c[key] is not None else c["wall_minutes"] or 0 for c in costs), 2)
+        for key in ("cpu_minutes", "wall_minutes")
+    }
+    if estimated:
+        total["estimated"] = f"{estimated} of {len(costs)} parts from wall time or unknown"
+    return total
 
 
 def _rows_digest(train: np.ndarray, test: np.ndarray) -> str:
@@ -526,8 +570,16 @@ def run(args: argparse.Namespace) -> int:
         )
     finally:
         signal.alarm(0)
-    row["cpu_minutes"] = round((time.process_time() - cpu) / 60, 2)
-    row["wall_minutes"] = round((time.perf_counter() - wall) / 60, 2)
+    row["this_run"] = {
+        "cpu_minutes": round((time.process_time() - cpu) / 60, 2),
+        "wall_minutes": round((time.perf_counter() - wall) / 60, 2),
+    }
+    # A resumed CV spends little in its last run: the row's minutes are its splits' own, as
+    # recorded when each was scored (in this run or an earlier one).
+    cost = total_cost(row.get("choices") or [{"cost": row["this_run"]}])
+    row["cpu_minutes"], row["wall_minutes"] = cost["cpu_minutes"], cost["wall_minutes"]
+    if "estimated" in cost:
+        row["minutes_estimated"] = cost["estimated"]
     row["finished_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     write_row(args.out, row)
     log(json.dumps({k: row.get(k) for k in ("candidate", "status", "cpu_minutes")}))
@@ -557,7 +609,13 @@ def table(results: Path) -> str:
             + ("" if row.get("status") == "done" else f" ({row.get('status')})")
             + f" | {cell(f.get('qwk'))} | {cell(f.get('accuracy'))} | "
             f"{cell(f.get('referable_auc'))} | {cell(f.get('ece'))} | "
-            f"{row.get('cpu_minutes')} | {row.get('wall_minutes')} |"
+            f"{row.get('cpu_minutes')}{'*' if row.get('minutes_estimated') else ''} | "
+            f"{row.get('wall_minutes')} |"
+        )
+    if any(row.get("minutes_estimated") for row in rows):
+        lines.append(
+            "\n\\* some splits were scored before their CPU time was stored: their fine-tuning's "
+            "wall time stands in (`minutes_estimated` in the row)"
         )
     return "\n".join(lines)
 

@@ -15,16 +15,16 @@ run() {
   nice -n 15 .venv/bin/python bench/recipes.py --max-minutes "$MAX_MINUTES" "$@" || true
 }
 
-# The final two of the search split (ft_whole, head) under grouped 5-fold CV; the whole network's
-# flip averaging and its blend with the head reuse the same fold trainings.
-run --candidate head --cv 5
+# The final two of the search split (ft_whole, head) under grouped 5-fold CV (the head's is done);
+# the whole network's flip averaging and its blend with the head reuse the same fold trainings.
 run --candidate ft_whole_tta --cv 5
 run --candidate ft_whole --cv 5
 run --candidate ens_whole_head --cv 5
-# The rest of the search split.
-for candidate in head_folds5 head_tta ft_whole_tta ens_whole_head ft_top4 ft_top4_v4 \
-  ft_top4_v4_tta ft_top4_v4_smooth ft_top4_v4_ordinal ft_top8_v6 ft_lite1_top4_v4 \
-  ft_lite2_top4_v4 ens_ft_head ens_ft_folds5; do
+# The rest of the search split, cheapest first; a _tta candidate runs before its plain twin, whose
+# scoring it stores from the same training.
+for candidate in head_folds5 head_tta ft_top4 ft_top4_v4_tta ft_top4_v4 ft_top4_v4_smooth \
+  ft_top4_v4_ordinal ens_ft_head ft_lite1_top4_v4 ft_lite2_top4_v4 ft_top8_v6 ft_whole_tta \
+  ens_whole_head ens_ft_folds5; do
   run --candidate "$candidate"
 done
 .venv/bin/python bench/recipes.py --table

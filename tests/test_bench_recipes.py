@@ -86,4 +86,43 @@ def test_a_tta_run_stores_its_plain_twin_so_the_pair_costs_one_training(tmp_path
     proba, pred, info = plain.score(ctx, train, test, "cv5-0")
     assert trainings == [True]  # the twin came from the stored scoring, not a second training
     assert np.allclose(proba, 0.4) and pred.tolist() == [1] * 50
-    assert info == {"best_epoch": 3}
+    assert info["best_epoch"] == 3 and info["cost"]["cpu_minutes"] >= 0
+
+
+def fake_run(ctx, train, test):
+    return np.full((test.size, 5), 0.2), ctx.y[test], {"best_epoch": 1}
+
+
+def test_a_resumed_cv_reports_every_splits_own_minutes_not_the_last_runs(tmp_path, monkeypatch):
+    """A CV resumed across sessions costs little in its last run; its row sums the minutes each
+    split cost when it was scored, and says where only a training's wall time was kept."""
+    model = recipes.Candidate("model", "", fake_run, {})
+    blend = recipes.Candidate("blend", "", recipes.run_blend, {"members": ("model", "model")}, True)
+    monkeypatch.setattr(recipes, "CANDIDATES", {"model": model, "blend": blend})
+    ctx = context(tmp_path)
+    _, folds = recipes.splits(ctx, 5)
+    for f, (train, test) in enumerate(folds[:2]):  # scored in earlier sessions
+        info = {"cost": {"cpu_minutes": 30.0, "wall_minutes": 20.0}} if f == 0 else {
+            "train_seconds": 1500.0  # stored before costs were
+        }  # fmt: skip
+        proba, pred, _ = fake_run(ctx, train, test)
+        recipes._store(model.stored_at(ctx, train, test, f"cv5-{f}"), proba, pred, info)
+
+    result = recipes.evaluate(ctx, model, 5)
+    costs = [recipes.split_cost(info) for info in result["choices"]]
+    assert costs[0] == {"cpu_minutes": 30.0, "wall_minutes": 20.0}
+    assert costs[1] == {
+        "cpu_minutes": None,
+        "wall_minutes": 25.0,
+        "estimated": "training wall time",
+    }
+    assert all(c["cpu_minutes"] < 1 for c in costs[2:])  # scored now, and recorded with them
+    total = recipes.total_cost(result["choices"])
+    assert (
+        55.0 <= total["cpu_minutes"] < 56.0
+        and total["estimated"] == "1 of 5 parts from wall time or unknown"
+    )
+
+    # A blend costs what its members cost, though it reads them from their stored scorings.
+    blended = recipes.evaluate(ctx, blend, 5)
+    assert recipes.total_cost(blended["choices"])["cpu_minutes"] == 2 * total["cpu_minutes"]

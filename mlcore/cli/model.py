@@ -141,6 +141,7 @@ def _training_config(
 
 def _finetune_config(args: argparse.Namespace) -> FinetuneConfig:
     from mlcore.models.finetune import FinetuneConfig
+    from mlcore.models.finetuned import ALL_FLIPS, NO_FLIPS
 
     try:
         top_blocks = None if args.top_blocks == "all" else int(args.top_blocks)
@@ -164,6 +165,7 @@ def _finetune_config(args: argparse.Namespace) -> FinetuneConfig:
             variants=args.variants if args.variants else 1,
             seed=args.seed,
             mixed_precision=args.mixed_precision,
+            test_flips=NO_FLIPS if args.no_flip_averaging else ALL_FLIPS,
         )
     except ValueError as error:
         raise _UserError(str(error)) from None
@@ -410,6 +412,12 @@ def _add_finetune_options(finetune: argparse._ArgumentGroup) -> None:
         choices=("auto", "on", "off"),
         default="auto",
         help="float16 compute (auto: only on a GPU)",
+    )
+    finetune.add_argument(
+        "--no-flip-averaging",
+        action="store_true",
+        help="grade each image as it is, not averaged over its 4 mirror flips (4x faster "
+        "prediction; the recipe search measured flips worth about +0.007 QWK)",
     )
 
 

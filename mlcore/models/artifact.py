@@ -42,7 +42,7 @@ from mlcore.evaluation.reports import _jsonable
 from mlcore.features.config import FeatureConfig
 from mlcore.models.calibration import Decoding, output_story
 from mlcore.models.classifier import HeadClassifier
-from mlcore.models.finetuned import FinetunedModel
+from mlcore.models.finetuned import NO_FLIPS, FinetunedModel
 
 FORMAT_VERSION = 1
 HEAD_FILE = "head.keras"
@@ -522,7 +522,7 @@ def load_finetuned(artifact_dir: str | Path, meta: Mapping[str, Any]) -> Finetun
     if not path.is_file():
         raise ArtifactError(f"{artifact_dir} is not a complete model folder: no {NETWORK_FILE}")
     network = keras.saving.load_model(path, compile=False)
-    head = meta["head"]
+    head, finetune = meta["head"], meta.get("finetune") or {}
     thresholds = head.get("thresholds")
     return FinetunedModel(
         network=network,
@@ -535,5 +535,7 @@ def load_finetuned(artifact_dir: str | Path, meta: Mapping[str, Any]) -> Finetun
             head.get("validation_qwk"),
         ),
         seed=int(meta.get("seed", DEFAULT_SEED)),
-        info={"cut_layer": (meta.get("finetune") or {}).get("cut_layer")},
+        info={"cut_layer": finetune.get("cut_layer")},
+        # Folders written before flip averaging predict on the image as it is, as validated.
+        flips=(finetune.get("config") or {}).get("test_flips") or NO_FLIPS,
     )

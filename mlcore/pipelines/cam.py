@@ -27,6 +27,7 @@ from mlcore.data.domain import input_geometry, preprocess_for
 from mlcore.data.preprocessing import load_rgb
 from mlcore.models.artifact import ModelArtifact, load_artifact
 from mlcore.models.finetune import FinetunedModel
+from mlcore.models.finetuned import NO_FLIPS, flipped
 from mlcore.pipelines.domain_features import image_domain
 
 
@@ -92,27 +93,39 @@ def class_activation_map(
 
     specs = [get_backbone(name) for name in artifact.feature_config.backbones]
     grid = max(spec.input_size for spec in specs)
-    maps_per_backbone, pooled = [], []
-    for spec in specs:
-        square = preprocess_for(image, method, spec.input_size).astype(np.float32)
-        if isinstance(classifier, FinetunedModel):
-            conv = _finetuned_conv_model(classifier.network_)
-        else:
-            conv = _conv_model(spec.name, None if weights is None else str(weights), weights_folder)
-        maps = conv(tf.constant(spec.preprocess(square[None])), training=False).numpy()[0]
-        if maps.ndim != 3 or maps.shape[-1] != spec.feature_dim:
-            raise ValueError(
-                f"backbone {spec.name!r} with pooling=None gave maps of shape {maps.shape}, "
-                f"expected (h, w, {spec.feature_dim})"
-            )
-        maps_per_backbone.append(maps)
-        pooled.append(maps.mean(axis=(0, 1)))
-    # Probabilities from the same forward pass, so the map and the grade shown agree.
-    logits = np.concatenate(pooled) @ kernel + bias
-    # Calibrated like the model's own predict_proba, so the grade decoded here is the one shown.
-    logits = logits / float(getattr(classifier, "temperature_", 1.0) or 1.0)
-    logits -= logits.max()
-    proba = np.exp(logits) / np.exp(logits).sum()
+    # A fine-tuned model grades the mean over its mirror flips: each flip's maps are mirrored
+    # back and averaged, and the probabilities are averaged as its predict_proba does.
+    flips = classifier.flips if isinstance(classifier, FinetunedModel) else NO_FLIPS
+    maps_per_backbone = [np.zeros(0)] * len(specs)
+    probas = []
+    for flip in flips:
+        pooled = []
+        for i, spec in enumerate(specs):
+            square = preprocess_for(image, method, spec.input_size).astype(np.float32)
+            if isinstance(classifier, FinetunedModel):
+                conv = _finetuned_conv_model(classifier.network_)
+            else:
+                conv = _conv_model(
+                    spec.name, None if weights is None else str(weights), weights_folder
+                )
+            view = np.ascontiguousarray(flipped(spec.preprocess(square[None]), flip))
+            maps = conv(tf.constant(view), training=False).numpy()[0]
+            if maps.ndim != 3 or maps.shape[-1] != spec.feature_dim:
+                raise ValueError(
+                    f"backbone {spec.name!r} with pooling=None gave maps of shape {maps.shape}, "
+                    f"expected (h, w, {spec.feature_dim})"
+                )
+            pooled.append(maps.mean(axis=(0, 1)))
+            back = flipped(maps[None], flip)[0] / len(flips)
+            maps_per_backbone[i] = back if flip == flips[0] else maps_per_backbone[i] + back
+        # Probabilities from the same forward pass, so the map and the grade shown agree.
+        logits = np.concatenate(pooled) @ kernel + bias
+        # Calibrated like the model's own predict_proba, so the grade decoded here is the one
+        # shown.
+        logits = logits / float(getattr(classifier, "temperature_", 1.0) or 1.0)
+        logits -= logits.max()
+        probas.append(np.exp(logits) / np.exp(logits).sum())
+    proba = np.mean(probas, axis=0)
     predicted = int(classifier.decode(proba[None])[0])
     target = predicted if grade is None else int(grade)
     if target not in artifact.classes:

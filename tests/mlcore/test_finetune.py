@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 
@@ -51,10 +52,11 @@ def _config(**overrides) -> FinetuneConfig:
     return FinetuneConfig(**values)
 
 
-def test_it_fine_tunes_and_predicts_through_the_cli(workspace):
+@pytest.fixture(scope="module")
+def cli_model(workspace):
+    """A model folder trained by ``train --mode finetune`` with the default flip averaging."""
     root, _items = workspace
     out = root / "model"
-    common = ["--weights-dir", str(root / "weights"), "--quiet"]
     status = main(
         [
             "train",
@@ -76,10 +78,19 @@ def test_it_fine_tunes_and_predicts_through_the_cli(workspace):
             "1e-2,3e-2",
             "--holdout",
             "0.2",
-            *common,
+            "--weights-dir",
+            str(root / "weights"),
+            "--quiet",
         ]
     )
     assert status == 0
+    return out
+
+
+def test_it_fine_tunes_and_predicts_through_the_cli(workspace, cli_model):
+    root, _items = workspace
+    out = cli_model
+    common = ["--weights-dir", str(root / "weights"), "--quiet"]
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["kind"] == "finetuned"
     assert meta["finetune"]["chosen_learning_rate"] in (1e-2, 3e-2)
@@ -113,6 +124,78 @@ def test_it_fine_tunes_and_predicts_through_the_cli(workspace):
     assert cam.probabilities == pytest.approx(
         [float(predicted[f"p_grade_{g}"]) for g in range(5)], abs=1e-4
     )
+
+
+def test_the_served_model_averages_its_four_mirror_flips(workspace, cli_model, tmp_path):
+    """The recipe search's winner averages flips (``ft_whole_tta``): the default model folder
+    records them, serves their mean, and a folder written before them loads without."""
+    import shutil
+
+    from mlcore.models.artifact import load_artifact
+    from mlcore.models.finetune import load_images
+    from mlcore.models.finetuned import ALL_FLIPS, NO_FLIPS, flipped
+
+    root, items = workspace
+    meta = json.loads((cli_model / "metadata.json").read_text())
+    assert meta["finetune"]["config"]["test_flips"] == list(ALL_FLIPS)
+    model = load_artifact(cli_model).classifier
+    assert model.flips == ALL_FLIPS
+    images = load_images([path for path, _grade in items[:6]], size=model.input_size)
+    views = [model.predict_proba(flipped(images, f), flips=NO_FLIPS) for f in ALL_FLIPS]
+    np.testing.assert_allclose(model.predict_proba(images), np.mean(views, axis=0), atol=1e-6)
+
+    older = tmp_path / "older"
+    shutil.copytree(cli_model, older)
+    del meta["finetune"]["config"]["test_flips"]
+    (older / "metadata.json").write_text(json.dumps(meta))
+    old_model = load_artifact(older).classifier
+    assert old_model.flips == NO_FLIPS
+    np.testing.assert_allclose(old_model.predict_proba(images), views[0], atol=1e-6)
+
+
+def test_flip_averaging_grades_the_mean_of_the_mirrored_views():
+    """With a network that sees left from right (dense on the flattened pixels), the served
+    probabilities are the mean over the four mirrored views, not the plain view's."""
+    import keras
+
+    from mlcore.models.calibration import Decoding
+    from mlcore.models.finetuned import ALL_FLIPS, NO_FLIPS, FinetunedModel, flipped
+    from tests.mlcore.toy_backbones import TOY_SIZE
+
+    keras.utils.set_random_seed(0)
+    network = keras.Sequential(
+        [keras.Input((TOY_SIZE, TOY_SIZE, 3)), keras.layers.Flatten(), keras.layers.Dense(3)]
+    )
+    model = FinetunedModel(
+        network=network, backbone=TOY, classes=(0, 1, 2), temperature=1.5,
+        decoding=Decoding("argmax", None), flips=ALL_FLIPS,
+    )  # fmt: skip
+    images = np.random.default_rng(0).integers(0, 255, (4, TOY_SIZE, TOY_SIZE, 3), np.uint8)
+    views = [model.predict_proba(flipped(images, f), flips=NO_FLIPS) for f in ALL_FLIPS]
+    assert np.abs(views[0] - views[1]).max() > 1e-3  # a mirror changes this network's output
+    averaged = model.predict_proba(images)
+    np.testing.assert_allclose(averaged, np.mean(views, axis=0), atol=1e-9)
+    assert np.abs(averaged - views[0]).max() > 1e-4
+    with pytest.raises(ValueError, match="flips"):
+        FinetunedModel(
+            network=network, backbone=TOY, classes=(0, 1, 2), temperature=1.0,
+            decoding=Decoding("argmax", None), flips=(5,),
+        )  # fmt: skip
+
+
+def test_flip_averaging_can_be_turned_off_and_must_name_real_flips():
+    from mlcore.cli.model import _finetune_config
+    from mlcore.models.finetuned import NO_FLIPS
+
+    args = argparse.Namespace(
+        backbone=TOY, top_blocks="all", learning_rates="3e-4", epochs=None, batch_size=8,
+        variants=0, seed=1, mixed_precision="off", no_flip_averaging=True,
+    )  # fmt: skip
+    assert _finetune_config(args).test_flips == NO_FLIPS
+    with pytest.raises(ValueError, match="test_flips"):
+        FinetuneConfig(test_flips=(4,))
+    with pytest.raises(ValueError, match="test_flips"):
+        FinetuneConfig(test_flips=())
 
 
 def test_it_rejects_a_bad_top_blocks_value(workspace, capsys):

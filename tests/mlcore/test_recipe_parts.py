@@ -8,7 +8,7 @@ import pytest
 
 from mlcore.models.classifier import HeadClassifier
 from mlcore.models.finetune import FinetuneConfig
-from mlcore.models.finetune.tta import averaged_proba, flipped
+from mlcore.models.finetuned import averaged_proba, flipped
 from mlcore.models.regression import cumulative_logit_proba, fit_cumulative_logit
 
 

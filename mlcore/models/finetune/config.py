@@ -9,6 +9,7 @@ from typing import Any
 from mlcore.data.augment import AugmentConfig
 from mlcore.data.splits import DEFAULT_SEED
 from mlcore.evaluation.metrics import ICDR_GRADES
+from mlcore.models.finetuned import ALL_FLIPS
 
 Progress = Callable[[int, str], None]
 
@@ -28,6 +29,8 @@ class FinetuneConfig:
       an epoch draws one version of each image); the whole-network mode augments every epoch.
     - ``label_smoothing``: the cross-entropy's target is (1 - s) one-hot + s / k (0: none).
     - ``mixed_precision``: ``"auto"`` uses float16 compute only when TensorFlow sees a GPU.
+    - ``test_flips``: the mirror flips whose probabilities the fitted model averages when it
+      predicts (its hold-out, its served grades); ``(0,)`` predicts on the image as it is.
 
     The defaults are the recipe search's best candidate (``bench/recipes.py``, ``ft_whole``): the
     whole network, 20 one-cycle epochs at a peak rate of 3e-4 fixed before the search, QWK 0.887
@@ -54,6 +57,7 @@ class FinetuneConfig:
     classes: tuple[int, ...] = ICDR_GRADES
     seed: int = DEFAULT_SEED
     mixed_precision: str = "auto"
+    test_flips: tuple[int, ...] = ALL_FLIPS
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -74,6 +78,8 @@ class FinetuneConfig:
             raise ValueError("label_smoothing must be in [0, 1)")
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise ValueError("warmup_fraction must be in [0, 1)")
+        if not self.test_flips or any(not 0 <= f <= 3 for f in self.test_flips):
+            raise ValueError("test_flips must be one or more of 0..3")
 
     @property
     def cached(self) -> bool:
@@ -83,4 +89,5 @@ class FinetuneConfig:
         values = asdict(self)
         values["learning_rates"] = list(self.learning_rates)
         values["classes"] = list(self.classes)
+        values["test_flips"] = list(self.test_flips)
         return values

@@ -202,5 +202,6 @@ def _calibrated_model(
         decoding=decoding,
         seed=config.seed,
         info={"cut_layer": net.cut_layer},
+        flips=config.test_flips,
     )
     return model, calibration
