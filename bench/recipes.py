@@ -377,27 +377,22 @@ def _store(path: Path, proba: np.ndarray, pred: np.ndarray, info: dict[str, Any]
 
 
 def split_cost(info: dict[str, Any]) -> dict[str, Any]:
-    """What a split's scoring cost: recorded with it, or, for scorings stored before costs
-    were, the fine-tuning's own wall time (``estimated``) or nothing known."""
-    if "cost" in info:
-        return dict(info["cost"])
-    if "train_seconds" in info:
-        wall = round(info["train_seconds"] / 60, 2)
-        return {"cpu_minutes": None, "wall_minutes": wall, "estimated": "training wall time"}
-    return {"cpu_minutes": None, "wall_minutes": None, "estimated": "not recorded"}
+    """What a split's scoring cost, as recorded with it (None for scorings stored before costs
+    were: a fine-tuning's ``train_seconds`` is no stand-in, a resumed run counts only its part)."""
+    return dict(info["cost"]) if "cost" in info else {"cpu_minutes": None, "wall_minutes": None}
 
 
 def total_cost(infos: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The summed cost of several splits' (or members') scorings; a part without a recorded
-    CPU time counts its wall time, and the total says how many parts were estimated."""
+    """The summed cost of several splits' (or members') scorings, of those whose cost was
+    recorded; ``partial`` says how many parts are missing from the sum."""
     costs = [split_cost(info) for info in infos]
-    estimated = sum("estimated" in c for c in costs)
+    known = [c for c in costs if c["cpu_minutes"] is not None]
     total: dict[str, Any] = {
-        key: round(sum(c[key] if c[key] is not None else c["wall_minutes"] or 0 for c in costs), 2)
-        for key in ("cpu_minutes", "wall_minutes")
+        key: round(sum(c[key] for c in known), 2) for key in ("cpu_minutes", "wall_minutes")
     }
-    if estimated:
-        total["estimated"] = f"{estimated} of {len(costs)} parts from wall time or unknown"
+    missing = len(costs) - len(known) + sum("partial" in c for c in known)
+    if missing:
+        total["partial"] = f"{missing} of {len(costs)} parts scored before costs were recorded"
     return total
 
 
@@ -578,8 +573,8 @@ def run(args: argparse.Namespace) -> int:
     # recorded when each was scored (in this run or an earlier one).
     cost = total_cost(row.get("choices") or [{"cost": row["this_run"]}])
     row["cpu_minutes"], row["wall_minutes"] = cost["cpu_minutes"], cost["wall_minutes"]
-    if "estimated" in cost:
-        row["minutes_estimated"] = cost["estimated"]
+    if "partial" in cost:
+        row["minutes_partial"] = cost["partial"]
     row["finished_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     write_row(args.out, row)
     log(json.dumps({k: row.get(k) for k in ("candidate", "status", "cpu_minutes")}))
@@ -609,13 +604,13 @@ def table(results: Path) -> str:
             + ("" if row.get("status") == "done" else f" ({row.get('status')})")
             + f" | {cell(f.get('qwk'))} | {cell(f.get('accuracy'))} | "
             f"{cell(f.get('referable_auc'))} | {cell(f.get('ece'))} | "
-            f"{row.get('cpu_minutes')}{'*' if row.get('minutes_estimated') else ''} | "
+            f"{row.get('cpu_minutes')}{'*' if row.get('minutes_partial') else ''} | "
             f"{row.get('wall_minutes')} |"
         )
-    if any(row.get("minutes_estimated") for row in rows):
+    if any(row.get("minutes_partial") for row in rows):
         lines.append(
-            "\n\\* some splits were scored before their CPU time was stored: their fine-tuning's "
-            "wall time stands in (`minutes_estimated` in the row)"
+            "\n\\* the splits whose cost was recorded only; the others were scored before costs "
+            "were stored (`minutes_partial` in the row)"
         )
     return "\n".join(lines)
 
