@@ -23,8 +23,8 @@ run --candidate ens_whole_head --cv 5
 # The rest of the search split, cheapest first; a _tta candidate runs before its plain twin, whose
 # scoring it stores from the same training.
 for candidate in head_folds5 head_tta ft_top4 ft_top4_v4_tta ft_top4_v4 ft_top4_v4_smooth \
-  ft_top4_v4_ordinal ens_ft_head ft_lite1_top4_v4 ft_lite2_top4_v4 ft_top8_v6 ft_whole_tta \
-  ens_whole_head ens_ft_folds5; do
+  ft_top4_v4_ordinal ens_ft_head ft_lite1_top4_v4 ft_lite2_top4_v4 ft_top8_v6 ens_ft_folds5 \
+  ft_whole_tta ens_whole_head; do
   run --candidate "$candidate"
 done
 .venv/bin/python bench/recipes.py --table
