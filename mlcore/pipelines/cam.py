@@ -64,6 +64,21 @@ def _finetuned_conv_model(network: Any) -> Any:
     return keras.Model(network.input, network.get_layer("ft_pool").input)
 
 
+def _view_maps(conv: Any, spec: Any, square: np.ndarray, flip: int) -> np.ndarray:
+    """The last maps (h, w, c) of ``square`` seen through mirror ``flip``, mirrored back so that
+    every view's maps line up with the image."""
+    import tensorflow as tf
+
+    view = np.ascontiguousarray(flipped(spec.preprocess(square[None]), flip))
+    maps = conv(tf.constant(view), training=False).numpy()
+    if maps.ndim != 4 or maps.shape[-1] != spec.feature_dim:
+        raise ValueError(
+            f"backbone {spec.name!r} with pooling=None gave maps of shape {maps.shape[1:]}, "
+            f"expected (h, w, {spec.feature_dim})"
+        )
+    return np.asarray(flipped(maps, flip)[0])
+
+
 def class_activation_map(
     model: ModelArtifact | str | Path,
     image_path: str | Path,
@@ -73,7 +88,6 @@ def class_activation_map(
     weights: str | Path | None = "imagenet",
 ) -> CamResult:
     """CAM of ``grade`` (default: the predicted grade) for one image file."""
-    import tensorflow as tf
 
     from mlcore.features.backbones import get_backbone
     from mlcore.features.config import default_weights_dir
@@ -93,38 +107,26 @@ def class_activation_map(
 
     specs = [get_backbone(name) for name in artifact.feature_config.backbones]
     grid = max(spec.input_size for spec in specs)
+    squares = [preprocess_for(image, method, s.input_size).astype(np.float32) for s in specs]
+    if isinstance(classifier, FinetunedModel):
+        convs = [_finetuned_conv_model(classifier.network_)]
+    else:
+        saved = None if weights is None else str(weights)
+        convs = [_conv_model(spec.name, saved, weights_folder) for spec in specs]
     # A fine-tuned model grades the mean over its mirror flips: each flip's maps are mirrored
     # back and averaged, and the probabilities are averaged as its predict_proba does.
     flips = classifier.flips if isinstance(classifier, FinetunedModel) else NO_FLIPS
-    maps_per_backbone = [np.zeros(0)] * len(specs)
-    probas = []
+    views, probas = [], []
     for flip in flips:
-        pooled = []
-        for i, spec in enumerate(specs):
-            square = preprocess_for(image, method, spec.input_size).astype(np.float32)
-            if isinstance(classifier, FinetunedModel):
-                conv = _finetuned_conv_model(classifier.network_)
-            else:
-                conv = _conv_model(
-                    spec.name, None if weights is None else str(weights), weights_folder
-                )
-            view = np.ascontiguousarray(flipped(spec.preprocess(square[None]), flip))
-            maps = conv(tf.constant(view), training=False).numpy()[0]
-            if maps.ndim != 3 or maps.shape[-1] != spec.feature_dim:
-                raise ValueError(
-                    f"backbone {spec.name!r} with pooling=None gave maps of shape {maps.shape}, "
-                    f"expected (h, w, {spec.feature_dim})"
-                )
-            pooled.append(maps.mean(axis=(0, 1)))
-            back = flipped(maps[None], flip)[0] / len(flips)
-            maps_per_backbone[i] = back if flip == flips[0] else maps_per_backbone[i] + back
-        # Probabilities from the same forward pass, so the map and the grade shown agree.
-        logits = np.concatenate(pooled) @ kernel + bias
-        # Calibrated like the model's own predict_proba, so the grade decoded here is the one
-        # shown.
+        maps = [_view_maps(c, s, q, flip) for c, s, q in zip(convs, specs, squares, strict=True)]
+        views.append(maps)
+        # Probabilities from the same forward pass, so the map and the grade shown agree;
+        # calibrated like the model's own predict_proba, so the grade decoded is the one shown.
+        logits = np.concatenate([m.mean(axis=(0, 1)) for m in maps]) @ kernel + bias
         logits = logits / float(getattr(classifier, "temperature_", 1.0) or 1.0)
         logits -= logits.max()
         probas.append(np.exp(logits) / np.exp(logits).sum())
+    maps_per_backbone = [np.mean(per_flip, axis=0) for per_flip in zip(*views, strict=True)]
     proba = np.mean(probas, axis=0)
     predicted = int(classifier.decode(proba[None])[0])
     target = predicted if grade is None else int(grade)
